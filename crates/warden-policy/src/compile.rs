@@ -1,0 +1,375 @@
+//! Turns a parsed [`ConfigFile`] into the [`Policy`] the daemon runs: names resolved to ids
+//! through a [`Directory`] the caller supplies, cross-field rules checked, problems collected
+//! with their lines.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use warden_proto::{Gid, Limits, Tier, Uid};
+
+use crate::config::{self, ConfigError, ConfigFile, Problem, line_of};
+
+/// Longest socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Name look-ups the policy needs, done by the daemon (the policy itself does no I/O).
+pub trait Directory {
+    fn group_gid(&self, name: &str) -> io::Result<Option<Gid>>;
+    fn user_uid(&self, name: &str) -> io::Result<Option<Uid>>;
+}
+
+/// One socket the daemon serves and the authority it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerPolicy {
+    pub path: PathBuf,
+    /// Permission bits set on the socket file after bind.
+    pub mode: u32,
+    /// Group set on the socket file, with its configured name.
+    pub group: Option<(String, Gid)>,
+    /// No caller on this socket has more than this tier.
+    pub max_tier: Tier,
+}
+
+/// An executable a mutating request may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExeGuard {
+    pub path: PathBuf,
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Extra conditions for mutating requests. Each configured guard must pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Guards {
+    pub mutating_uids: Option<BTreeSet<Uid>>,
+    pub mutating_exes: Option<Vec<ExeGuard>>,
+}
+
+impl Guards {
+    /// Whether checking a caller needs the SHA-256 of its executable.
+    pub fn needs_exe_digest(&self) -> bool {
+        self.mutating_exes
+            .as_ref()
+            .is_some_and(|g| g.iter().any(|e| e.sha256.is_some()))
+    }
+}
+
+/// Tier mappings with names resolved to ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TierMap {
+    /// uid → (tier, user name as configured).
+    pub users: HashMap<Uid, (Tier, String)>,
+    /// gid → (tier, group name as configured).
+    pub groups: HashMap<Gid, (Tier, String)>,
+    /// The user running a `--dev` daemon, who is its admin.
+    pub dev_admin: Option<Uid>,
+}
+
+/// The configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub limits: Limits,
+    pub listeners: Vec<ListenerPolicy>,
+    pub tiers: TierMap,
+    /// Capability toggles and their defaults.
+    pub ops: BTreeMap<String, bool>,
+    pub guards: Guards,
+}
+
+/// A policy and the warnings found while building it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policy: Policy,
+    pub warnings: Vec<Problem>,
+}
+
+impl Policy {
+    /// Parses and compiles `text`. `origin` labels problems (usually the file path).
+    pub fn load(text: &str, origin: &str, dir: &dyn Directory) -> Result<Loaded, ConfigError> {
+        let file = config::parse(text, origin)?;
+        compile(file, text, origin, dir)
+    }
+
+    /// The listener whose path is `path`.
+    pub fn listener(&self, path: &Path) -> Option<&ListenerPolicy> {
+        self.listeners.iter().find(|l| l.path == path)
+    }
+
+    /// Makes `uid` an admin, as the user who runs a `--dev` daemon.
+    pub fn grant_dev_admin(&mut self, uid: Uid) {
+        self.tiers.dev_admin = Some(uid);
+    }
+}
+
+fn compile(
+    file: ConfigFile,
+    text: &str,
+    origin: &str,
+    dir: &dyn Directory,
+) -> Result<Loaded, ConfigError> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let at = |span: std::ops::Range<usize>| Some(line_of(text, &span));
+
+    let runtime_dir = file.daemon.runtime_dir.0;
+    let mut listeners = Vec::new();
+    for spanned in &file.listeners {
+        let line = at(spanned.span());
+        let l = spanned.get_ref();
+        let path = l.path.0.clone();
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            errors.push(Problem {
+                line,
+                message: format!(
+                    "listener path {} is longer than {MAX_SOCKET_PATH} bytes",
+                    path.display()
+                ),
+            });
+        }
+        if listeners.iter().any(|o: &ListenerPolicy| o.path == path) {
+            errors.push(Problem {
+                line,
+                message: format!("listener path {} is declared twice", path.display()),
+            });
+        }
+        let group = match &l.group {
+            None => None,
+            Some(g) => match dir.group_gid(g.get_ref()) {
+                Ok(Some(gid)) => Some((g.get_ref().clone(), gid)),
+                Ok(None) => {
+                    errors.push(Problem {
+                        line: at(g.span()),
+                        message: format!("listener group `{}` does not exist", g.get_ref()),
+                    });
+                    None
+                }
+                Err(e) => {
+                    errors.push(Problem {
+                        line: at(g.span()),
+                        message: format!("cannot look up group `{}`: {e}", g.get_ref()),
+                    });
+                    None
+                }
+            },
+        };
+        listeners.push(ListenerPolicy {
+            path,
+            mode: l.mode.0,
+            group,
+            max_tier: l.max_tier,
+        });
+    }
+    if listeners.is_empty() {
+        // Anyone may reach the default socket; unmapped callers are tier `none` there and can only
+        // greet the daemon and ask its health and version.
+        listeners.push(ListenerPolicy {
+            path: runtime_dir.join("warden.sock"),
+            mode: 0o666,
+            group: None,
+            max_tier: Tier::Admin,
+        });
+    }
+
+    let mut tiers = TierMap::default();
+    let lists = [
+        (Tier::ReadOnly, &file.tiers.read_only_groups),
+        (Tier::Operator, &file.tiers.operator_groups),
+        (Tier::Admin, &file.tiers.admin_groups),
+    ];
+    for (tier, names) in lists {
+        for name in names {
+            match dir.group_gid(name.get_ref()) {
+                Ok(Some(gid)) => {
+                    if let Some((prev, _)) = tiers.groups.get(&gid) {
+                        warnings.push(Problem {
+                            line: at(name.span()),
+                            message: format!(
+                                "group `{}` is mapped to both {prev} and {tier}; {tier} applies",
+                                name.get_ref()
+                            ),
+                        });
+                    }
+                    tiers.groups.insert(gid, (tier, name.get_ref().clone()));
+                }
+                Ok(None) => warnings.push(Problem {
+                    line: at(name.span()),
+                    message: format!(
+                        "group `{}` does not exist; its {tier} mapping has no effect",
+                        name.get_ref()
+                    ),
+                }),
+                Err(e) => errors.push(Problem {
+                    line: at(name.span()),
+                    message: format!("cannot look up group `{}`: {e}", name.get_ref()),
+                }),
+            }
+        }
+    }
+    for (name, tier) in &file.tiers.users {
+        match dir.user_uid(name.get_ref()) {
+            Ok(Some(uid)) => {
+                tiers.users.insert(uid, (*tier, name.get_ref().clone()));
+            }
+            Ok(None) => warnings.push(Problem {
+                line: at(name.span()),
+                message: format!(
+                    "user `{}` does not exist; its {tier} mapping has no effect",
+                    name.get_ref()
+                ),
+            }),
+            Err(e) => errors.push(Problem {
+                line: at(name.span()),
+                message: format!("cannot look up user `{}`: {e}", name.get_ref()),
+            }),
+        }
+    }
+
+    let ops = file
+        .ops
+        .into_iter()
+        .map(|(name, on)| (name.into_inner().0, on))
+        .collect();
+
+    let guards = Guards {
+        mutating_uids: file
+            .guards
+            .mutating_uids
+            .map(|v| v.into_iter().map(Uid).collect()),
+        mutating_exes: file.guards.mutating_exes.map(|v| {
+            v.into_iter()
+                .map(|g| ExeGuard {
+                    path: g.path.0,
+                    sha256: g.sha256.map(|s| s.0),
+                })
+                .collect()
+        }),
+    };
+
+    if !errors.is_empty() {
+        return Err(ConfigError {
+            origin: origin.to_owned(),
+            problems: errors,
+        });
+    }
+    Ok(Loaded {
+        policy: Policy {
+            state_dir: file.daemon.state_dir.0,
+            runtime_dir,
+            limits: file.limits.to_limits(),
+            listeners,
+            tiers,
+            ops,
+            guards,
+        },
+        warnings,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A name service with a fixed set of users and groups.
+    pub(crate) struct FakeDirectory;
+
+    impl Directory for FakeDirectory {
+        fn group_gid(&self, name: &str) -> io::Result<Option<Gid>> {
+            Ok(match name {
+                "wadm" => Some(Gid(1600)),
+                "wops" => Some(Gid(1500)),
+                "wro" => Some(Gid(1400)),
+                "sock" => Some(Gid(1300)),
+                _ => None,
+            })
+        }
+        fn user_uid(&self, name: &str) -> io::Result<Option<Uid>> {
+            Ok(match name {
+                "alice" => Some(Uid(1001)),
+                "bob" => Some(Uid(1002)),
+                _ => None,
+            })
+        }
+    }
+
+    pub(crate) fn load(text: &str) -> Result<Loaded, ConfigError> {
+        Policy::load(text, "w.toml", &FakeDirectory)
+    }
+
+    #[test]
+    fn no_listener_means_the_default_socket_in_the_runtime_dir() {
+        let p = load("[daemon]\nruntime_dir = \"/run/w\"\n").unwrap().policy;
+        assert_eq!(p.listeners.len(), 1);
+        assert_eq!(p.listeners[0].path, PathBuf::from("/run/w/warden.sock"));
+        assert_eq!(p.listeners[0].mode, 0o666);
+    }
+
+    #[test]
+    fn names_resolve_to_ids() {
+        let p = load(
+            r#"
+[tiers]
+admin_groups = ["wadm"]
+operator_groups = ["wops"]
+[tiers.users]
+alice = "read_only"
+[[listener]]
+path = "/run/w/a.sock"
+group = "sock"
+"#,
+        )
+        .unwrap()
+        .policy;
+        assert_eq!(p.tiers.groups[&Gid(1600)].0, Tier::Admin);
+        assert_eq!(p.tiers.groups[&Gid(1500)], (Tier::Operator, "wops".into()));
+        assert_eq!(p.tiers.users[&Uid(1001)].0, Tier::ReadOnly);
+        assert_eq!(p.listeners[0].group, Some(("sock".into(), Gid(1300))));
+        assert_eq!(p.listeners[0].mode, 0o660);
+    }
+
+    #[test]
+    fn a_missing_listener_group_is_an_error_at_its_line() {
+        let e = load("[[listener]]\npath = \"/run/w/a.sock\"\ngroup = \"nope\"\n").unwrap_err();
+        assert_eq!(e.problems[0].line, Some(3));
+        assert!(e.problems[0].message.contains("`nope` does not exist"));
+    }
+
+    #[test]
+    fn missing_tier_groups_and_users_are_warnings_at_their_lines() {
+        let l = load("[tiers]\nadmin_groups = [\"wheeel\"]\n[tiers.users]\ncarol = \"admin\"\n")
+            .unwrap();
+        let lines: Vec<_> = l.warnings.iter().map(|w| w.line).collect();
+        assert_eq!(lines, vec![Some(2), Some(4)]);
+        assert!(l.policy.tiers.groups.is_empty() && l.policy.tiers.users.is_empty());
+    }
+
+    #[test]
+    fn duplicate_and_overlong_listener_paths_are_errors() {
+        let long = format!("/run/{}", "x".repeat(120));
+        let text = format!(
+            "[[listener]]\npath = \"/run/a\"\n[[listener]]\npath = \"/run/a\"\n[[listener]]\npath = \"{long}\"\n"
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.problems.len(), 2, "{e}");
+        assert_eq!(e.problems[0].line, Some(3));
+        assert_eq!(e.problems[1].line, Some(5));
+    }
+
+    #[test]
+    fn guards_compile_and_say_whether_a_digest_is_needed() {
+        let p = load(
+            "[guards]\nmutating_uids = [0, 1001]\nmutating_exes = [{path = \"/usr/bin/x\"}]\n",
+        )
+        .unwrap()
+        .policy;
+        assert!(
+            p.guards
+                .mutating_uids
+                .as_ref()
+                .unwrap()
+                .contains(&Uid(1001))
+        );
+        assert!(!p.guards.needs_exe_digest());
+    }
+}

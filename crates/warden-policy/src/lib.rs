@@ -1,0 +1,19 @@
+//! warden-policy: the configuration model (`warden.toml`) and the gate.
+//!
+//! Everything here is pure: no file, socket, clock or name-service access. Text comes in from the
+//! daemon, names are resolved through a [`compile::Directory`] the daemon supplies, and the caller's
+//! identity arrives as a [`gate::PeerIdentity`] that tests build by hand. That is what lets the
+//! whole decision table be unit-tested without a daemon. No handler decides permissions on its
+//! own: [`compile::Policy::authorize`] is the only place a request is judged.
+
+pub mod compile;
+pub mod config;
+pub mod endpoints;
+pub mod gate;
+pub mod tiers;
+
+pub use compile::{Directory, ListenerPolicy, Loaded, Policy};
+pub use config::{ConfigError, Problem};
+pub use endpoints::EndpointSpec;
+pub use gate::{Decision, PeerIdentity, Runtime};
+pub use tiers::Effective;

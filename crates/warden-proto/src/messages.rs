@@ -1,0 +1,168 @@
+//! Result messages. Results do not refuse unknown fields, so a client keeps working when a newer
+//! daemon adds a field (adding a field is a compatible change; removing or renaming one bumps the
+//! protocol).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Gid, Pid, Uid};
+use crate::limits::Limits;
+use crate::tier::Tier;
+
+/// The caller as the kernel reported it when it connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub pid: Pid,
+    /// Supplementary groups from `SO_PEERGROUPS`, as of connect.
+    pub groups: Vec<Gid>,
+    /// Executable path, read under a pidfd; `null` when it could not be verified.
+    pub exe: Option<String>,
+}
+
+/// The socket a caller came in through and the tier it caps callers at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    pub path: String,
+    pub max_tier: Tier,
+}
+
+/// Answer to `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloResult {
+    pub protocol: u32,
+    pub daemon_version: String,
+    /// The requested features this daemon supports.
+    pub features: Vec<String>,
+    pub max_frame: u32,
+    pub peer: PeerInfo,
+    pub tier: Tier,
+    /// Capability toggles in force.
+    pub ops: BTreeMap<String, bool>,
+    pub listener: ListenerInfo,
+}
+
+/// Answer to `health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResult {
+    /// Always `"ok"` from a daemon that can answer at all.
+    pub status: String,
+}
+
+/// Answer to `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionResult {
+    pub daemon_version: String,
+    pub protocol: u32,
+}
+
+/// Where a caller's tier came from, before any listener cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum GrantSource {
+    /// uid 0 is always admin.
+    Root,
+    /// A `[tiers.users]` entry.
+    User { name: String },
+    /// Membership (primary or supplementary, as of connect) of a group in `[tiers]`.
+    Group { name: String, gid: Gid },
+    /// The user running a `--dev` daemon.
+    DevMode,
+    /// No mapping applies.
+    Unmapped,
+}
+
+/// The tier a caller was granted and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub tier: Tier,
+    #[serde(flatten)]
+    pub source: GrantSource,
+}
+
+/// Answer to `whoami`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoamiResult {
+    pub peer: PeerInfo,
+    /// User name of the uid; `null` when the passwd database has no entry.
+    pub user: Option<String>,
+    /// The tier in force: the grant, capped by the listener.
+    pub tier: Tier,
+    pub granted: Grant,
+    pub listener: ListenerInfo,
+    /// Whether the listener's `max_tier` lowered the grant.
+    pub capped: bool,
+    /// One sentence saying why, for people.
+    pub reason: String,
+}
+
+/// Whether the daemon runs as a system service or as an unprivileged `--dev` instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonMode {
+    System,
+    Dev,
+}
+
+/// Connection counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConnectionCounts {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections admitted since start.
+    pub accepted: u64,
+}
+
+/// Protocol violations since start, by class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ViolationCounts {
+    /// Frames announcing length 0.
+    pub frame_empty: u64,
+    /// Frames announcing more than `max_frame`.
+    pub frame_too_large: u64,
+    /// Connections closed in the middle of a frame.
+    pub frame_truncated: u64,
+    /// Frames whose body did not arrive within `frame_timeout_ms`.
+    pub frame_timeout: u64,
+    /// Connections that sent no `hello` within `hello_timeout_ms`.
+    pub hello_timeout: u64,
+    /// Connections whose first request was not a valid `hello`.
+    pub hello_missing: u64,
+    /// Frames that were not JSON or not JSON-RPC 2.0 requests.
+    pub invalid_jsonrpc: u64,
+    /// Connections closed for repeated invalid frames.
+    pub closed_for_violations: u64,
+    /// Connections closed because they did not read their responses.
+    pub write_timeout: u64,
+}
+
+/// Requests and connections refused to protect other callers, since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RefusalCounts {
+    /// Connections refused at `max_connections`.
+    pub busy_total: u64,
+    /// Connections refused at `max_connections_per_uid`.
+    pub busy_uid: u64,
+    /// Requests refused by a connection's token bucket.
+    pub rate_limited_connection: u64,
+    /// Requests refused by a uid's token bucket.
+    pub rate_limited_uid: u64,
+    /// Connections refused because the kernel would not tell who was calling.
+    pub identity_unreadable: u64,
+}
+
+/// Answer to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResult {
+    pub daemon_version: String,
+    pub protocol: u32,
+    pub mode: DaemonMode,
+    pub uptime_ms: u64,
+    pub connections: ConnectionCounts,
+    pub violations: ViolationCounts,
+    pub refusals: RefusalCounts,
+    pub limits: Limits,
+    pub listeners: Vec<ListenerInfo>,
+}

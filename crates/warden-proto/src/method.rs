@@ -1,0 +1,58 @@
+//! The methods of the protocol, by wire name. Adding a variant forces a gate declaration for it:
+//! `warden_policy::endpoints::spec` matches exhaustively, and a test enumerates [`Method::ALL`].
+
+use std::fmt;
+
+/// Every method a client may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    Hello,
+    Health,
+    Version,
+    Whoami,
+    Status,
+}
+
+impl Method {
+    pub const ALL: [Method; 5] = [
+        Method::Hello,
+        Method::Health,
+        Method::Version,
+        Method::Whoami,
+        Method::Status,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Hello => "hello",
+            Method::Health => "health",
+            Method::Version => "version",
+            Method::Whoami => "whoami",
+            Method::Status => "status",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_round_trips_its_wire_name() {
+        for m in Method::ALL {
+            assert_eq!(Method::from_name(m.as_str()), Some(m));
+        }
+        assert_eq!(Method::from_name("Hello"), None);
+        assert_eq!(Method::from_name(""), None);
+    }
+}

@@ -1,0 +1,302 @@
+//! Golden fixtures: every message shape on the wire, byte for byte (field order included), as the
+//! real encoders write it. A failing case means the wire contract changed: if that is intended,
+//! bump PROTOCOL_VERSION when it is incompatible, then re-bless with `WARDEN_BLESS=1`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::json;
+use warden_proto::envelope::{self, Envelope, Id};
+use warden_proto::messages::*;
+use warden_proto::request::HelloParams;
+use warden_proto::{ErrorKind, Gid, Limits, Method, Pid, Request, RpcError, Tier, Uid, error};
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// Removes whitespace outside strings, keeping everything else (and the order) as written.
+fn minify(text: &str) -> String {
+    let (mut out, mut in_str, mut esc) = (String::new(), false, false);
+    for c in text.chars() {
+        if in_str {
+            out.push(c);
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+        } else if !c.is_whitespace() {
+            in_str = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Indents compact JSON two spaces a level, keeping field order (for blessing new fixtures).
+fn pretty(compact: &str) -> String {
+    let (mut out, mut depth, mut in_str, mut esc) = (String::new(), 0usize, false, false);
+    let mut chars = compact.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_str {
+            out.push(c);
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_str = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                let close = if c == '{' { '}' } else { ']' };
+                if chars.peek() == Some(&close) {
+                    out.push(c);
+                    out.push(close);
+                    chars.next();
+                } else {
+                    depth += 1;
+                    out.push(c);
+                    out.push('\n');
+                    out.push_str(&"  ".repeat(depth));
+                }
+            }
+            '}' | ']' => {
+                depth -= 1;
+                out.push('\n');
+                out.push_str(&"  ".repeat(depth));
+                out.push(c);
+            }
+            ',' => {
+                out.push_str(",\n");
+                out.push_str(&"  ".repeat(depth));
+            }
+            ':' => out.push_str(": "),
+            _ => out.push(c),
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn check(name: &str, bytes: Vec<u8>) {
+    let compact = String::from_utf8(bytes).unwrap();
+    let path = golden_dir().join(format!("{name}.json"));
+    if std::env::var_os("WARDEN_BLESS").is_some() {
+        std::fs::write(&path, pretty(&compact)).unwrap();
+    }
+    let fixture = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with WARDEN_BLESS=1 to create it)",
+            path.display()
+        )
+    });
+    assert_eq!(minify(&fixture), compact, "wire shape of {name} changed");
+}
+
+fn peer() -> PeerInfo {
+    PeerInfo {
+        uid: Uid(1000),
+        gid: Gid(1000),
+        pid: Pid(4242),
+        groups: vec![Gid(1000), Gid(1500)],
+        exe: Some("/usr/bin/warden".into()),
+    }
+}
+
+fn listener() -> ListenerInfo {
+    ListenerInfo {
+        path: "/run/warden/warden.sock".into(),
+        max_tier: Tier::Admin,
+    }
+}
+
+fn ok<T: serde::Serialize>(result: &T) -> Vec<u8> {
+    envelope::result_response(&Id::number(1), result).unwrap()
+}
+
+#[test]
+fn requests_match_their_fixtures_and_parse_back() {
+    let hello = json!({"protocol": 1, "client": "warden-cli", "features": []});
+    let cases = [
+        ("request.hello", Method::Hello, hello),
+        ("request.health", Method::Health, json!({})),
+        ("request.version", Method::Version, json!({})),
+        ("request.whoami", Method::Whoami, json!({})),
+        ("request.status", Method::Status, json!({})),
+    ];
+    for (name, method, params) in cases {
+        let bytes = envelope::request(1, method.as_str(), &params).unwrap();
+        let env = Envelope::parse(&bytes).unwrap();
+        let req = Request::parse(Method::from_name(&env.method).unwrap(), env.params).unwrap();
+        assert_eq!(req.method(), method);
+        check(name, bytes);
+    }
+    let typed: HelloParams = serde_json::from_value(json!({"protocol": 1, "client": "c"})).unwrap();
+    assert!(typed.features.is_empty(), "features may be omitted");
+}
+
+#[test]
+fn results_match_their_fixtures() {
+    let ops: BTreeMap<String, bool> = [("network".into(), false), ("storage".into(), true)].into();
+    check(
+        "result.hello",
+        ok(&HelloResult {
+            protocol: 1,
+            daemon_version: "0.1.0".into(),
+            features: vec![],
+            max_frame: 1_048_576,
+            peer: peer(),
+            tier: Tier::Operator,
+            ops,
+            listener: listener(),
+        }),
+    );
+    check(
+        "result.health",
+        ok(&HealthResult {
+            status: "ok".into(),
+        }),
+    );
+    check(
+        "result.version",
+        ok(&VersionResult {
+            daemon_version: "0.1.0".into(),
+            protocol: 1,
+        }),
+    );
+    check(
+        "result.whoami",
+        ok(&WhoamiResult {
+            peer: peer(),
+            user: Some("alice".into()),
+            tier: Tier::ReadOnly,
+            granted: Grant {
+                tier: Tier::Operator,
+                source: GrantSource::Group {
+                    name: "wardenops".into(),
+                    gid: Gid(1500),
+                },
+            },
+            listener: ListenerInfo {
+                path: "/run/warden/ro.sock".into(),
+                max_tier: Tier::ReadOnly,
+            },
+            capped: true,
+            reason: "operator as a member of group wardenops, capped at read_only by listener /run/warden/ro.sock".into(),
+        }),
+    );
+    check(
+        "result.status",
+        ok(&StatusResult {
+            daemon_version: "0.1.0".into(),
+            protocol: 1,
+            mode: DaemonMode::System,
+            uptime_ms: 61_000,
+            connections: ConnectionCounts {
+                open: 2,
+                accepted: 9,
+            },
+            violations: ViolationCounts {
+                frame_too_large: 1,
+                ..Default::default()
+            },
+            refusals: RefusalCounts {
+                rate_limited_uid: 3,
+                ..Default::default()
+            },
+            limits: Limits::default(),
+            listeners: vec![listener()],
+        }),
+    );
+}
+
+#[test]
+fn grant_sources_each_have_a_fixed_shape() {
+    let sources = [
+        ("grant.root", GrantSource::Root),
+        (
+            "grant.user",
+            GrantSource::User {
+                name: "alice".into(),
+            },
+        ),
+        ("grant.dev_mode", GrantSource::DevMode),
+        ("grant.unmapped", GrantSource::Unmapped),
+    ];
+    for (name, source) in sources {
+        let g = Grant {
+            tier: Tier::Admin,
+            source,
+        };
+        let bytes = serde_json::to_vec(&g).unwrap();
+        let back: Grant = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, g);
+        check(name, bytes);
+    }
+}
+
+#[test]
+fn errors_match_their_fixtures() {
+    let id = Id::number(1);
+    check(
+        "error.forbidden",
+        envelope::error_response(
+            Some(&id),
+            &RpcError::new(
+                ErrorKind::Forbidden,
+                "status needs tier read_only; you have none",
+                "3f2a9c0d5e7b8a61".into(),
+            ),
+        )
+        .unwrap(),
+    );
+    check(
+        "error.rate_limited",
+        envelope::error_response(
+            Some(&id),
+            &RpcError::new(
+                ErrorKind::RateLimited,
+                "too many requests on this connection (20/s, burst 40)",
+                "0b1c2d3e4f506172".into(),
+            )
+            .retry_after_ms(50),
+        )
+        .unwrap(),
+    );
+    check(
+        "error.frame_too_large",
+        envelope::error_response(
+            None,
+            &RpcError::with_code(
+                error::code::INVALID_REQUEST,
+                ErrorKind::BadRequest,
+                "frame length 1048577 exceeds max_frame 1048576",
+                "8899aabbccddeeff".into(),
+            ),
+        )
+        .unwrap(),
+    );
+    check(
+        "error.internal_for_admin",
+        envelope::error_response(
+            Some(&id),
+            &RpcError::new(
+                ErrorKind::Internal,
+                "internal error",
+                "0011223344556677".into(),
+            )
+            .detail("handler panicked: index out of bounds"),
+        )
+        .unwrap(),
+    );
+}

@@ -1,0 +1,126 @@
+//! Human output: short, aligned, and only what a person needs at a glance.
+
+use std::fmt::Write;
+
+use warden_proto::messages::{GrantSource, StatusResult, WhoamiResult};
+
+/// `3d 4h`, `5m 12s`, `42s`.
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// `name 3, other 1`, or `none` when every count is zero.
+fn nonzero<T: serde::Serialize>(counts: &T) -> String {
+    let v = serde_json::to_value(counts).unwrap_or_default();
+    let parts: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| format!("{k} {n}")))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub fn status(s: &StatusResult) -> String {
+    let l = &s.limits;
+    let mode = match s.mode {
+        warden_proto::messages::DaemonMode::System => "system",
+        warden_proto::messages::DaemonMode::Dev => "DEV MODE",
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "wardend {} (protocol {}, {mode}), up {}",
+        s.daemon_version,
+        s.protocol,
+        duration(s.uptime_ms)
+    );
+    let _ = writeln!(
+        out,
+        "connections  {} open, {} accepted (max {}, {} per uid)",
+        s.connections.open, s.connections.accepted, l.max_connections, l.max_connections_per_uid
+    );
+    let _ = writeln!(
+        out,
+        "rates        {}/s per connection (burst {}), {}/s per uid (burst {})",
+        l.requests_per_second, l.burst, l.uid_requests_per_second, l.uid_burst
+    );
+    let _ = writeln!(
+        out,
+        "frames       up to {} bytes; hello within {} ms; a frame within {} ms",
+        l.max_frame, l.hello_timeout_ms, l.frame_timeout_ms
+    );
+    for (i, listener) in s.listeners.iter().enumerate() {
+        let label = if i == 0 { "listeners" } else { "" };
+        let _ = writeln!(
+            out,
+            "{label:<12} {} (up to {})",
+            listener.path, listener.max_tier
+        );
+    }
+    let _ = writeln!(out, "violations   {}", nonzero(&s.violations));
+    let _ = writeln!(out, "refusals     {}", nonzero(&s.refusals));
+    out
+}
+
+pub fn whoami(w: &WhoamiResult) -> String {
+    let p = &w.peer;
+    let user = w
+        .user
+        .as_deref()
+        .map_or("no passwd entry".to_owned(), str::to_owned);
+    let groups: Vec<String> = p.groups.iter().map(|g| g.to_string()).collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "uid {} ({user}), gid {}, pid {}", p.uid, p.gid, p.pid);
+    let _ = writeln!(
+        out,
+        "groups   {}",
+        if groups.is_empty() {
+            "none".into()
+        } else {
+            groups.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "exe      {}",
+        p.exe.as_deref().unwrap_or("(not verified)")
+    );
+    let _ = writeln!(out, "tier     {}: {}", w.tier, w.reason);
+    if let GrantSource::Unmapped = w.granted.source {
+        let _ = writeln!(
+            out,
+            "         ask an administrator to map your user or a group to a tier in warden.toml"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "listener {} (up to {})",
+        w.listener.path, w.listener.max_tier
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(duration(42_000), "42s");
+        assert_eq!(duration(312_000), "5m 12s");
+        assert_eq!(duration(3_700_000), "1h 1m");
+        assert_eq!(duration(90_000_000), "1d 1h");
+    }
+}

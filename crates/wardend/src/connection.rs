@@ -1,0 +1,275 @@
+//! One client connection: reading frames with the hello and mid-frame deadlines, handing each
+//! frame to [`crate::dispatch`], writing the answer, and closing on framing violations.
+//!
+//! It must never hold memory for a peer that is not sending: while idle it keeps no read
+//! buffer, and a frame's body is only reserved after its length passed the limit. It must never
+//! let one peer hold its slot forever: the body of a frame has `frame_timeout_ms` to arrive, the
+//! first request `hello_timeout_ms`, and an answer the peer does not read `frame_timeout_ms`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::time::{Instant, sleep_until};
+use warden_policy::ListenerPolicy;
+use warden_proto::error::code;
+use warden_proto::{ErrorKind, FrameDecoder, FrameError, RpcError};
+use warden_sys::peer::PeerCred;
+
+use crate::dispatch::{self, Session, correlation_id, framed_error};
+use crate::identity;
+use crate::limits::{Slot, TokenBucket};
+use crate::server::Shared;
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 4096;
+
+/// A connection whose peer has been identified.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    stream: UnixStream,
+    /// Bytes read but not yet decoded; empty (and unallocated) while idle.
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    session: Session,
+    /// When `hello` must have arrived by; `None` once it has.
+    hello_deadline: Option<Instant>,
+    /// Set at shutdown: answer only what the peer already sent, then close.
+    draining: bool,
+    /// Holds this connection's place under the connection caps.
+    _slot: Slot,
+}
+
+/// What reading produced.
+enum Next {
+    Frame(Bytes),
+    /// The peer closed between frames, or shutdown found nothing left to answer.
+    Done,
+    Broken(Violation),
+    Io(io::Error),
+}
+
+/// Framing failures; each closes the connection.
+enum Violation {
+    Length(FrameError),
+    HelloTimeout,
+    FrameTimeout,
+    Truncated,
+}
+
+impl Connection {
+    /// Identifies the peer. On failure the connection is refused with one error frame.
+    pub(crate) fn open(
+        shared: Arc<Shared>,
+        listener: Arc<ListenerPolicy>,
+        stream: UnixStream,
+        cred: PeerCred,
+        slot: Slot,
+    ) -> Option<Connection> {
+        let needs_digest = shared.policy.guards.needs_exe_digest();
+        let peer = match identity::identify(
+            &stream,
+            cred,
+            needs_digest,
+            &shared.digests,
+            shared.pidfd_source,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                shared.stats.identity_unreadable.inc();
+                let err = RpcError::new(
+                    ErrorKind::Forbidden,
+                    "the kernel did not confirm who is calling; connection refused",
+                    correlation_id(),
+                );
+                if let Some(suppressed) = shared.logs.admit(warden_proto::Uid(cred.uid)) {
+                    tracing::warn!(correlation_id = %err.data.correlation_id, error = %e, suppressed,
+                        "refused a connection: identity not confirmed");
+                }
+                if let Some(frame) = framed_error(None, &err) {
+                    let _ = stream.try_write(&frame);
+                }
+                return None;
+            }
+        };
+        tracing::debug!(groups = ?peer.groups, exe = ?peer.exe, listener = %listener.path.display(), "connected");
+        let now = Instant::now();
+        let limits = &shared.policy.limits;
+        let session = Session {
+            peer,
+            listener,
+            bucket: TokenBucket::new(limits.requests_per_second, limits.burst, now),
+            client: None,
+            invalid_frames: 0,
+        };
+        Some(Connection {
+            decoder: FrameDecoder::new(limits.max_frame),
+            hello_deadline: Some(now + Duration::from_millis(limits.hello_timeout_ms)),
+            shared,
+            stream,
+            buf: BytesMut::new(),
+            session,
+            draining: false,
+            _slot: slot,
+        })
+    }
+
+    /// Serves requests until the peer leaves, breaks the protocol, or the daemon shuts down.
+    pub(crate) async fn serve(mut self) {
+        loop {
+            match self.next_frame().await {
+                Next::Frame(frame) => {
+                    let out = dispatch::handle(&self.shared, &mut self.session, &frame);
+                    if self.session.client.is_some() {
+                        self.hello_deadline = None;
+                    }
+                    if !self.send(out.frame).await || out.close {
+                        break;
+                    }
+                }
+                Next::Done => break,
+                Next::Io(e) => {
+                    tracing::debug!(error = %e, "connection failed");
+                    break;
+                }
+                Next::Broken(v) => {
+                    self.refuse(v);
+                    break;
+                }
+            }
+        }
+        tracing::debug!("closed");
+    }
+
+    async fn next_frame(&mut self) -> Next {
+        let frame_timeout = Duration::from_millis(self.shared.policy.limits.frame_timeout_ms);
+        let mut frame_deadline: Option<Instant> = None;
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Next::Frame(frame),
+                Ok(None) => {}
+                Err(e) => return Next::Broken(Violation::Length(e)),
+            }
+            if self.buf.is_empty() {
+                // Idle between frames: hold no buffer for a peer that is not sending.
+                if self.buf.capacity() > 0 {
+                    self.buf = BytesMut::new();
+                }
+            } else if frame_deadline.is_none() {
+                frame_deadline = Some(Instant::now() + frame_timeout);
+            }
+            if self.draining {
+                match self.try_read() {
+                    Ok(0) if !self.buf.is_empty() => return Next::Broken(Violation::Truncated),
+                    Ok(0) => return Next::Done,
+                    Ok(_) => continue,
+                    // Nothing more was sent before shutdown: a partial frame is dropped.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Done,
+                    Err(e) => return Next::Io(e),
+                }
+            }
+            let deadline = match (frame_deadline, self.hello_deadline) {
+                (Some(f), Some(h)) => Some(f.min(h)),
+                (f, h) => f.or(h),
+            };
+            tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => {
+                    self.draining = true;
+                }
+                ready = self.stream.readable() => {
+                    if let Err(e) = ready {
+                        return Next::Io(e);
+                    }
+                    match self.try_read() {
+                        Ok(0) if self.buf.is_empty() => return Next::Done,
+                        Ok(0) => return Next::Broken(Violation::Truncated),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Next::Io(e),
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let hello_expired = self.hello_deadline.is_some_and(|h| h <= Instant::now());
+                    return Next::Broken(if hello_expired {
+                        Violation::HelloTimeout
+                    } else {
+                        Violation::FrameTimeout
+                    });
+                }
+            }
+        }
+    }
+
+    fn try_read(&mut self) -> io::Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        self.stream.try_read_buf(&mut self.buf)
+    }
+
+    /// Writes one answer; `false` if the connection is finished.
+    async fn send(&mut self, frame: Option<Vec<u8>>) -> bool {
+        let Some(frame) = frame else {
+            return false;
+        };
+        let limit = Duration::from_millis(self.shared.policy.limits.frame_timeout_ms);
+        match tokio::time::timeout(limit, self.stream.write_all(&frame)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                false
+            }
+            Err(_) => {
+                // The peer stopped reading its answers: it only holds up itself, so close.
+                self.shared.stats.write_timeout.inc();
+                false
+            }
+        }
+    }
+
+    /// Answers a framing violation with one error frame (best effort, never blocking) and counts it.
+    fn refuse(&mut self, v: Violation) {
+        let stats = &self.shared.stats;
+        let limits = &self.shared.policy.limits;
+        let message = match v {
+            Violation::Length(e) => {
+                match e {
+                    FrameError::Empty { .. } => stats.frame_empty.inc(),
+                    FrameError::TooLarge { .. } => stats.frame_too_large.inc(),
+                }
+                e.to_string()
+            }
+            Violation::HelloTimeout => {
+                stats.hello_timeout.inc();
+                format!(
+                    "no hello within hello_timeout_ms ({} ms)",
+                    limits.hello_timeout_ms
+                )
+            }
+            Violation::FrameTimeout => {
+                stats.frame_timeout.inc();
+                format!(
+                    "frame not complete within frame_timeout_ms ({} ms)",
+                    limits.frame_timeout_ms
+                )
+            }
+            Violation::Truncated => {
+                stats.frame_truncated.inc();
+                tracing::debug!("peer closed in the middle of a frame");
+                return;
+            }
+        };
+        let err = RpcError::with_code(
+            code::INVALID_REQUEST,
+            ErrorKind::BadRequest,
+            message,
+            correlation_id(),
+        );
+        dispatch::log_refusal(&self.shared, &self.session, None, &err);
+        if let Some(frame) = framed_error(None, &err) {
+            let _ = self.stream.try_write(&frame);
+        }
+    }
+}

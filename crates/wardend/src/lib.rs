@@ -1,0 +1,22 @@
+//! wardend: the warden daemon as a library, so tests can run it in-process and drive shutdown.
+//!
+//! The request path, in the order a request meets it:
+//! [`listener`] (sockets) → [`server`] (accept, admission) → `connection` (framing, deadlines)
+//! → `identity` (who, from the kernel) → `dispatch` (rate limits, the gate) → `handlers` (one
+//! file per endpoint family). [`settings`] loads what the daemon runs with; `main.rs` only parses
+//! flags, sets up logging and signals, and calls [`Daemon::start`].
+
+mod connection;
+mod dispatch;
+mod handlers;
+mod identity;
+mod limits;
+pub mod listener;
+mod logs;
+pub mod notify;
+pub mod server;
+pub mod settings;
+mod stats;
+
+pub use server::{Daemon, DaemonThread, StartError};
+pub use settings::{DEFAULT_CONFIG, Settings, SettingsError, SystemDirectory};

@@ -1,0 +1,234 @@
+//! Limits that keep one caller from harming the others: token buckets for request rates, and
+//! admission of connections against the total and per-uid caps.
+//!
+//! Refusals are answers (`busy`, `rate_limited` with a retry time), never silence. All clocks are
+//! tokio's, so tests can pause time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use warden_proto::{Limits, Uid};
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(crate) fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        TokenBucket {
+            rate,
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Total { max: u32 },
+    PerUid { max: u32 },
+}
+
+/// Per-uid state. Kept after the uid's last connection closes until its bucket is full again,
+/// so reconnecting does not reset a flooder's rate.
+#[derive(Debug)]
+struct UidEntry {
+    connections: u32,
+    bucket: TokenBucket,
+}
+
+#[derive(Debug, Default)]
+struct AdmissionState {
+    total: u32,
+    uids: HashMap<Uid, UidEntry>,
+}
+
+/// Connection counts and per-uid rate buckets, shared by every listener.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    limits: Limits,
+    state: Mutex<AdmissionState>,
+}
+
+/// Entries kept for uids without connections before a sweep drops the idle ones.
+const IDLE_UID_SWEEP: usize = 1024;
+
+impl Admission {
+    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Admission {
+            limits,
+            state: Mutex::new(AdmissionState::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AdmissionState> {
+        // No code panics while holding this lock; if one ever did, the counts are still
+        // consistent integers, so carrying on is safe.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a connection from `uid`, or says which cap refused it.
+    pub(crate) fn admit(self: &Arc<Self>, uid: Uid, now: Instant) -> Result<Slot, Refusal> {
+        let mut st = self.state();
+        if st.total >= self.limits.max_connections {
+            return Err(Refusal::Total {
+                max: self.limits.max_connections,
+            });
+        }
+        let limits = &self.limits;
+        let entry = st.uids.entry(uid).or_insert_with(|| UidEntry {
+            connections: 0,
+            bucket: TokenBucket::new(limits.uid_requests_per_second, limits.uid_burst, now),
+        });
+        if entry.connections >= limits.max_connections_per_uid {
+            return Err(Refusal::PerUid {
+                max: limits.max_connections_per_uid,
+            });
+        }
+        entry.connections += 1;
+        st.total += 1;
+        Ok(Slot {
+            admission: Arc::clone(self),
+            uid,
+        })
+    }
+
+    /// Takes one request token from `uid`'s bucket.
+    pub(crate) fn take_uid_token(&self, uid: Uid, now: Instant) -> Result<(), Duration> {
+        match self.state().uids.get_mut(&uid) {
+            Some(e) => e.bucket.try_take(now),
+            // Only admitted connections make requests, and an admitted uid has an entry.
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn open(&self) -> u32 {
+        self.state().total
+    }
+
+    fn release(&self, uid: Uid) {
+        let now = Instant::now();
+        let mut st = self.state();
+        st.total = st.total.saturating_sub(1);
+        if let Some(e) = st.uids.get_mut(&uid) {
+            e.connections = e.connections.saturating_sub(1);
+            if e.connections == 0 && e.bucket.is_full(now) {
+                st.uids.remove(&uid);
+            }
+        }
+        if st.uids.len() > IDLE_UID_SWEEP {
+            st.uids
+                .retain(|_, e| e.connections > 0 || !e.bucket.is_full(now));
+        }
+    }
+}
+
+/// An admitted connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    admission: Arc<Admission>,
+    uid: Uid,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission.release(self.uid);
+    }
+}
+
+/// Milliseconds to tell a caller to wait, never 0 (a 0 would invite an immediate retry).
+pub(crate) fn retry_ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: u32, per_uid: u32) -> Limits {
+        Limits {
+            max_connections: total,
+            max_connections_per_uid: per_uid,
+            uid_requests_per_second: 10.0,
+            uid_burst: 3,
+            ..Limits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
+        let now = Instant::now();
+        let mut b = TokenBucket::new(10.0, 2, now);
+        assert!(b.try_take(now).is_ok());
+        assert!(b.try_take(now).is_ok());
+        let wait = b.try_take(now).unwrap_err();
+        assert_eq!(retry_ms(wait), 100);
+        assert!(b.try_take(now + Duration::from_millis(100)).is_ok());
+        assert!(b.try_take(now + Duration::from_millis(100)).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_enforces_total_and_per_uid_caps_and_frees_on_drop() {
+        let a = Admission::new(limits(3, 2));
+        let now = Instant::now();
+        let s1 = a.admit(Uid(1), now).unwrap();
+        let _s2 = a.admit(Uid(1), now).unwrap();
+        assert_eq!(
+            a.admit(Uid(1), now).unwrap_err(),
+            Refusal::PerUid { max: 2 }
+        );
+        let _s3 = a.admit(Uid(2), now).unwrap();
+        assert_eq!(a.admit(Uid(3), now).unwrap_err(), Refusal::Total { max: 3 });
+        drop(s1);
+        assert_eq!(a.open(), 2);
+        assert!(a.admit(Uid(3), now).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnecting_does_not_refill_a_uid_bucket() {
+        let a = Admission::new(limits(10, 10));
+        let now = Instant::now();
+        let slot = a.admit(Uid(7), now).unwrap();
+        for _ in 0..3 {
+            a.take_uid_token(Uid(7), now).unwrap();
+        }
+        assert!(a.take_uid_token(Uid(7), now).is_err());
+        drop(slot);
+        let _again = a.admit(Uid(7), now).unwrap();
+        assert!(a.take_uid_token(Uid(7), now).is_err());
+        // Another uid has its own bucket.
+        let _other = a.admit(Uid(8), now).unwrap();
+        assert!(a.take_uid_token(Uid(8), now).is_ok());
+    }
+}

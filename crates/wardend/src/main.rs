@@ -1,0 +1,217 @@
+//! `wardend`: parses flags, sets up logging, takes systemd's sockets, loads the configuration,
+//! then runs the daemon until SIGTERM or SIGINT. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use warden_proto::messages::DaemonMode;
+use wardend::{DEFAULT_CONFIG, Daemon, Settings, notify};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wardend",
+    version,
+    about = "warden's privilege broker daemon",
+    long_about = "warden's privilege broker daemon. Serves the local control plane on Unix sockets, \
+                  identifies every caller from the kernel and judges every request in one gate."
+)]
+struct Cli {
+    /// Configuration file [default: /etc/warden/warden.toml; built-in default if it is absent]
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Run unprivileged with a demo configuration on a private socket, for trying warden out.
+    #[arg(long)]
+    dev: bool,
+    /// Serve the first listener on PATH instead of its configured path.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Keep state in DIR instead of the configured state directory.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and print its problems as FILE:LINE: message.
+    /// Exit status: 0 valid (warnings may be printed), 1 invalid or unreadable.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return check_config(file);
+    }
+    let logs_to_stderr = init_logging(cli.dev);
+    let dev = cli.dev;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            if !logs_to_stderr {
+                eprintln!("wardend: {e:#}");
+            }
+            if dev && e.downcast_ref::<wardend::StartError>().is_some() {
+                eprintln!(
+                    "wardend: hint: --dev needs a socket directory only you can write to; \
+                     set XDG_RUNTIME_DIR or pass --socket PATH"
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &PathBuf) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let origin = file.display().to_string();
+    match Settings::from_toml(&text, &origin, DaemonMode::System) {
+        Ok(s) => {
+            for w in &s.warnings {
+                println!("{}", w.display(&format!("{origin}: warning")));
+            }
+            println!("{origin}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends logs to journald when it is there, else to stderr. Returns whether logs go to stderr.
+fn init_logging(dev: bool) -> bool {
+    let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let journald = !dev && std::path::Path::new("/run/systemd/journal/socket").exists();
+    if journald && let Ok(layer) = tracing_journald::layer() {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init();
+        return false;
+    }
+    // No journald (containers, dev mode, this machine's CI): plain lines on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    true
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Settings> {
+    let mut settings = if cli.dev {
+        Settings::dev(cli.socket.clone(), cli.state_dir.clone())?
+    } else {
+        let (path, explicit) = match &cli.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let mut s = Settings::system(&path, explicit)?;
+        if let Some(socket) = &cli.socket {
+            s.override_socket(socket.clone())?;
+        }
+        if let Some(dir) = &cli.state_dir {
+            s.override_state_dir(dir.clone())?;
+        }
+        s
+    };
+    for w in &settings.warnings {
+        tracing::warn!("{}", w.display(&settings.origin));
+    }
+    settings.activated =
+        warden_sys::activation::take_listen_fds().context("adopting sockets passed by systemd")?;
+    Ok(settings)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = load(&cli)?;
+    // Files and sockets the daemon creates are private until it sets their modes explicitly.
+    warden_sys::process::set_umask(0o077);
+    match warden_sys::process::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    if settings.mode == DaemonMode::System && warden_sys::users::effective_uid() != 0 {
+        tracing::warn!("wardend is not running as root; use --dev to try it unprivileged");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let mode = settings.mode;
+    let origin = settings.origin.clone();
+    let admin = settings.trusted_uid;
+    let daemon = Daemon::start(settings).await?;
+    let sockets: Vec<String> = daemon
+        .socket_paths()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    if mode == DaemonMode::Dev {
+        announce_dev(&sockets, admin);
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %origin, sockets = ?sockets, "wardend ready");
+    notify::ready(&format!("serving {}", sockets.join(", ")));
+    let stop_watchdog = tokio_util::sync::CancellationToken::new();
+    notify::spawn_watchdog(stop_watchdog.clone());
+
+    wait_for_stop_signal().await?;
+    notify::stopping();
+    tracing::info!("shutting down: no new connections; answering what was received");
+    daemon.shutdown().await;
+    stop_watchdog.cancel();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn announce_dev(sockets: &[String], admin: u32) {
+    let socket = sockets.first().map_or("", String::as_str);
+    eprintln!(
+        "\n  wardend DEV MODE: unprivileged, demo configuration, not for production\n\
+         \n    socket  {socket} (mode 0600: only you can connect)\
+         \n    admin   uid {admin} (you)\
+         \n    try     cargo run --bin warden -- status\
+         \n            WARDEN_SOCKET={socket} warden whoami\n"
+    );
+    tracing::warn!(socket, "running in dev mode with the demo configuration");
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SIGHUP would otherwise kill the daemon; this build does not reload its configuration.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP ignored: this build does not reload its configuration; restart wardend to apply changes"
+            ),
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The daemon: shared state, the accept loops, admission of new connections, and shutdown.
+//!
+//! A connection is admitted in the accept loop (one `SO_PEERCRED` read, then the total and
+//! per-uid caps); everything slower happens in the connection's own task so a flood of connects
+//! cannot stall the loop. Refused connections get one `busy` frame written without blocking,
+//! then close.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use warden_policy::{ListenerPolicy, Policy};
+use warden_proto::messages::DaemonMode;
+use warden_proto::{ErrorKind, RpcError, Uid};
+
+use crate::connection::Connection;
+use crate::dispatch::{correlation_id, framed_error};
+use crate::identity::{DigestCache, PidfdSource};
+use crate::limits::{Admission, Refusal};
+use crate::listener::{self, Bound, ListenError};
+use crate::logs::LogLimiter;
+use crate::settings::Settings;
+use crate::stats::Stats;
+
+/// State every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub policy: Policy,
+    /// Capability toggles in force (start from the policy's defaults).
+    pub ops: BTreeMap<String, bool>,
+    pub mode: DaemonMode,
+    /// For `status` uptime.
+    pub started: Instant,
+    /// Connection caps and per-uid request buckets.
+    pub admission: Arc<Admission>,
+    pub stats: Stats,
+    /// Keeps peer-caused log lines from flooding the log.
+    pub logs: LogLimiter,
+    /// Executable digests for `[guards]`, so each binary is hashed once.
+    pub digests: DigestCache,
+    /// Cancelled once at shutdown; every loop watches it.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    next_connection: AtomicU64,
+    pub pidfd_source: PidfdSource,
+}
+
+/// A running daemon. Dropping it without [`Daemon::shutdown`] leaves its tasks to the runtime.
+#[derive(Debug)]
+pub struct Daemon {
+    shared: Arc<Shared>,
+    sockets: Vec<PathBuf>,
+    created: Vec<(PathBuf, u64, u64)>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+/// Why a daemon did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot start the daemon's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A daemon on its own runtime in a background thread (for tests and embedding). Stopped, with
+/// the same graceful shutdown as SIGTERM, by [`DaemonThread::stop`] or on drop.
+#[derive(Debug)]
+pub struct DaemonThread {
+    sockets: Vec<PathBuf>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DaemonThread {
+    /// The paths of the sockets being served.
+    pub fn socket_paths(&self) -> &[PathBuf] {
+        &self.sockets
+    }
+
+    /// The first listener's socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.sockets[0]
+    }
+
+    /// Shuts the daemon down and waits until it has.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DaemonThread {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// How long shutdown waits for connections to finish what they already received.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// What a refused connection is told to wait before trying again.
+const BUSY_RETRY_MS: u64 = 1_000;
+
+impl Daemon {
+    /// Prepares directories, binds every listener and starts accepting. Must run inside a tokio
+    /// runtime.
+    pub async fn start(settings: Settings) -> Result<Daemon, StartError> {
+        let Settings {
+            policy,
+            mode,
+            trusted_uid,
+            activated,
+            pidfd_source,
+            ..
+        } = settings;
+        listener::prepare_dirs(&policy, mode, trusted_uid)?;
+        let bound = listener::bind_all(&policy, activated, trusted_uid)?;
+        let shared = Arc::new(Shared {
+            ops: policy.ops.clone(),
+            admission: Admission::new(policy.limits.clone()),
+            policy,
+            mode,
+            started: Instant::now(),
+            stats: Stats::default(),
+            logs: LogLimiter::default(),
+            digests: DigestCache::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            next_connection: AtomicU64::new(1),
+            pidfd_source,
+        });
+        let sockets = bound.iter().map(|b| b.policy.path.clone()).collect();
+        let mut created = Vec::new();
+        let mut accept_loops = Vec::new();
+        for b in bound {
+            created.extend(b.created.clone());
+            tracing::info!(
+                path = %b.policy.path.display(),
+                mode = format!("{:04o}", b.policy.mode),
+                group = b.policy.group.as_ref().map(|(n, _)| n.as_str()),
+                max_tier = %b.policy.max_tier,
+                activated = b.created.is_none(),
+                "listening"
+            );
+            accept_loops.push(tokio::spawn(accept_loop(Arc::clone(&shared), b)));
+        }
+        Ok(Daemon {
+            shared,
+            sockets,
+            created,
+            accept_loops,
+        })
+    }
+
+    /// The paths of the sockets being served.
+    pub fn socket_paths(&self) -> &[PathBuf] {
+        &self.sockets
+    }
+
+    /// Starts a daemon on a runtime of its own in a new thread and returns once it listens.
+    pub fn spawn_thread(settings: Settings) -> Result<DaemonThread, StartError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(StartError::Runtime(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Daemon::start(settings).await {
+                    Ok(daemon) => {
+                        let _ = ready_tx.send(Ok(daemon.socket_paths().to_vec()));
+                        let _ = stop_rx.await;
+                        daemon.shutdown().await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        });
+        let gone = || {
+            StartError::Runtime(std::io::Error::other(
+                "the daemon thread ended before it was ready",
+            ))
+        };
+        let sockets = ready_rx.recv().map_err(|_| gone())??;
+        Ok(DaemonThread {
+            sockets,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting, lets every connection answer what it already received, then returns.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        for l in self.accept_loops {
+            let _ = l.await;
+        }
+        listener::remove_created(&self.created);
+        self.shared.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.shared.admission.open(),
+                "connections still open after the shutdown grace period; closing them"
+            );
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, bound: Bound) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            r = bound.listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => admit(&shared, &bound.policy, stream),
+            Err(e) => {
+                // Out of descriptors or memory: back off briefly instead of spinning.
+                if shared.logs.admit(Uid(u32::MAX)).is_some() {
+                    tracing::warn!(error = %e, path = %bound.policy.path.display(), "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn admit(shared: &Arc<Shared>, listener: &Arc<ListenerPolicy>, stream: UnixStream) {
+    let cred = match warden_sys::peer::peer_cred(stream.as_fd()) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.stats.identity_unreadable.inc();
+            if shared.logs.admit(Uid(u32::MAX)).is_some() {
+                tracing::warn!(error = %e, "refused a connection: SO_PEERCRED unreadable");
+            }
+            return;
+        }
+    };
+    let uid = Uid(cred.uid);
+    let slot = match shared.admission.admit(uid, Instant::now()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let message = match refusal {
+                Refusal::Total { max } => {
+                    shared.stats.busy_total.inc();
+                    format!("too many connections (max_connections {max}); try again later")
+                }
+                Refusal::PerUid { max } => {
+                    shared.stats.busy_uid.inc();
+                    format!(
+                        "too many connections from uid {uid} (max_connections_per_uid {max}); close some first"
+                    )
+                }
+            };
+            let err = RpcError::new(ErrorKind::Busy, message, correlation_id())
+                .retry_after_ms(BUSY_RETRY_MS);
+            if let Some(suppressed) = shared.logs.admit(uid) {
+                tracing::info!(uid = cred.uid, pid = cred.pid, correlation_id = %err.data.correlation_id,
+                    suppressed, "refused a connection: {}", err.message);
+            }
+            // A fresh socket's send buffer always has room for one small frame; if not, the
+            // peer simply sees the close.
+            if let Some(frame) = framed_error(None, &err) {
+                let _ = stream.try_write(&frame);
+            }
+            return;
+        }
+    };
+    shared.stats.accepted.inc();
+    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", id, uid = cred.uid, pid = cred.pid);
+    let shared2 = Arc::clone(shared);
+    let listener = Arc::clone(listener);
+    shared.tracker.spawn(
+        async move {
+            if let Some(conn) = Connection::open(shared2, listener, stream, cred, slot) {
+                conn.serve().await;
+            }
+        }
+        .instrument(span),
+    );
+}

@@ -1,0 +1,255 @@
+//! What a daemon runs with: a policy compiled from `/etc/warden/warden.toml` (or the file named
+//! by `--config`), the built-in default when the default file is absent, or the demo policy of
+//! `--dev`; plus the overrides given on the command line. Reading files and resolving names
+//! happens here so that `warden-policy` stays pure.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use warden_policy::{ConfigError, Directory, Policy, Problem};
+use warden_proto::messages::DaemonMode;
+use warden_proto::{Gid, Uid};
+use warden_sys::activation::ActivatedListener;
+
+use crate::identity::PidfdSource;
+
+/// The configuration file read when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/warden/warden.toml";
+
+/// Everything a [`crate::Daemon`] needs to start.
+#[derive(Debug)]
+pub struct Settings {
+    pub policy: Policy,
+    pub mode: DaemonMode,
+    /// Where the policy came from, for logs and `check-config`.
+    pub origin: String,
+    /// Problems that do not stop the daemon (e.g. a tier mapped to a group that does not exist).
+    pub warnings: Vec<Problem>,
+    /// Besides root, the one uid allowed to own the directories above a socket: the daemon's own.
+    pub trusted_uid: u32,
+    /// Listening sockets passed in by systemd, matched to listeners by path.
+    pub activated: Vec<ActivatedListener>,
+    pub(crate) pidfd_source: PidfdSource,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("cannot find the current directory: {0}")]
+    CurrentDir(io::Error),
+}
+
+/// Name look-ups through the system's name service (`getgrnam_r`, `getpwnam_r`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemDirectory;
+
+impl Directory for SystemDirectory {
+    fn group_gid(&self, name: &str) -> io::Result<Option<Gid>> {
+        Ok(warden_sys::users::group_by_name(name)?.map(Gid))
+    }
+
+    fn user_uid(&self, name: &str) -> io::Result<Option<Uid>> {
+        Ok(warden_sys::users::user_by_name(name)?.map(|(uid, _)| Uid(uid)))
+    }
+}
+
+impl Settings {
+    /// Settings from configuration text; `origin` labels problems.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        mode: DaemonMode,
+    ) -> Result<Settings, SettingsError> {
+        let loaded = Policy::load(text, origin, &SystemDirectory)?;
+        Ok(Settings {
+            policy: loaded.policy,
+            mode,
+            origin: origin.to_owned(),
+            warnings: loaded.warnings,
+            trusted_uid: warden_sys::users::effective_uid(),
+            activated: Vec::new(),
+            pidfd_source: PidfdSource::Socket,
+        })
+    }
+
+    /// Settings of a system daemon from `path`. When `path` was not given explicitly and does not
+    /// exist, the built-in default applies (one socket anyone may open, only root is admin).
+    pub fn system(path: &Path, explicit: bool) -> Result<Settings, SettingsError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, &path.display().to_string(), DaemonMode::System),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
+                let mut s =
+                    Self::from_toml("", "built-in default configuration", DaemonMode::System)?;
+                s.warnings.push(Problem {
+                    line: None,
+                    message: format!(
+                        "{} does not exist; using the built-in default (only root is admin)",
+                        path.display()
+                    ),
+                });
+                Ok(s)
+            }
+            Err(source) => Err(SettingsError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Settings of `wardend --dev`: the demo policy, a private socket (mode 0600) under the
+    /// user's runtime directory, and the user running it as admin.
+    pub fn dev(
+        socket: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+    ) -> Result<Settings, SettingsError> {
+        let socket = match socket {
+            Some(p) => absolute(p)?,
+            None => warden_proto::paths::dev_socket(),
+        };
+        let runtime = socket
+            .parent()
+            .map_or_else(warden_proto::paths::dev_runtime_dir, Path::to_path_buf);
+        let state = match state_dir {
+            Some(p) => absolute(p)?,
+            None => runtime.join("state"),
+        };
+        let text = dev_config(&runtime, &state, &socket);
+        let mut s = Self::from_toml(&text, "built-in dev configuration", DaemonMode::Dev)?;
+        s.policy.grant_dev_admin(Uid(s.trusted_uid));
+        Ok(s)
+    }
+
+    /// `--socket PATH`: replaces the first listener's path.
+    pub fn override_socket(&mut self, path: PathBuf) -> Result<(), SettingsError> {
+        let path = absolute(path)?;
+        if let Some(first) = self.policy.listeners.first_mut() {
+            first.path = path;
+        }
+        Ok(())
+    }
+
+    /// `--state-dir DIR`.
+    pub fn override_state_dir(&mut self, dir: PathBuf) -> Result<(), SettingsError> {
+        self.policy.state_dir = absolute(dir)?;
+        Ok(())
+    }
+
+    /// Makes identification use `pidfd_open` plus re-checks instead of `SO_PEERPIDFD`, as on
+    /// kernels before 6.5. For tests of that path.
+    pub fn force_pidfd_open_fallback(&mut self) {
+        self.pidfd_source = PidfdSource::PidfdOpen;
+    }
+}
+
+fn absolute(p: PathBuf) -> Result<PathBuf, SettingsError> {
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Ok(std::env::current_dir()
+            .map_err(SettingsError::CurrentDir)?
+            .join(p))
+    }
+}
+
+/// A TOML string literal for `p`.
+fn quoted(p: &Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
+/// The demo policy of `--dev`, as configuration text so it goes through the same parser and
+/// checks as any file.
+fn dev_config(runtime: &Path, state: &Path, socket: &Path) -> String {
+    format!(
+        r#"# Built-in configuration of `wardend --dev`. Not for production.
+[daemon]
+runtime_dir = {runtime}
+state_dir = {state}
+
+[[listener]]
+path = {socket}
+mode = "0600"
+
+[ops]
+network = true
+power = false
+storage = true
+system = true
+update = false
+"#,
+        runtime = quoted(runtime),
+        state = quoted(state),
+        socket = quoted(socket),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_settings_put_a_private_socket_in_the_runtime_dir_and_make_the_user_admin() {
+        let s = Settings::dev(Some("/run/user/4242/warden/warden.sock".into()), None).unwrap();
+        assert_eq!(s.mode, DaemonMode::Dev);
+        let l = &s.policy.listeners[0];
+        assert_eq!(l.path, PathBuf::from("/run/user/4242/warden/warden.sock"));
+        assert_eq!(l.mode, 0o600);
+        assert_eq!(s.policy.runtime_dir, PathBuf::from("/run/user/4242/warden"));
+        assert_eq!(
+            s.policy.state_dir,
+            PathBuf::from("/run/user/4242/warden/state")
+        );
+        assert_eq!(
+            s.policy.tiers.dev_admin,
+            Some(Uid(warden_sys::users::effective_uid()))
+        );
+        assert_eq!(s.policy.ops.get("storage"), Some(&true));
+    }
+
+    #[test]
+    fn paths_with_quotes_survive_the_dev_config() {
+        let s = Settings::dev(
+            Some("/tmp/we\"ird\\dir/w.sock".into()),
+            Some("/tmp/s".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            s.policy.listeners[0].path,
+            PathBuf::from("/tmp/we\"ird\\dir/w.sock")
+        );
+    }
+
+    #[test]
+    fn a_missing_default_file_means_the_built_in_default_but_a_named_one_is_an_error() {
+        let missing = Path::new("/nonexistent/warden.toml");
+        let s = Settings::system(missing, false).unwrap();
+        assert_eq!(
+            s.policy.listeners[0].path,
+            PathBuf::from("/run/warden/warden.sock")
+        );
+        assert_eq!(s.warnings.len(), 1);
+        assert!(matches!(
+            Settings::system(missing, true),
+            Err(SettingsError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn socket_override_replaces_the_first_listener_only() {
+        let mut s = Settings::from_toml(
+            "[[listener]]\npath = \"/run/a.sock\"\n[[listener]]\npath = \"/run/b.sock\"\n",
+            "t",
+            DaemonMode::System,
+        )
+        .unwrap();
+        s.override_socket("/run/c.sock".into()).unwrap();
+        let paths: Vec<_> = s.policy.listeners.iter().map(|l| l.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [PathBuf::from("/run/c.sock"), PathBuf::from("/run/b.sock")]
+        );
+    }
+}
