@@ -41,16 +41,24 @@ impl ConfigError {
 impl Problem {
     /// `origin:line: message`, the form editors and CI logs link to.
     pub fn display<'a>(&'a self, origin: &'a str) -> impl fmt::Display + 'a {
-        struct D<'a>(&'a Problem, &'a str);
-        impl fmt::Display for D<'_> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                match self.0.line {
-                    Some(line) => write!(f, "{}:{}: {}", self.1, line, self.0.message),
-                    None => write!(f, "{}: {}", self.1, self.0.message),
-                }
-            }
+        Located(self, origin, "")
+    }
+
+    /// `origin:line: warning: message`.
+    pub fn display_warning<'a>(&'a self, origin: &'a str) -> impl fmt::Display + 'a {
+        Located(self, origin, "warning: ")
+    }
+}
+
+struct Located<'a>(&'a Problem, &'a str, &'static str);
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Located(p, origin, label) = self;
+        match p.line {
+            Some(line) => write!(f, "{origin}:{line}: {label}{}", p.message),
+            None => write!(f, "{origin}: {label}{}", p.message),
         }
-        D(self, origin)
     }
 }
 

@@ -15,33 +15,38 @@ use crate::error::{RpcError, code};
 /// Longest request id echoed back, in bytes of JSON.
 pub const MAX_ID_LEN: usize = 128;
 
-/// A request id: a JSON number or string, echoed back byte for byte.
+/// A request id: a JSON number or string, echoed back byte for byte. Borrowed from the frame it
+/// came in, or owned.
 #[derive(Debug, Clone)]
-pub struct Id(Box<RawValue>);
+pub struct Id<'a>(Cow<'a, RawValue>);
 
-impl Id {
+impl Id<'static> {
     /// A numeric id (what warden's own clients send).
-    pub fn number(n: u64) -> Id {
+    pub fn number(n: u64) -> Id<'static> {
         // A decimal integer is always valid JSON, so this cannot fail.
-        Id(RawValue::from_string(n.to_string()).expect("a decimal integer is valid JSON"))
+        Id(Cow::Owned(
+            RawValue::from_string(n.to_string()).expect("a decimal integer is valid JSON"),
+        ))
     }
+}
 
+impl Id<'_> {
     pub fn as_json(&self) -> &str {
         self.0.get()
     }
 }
 
-impl PartialEq for Id {
-    fn eq(&self, other: &Id) -> bool {
+impl PartialEq for Id<'_> {
+    fn eq(&self, other: &Id<'_>) -> bool {
         self.0.get() == other.0.get()
     }
 }
 
-impl Eq for Id {}
+impl Eq for Id<'_> {}
 
-impl Serialize for Id {
+impl Serialize for Id<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        (*self.0).serialize(s)
     }
 }
 
@@ -67,7 +72,7 @@ impl EnvelopeError {
 /// An incoming request, split but not yet typed.
 #[derive(Debug)]
 pub struct Envelope<'a> {
-    pub id: Id,
+    pub id: Id<'a>,
     pub method: Cow<'a, str>,
     /// Raw params; `None` when absent or `null`.
     pub params: Option<&'a RawValue>,
@@ -122,7 +127,7 @@ impl<'a> Envelope<'a> {
         }
         let params = wire.params.filter(|p| p.get() != "null");
         Ok(Envelope {
-            id: Id(id.to_owned()),
+            id: Id(Cow::Borrowed(id)),
             method: wire.method,
             params,
         })
@@ -132,14 +137,14 @@ impl<'a> Envelope<'a> {
 #[derive(Serialize)]
 struct ResultResponse<'a, T> {
     jsonrpc: &'static str,
-    id: &'a Id,
+    id: &'a Id<'a>,
     result: &'a T,
 }
 
 #[derive(Serialize)]
 struct ErrorResponse<'a> {
     jsonrpc: &'static str,
-    id: Option<&'a Id>,
+    id: Option<&'a Id<'a>>,
     error: &'a RpcError,
 }
 
@@ -168,8 +173,38 @@ pub fn request<P: Serialize>(id: u64, method: &str, params: &P) -> serde_json::R
     })
 }
 
+/// Serializes `message` straight into a frame: a 4-byte length, then the JSON, written into one
+/// buffer with no intermediate copy.
+fn framed<T: Serialize>(message: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(&[0; crate::frame::HEADER_LEN]);
+    serde_json::to_writer(&mut out, message)?;
+    let len = u32::try_from(out.len() - crate::frame::HEADER_LEN)
+        .map_err(|_| <serde_json::Error as serde::ser::Error>::custom("message exceeds 4 GiB"))?;
+    out[..crate::frame::HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// A framed `{"jsonrpc":"2.0","id":…,"result":…}`.
+pub fn result_frame<T: Serialize>(id: &Id<'_>, result: &T) -> serde_json::Result<Vec<u8>> {
+    framed(&ResultResponse {
+        jsonrpc: "2.0",
+        id,
+        result,
+    })
+}
+
+/// A framed `{"jsonrpc":"2.0","id":…|null,"error":{…}}`.
+pub fn error_frame(id: Option<&Id<'_>>, error: &RpcError) -> serde_json::Result<Vec<u8>> {
+    framed(&ErrorResponse {
+        jsonrpc: "2.0",
+        id,
+        error,
+    })
+}
+
 /// `{"jsonrpc":"2.0","id":…,"result":…}`
-pub fn result_response<T: Serialize>(id: &Id, result: &T) -> serde_json::Result<Vec<u8>> {
+pub fn result_response<T: Serialize>(id: &Id<'_>, result: &T) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec(&ResultResponse {
         jsonrpc: "2.0",
         id,
@@ -179,7 +214,7 @@ pub fn result_response<T: Serialize>(id: &Id, result: &T) -> serde_json::Result<
 
 /// `{"jsonrpc":"2.0","id":…|null,"error":{…}}`. `id` is `None` when the request's id could not
 /// be read.
-pub fn error_response(id: Option<&Id>, error: &RpcError) -> serde_json::Result<Vec<u8>> {
+pub fn error_response(id: Option<&Id<'_>>, error: &RpcError) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec(&ErrorResponse {
         jsonrpc: "2.0",
         id,
@@ -325,6 +360,23 @@ mod tests {
         assert_eq!(
             Envelope::parse(long.as_bytes()).unwrap_err().code(),
             code::INVALID_REQUEST
+        );
+    }
+
+    #[test]
+    fn framed_answers_are_the_unframed_ones_with_their_length_in_front() {
+        let id = Id::number(9);
+        let result = serde_json::json!({"status": "ok"});
+        let plain = result_response(&id, &result).unwrap();
+        let framed = result_frame(&id, &result).unwrap();
+        assert_eq!(framed[..4], (plain.len() as u32).to_be_bytes());
+        assert_eq!(framed[4..], plain[..]);
+        let err = RpcError::new(ErrorKind::Busy, "full", "c".into());
+        let plain = error_response(None, &err).unwrap();
+        let framed = error_frame(None, &err).unwrap();
+        assert_eq!(
+            (&framed[..4], &framed[4..]),
+            (&(plain.len() as u32).to_be_bytes()[..], &plain[..])
         );
     }
 

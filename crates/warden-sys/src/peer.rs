@@ -122,6 +122,12 @@ pub fn peer_pidfd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Reads what the socket holds right now without waiting (`recv` with `MSG_DONTWAIT`), asking
+/// the kernel directly rather than an event loop's idea of readiness. `WouldBlock` means empty.
+pub fn recv_now(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(rustix::net::recv(sock, buf, rustix::net::RecvFlags::DONTWAIT)?.0)
+}
+
 /// Whether `err` says the kernel does not know a socket option (`ENOPROTOOPT`), as
 /// `SO_PEERPIDFD` fails before Linux 6.5.
 pub fn is_unsupported_option(err: &io::Error) -> bool {
@@ -165,6 +171,19 @@ mod tests {
             crate::process::pidfd_pid(pidfd.as_fd()).unwrap(),
             Some(std::process::id() as i32)
         );
+    }
+
+    #[test]
+    fn recv_now_reads_what_is_there_and_never_waits() {
+        use std::io::Write;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 8];
+        let err = recv_now(a.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        b.write_all(b"abc").unwrap();
+        assert_eq!(recv_now(a.as_fd(), &mut buf).unwrap(), 3);
+        drop(b);
+        assert_eq!(recv_now(a.as_fd(), &mut buf).unwrap(), 0);
     }
 
     #[test]

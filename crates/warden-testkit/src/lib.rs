@@ -104,3 +104,17 @@ pub fn random_hex(n: usize) -> String {
     getrandom::fill(&mut b).unwrap();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A binary of another workspace package, built beside the running test binary
+/// (`target/<profile>/<name>`). `cargo test --workspace` builds every binary before it runs
+/// any test.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.ancestors().nth(2).unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}

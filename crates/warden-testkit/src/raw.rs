@@ -77,6 +77,22 @@ impl RawClient {
         self.recv()
     }
 
+    /// Whether the daemon closes the connection within `wait`; `false` if it is still open then.
+    pub fn closes_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 1];
+        let closed = match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        closed
+    }
+
     /// Whether the daemon has closed the connection (reads end of stream, or a reset).
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];

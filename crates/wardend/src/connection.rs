@@ -7,6 +7,7 @@
 //! first request `hello_timeout_ms`, and an answer the peer does not read `frame_timeout_ms`.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::limits::{Slot, TokenBucket};
 use crate::server::Shared;
 
 /// Bytes asked of the kernel per read.
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 1024;
 
 /// A connection whose peer has been identified.
 pub(crate) struct Connection {
@@ -39,6 +40,11 @@ pub(crate) struct Connection {
     hello_deadline: Option<Instant>,
     /// Set at shutdown: answer only what the peer already sent, then close.
     draining: bool,
+    /// This connection's own view of the daemon's shutdown. A child token, so waiting on it
+    /// takes only this connection's lock: every connection polling one shared token would make
+    /// them all contend on its lock once per request.
+    /// Registered once and polled in place for the whole connection.
+    shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// Holds this connection's place under the connection caps.
     _slot: Slot,
 }
@@ -68,6 +74,7 @@ impl Connection {
         stream: UnixStream,
         cred: PeerCred,
         slot: Slot,
+        span: tracing::Span,
     ) -> Option<Connection> {
         let needs_digest = shared.policy.guards.needs_exe_digest();
         let peer = match identity::identify(
@@ -86,7 +93,7 @@ impl Connection {
                     correlation_id(),
                 );
                 if let Some(suppressed) = shared.logs.admit(warden_proto::Uid(cred.uid)) {
-                    tracing::warn!(correlation_id = %err.data.correlation_id, error = %e, suppressed,
+                    tracing::warn!(parent: &span, correlation_id = %err.data.correlation_id, error = %e, suppressed,
                         "refused a connection: identity not confirmed");
                 }
                 if let Some(frame) = framed_error(None, &err) {
@@ -95,17 +102,20 @@ impl Connection {
                 return None;
             }
         };
-        tracing::debug!(groups = ?peer.groups, exe = ?peer.exe, listener = %listener.path.display(), "connected");
+        tracing::debug!(parent: &span, groups = ?peer.groups, exe = ?peer.exe, listener = %listener.path.display(), "connected");
         let now = Instant::now();
         let limits = &shared.policy.limits;
         let session = Session {
+            span,
             peer,
             listener,
             bucket: TokenBucket::new(limits.requests_per_second, limits.burst, now),
             client: None,
             invalid_frames: 0,
         };
+        let shutdown = Box::pin(shared.shutdown.child_token().cancelled_owned());
         Some(Connection {
+            shutdown,
             decoder: FrameDecoder::new(limits.max_frame),
             hello_deadline: Some(now + Duration::from_millis(limits.hello_timeout_ms)),
             shared,
@@ -132,7 +142,7 @@ impl Connection {
                 }
                 Next::Done => break,
                 Next::Io(e) => {
-                    tracing::debug!(error = %e, "connection failed");
+                    tracing::debug!(parent: &self.session.span, error = %e, "connection failed");
                     break;
                 }
                 Next::Broken(v) => {
@@ -141,7 +151,7 @@ impl Connection {
                 }
             }
         }
-        tracing::debug!("closed");
+        tracing::debug!(parent: &self.session.span, "closed");
     }
 
     async fn next_frame(&mut self) -> Next {
@@ -162,7 +172,7 @@ impl Connection {
                 frame_deadline = Some(Instant::now() + frame_timeout);
             }
             if self.draining {
-                match self.try_read() {
+                match self.read_now() {
                     Ok(0) if !self.buf.is_empty() => return Next::Broken(Violation::Truncated),
                     Ok(0) => return Next::Done,
                     Ok(_) => continue,
@@ -177,7 +187,7 @@ impl Connection {
             };
             tokio::select! {
                 biased;
-                _ = self.shared.shutdown.cancelled() => {
+                _ = &mut self.shutdown => {
                     self.draining = true;
                 }
                 ready = self.stream.readable() => {
@@ -192,7 +202,8 @@ impl Connection {
                         Err(e) => return Next::Io(e),
                     }
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                // Built only when polled: most iterations have no deadline and need no timer.
+                _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                     let hello_expired = self.hello_deadline.is_some_and(|h| h <= Instant::now());
                     return Next::Broken(if hello_expired {
                         Violation::HelloTimeout
@@ -209,6 +220,16 @@ impl Connection {
         self.stream.try_read_buf(&mut self.buf)
     }
 
+    /// Reads what the kernel holds for this connection now, whatever the event loop believes
+    /// about readiness (it may not have seen the data yet): at shutdown, requests a client sent
+    /// before the daemon stopped must still be answered.
+    fn read_now(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = warden_sys::peer::recv_now(self.stream.as_fd(), &mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
     /// Writes one answer; `false` if the connection is finished.
     async fn send(&mut self, frame: Option<Vec<u8>>) -> bool {
         let Some(frame) = frame else {
@@ -218,7 +239,7 @@ impl Connection {
         match tokio::time::timeout(limit, self.stream.write_all(&frame)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "write failed");
+                tracing::debug!(parent: &self.session.span, error = %e, "write failed");
                 false
             }
             Err(_) => {
@@ -257,7 +278,7 @@ impl Connection {
             }
             Violation::Truncated => {
                 stats.frame_truncated.inc();
-                tracing::debug!("peer closed in the middle of a frame");
+                tracing::debug!(parent: &self.session.span, "peer closed in the middle of a frame");
                 return;
             }
         };

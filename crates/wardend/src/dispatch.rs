@@ -10,7 +10,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use tokio::time::Instant;
 use warden_policy::{Decision, ListenerPolicy, PeerIdentity, Runtime};
 use warden_proto::envelope::{self, Envelope, Id};
@@ -18,7 +17,7 @@ use warden_proto::error::code;
 use warden_proto::request::ClientName;
 use warden_proto::{ErrorKind, Method, Request, RpcError, Tier};
 
-use crate::handlers;
+use crate::handlers::{self, Reply};
 use crate::limits::{TokenBucket, retry_ms};
 use crate::server::Shared;
 
@@ -28,6 +27,8 @@ pub(crate) const MAX_INVALID_FRAMES: u8 = 3;
 /// Per-connection state the request path reads and updates.
 #[derive(Debug)]
 pub(crate) struct Session {
+    /// This connection's log span (connection id, uid, pid); the parent of its log lines.
+    pub span: tracing::Span,
     /// Who is calling, from the kernel at connect.
     pub peer: PeerIdentity,
     /// The socket it came in through.
@@ -118,8 +119,8 @@ pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome 
     };
     let method = Method::from_name(&env.method);
     match respond(shared, s, &env, method, before_hello) {
-        Ok(result) => Outcome {
-            frame: framed(envelope::result_response(&env.id, &result)),
+        Ok(reply) => Outcome {
+            frame: encoded(envelope::result_frame(&env.id, &reply)),
             close: false,
         },
         // Before the handshake completes, any error ends the connection.
@@ -127,13 +128,13 @@ pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome 
     }
 }
 
-fn respond(
-    shared: &Shared,
+fn respond<'a>(
+    shared: &'a Shared,
     s: &mut Session,
     env: &Envelope<'_>,
     method: Option<Method>,
     before_hello: bool,
-) -> Result<Box<RawValue>, Failure> {
+) -> Result<Reply<'a>, Failure> {
     let now = Instant::now();
     let limits = &shared.policy.limits;
     if let Err(wait) = s.bucket.try_take(now) {
@@ -226,7 +227,7 @@ fn shown(name: &str) -> String {
 fn failed(
     shared: &Shared,
     s: &Session,
-    id: Option<&Id>,
+    id: Option<&Id<'_>>,
     method: Option<Method>,
     f: Failure,
     close: bool,
@@ -307,21 +308,16 @@ pub(crate) fn correlation_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn framed(payload: serde_json::Result<Vec<u8>>) -> Option<Vec<u8>> {
-    let payload = match payload {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode an answer");
-            return None;
-        }
-    };
-    // The daemon's own answers are not held to the peer's request limit.
-    warden_proto::frame::encode_frame(&payload, u32::MAX).ok()
+/// A framed answer, or `None` (and a log line) if it could not be encoded.
+fn encoded(frame: serde_json::Result<Vec<u8>>) -> Option<Vec<u8>> {
+    frame
+        .map_err(|e| tracing::error!(error = %e, "cannot encode an answer"))
+        .ok()
 }
 
 /// An error answer, framed.
-pub(crate) fn framed_error(id: Option<&Id>, err: &RpcError) -> Option<Vec<u8>> {
-    framed(envelope::error_response(id, err))
+pub(crate) fn framed_error(id: Option<&Id<'_>>, err: &RpcError) -> Option<Vec<u8>> {
+    encoded(envelope::error_frame(id, err))
 }
 
 #[cfg(test)]

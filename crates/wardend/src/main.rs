@@ -84,7 +84,7 @@ fn check_config(file: &PathBuf) -> ExitCode {
     match Settings::from_toml(&text, &origin, DaemonMode::System) {
         Ok(s) => {
             for w in &s.warnings {
-                println!("{}", w.display(&format!("{origin}: warning")));
+                println!("{}", w.display_warning(&origin));
             }
             println!("{origin}: ok");
             ExitCode::SUCCESS
@@ -135,7 +135,7 @@ fn load(cli: &Cli) -> anyhow::Result<Settings> {
         s
     };
     for w in &settings.warnings {
-        tracing::warn!("{}", w.display(&settings.origin));
+        tracing::warn!("{}", w.display_warning(&settings.origin));
     }
     settings.activated =
         warden_sys::activation::take_listen_fds().context("adopting sockets passed by systemd")?;

@@ -17,13 +17,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 use warden_policy::{ListenerPolicy, Policy};
 use warden_proto::messages::DaemonMode;
 use warden_proto::{ErrorKind, RpcError, Uid};
 
 use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
+use crate::handlers::StaticStatus;
 use crate::identity::{DigestCache, PidfdSource};
 use crate::limits::{Admission, Refusal};
 use crate::listener::{self, Bound, ListenError};
@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// Connection caps and per-uid request buckets.
     pub admission: Arc<Admission>,
     pub stats: Stats,
+    /// The unchanging part of `status`, serialized once for this policy.
+    pub static_status: StaticStatus,
     /// Keeps peer-caused log lines from flooding the log.
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
@@ -71,6 +73,8 @@ pub enum StartError {
     Listen(#[from] ListenError),
     #[error("cannot start the daemon's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot encode the status of this configuration: {0}")]
+    Status(serde_json::Error),
 }
 
 /// A daemon on its own runtime in a background thread (for tests and embedding). Stopped, with
@@ -132,8 +136,10 @@ impl Daemon {
             ..
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
+        let static_status = StaticStatus::new(&policy).map_err(StartError::Status)?;
         let bound = listener::bind_all(&policy, activated, trusted_uid)?;
         let shared = Arc::new(Shared {
+            static_status,
             ops: policy.ops.clone(),
             admission: Admission::new(policy.limits.clone()),
             policy,
@@ -299,15 +305,14 @@ fn admit(shared: &Arc<Shared>, listener: &Arc<ListenerPolicy>, stream: UnixStrea
     };
     shared.stats.accepted.inc();
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    // The connection's log lines name this span as their parent. It is not entered around every
+    // poll: that would cost on each request for the sake of rare log lines.
     let span = tracing::info_span!("conn", id, uid = cred.uid, pid = cred.pid);
     let shared2 = Arc::clone(shared);
     let listener = Arc::clone(listener);
-    shared.tracker.spawn(
-        async move {
-            if let Some(conn) = Connection::open(shared2, listener, stream, cred, slot) {
-                conn.serve().await;
-            }
+    shared.tracker.spawn(async move {
+        if let Some(conn) = Connection::open(shared2, listener, stream, cred, slot, span) {
+            conn.serve().await;
         }
-        .instrument(span),
-    );
+    });
 }

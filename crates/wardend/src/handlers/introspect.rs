@@ -1,7 +1,12 @@
 //! `whoami` and `status`: what the daemon knows about the caller and about itself.
 
+use serde::Serialize;
+use serde_json::value::RawValue;
+use warden_policy::Policy;
 use warden_proto::PROTOCOL_VERSION;
-use warden_proto::messages::{StatusResult, WhoamiResult};
+use warden_proto::messages::{
+    ConnectionCounts, DaemonMode, ListenerInfo, RefusalCounts, ViolationCounts, WhoamiResult,
+};
 
 use super::session::DAEMON_VERSION;
 use super::{listener_info, peer_info};
@@ -23,16 +28,109 @@ pub(super) fn whoami(shared: &Shared, s: &Session) -> WhoamiResult {
     }
 }
 
-pub(super) fn status(shared: &Shared) -> StatusResult {
-    StatusResult {
-        daemon_version: DAEMON_VERSION.into(),
+/// The parts of `status` that do not change while a policy is in force, serialized once.
+/// Rebuild it whenever the policy changes.
+#[derive(Debug)]
+pub(crate) struct StaticStatus {
+    limits: Box<RawValue>,
+    listeners: Box<RawValue>,
+}
+
+impl StaticStatus {
+    pub(crate) fn new(policy: &Policy) -> serde_json::Result<StaticStatus> {
+        let listeners: Vec<ListenerInfo> = policy.listeners.iter().map(listener_info).collect();
+        Ok(StaticStatus {
+            limits: serde_json::value::to_raw_value(&policy.limits)?,
+            listeners: serde_json::value::to_raw_value(&listeners)?,
+        })
+    }
+}
+
+/// The answer to `status`, written exactly as [`StatusResult`] serializes (a test holds it to
+/// that) but with the unchanging parts spliced in pre-serialized: `status` is the hottest
+/// read-only call, and most of its cost was writing the same keys every time.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusReply<'a> {
+    daemon_version: &'static str,
+    protocol: u32,
+    mode: DaemonMode,
+    uptime_ms: u64,
+    connections: ConnectionCounts,
+    violations: ViolationCounts,
+    refusals: RefusalCounts,
+    limits: &'a RawValue,
+    listeners: &'a RawValue,
+}
+
+pub(super) fn status(shared: &Shared) -> StatusReply<'_> {
+    StatusReply {
+        daemon_version: DAEMON_VERSION,
         protocol: PROTOCOL_VERSION,
         mode: shared.mode,
         uptime_ms: shared.started.elapsed().as_millis() as u64,
         connections: shared.stats.connections(shared.admission.open()),
         violations: shared.stats.violations(),
         refusals: shared.stats.refusals(),
-        limits: shared.policy.limits.clone(),
-        listeners: shared.policy.listeners.iter().map(listener_info).collect(),
+        limits: &shared.static_status.limits,
+        listeners: &shared.static_status.listeners,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+    use warden_proto::messages::StatusResult;
+
+    /// Pins: the spliced status answer is byte for byte the protocol's `StatusResult`.
+    #[test]
+    fn the_status_reply_serializes_exactly_like_the_protocol_type() {
+        let settings = Settings::from_toml(
+            "[limits]\nrequests_per_second = 2.5\n[[listener]]\npath = \"/run/w/a.sock\"\n\
+             [[listener]]\npath = \"/run/w/b.sock\"\nmax_tier = \"read_only\"\n",
+            "t",
+            DaemonMode::Dev,
+        )
+        .unwrap();
+        let policy = &settings.policy;
+        let fixed = StaticStatus::new(policy).unwrap();
+        let connections = ConnectionCounts {
+            open: 3,
+            accepted: 9,
+        };
+        let violations = ViolationCounts {
+            frame_timeout: 2,
+            ..Default::default()
+        };
+        let refusals = RefusalCounts {
+            busy_uid: 1,
+            ..Default::default()
+        };
+        let reply = StatusReply {
+            daemon_version: DAEMON_VERSION,
+            protocol: PROTOCOL_VERSION,
+            mode: DaemonMode::Dev,
+            uptime_ms: 1234,
+            connections,
+            violations,
+            refusals,
+            limits: &fixed.limits,
+            listeners: &fixed.listeners,
+        };
+        let typed = StatusResult {
+            daemon_version: DAEMON_VERSION.into(),
+            protocol: PROTOCOL_VERSION,
+            mode: DaemonMode::Dev,
+            uptime_ms: 1234,
+            connections,
+            violations,
+            refusals,
+            limits: policy.limits.clone(),
+            listeners: policy.listeners.iter().map(listener_info).collect(),
+        };
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            serde_json::to_string(&typed).unwrap()
+        );
     }
 }

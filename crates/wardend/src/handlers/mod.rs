@@ -4,34 +4,43 @@
 mod introspect;
 mod session;
 
+pub(crate) use introspect::StaticStatus;
+
 use serde::Serialize;
-use serde_json::value::RawValue;
 use warden_policy::PeerIdentity;
-use warden_proto::messages::{ListenerInfo, PeerInfo};
+use warden_proto::messages::{
+    HealthResult, HelloResult, ListenerInfo, PeerInfo, VersionResult, WhoamiResult,
+};
 use warden_proto::{Request, Tier};
 
 use crate::dispatch::{Failure, Session};
 use crate::server::Shared;
 
+/// A handler's typed result, serialized once, straight into the answer frame.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Reply<'a> {
+    Hello(HelloResult),
+    Health(HealthResult),
+    Version(VersionResult),
+    Whoami(WhoamiResult),
+    Status(introspect::StatusReply<'a>),
+}
+
 /// Runs the handler for an allowed request. `tier` is the caller's tier on its listener.
-pub(crate) fn handle(
-    shared: &Shared,
+pub(crate) fn handle<'a>(
+    shared: &'a Shared,
     s: &mut Session,
     request: Request,
     tier: Tier,
-) -> Result<Box<RawValue>, Failure> {
-    match request {
-        Request::Hello(p) => reply(&session::hello(shared, s, p, tier)?),
-        Request::Health => reply(&session::health()),
-        Request::Version => reply(&session::version()),
-        Request::Whoami => reply(&introspect::whoami(shared, s)),
-        Request::Status => reply(&introspect::status(shared)),
-    }
-}
-
-fn reply<T: Serialize>(result: &T) -> Result<Box<RawValue>, Failure> {
-    serde_json::value::to_raw_value(result)
-        .map_err(|e| Failure::internal(format!("cannot encode the result: {e}")))
+) -> Result<Reply<'a>, Failure> {
+    Ok(match request {
+        Request::Hello(p) => Reply::Hello(session::hello(shared, s, p, tier)?),
+        Request::Health => Reply::Health(session::health()),
+        Request::Version => Reply::Version(session::version()),
+        Request::Whoami => Reply::Whoami(introspect::whoami(shared, s)),
+        Request::Status => Reply::Status(introspect::status(shared)),
+    })
 }
 
 /// The wire view of a caller's identity.

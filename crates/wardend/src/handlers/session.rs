@@ -36,7 +36,7 @@ pub(super) fn hello(
         .filter(|f| SUPPORTED_FEATURES.contains(f))
         .map(str::to_owned)
         .collect();
-    tracing::debug!(client = p.client.as_str(), %tier, "hello");
+    tracing::debug!(parent: &s.span, client = p.client.as_str(), %tier, "hello");
     s.client = Some(p.client);
     Ok(HelloResult {
         protocol: PROTOCOL_VERSION,

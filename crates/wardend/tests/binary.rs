@@ -1,0 +1,316 @@
+//! The `wardend` binary as an operator runs it: `check-config`, readiness and shutdown under a
+//! service manager (`sd_notify`, SIGTERM, socket activation), dev mode, and log lines that carry
+//! the correlation ids clients see.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warden_testkit::raw::{PATIENCE, RawClient};
+
+const WARDEND: &str = env!("CARGO_BIN_EXE_wardend");
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("warden.toml");
+    let text = format!(
+        "[daemon]\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n{body}",
+        d = dir.display()
+    );
+    std::fs::write(&path, warden_testkit::config(&text, dir)).unwrap();
+    path
+}
+
+/// A wardend process whose stderr goes to a file, killed if a test fails before stopping it.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("wardend-{}.log", warden_testkit::random_hex(3)));
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env("WARDEN_LOG", "info");
+        Proc {
+            child: cmd.spawn().unwrap(),
+            log,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "wardend did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + PATIENCE;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn check_config(path: &Path) -> (i32, String, String) {
+    let out = Command::new(WARDEND)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_config_passes_a_valid_file_and_prints_warnings_with_their_lines() {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(
+        dir.path(),
+        "[tiers]\nadmin_groups = [\"no-such-group-wdn\"]\n",
+    );
+    let (code, out, _) = check_config(&cfg);
+    assert_eq!(code, 0);
+    let name = cfg.display();
+    assert!(
+        out.contains(&format!(
+            "{name}:5: warning: group `no-such-group-wdn` does not exist"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{name}: ok")), "{out}");
+}
+
+#[test]
+fn check_config_names_the_file_key_and_line_of_errors() {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(dir.path(), "[limits]\nmax_conections = 3\n");
+    let (code, _, err) = check_config(&cfg);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!(
+            "{}:5: unknown field `max_conections`",
+            cfg.display()
+        )),
+        "{err}"
+    );
+
+    let cfg = write_config(
+        dir.path(),
+        "[[listener]]\npath = \"{dir}/a.sock\"\nmode = \"0999\"\n",
+    );
+    let (code, _, err) = check_config(&cfg);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(":6: mode `0999` must be an octal string"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_of_a_missing_file_fails_and_usage_errors_exit_2() {
+    let (code, _, err) = check_config(Path::new("/nonexistent/warden.toml"));
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
+    let out = Command::new(WARDEND)
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_and_tells_systemd_ready_and_stopping() {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path);
+    let mut p = Proc::spawn(cmd, dir.path());
+
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    let sock = dir.path().join("run/w.sock");
+    assert!(sock.exists(), "ready before the socket existed");
+    let mut c = RawClient::hello(&sock);
+    assert!(c.call(2, "health", json!({})).get("result").is_some());
+
+    p.signal("TERM");
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert_eq!(p.wait(), Some(0));
+    assert!(c.is_closed());
+    assert!(!sock.exists(), "the daemon removes the socket it created");
+    assert!(p.log().contains("stopped"));
+}
+
+#[test]
+fn sighup_does_not_stop_the_daemon() {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config").arg(&cfg);
+    let mut p = Proc::spawn(cmd, dir.path());
+    let sock = dir.path().join("run/w.sock");
+    wait_for(&sock);
+    RawClient::hello(&sock);
+    p.signal("HUP");
+    let deadline = Instant::now() + PATIENCE;
+    while !p.log().contains("SIGHUP ignored") {
+        assert!(Instant::now() < deadline, "no SIGHUP log line: {}", p.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    RawClient::hello(&sock);
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+}
+
+#[test]
+fn a_socket_passed_by_systemd_is_adopted_given_its_mode_and_left_in_place() {
+    let dir = warden_testkit::safe_tempdir();
+    let sock = dir.path().join("act.sock");
+    let cfg = write_config(
+        dir.path(),
+        "[[listener]]\npath = \"{dir}/act.sock\"\nmode = \"0640\"\n",
+    );
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&sock)
+        .arg("-E")
+        .arg("WARDEN_LOG")
+        .arg(WARDEND)
+        .arg("--config")
+        .arg(&cfg);
+    let mut p = Proc::spawn(cmd, dir.path());
+    wait_for(&sock);
+    // The first connection makes systemd-socket-activate exec wardend with the socket as fd 3.
+    let mut c = RawClient::connect(&sock);
+    let hello = c.call(1, "hello", json!({"protocol": 1, "client": "t"}));
+    assert_eq!(hello["result"]["listener"]["path"], sock.to_str().unwrap());
+    assert_eq!(warden_sys::fs::owner_of(&sock).unwrap().mode, 0o640);
+    assert!(p.log().contains("activated=true"), "{}", p.log());
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+    assert!(sock.exists(), "a socket systemd owns is not removed");
+}
+
+#[test]
+fn a_passed_socket_no_listener_declares_stops_the_daemon() {
+    let dir = warden_testkit::safe_tempdir();
+    let sock = dir.path().join("other.sock");
+    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(&sock)
+        .arg("-E")
+        .arg("WARDEN_LOG")
+        .arg(WARDEND)
+        .arg("--config")
+        .arg(&cfg);
+    let mut p = Proc::spawn(cmd, dir.path());
+    wait_for(&sock);
+    let _trigger = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    assert_eq!(p.wait(), Some(1));
+    assert!(
+        p.log().contains("which no [[listener]] declares"),
+        "{}",
+        p.log()
+    );
+}
+
+#[test]
+fn the_correlation_id_of_an_error_is_in_the_daemon_log() {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config").arg(&cfg);
+    let mut p = Proc::spawn(cmd, dir.path());
+    let sock = dir.path().join("run/w.sock");
+    wait_for(&sock);
+    let mut c = RawClient::hello(&sock);
+    let r = c.call(2, "no.such.method", json!({}));
+    let cid = r["error"]["data"]["correlation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+    let log = p.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&cid))
+        .unwrap_or_else(|| panic!("{cid} not in {log}"));
+    assert!(line.contains("unknown method"), "{line}");
+}
+
+#[test]
+fn dev_mode_says_so_loudly_and_serves_a_private_socket() {
+    let dir = warden_testkit::safe_tempdir();
+    let sock = dir.path().join("dev/warden.sock");
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--dev").arg("--socket").arg(&sock);
+    let mut p = Proc::spawn(cmd, dir.path());
+    wait_for(&sock);
+    let mut c = RawClient::hello(&sock);
+    let status = c.call(2, "status", json!({}));
+    assert_eq!(status["result"]["mode"], "dev");
+    let log = p.log();
+    assert!(
+        log.contains("DEV MODE") && log.contains(sock.to_str().unwrap()),
+        "{log}"
+    );
+    let o = warden_sys::fs::owner_of(&sock).unwrap();
+    assert_eq!(o.mode, 0o600);
+    assert_eq!(
+        warden_sys::fs::owner_of(&dir.path().join("dev"))
+            .unwrap()
+            .mode,
+        0o700
+    );
+    p.signal("INT");
+    assert_eq!(p.wait(), Some(0));
+}
