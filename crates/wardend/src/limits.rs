@@ -5,6 +5,7 @@
 //! tokio's, so tests can pause time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -79,6 +80,8 @@ struct AdmissionState {
 pub(crate) struct Admission {
     limits: Limits,
     state: Mutex<AdmissionState>,
+    /// Copy of `state.total` for `status`, readable without taking the lock every request needs.
+    open: AtomicU32,
 }
 
 /// Entries kept for uids without connections before a sweep drops the idle ones.
@@ -89,6 +92,7 @@ impl Admission {
         Arc::new(Admission {
             limits,
             state: Mutex::new(AdmissionState::default()),
+            open: AtomicU32::new(0),
         })
     }
 
@@ -118,6 +122,7 @@ impl Admission {
         }
         entry.connections += 1;
         st.total += 1;
+        self.open.store(st.total, Ordering::Relaxed);
         Ok(Slot {
             admission: Arc::clone(self),
             uid,
@@ -134,13 +139,14 @@ impl Admission {
     }
 
     pub(crate) fn open(&self) -> u32 {
-        self.state().total
+        self.open.load(Ordering::Relaxed)
     }
 
     fn release(&self, uid: Uid) {
         let now = Instant::now();
         let mut st = self.state();
         st.total = st.total.saturating_sub(1);
+        self.open.store(st.total, Ordering::Relaxed);
         if let Some(e) = st.uids.get_mut(&uid) {
             e.connections = e.connections.saturating_sub(1);
             if e.connections == 0 && e.bucket.is_full(now) {
