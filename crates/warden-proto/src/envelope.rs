@@ -59,6 +59,18 @@ pub enum EnvelopeError {
     Invalid(String),
 }
 
+impl From<serde_json::Error> for EnvelopeError {
+    /// Data errors (valid JSON of the wrong shape) are invalid requests; everything else is a
+    /// parse error.
+    fn from(e: serde_json::Error) -> Self {
+        if e.is_data() {
+            EnvelopeError::Invalid(e.to_string())
+        } else {
+            EnvelopeError::Parse(e.to_string())
+        }
+    }
+}
+
 impl EnvelopeError {
     /// The JSON-RPC code for this failure.
     pub fn code(&self) -> i32 {
@@ -95,13 +107,7 @@ impl<'a> Envelope<'a> {
     /// Splits one frame body. Batches (arrays) and notifications (no id) are not part of this
     /// protocol and are refused as invalid requests.
     pub fn parse(frame: &'a [u8]) -> Result<Envelope<'a>, EnvelopeError> {
-        let wire: WireRequest<'a> = serde_json::from_slice(frame).map_err(|e| {
-            if e.is_data() {
-                EnvelopeError::Invalid(e.to_string())
-            } else {
-                EnvelopeError::Parse(e.to_string())
-            }
-        })?;
+        let wire: WireRequest<'a> = serde_json::from_slice(frame)?;
         if wire.jsonrpc != "2.0" {
             return Err(EnvelopeError::Invalid(format!(
                 "`jsonrpc` must be \"2.0\", not {:?}",
@@ -263,13 +269,7 @@ struct WireIncoming {
 impl Incoming {
     /// Parses a frame sent by the daemon.
     pub fn parse(frame: &[u8]) -> Result<Incoming, EnvelopeError> {
-        let w: WireIncoming = serde_json::from_slice(frame).map_err(|e| {
-            if e.is_data() {
-                EnvelopeError::Invalid(e.to_string())
-            } else {
-                EnvelopeError::Parse(e.to_string())
-            }
-        })?;
+        let w: WireIncoming = serde_json::from_slice(frame)?;
         if w.jsonrpc != "2.0" {
             return Err(EnvelopeError::Invalid("`jsonrpc` must be \"2.0\"".into()));
         }

@@ -17,20 +17,34 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+/// Tracks whether a JSON scan is inside a string literal.
+#[derive(Default)]
+struct InString {
+    inside: bool,
+    escaped: bool,
+}
+
+impl InString {
+    /// Feeds one character met inside a string; a closing quote ends the string.
+    fn feed(&mut self, c: char) {
+        match (self.escaped, c) {
+            (true, _) => self.escaped = false,
+            (false, '\\') => self.escaped = true,
+            (false, '"') => self.inside = false,
+            _ => {}
+        }
+    }
+}
+
 /// Removes whitespace outside strings, keeping everything else (and the order) as written.
 fn minify(text: &str) -> String {
-    let (mut out, mut in_str, mut esc) = (String::new(), false, false);
+    let (mut out, mut s) = (String::new(), InString::default());
     for c in text.chars() {
-        if in_str {
+        if s.inside {
             out.push(c);
-            match (esc, c) {
-                (true, _) => esc = false,
-                (false, '\\') => esc = true,
-                (false, '"') => in_str = false,
-                _ => {}
-            }
+            s.feed(c);
         } else if !c.is_whitespace() {
-            in_str = c == '"';
+            s.inside = c == '"';
             out.push(c);
         }
     }
@@ -39,22 +53,17 @@ fn minify(text: &str) -> String {
 
 /// Indents compact JSON two spaces a level, keeping field order (for blessing new fixtures).
 fn pretty(compact: &str) -> String {
-    let (mut out, mut depth, mut in_str, mut esc) = (String::new(), 0usize, false, false);
+    let (mut out, mut depth, mut s) = (String::new(), 0usize, InString::default());
     let mut chars = compact.chars().peekable();
     while let Some(c) = chars.next() {
-        if in_str {
+        if s.inside {
             out.push(c);
-            match (esc, c) {
-                (true, _) => esc = false,
-                (false, '\\') => esc = true,
-                (false, '"') => in_str = false,
-                _ => {}
-            }
+            s.feed(c);
             continue;
         }
         match c {
             '"' => {
-                in_str = true;
+                s.inside = true;
                 out.push(c);
             }
             '{' | '[' => {

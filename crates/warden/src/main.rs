@@ -21,7 +21,9 @@ const CLIENT_NAME: &str = "warden-cli";
 #[command(
     name = "warden",
     version,
-    about = "Talk to wardend, warden's privilege broker"
+    about = "Talk to wardend, warden's privilege broker",
+    after_help = "Exit status: 0 ok, 1 error, 2 usage, 3 forbidden (by the daemon or the \
+                  socket's permissions), 4 daemon not running."
 )]
 struct Cli {
     /// wardend's socket [default: /run/warden/warden.sock if it exists, else the --dev socket]

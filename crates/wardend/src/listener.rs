@@ -144,50 +144,71 @@ pub(crate) fn check_dir_chain(dir: &Path, trusted_uid: u32) -> Result<PathBuf, L
     Ok(canonical)
 }
 
-/// Binds every configured listener, or adopts the socket systemd passed for it.
+/// Binds every configured listener, or adopts the socket systemd passed for it. On failure,
+/// removes the socket files it already created, so a failed start leaves nothing behind.
 pub(crate) fn bind_all(
     policy: &Policy,
     mut activated: Vec<ActivatedListener>,
     trusted_uid: u32,
 ) -> Result<Vec<Bound>, ListenError> {
-    let mut out = Vec::new();
-    for lp in &policy.listeners {
-        let passed = activated
-            .iter()
-            .position(|a| same_path(&a.path, &lp.path))
-            .map(|i| activated.swap_remove(i));
-        let (std_listener, created) = match passed {
-            Some(a) => (a.listener, None),
-            None => {
-                let (l, created) = bind_one(&lp.path, trusted_uid)?;
-                (l, Some(created))
-            }
-        };
+    let mut out: Vec<Bound> = Vec::new();
+    let result = (|| {
+        for lp in &policy.listeners {
+            let passed = activated
+                .iter()
+                .position(|a| same_path(&a.path, &lp.path))
+                .map(|i| activated.swap_remove(i));
+            out.push(prepare(lp, passed, trusted_uid)?);
+        }
+        match activated.first() {
+            Some(extra) => Err(ListenError::UnexpectedActivatedSocket {
+                path: extra.path.clone(),
+            }),
+            None => Ok(()),
+        }
+    })();
+    if let Err(e) = result {
+        let created: Vec<_> = out.iter().filter_map(|b| b.created.clone()).collect();
+        remove_created(&created);
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// One listener, bound here or adopted from systemd, with its mode and group applied.
+fn prepare(
+    lp: &ListenerPolicy,
+    passed: Option<ActivatedListener>,
+    trusted_uid: u32,
+) -> Result<Bound, ListenError> {
+    let (std_listener, created) = match passed {
+        Some(a) => (a.listener, None),
+        None => {
+            let (l, created) = bind_one(&lp.path, trusted_uid)?;
+            (l, Some(created))
+        }
+    };
+    let bound_err = |source| ListenError::Bind {
+        path: lp.path.clone(),
+        source,
+    };
+    // Until this returns, a failure must still remove the file bound above.
+    let finish = || {
         apply_mode_and_group(&lp.path, lp)?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|source| ListenError::Bind {
-                path: lp.path.clone(),
-                source,
-            })?;
-        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|source| {
-            ListenError::Bind {
-                path: lp.path.clone(),
-                source,
-            }
-        })?;
-        out.push(Bound {
+        std_listener.set_nonblocking(true).map_err(bound_err)?;
+        tokio::net::UnixListener::from_std(std_listener).map_err(bound_err)
+    };
+    match finish() {
+        Ok(listener) => Ok(Bound {
             policy: Arc::new(lp.clone()),
             listener,
             created,
-        });
+        }),
+        Err(e) => {
+            remove_created(created.as_slice());
+            Err(e)
+        }
     }
-    if let Some(extra) = activated.first() {
-        return Err(ListenError::UnexpectedActivatedSocket {
-            path: extra.path.clone(),
-        });
-    }
-    Ok(out)
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -341,6 +362,32 @@ mod tests {
             clear_stale(&link),
             Err(ListenError::NotASocket { .. })
         ));
+    }
+
+    #[test]
+    fn a_failed_start_removes_the_sockets_it_already_created() {
+        let d = dir();
+        let text = warden_testkit::config(
+            "[[listener]]\npath = \"{dir}/first.sock\"\n[[listener]]\npath = \"{dir}/second.sock\"\n",
+            d.path(),
+        );
+        let policy = warden_policy::Policy::load(&text, "t", &crate::SystemDirectory)
+            .unwrap()
+            .policy;
+        // The second path is taken by a plain file, so the second listener fails.
+        std::fs::write(d.path().join("second.sock"), b"x").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let err = bind_all(&policy, Vec::new(), warden_sys::users::effective_uid()).unwrap_err();
+        assert!(matches!(err, ListenError::NotASocket { .. }), "{err}");
+        assert!(
+            !d.path().join("first.sock").exists(),
+            "the first socket was left behind"
+        );
+        assert!(d.path().join("second.sock").exists());
     }
 
     #[test]

@@ -92,7 +92,8 @@ impl DaemonThread {
         &self.sockets
     }
 
-    /// The first listener's socket.
+    /// The first listener's socket. (A policy always has at least one listener: without any
+    /// `[[listener]]` it gets the default one.)
     pub fn socket(&self) -> &std::path::Path {
         &self.sockets[0]
     }
@@ -117,6 +118,10 @@ impl Drop for DaemonThread {
         self.stop_now();
     }
 }
+
+/// The log budget shared by lines no caller can be named for (accept failures, unreadable
+/// credentials): one flood of those cannot silence the lines of callers that can be named.
+const UNATTRIBUTED: Uid = Uid(u32::MAX);
 
 /// How long shutdown waits for connections to finish what they already received.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -253,7 +258,7 @@ async fn accept_loop(shared: Arc<Shared>, bound: Bound) {
             Ok((stream, _)) => admit(&shared, &bound.policy, stream),
             Err(e) => {
                 // Out of descriptors or memory: back off briefly instead of spinning.
-                if shared.logs.admit(Uid(u32::MAX)).is_some() {
+                if shared.logs.admit(UNATTRIBUTED).is_some() {
                     tracing::warn!(error = %e, path = %bound.policy.path.display(), "accept failed");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -267,7 +272,7 @@ fn admit(shared: &Arc<Shared>, listener: &Arc<ListenerPolicy>, stream: UnixStrea
         Ok(c) => c,
         Err(e) => {
             shared.stats.identity_unreadable.inc();
-            if shared.logs.admit(Uid(u32::MAX)).is_some() {
+            if shared.logs.admit(UNATTRIBUTED).is_some() {
                 tracing::warn!(error = %e, "refused a connection: SO_PEERCRED unreadable");
             }
             return;

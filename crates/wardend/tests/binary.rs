@@ -87,6 +87,16 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// wardend started by `systemd-socket-activate` listening on `sock`, as systemd would.
+fn socket_activated(sock: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(sock)
+        .args(["-E", "WARDEN_LOG", WARDEND, "--config"])
+        .arg(config);
+    cmd
+}
+
 fn check_config(path: &Path) -> (i32, String, String) {
     let out = Command::new(WARDEND)
         .arg("check-config")
@@ -217,15 +227,7 @@ fn a_socket_passed_by_systemd_is_adopted_given_its_mode_and_left_in_place() {
         dir.path(),
         "[[listener]]\npath = \"{dir}/act.sock\"\nmode = \"0640\"\n",
     );
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.arg("-l")
-        .arg(&sock)
-        .arg("-E")
-        .arg("WARDEN_LOG")
-        .arg(WARDEND)
-        .arg("--config")
-        .arg(&cfg);
-    let mut p = Proc::spawn(cmd, dir.path());
+    let mut p = Proc::spawn(socket_activated(&sock, &cfg), dir.path());
     wait_for(&sock);
     // The first connection makes systemd-socket-activate exec wardend with the socket as fd 3.
     let mut c = RawClient::connect(&sock);
@@ -243,15 +245,7 @@ fn a_passed_socket_no_listener_declares_stops_the_daemon() {
     let dir = warden_testkit::safe_tempdir();
     let sock = dir.path().join("other.sock");
     let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.arg("-l")
-        .arg(&sock)
-        .arg("-E")
-        .arg("WARDEN_LOG")
-        .arg(WARDEND)
-        .arg("--config")
-        .arg(&cfg);
-    let mut p = Proc::spawn(cmd, dir.path());
+    let mut p = Proc::spawn(socket_activated(&sock, &cfg), dir.path());
     wait_for(&sock);
     let _trigger = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     assert_eq!(p.wait(), Some(1));
