@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use tokio::net::UnixStream;
 use warden_proto::envelope::{self, Incoming};
 use warden_proto::frame::{read_frame, write_frame};
+use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, JobState};
 use warden_proto::messages::{
     HealthResult, HelloResult, StatusResult, VersionResult, WhoamiResult,
 };
@@ -255,5 +256,61 @@ impl Client {
 
     pub async fn status(&mut self) -> Result<StatusResult, ClientError> {
         self.call("status", &serde_json::json!({})).await
+    }
+
+    /// The actions this caller could start.
+    pub async fn actions(&mut self) -> Result<ActionList, ClientError> {
+        self.call("actions.list", &serde_json::json!({})).await
+    }
+
+    pub async fn describe(&mut self, action: &str) -> Result<ActionInfo, ClientError> {
+        self.call("actions.describe", &serde_json::json!({ "action": action }))
+            .await
+    }
+
+    /// Starts a job. The same `idempotency_key` within 10 minutes returns the same job.
+    pub async fn start(
+        &mut self,
+        action: &str,
+        params: &serde_json::Map<String, serde_json::Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<JobStarted, ClientError> {
+        let mut p = serde_json::json!({ "action": action, "params": params });
+        if let Some(k) = idempotency_key {
+            p["idempotency_key"] = k.into();
+        }
+        self.call("job.start", &p).await
+    }
+
+    pub async fn job(&mut self, job_id: &str) -> Result<JobRecord, ClientError> {
+        self.call("job.get", &serde_json::json!({ "job_id": job_id }))
+            .await
+    }
+
+    /// Jobs newest first: the caller's own, or with `all` everyone's (operators and admins).
+    pub async fn jobs(
+        &mut self,
+        all: bool,
+        state: Option<JobState>,
+        limit: Option<u32>,
+    ) -> Result<JobList, ClientError> {
+        let p = serde_json::json!({
+            "scope": if all { "all" } else { "mine" },
+            "state": state,
+            "limit": limit,
+        });
+        self.call("job.list", &p).await
+    }
+
+    /// Cancels a job; answers once it is final.
+    pub async fn cancel(&mut self, job_id: &str) -> Result<JobRecord, ClientError> {
+        self.call("job.cancel", &serde_json::json!({ "job_id": job_id }))
+            .await
+    }
+
+    /// Waits until the job is final, at most `timeout_ms`.
+    pub async fn wait(&mut self, job_id: &str, timeout_ms: u64) -> Result<JobRecord, ClientError> {
+        let p = serde_json::json!({ "job_id": job_id, "timeout_ms": timeout_ms });
+        self.call("job.wait", &p).await
     }
 }

@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use warden_proto::{Gid, Limits, Tier, Uid};
+use warden_proto::{ActionName, Gid, Limits, Tier, Uid};
 
+use crate::actions::{self, ActionSpec};
 use crate::config::{self, ConfigError, ConfigFile, Problem, line_of};
 
 /// Longest socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
@@ -16,7 +18,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Name look-ups the policy needs, done by the daemon (the policy itself does no I/O).
 pub trait Directory {
     fn group_gid(&self, name: &str) -> io::Result<Option<Gid>>;
-    fn user_uid(&self, name: &str) -> io::Result<Option<Uid>>;
+    /// The uid and primary gid of the user called `name`.
+    fn user(&self, name: &str) -> io::Result<Option<(Uid, Gid)>>;
 }
 
 /// One socket the daemon serves and the authority it allows.
@@ -65,8 +68,17 @@ pub struct TierMap {
     pub dev_admin: Option<Uid>,
 }
 
+/// How jobs are kept (`[jobs]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSettings {
+    pub log_cap_bytes: u64,
+    pub keep_finished: usize,
+    pub history: Duration,
+    pub shutdown_grace: Duration,
+}
+
 /// The configuration the daemon runs with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
@@ -76,6 +88,9 @@ pub struct Policy {
     /// Capability toggles and their defaults.
     pub ops: BTreeMap<String, bool>,
     pub guards: Guards,
+    pub jobs: JobSettings,
+    /// Declared actions, by name.
+    pub actions: BTreeMap<ActionName, ActionSpec>,
 }
 
 /// A policy and the warnings found while building it.
@@ -208,8 +223,8 @@ fn compile(
         }
     }
     for (name, tier) in &file.tiers.users {
-        match dir.user_uid(name.get_ref()) {
-            Ok(Some(uid)) => {
+        match dir.user(name.get_ref()) {
+            Ok(Some((uid, _))) => {
                 tiers.users.insert(uid, (*tier, name.get_ref().clone()));
             }
             Ok(None) => warnings.push(Problem {
@@ -226,11 +241,19 @@ fn compile(
         }
     }
 
-    let ops = file
+    let ops: BTreeMap<String, bool> = file
         .ops
         .into_iter()
         .map(|(name, on)| (name.into_inner().0, on))
         .collect();
+    let declared_ops: BTreeSet<String> = ops.keys().cloned().collect();
+    let actions = actions::compile_actions(&file.actions, &declared_ops, text, dir, &mut errors);
+    let jobs = JobSettings {
+        log_cap_bytes: file.jobs.log_cap_bytes.0,
+        keep_finished: file.jobs.keep_finished.0 as usize,
+        history: Duration::from_secs(file.jobs.history_days.0 * 86_400),
+        shutdown_grace: Duration::from_secs(file.jobs.shutdown_grace_s.0),
+    };
 
     let guards = Guards {
         mutating_uids: file
@@ -262,6 +285,8 @@ fn compile(
             tiers,
             ops,
             guards,
+            jobs,
+            actions,
         },
         warnings,
     })
@@ -284,10 +309,10 @@ pub(crate) mod tests {
                 _ => None,
             })
         }
-        fn user_uid(&self, name: &str) -> io::Result<Option<Uid>> {
+        fn user(&self, name: &str) -> io::Result<Option<(Uid, Gid)>> {
             Ok(match name {
-                "alice" => Some(Uid(1001)),
-                "bob" => Some(Uid(1002)),
+                "alice" => Some((Uid(1001), Gid(1001))),
+                "bob" => Some((Uid(1002), Gid(1002))),
                 _ => None,
             })
         }

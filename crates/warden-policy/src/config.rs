@@ -100,6 +100,187 @@ pub struct ConfigFile {
     pub ops: BTreeMap<Spanned<OpName>, bool>,
     #[serde(default)]
     pub guards: GuardsSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
+    #[serde(default, rename = "action")]
+    pub actions: Vec<Spanned<ActionSection>>,
+}
+
+/// `[jobs]`: how jobs are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Largest output log per job; later output is dropped after a truncation marker.
+    pub log_cap_bytes: Ranged<4096, { 1 << 30 }>,
+    /// Finished jobs kept in memory (older ones are read from the ledger).
+    pub keep_finished: Ranged<1, 100_000>,
+    /// Days finished jobs stay in the ledger.
+    pub history_days: Ranged<1, 3650>,
+    /// Seconds shutdown waits for jobs that cannot be cancelled.
+    pub shutdown_grace_s: Ranged<0, 3600>,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection {
+            log_cap_bytes: Ranged(16 << 20),
+            keep_finished: Ranged(200),
+            history_days: Ranged(30),
+            shutdown_grace_s: Ranged(25),
+        }
+    }
+}
+
+/// One `[[action]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSection {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    pub argv: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub params: BTreeMap<Spanned<String>, Spanned<ParamSection>>,
+    #[serde(default)]
+    pub run_as: Option<RunAsSection>,
+    #[serde(default)]
+    pub env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    pub env_keep: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub cwd: Option<AbsPath>,
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: Ranged<1, 604_800>,
+    #[serde(default)]
+    pub cancel: CancelSection,
+    #[serde(default)]
+    pub concurrency_group: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    pub queue: bool,
+    #[serde(default = "default_action_tier")]
+    pub tier: Tier,
+    #[serde(default)]
+    pub ops: Vec<Spanned<String>>,
+    #[serde(default = "yes")]
+    pub mutating: bool,
+    #[serde(default)]
+    pub remote: bool,
+    #[serde(default)]
+    pub rollback: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub reconcile: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+fn default_timeout_s() -> Ranged<1, 604_800> {
+    Ranged(3600)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_action_tier() -> Tier {
+    Tier::Operator
+}
+
+/// `[action.run_as]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAsSection {
+    pub user: Spanned<String>,
+    #[serde(default)]
+    pub group: Option<Spanned<String>>,
+}
+
+/// `[action.cancel]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CancelSection {
+    pub signal: SignalName,
+    pub grace_s: Ranged<0, 3600>,
+}
+
+impl Default for CancelSection {
+    fn default() -> Self {
+        CancelSection {
+            signal: SignalName("SIGTERM".into()),
+            grace_s: Ranged(5),
+        }
+    }
+}
+
+/// A signal that may ask a job to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalName(pub String);
+
+/// Signals an action may use to ask a job to stop.
+pub const CANCEL_SIGNALS: &[&str] = &[
+    "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGKILL",
+];
+
+impl<'de> Deserialize<'de> for SignalName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if CANCEL_SIGNALS.contains(&s.as_str()) {
+            Ok(SignalName(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "signal `{s}` must be one of {}",
+                CANCEL_SIGNALS.join(", ")
+            )))
+        }
+    }
+}
+
+/// `[action.params.NAME]`, by `type`. (No `Spanned` inside: serde buffers the fields of an
+/// internally tagged enum, which loses positions; problems point at the table instead.)
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ParamSection {
+    String {
+        #[serde(default = "default_max_len")]
+        max_len: Ranged<1, 65_536>,
+        #[serde(default)]
+        pattern: Option<String>,
+        #[serde(default)]
+        secret: bool,
+    },
+    Enum {
+        values: Vec<String>,
+        #[serde(default)]
+        secret: bool,
+    },
+    Int {
+        #[serde(default = "int_min")]
+        min: i64,
+        #[serde(default = "int_max")]
+        max: i64,
+        #[serde(default)]
+        secret: bool,
+    },
+    Bool {
+        #[serde(default)]
+        secret: bool,
+    },
+    Path {
+        under: Vec<AbsPath>,
+        #[serde(default)]
+        must_exist: bool,
+        #[serde(default)]
+        secret: bool,
+    },
+}
+
+fn default_max_len() -> Ranged<1, 65_536> {
+    Ranged(256)
+}
+
+fn int_min() -> i64 {
+    i64::MIN
+}
+
+fn int_max() -> i64 {
+    i64::MAX
 }
 
 /// `[daemon]`

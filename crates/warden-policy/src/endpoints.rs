@@ -1,5 +1,11 @@
 //! The endpoint table: every method's required tier, required ops and whether it mutates, in one
 //! place. The match is exhaustive, so a new [`Method`] does not compile until it is declared here.
+//!
+//! Two refinements live in the gate, next to this table: `job.start` must also meet the started
+//! action's own declaration, and `job.list` with `scope = "all"` needs `operator`. Methods about
+//! one job are also limited to the job's requester and admins.
+
+use std::borrow::Cow;
 
 use warden_proto::{Method, Tier};
 
@@ -23,12 +29,45 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::Version => (Tier::None, &[], false),
         Method::Whoami => (Tier::ReadOnly, &[], false),
         Method::Status => (Tier::ReadOnly, &[], false),
+        Method::ActionsList => (Tier::ReadOnly, &[], false),
+        Method::ActionsDescribe => (Tier::ReadOnly, &[], false),
+        // The action's own tier, ops and mutating flag apply on top.
+        Method::JobStart => (Tier::ReadOnly, &[], false),
+        Method::JobGet => (Tier::ReadOnly, &[], false),
+        // scope = "all" needs operator.
+        Method::JobList => (Tier::ReadOnly, &[], false),
+        // Stopping work adds no effect; ownership decides who may.
+        Method::JobCancel => (Tier::ReadOnly, &[], false),
+        Method::JobWait => (Tier::ReadOnly, &[], false),
+        Method::JobLogs => (Tier::ReadOnly, &[], false),
+        Method::JobWatch => (Tier::ReadOnly, &[], false),
     };
     EndpointSpec {
         method,
         tier,
         ops,
         mutating,
+    }
+}
+
+/// What a request needs from its caller: an endpoint's declaration, or an action's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement<'a> {
+    /// What is asked for, for messages: a method name or `action NAME`.
+    pub what: Cow<'a, str>,
+    pub tier: Tier,
+    pub ops: Vec<&'a str>,
+    pub mutating: bool,
+}
+
+impl EndpointSpec {
+    pub fn requirement(&self) -> Requirement<'static> {
+        Requirement {
+            what: Cow::Borrowed(self.method.as_str()),
+            tier: self.tier,
+            ops: self.ops.to_vec(),
+            mutating: self.mutating,
+        }
     }
 }
 

@@ -2,13 +2,16 @@
 //! Handlers never check permissions themselves; the connection calls
 //! [`Policy::authorize`] for every request and runs the handler only on [`Decision::Allow`].
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use warden_proto::request::Scope;
 use warden_proto::{ErrorKind, Gid, Pid, Request, Tier, Uid};
 
+use crate::actions::ActionSpec;
 use crate::compile::{ListenerPolicy, Policy};
-use crate::endpoints::{self, EndpointSpec};
+use crate::endpoints::{self, Requirement};
 
 /// Who is calling, as the kernel reported it at connect. Built by the daemon from
 /// `SO_PEERCRED`/`SO_PEERGROUPS`/pidfd; built by hand in tests.
@@ -43,6 +46,29 @@ impl PeerIdentity {
 pub struct Runtime<'a> {
     /// Capability toggles in force.
     pub ops: &'a BTreeMap<String, bool>,
+    /// What the daemon knows about the thing the request names, looked up before the gate.
+    pub target: Target,
+}
+
+/// Facts about a request's target that only the daemon's state can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The request names nothing that needs looking up.
+    Nothing,
+    /// The request names a job; `owner` is its requester, `None` if there is no such job.
+    Job { owner: Option<Uid> },
+}
+
+impl ActionSpec {
+    /// What starting this action needs. Never less than `read_only`: tier `none` may only greet.
+    pub fn requirement(&self) -> Requirement<'_> {
+        Requirement {
+            what: Cow::Owned(format!("action {}", self.name)),
+            tier: self.tier.max(Tier::ReadOnly),
+            ops: self.ops.iter().map(String::as_str).collect(),
+            mutating: self.mutating,
+        }
+    }
 }
 
 /// The gate's answer. Callers must destructure it; a `Deny` carries the kind and a reason fit to
@@ -70,37 +96,93 @@ impl Policy {
         request: &Request,
         runtime: &Runtime<'_>,
     ) -> Decision {
-        self.decide(peer, listener, endpoints::spec(request.method()), runtime)
+        let mut need = endpoints::spec(request.method()).requirement();
+        if let Request::JobList(p) = request
+            && p.scope == Scope::All
+        {
+            need.tier = Tier::Operator;
+            need.what = Cow::Borrowed("job.list of everyone's jobs");
+        }
+        let tier = match self.decide(peer, listener, &need, runtime) {
+            Decision::Allow { tier } => tier,
+            deny => return deny,
+        };
+        let not_found = |reason: String| Decision::Deny {
+            tier,
+            kind: ErrorKind::NotFound,
+            reason,
+        };
+        match request {
+            Request::JobStart(p) => {
+                let Some(action) = self.actions.get(&p.action) else {
+                    return not_found(format!("no action `{}`", p.action));
+                };
+                return self.decide(peer, listener, &action.requirement(), runtime);
+            }
+            // Actions a caller could not start are hidden from it, as if they did not exist.
+            Request::ActionsDescribe(p)
+                if !self
+                    .actions
+                    .get(&p.action)
+                    .is_some_and(|a| self.could_start(peer, listener, a, runtime)) =>
+            {
+                return not_found(format!("no action `{}`", p.action));
+            }
+            _ => {}
+        }
+        if request.job().is_some() {
+            // Someone else's job gets exactly the answer a job that never existed gets (the
+            // message does not even repeat the id asked for).
+            let visible = match runtime.target {
+                Target::Job { owner: Some(owner) } => owner == peer.uid || tier == Tier::Admin,
+                Target::Job { owner: None } | Target::Nothing => false,
+            };
+            if !visible {
+                return not_found("no such job".to_owned());
+            }
+        }
+        Decision::Allow { tier }
     }
 
-    /// The decision for an endpoint declaration; [`Policy::authorize`] looks the declaration up.
+    /// Whether `peer` could start `action` now (what `actions.list` shows).
+    pub fn could_start(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        action: &ActionSpec,
+        runtime: &Runtime<'_>,
+    ) -> bool {
+        matches!(
+            self.decide(peer, listener, &action.requirement(), runtime),
+            Decision::Allow { .. }
+        )
+    }
+
+    /// The decision for one requirement; [`Policy::authorize`] finds the requirements.
     pub fn decide(
         &self,
         peer: &PeerIdentity,
         listener: &ListenerPolicy,
-        spec: EndpointSpec,
+        need: &Requirement<'_>,
         runtime: &Runtime<'_>,
     ) -> Decision {
         let tier = self.effective(peer, listener).tier;
         let deny = |kind, reason: String| Decision::Deny { tier, kind, reason };
-        if tier < spec.tier {
+        if tier < need.tier {
             return deny(
                 ErrorKind::Forbidden,
-                format!(
-                    "{} needs tier {}; you have {}",
-                    spec.method, spec.tier, tier
-                ),
+                format!("{} needs tier {}; you have {}", need.what, need.tier, tier),
             );
         }
-        for op in spec.ops {
+        for op in &need.ops {
             if !runtime.ops.get(*op).copied().unwrap_or(false) {
                 return deny(
                     ErrorKind::Forbidden,
-                    format!("{} needs ops `{op}`, which is switched off", spec.method),
+                    format!("{} needs ops `{op}`, which is switched off", need.what),
                 );
             }
         }
-        if spec.mutating {
+        if need.mutating {
             if let Some(uids) = &self.guards.mutating_uids
                 && !uids.contains(&peer.uid)
             {
@@ -108,7 +190,7 @@ impl Policy {
                     ErrorKind::Forbidden,
                     format!(
                         "{} changes state and uid {} is not in guards.mutating_uids",
-                        spec.method, peer.uid
+                        need.what, peer.uid
                     ),
                 );
             }
@@ -128,7 +210,7 @@ impl Policy {
                         ErrorKind::Forbidden,
                         format!(
                             "{} changes state and {exe} is not in guards.mutating_exes",
-                            spec.method
+                            need.what
                         ),
                     );
                 }
@@ -143,7 +225,7 @@ mod tests {
     use super::*;
     use crate::compile::tests::load;
     use warden_proto::Method;
-    use warden_proto::request::HelloParams;
+    use warden_proto::request::{HelloParams, JobListParams, JobParams, JobStartParams};
 
     fn peer(uid: u32, groups: &[u32]) -> PeerIdentity {
         PeerIdentity::new(
@@ -183,7 +265,7 @@ max_tier = "read_only"
     fn decision_table_for_the_foundation_methods() {
         let p = load(CONF).unwrap().policy;
         let o = ops(&[]);
-        let rt = Runtime { ops: &o };
+        let rt = rt(&o);
         let (main, ro) = (&p.listeners[0], &p.listeners[1]);
         let nobody = peer(54321, &[]);
         let reader = peer(1100, &[1400]);
@@ -228,12 +310,19 @@ max_tier = "read_only"
         );
     }
 
-    fn mutating(tier: Tier, ops: &'static [&'static str]) -> EndpointSpec {
-        EndpointSpec {
-            method: Method::Status,
+    fn mutating(tier: Tier, ops: &[&'static str]) -> Requirement<'static> {
+        Requirement {
+            what: "x".into(),
             tier,
-            ops,
+            ops: ops.to_vec(),
             mutating: true,
+        }
+    }
+
+    fn rt(ops: &BTreeMap<String, bool>) -> Runtime<'_> {
+        Runtime {
+            ops,
+            target: Target::Nothing,
         }
     }
 
@@ -241,8 +330,8 @@ max_tier = "read_only"
     fn required_ops_must_be_switched_on() {
         let p = load(CONF).unwrap().policy;
         let l = &p.listeners[0];
-        let spec = EndpointSpec {
-            ops: &["storage"],
+        let spec = Requirement {
+            ops: vec!["storage"],
             mutating: false,
             ..mutating(Tier::Operator, &[])
         };
@@ -250,9 +339,9 @@ max_tier = "read_only"
         let off = ops(&[("storage", false)]);
         let missing = ops(&[]);
         let op = peer(1200, &[1500]);
-        assert!(allowed(p.decide(&op, l, spec, &Runtime { ops: &on })));
+        assert!(allowed(p.decide(&op, l, &spec, &rt(&on))));
         for o in [&off, &missing] {
-            let d = p.decide(&op, l, spec, &Runtime { ops: o });
+            let d = p.decide(&op, l, &spec, &rt(o));
             assert!(
                 matches!(&d, Decision::Deny { reason, .. } if reason.contains("`storage`")),
                 "{d:?}"
@@ -264,11 +353,11 @@ max_tier = "read_only"
     fn the_listener_cap_stops_mutating_calls_even_for_root() {
         let p = load(CONF).unwrap().policy;
         let o = ops(&[]);
-        let rt = Runtime { ops: &o };
+        let rt = rt(&o);
         let d = p.decide(
             &peer(0, &[]),
             &p.listeners[1],
-            mutating(Tier::Operator, &[]),
+            &mutating(Tier::Operator, &[]),
             &rt,
         );
         assert!(matches!(
@@ -290,30 +379,202 @@ max_tier = "read_only"
         assert!(p.guards.needs_exe_digest());
         let l = &p.listeners[0];
         let o = ops(&[]);
-        let rt = Runtime { ops: &o };
+        let rt = rt(&o);
         let spec = mutating(Tier::Operator, &[]);
 
         let mut op = peer(1200, &[1500]);
         // Read-only requests ignore guards.
         assert!(allowed(p.authorize(&op, l, &Request::Status, &rt)));
         // No verified executable: denied.
-        assert!(!allowed(p.decide(&op, l, spec, &rt)));
+        assert!(!allowed(p.decide(&op, l, &spec, &rt)));
         op.exe = Some("/usr/bin/ok".into());
         // Right path, wrong or missing digest: denied.
-        assert!(!allowed(p.decide(&op, l, spec, &rt)));
+        assert!(!allowed(p.decide(&op, l, &spec, &rt)));
         op.exe_sha256 = Some([0xcd; 32]);
-        assert!(!allowed(p.decide(&op, l, spec, &rt)));
+        assert!(!allowed(p.decide(&op, l, &spec, &rt)));
         op.exe_sha256 = Some([0xab; 32]);
-        assert!(allowed(p.decide(&op, l, spec, &rt)));
+        assert!(allowed(p.decide(&op, l, &spec, &rt)));
 
         // Same executable, uid not listed: denied by the uid guard.
         let mut other = peer(1300, &[1500]);
         other.exe = op.exe.clone();
         other.exe_sha256 = op.exe_sha256;
-        let d = p.decide(&other, l, spec, &rt);
+        let d = p.decide(&other, l, &spec, &rt);
         assert!(
             matches!(&d, Decision::Deny { reason, .. } if reason.contains("mutating_uids")),
             "{d:?}"
         );
+    }
+
+    const JOBS: &str = r#"
+[tiers]
+operator_groups = ["wops"]
+read_only_groups = ["wro"]
+admin_groups = ["wadm"]
+[ops]
+system = true
+storage = false
+[[listener]]
+path = "/run/w/main.sock"
+[[listener]]
+path = "/run/w/ro.sock"
+max_tier = "read_only"
+[[action]]
+name = "restart"
+argv = ["/bin/true"]
+ops = ["system"]
+[[action]]
+name = "report"
+argv = ["/bin/true"]
+tier = "read_only"
+mutating = false
+[[action]]
+name = "format"
+argv = ["/bin/true"]
+ops = ["storage"]
+"#;
+
+    fn start(action: &str) -> Request {
+        Request::JobStart(JobStartParams {
+            action: action.to_owned().try_into().unwrap(),
+            params: Default::default(),
+            idempotency_key: None,
+        })
+    }
+
+    /// Pins: job.start meets the action's own tier and ops; unknown actions are not found.
+    #[test]
+    fn starting_a_job_needs_what_its_action_declares() {
+        let p = load(JOBS).unwrap().policy;
+        let o = p.ops.clone();
+        let rt = rt(&o);
+        let (main, ro) = (&p.listeners[0], &p.listeners[1]);
+        let reader = peer(1100, &[1400]);
+        let operator = peer(1200, &[1500]);
+        let nobody = peer(54321, &[]);
+
+        assert!(allowed(p.authorize(&reader, main, &start("report"), &rt)));
+        assert!(!allowed(p.authorize(&nobody, main, &start("report"), &rt)));
+        let d = p.authorize(&reader, main, &start("restart"), &rt);
+        assert!(
+            matches!(&d, Decision::Deny { kind: ErrorKind::Forbidden, reason, .. }
+            if reason == "action restart needs tier operator; you have read_only"),
+            "{d:?}"
+        );
+        assert!(allowed(p.authorize(
+            &operator,
+            main,
+            &start("restart"),
+            &rt
+        )));
+        assert!(
+            !allowed(p.authorize(&operator, ro, &start("restart"), &rt)),
+            "listener cap"
+        );
+        let d = p.authorize(&operator, main, &start("format"), &rt);
+        assert!(
+            matches!(&d, Decision::Deny { reason, .. } if reason.contains("`storage`")),
+            "{d:?}"
+        );
+        let d = p.authorize(&operator, main, &start("nope"), &rt);
+        assert!(
+            matches!(
+                &d,
+                Decision::Deny {
+                    kind: ErrorKind::NotFound,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+
+        let visible: Vec<&str> = p
+            .actions
+            .values()
+            .filter(|a| p.could_start(&reader, main, a, &rt))
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(visible, ["report"]);
+        let describe = |who: &PeerIdentity, a: &str| {
+            p.authorize(
+                who,
+                main,
+                &Request::ActionsDescribe(warden_proto::request::ActionParams {
+                    action: a.to_owned().try_into().unwrap(),
+                }),
+                &rt,
+            )
+        };
+        assert!(allowed(describe(&reader, "report")));
+        let hidden = describe(&reader, "restart");
+        let missing = describe(&reader, "nope");
+        assert!(matches!(
+            hidden,
+            Decision::Deny {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
+        assert!(matches!(
+            missing,
+            Decision::Deny {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
+    }
+
+    /// Pins: someone else's job is denied exactly like a job that does not exist; admins see all.
+    #[test]
+    fn jobs_belong_to_their_requester_and_to_admins() {
+        let p = load(JOBS).unwrap().policy;
+        let o = p.ops.clone();
+        let main = &p.listeners[0];
+        let alice = peer(1200, &[1500]);
+        let bob = peer(1201, &[1500]);
+        let admin = peer(1300, &[1600]);
+        let id: warden_proto::JobId = "job_00000000000000aa".to_owned().try_into().unwrap();
+        let get = Request::JobGet(JobParams { job_id: id.clone() });
+        let owned_by = |uid| Runtime {
+            ops: &o,
+            target: Target::Job {
+                owner: Some(Uid(uid)),
+            },
+        };
+        let missing = Runtime {
+            ops: &o,
+            target: Target::Job { owner: None },
+        };
+
+        assert!(allowed(p.authorize(&alice, main, &get, &owned_by(1200))));
+        assert!(allowed(p.authorize(&admin, main, &get, &owned_by(1200))));
+        let foreign = p.authorize(&bob, main, &get, &owned_by(1200));
+        let absent = p.authorize(&bob, main, &get, &missing);
+        assert_eq!(
+            foreign, absent,
+            "a stranger must not tell someone else's job from no job"
+        );
+        assert!(
+            matches!(&absent, Decision::Deny { kind: ErrorKind::NotFound, reason, .. }
+            if reason == "no such job"),
+        );
+        // Without a lookup the gate fails closed.
+        assert!(!allowed(p.authorize(&alice, main, &get, &rt(&o))));
+        // An admin capped to read_only by its listener is no admin there.
+        assert!(!allowed(p.authorize(
+            &admin,
+            &p.listeners[1],
+            &get,
+            &owned_by(1200)
+        )));
+
+        let all = Request::JobList(JobListParams {
+            scope: warden_proto::request::Scope::All,
+            state: None,
+            limit: None,
+        });
+        let reader = peer(1100, &[1400]);
+        assert!(!allowed(p.authorize(&reader, main, &all, &rt(&o))));
+        assert!(allowed(p.authorize(&alice, main, &all, &rt(&o))));
     }
 }

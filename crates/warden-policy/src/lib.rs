@@ -6,13 +6,15 @@
 //! whole decision table be unit-tested without a daemon. No handler decides permissions on its
 //! own: [`compile::Policy::authorize`] is the only place a request is judged.
 
+pub mod actions;
 pub mod compile;
 pub mod config;
 pub mod endpoints;
 pub mod gate;
 pub mod tiers;
 
-pub use compile::{Directory, ListenerPolicy, Loaded, Policy};
+pub use actions::{ActionSpec, Checked, ParamError};
+pub use compile::{Directory, JobSettings, ListenerPolicy, Loaded, Policy};
 pub use config::{ConfigError, Problem};
 pub use endpoints::EndpointSpec;
 pub use gate::{Decision, PeerIdentity, Runtime};

@@ -20,8 +20,8 @@ impl Directory for EveryName {
     fn group_gid(&self, name: &str) -> io::Result<Option<Gid>> {
         Ok(Some(Gid(id_of(name))))
     }
-    fn user_uid(&self, name: &str) -> io::Result<Option<Uid>> {
-        Ok(Some(Uid(id_of(name))))
+    fn user(&self, name: &str) -> io::Result<Option<(Uid, Gid)>> {
+        Ok(Some((Uid(id_of(name)), Gid(id_of(name)))))
     }
 }
 

@@ -34,6 +34,11 @@ impl Id<'_> {
     pub fn as_json(&self) -> &str {
         self.0.get()
     }
+
+    /// The id detached from the frame it came in (for answers sent later).
+    pub fn into_owned(self) -> Id<'static> {
+        Id(Cow::Owned(self.0.into_owned()))
+    }
 }
 
 impl PartialEq for Id<'_> {
@@ -189,6 +194,15 @@ fn framed<T: Serialize>(message: &T) -> serde_json::Result<Vec<u8>> {
         .map_err(|_| <serde_json::Error as serde::ser::Error>::custom("message exceeds 4 GiB"))?;
     out[..crate::frame::HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(out)
+}
+
+/// A framed `{"jsonrpc":"2.0","method":…,"params":…}`.
+pub fn notification_frame<T: Serialize>(method: &str, params: &T) -> serde_json::Result<Vec<u8>> {
+    framed(&Notification {
+        jsonrpc: "2.0",
+        method,
+        params,
+    })
 }
 
 /// A framed `{"jsonrpc":"2.0","id":…,"result":…}`.

@@ -153,6 +153,17 @@ pub struct RefusalCounts {
     pub identity_unreadable: u64,
 }
 
+/// Jobs now, and how the daemon can stop them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub running: u64,
+    pub queued: u64,
+    /// Whether each job gets its own cgroup (so stopping it reaches every process it started).
+    pub cgroups: bool,
+    /// Without cgroups, why: jobs are then stopped through their process group.
+    pub cgroup_note: Option<String>,
+}
+
 /// Answer to `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusResult {
@@ -163,6 +174,7 @@ pub struct StatusResult {
     pub connections: ConnectionCounts,
     pub violations: ViolationCounts,
     pub refusals: RefusalCounts,
+    pub jobs: JobCounts,
     pub limits: Limits,
     pub listeners: Vec<ListenerInfo>,
 }

@@ -11,15 +11,33 @@ pub enum Method {
     Version,
     Whoami,
     Status,
+    ActionsList,
+    ActionsDescribe,
+    JobStart,
+    JobGet,
+    JobList,
+    JobCancel,
+    JobWait,
+    JobLogs,
+    JobWatch,
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 14] = [
         Method::Hello,
         Method::Health,
         Method::Version,
         Method::Whoami,
         Method::Status,
+        Method::ActionsList,
+        Method::ActionsDescribe,
+        Method::JobStart,
+        Method::JobGet,
+        Method::JobList,
+        Method::JobCancel,
+        Method::JobWait,
+        Method::JobLogs,
+        Method::JobWatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,6 +47,15 @@ impl Method {
             Method::Version => "version",
             Method::Whoami => "whoami",
             Method::Status => "status",
+            Method::ActionsList => "actions.list",
+            Method::ActionsDescribe => "actions.describe",
+            Method::JobStart => "job.start",
+            Method::JobGet => "job.get",
+            Method::JobList => "job.list",
+            Method::JobCancel => "job.cancel",
+            Method::JobWait => "job.wait",
+            Method::JobLogs => "job.logs",
+            Method::JobWatch => "job.watch",
         }
     }
 
@@ -39,7 +66,7 @@ impl Method {
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -1,10 +1,14 @@
 //! Typed requests: a method plus its params, parsed once at the edge with unknown fields refused,
 //! so handlers never see raw JSON.
 
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::ids::{ActionName, JobId};
+use crate::jobs::JobState;
 use crate::method::Method;
 
 /// Longest client name accepted in `hello`, in characters.
@@ -20,6 +24,98 @@ pub enum Request {
     Version,
     Whoami,
     Status,
+    ActionsList,
+    ActionsDescribe(ActionParams),
+    JobStart(JobStartParams),
+    JobGet(JobParams),
+    JobList(JobListParams),
+    JobCancel(JobParams),
+    JobWait(JobWaitParams),
+    JobLogs(JobLogsParams),
+    JobWatch(JobParams),
+}
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Most parameters one `job.start` may carry.
+pub const MAX_JOB_PARAMS: usize = 64;
+/// Longest `job.wait` in milliseconds (one hour).
+pub const MAX_WAIT_MS: u64 = 3_600_000;
+/// Most jobs one `job.list` returns.
+pub const MAX_LIST: u32 = 1000;
+
+/// `{action}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionParams {
+    pub action: ActionName,
+}
+
+/// `job.start {action, params, idempotency_key?}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobStartParams {
+    pub action: ActionName,
+    /// Parameter values, checked against the action's declaration.
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// The same key from the same uid within 10 minutes returns the same job.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `{job_id}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobParams {
+    pub job_id: JobId,
+}
+
+/// Whose jobs `job.list` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The caller's own jobs.
+    #[default]
+    Mine,
+    /// Everyone's (operators and admins), metadata only.
+    All,
+}
+
+/// `job.list {scope, state, limit}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobListParams {
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub state: Option<JobState>,
+    /// At most [`MAX_LIST`]; 50 when absent.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `job.wait {job_id, timeout_ms}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobWaitParams {
+    pub job_id: JobId,
+    /// At most [`MAX_WAIT_MS`]; 30000 when absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `job.logs {job_id, from, follow}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLogsParams {
+    pub job_id: JobId,
+    /// Byte offset to start at.
+    #[serde(default)]
+    pub from: u64,
+    /// Keep streaming new output (as `job.output` notifications) until the job ends.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// Params of `hello`, the mandatory first request.
@@ -138,7 +234,65 @@ impl Request {
             Method::Version => none(method, raw, Request::Version)?,
             Method::Whoami => none(method, raw, Request::Whoami)?,
             Method::Status => none(method, raw, Request::Status)?,
+            Method::ActionsList => none(method, raw, Request::ActionsList)?,
+            Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
+            Method::JobStart => {
+                let p: JobStartParams = typed(method, raw)?;
+                let reason = if p.params.len() > MAX_JOB_PARAMS {
+                    Some(format!("at most {MAX_JOB_PARAMS} params"))
+                } else if p.params.keys().any(|k| k.is_empty() || k.len() > 64) {
+                    Some("param names are 1 to 64 bytes".into())
+                } else if p
+                    .idempotency_key
+                    .as_ref()
+                    .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+                {
+                    Some(format!(
+                        "`idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Err(ParamsError { method, reason });
+                }
+                Request::JobStart(p)
+            }
+            Method::JobGet => Request::JobGet(typed(method, raw)?),
+            Method::JobList => {
+                let p: JobListParams = typed(method, raw)?;
+                if p.limit.is_some_and(|l| l == 0 || l > MAX_LIST) {
+                    return Err(ParamsError {
+                        method,
+                        reason: format!("`limit` must be 1 to {MAX_LIST}"),
+                    });
+                }
+                Request::JobList(p)
+            }
+            Method::JobCancel => Request::JobCancel(typed(method, raw)?),
+            Method::JobWait => {
+                let p: JobWaitParams = typed(method, raw)?;
+                if p.timeout_ms.is_some_and(|t| t > MAX_WAIT_MS) {
+                    return Err(ParamsError {
+                        method,
+                        reason: format!("`timeout_ms` must be at most {MAX_WAIT_MS}"),
+                    });
+                }
+                Request::JobWait(p)
+            }
+            Method::JobLogs => Request::JobLogs(typed(method, raw)?),
+            Method::JobWatch => Request::JobWatch(typed(method, raw)?),
         })
+    }
+
+    /// The job this request is about, if any: the gate decides ownership from it.
+    pub fn job(&self) -> Option<&JobId> {
+        match self {
+            Request::JobGet(p) | Request::JobCancel(p) | Request::JobWatch(p) => Some(&p.job_id),
+            Request::JobWait(p) => Some(&p.job_id),
+            Request::JobLogs(p) => Some(&p.job_id),
+            _ => None,
+        }
     }
 
     pub fn method(&self) -> Method {
@@ -148,6 +302,15 @@ impl Request {
             Request::Version => Method::Version,
             Request::Whoami => Method::Whoami,
             Request::Status => Method::Status,
+            Request::ActionsList => Method::ActionsList,
+            Request::ActionsDescribe(_) => Method::ActionsDescribe,
+            Request::JobStart(_) => Method::JobStart,
+            Request::JobGet(_) => Method::JobGet,
+            Request::JobList(_) => Method::JobList,
+            Request::JobCancel(_) => Method::JobCancel,
+            Request::JobWait(_) => Method::JobWait,
+            Request::JobLogs(_) => Method::JobLogs,
+            Request::JobWatch(_) => Method::JobWatch,
         }
     }
 }

@@ -9,9 +9,12 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use warden_proto::envelope::{self, Envelope, Id};
+use warden_proto::jobs::*;
 use warden_proto::messages::*;
 use warden_proto::request::HelloParams;
-use warden_proto::{ErrorKind, Gid, Limits, Method, Pid, Request, RpcError, Tier, Uid, error};
+use warden_proto::{
+    ErrorKind, Gid, JobId, Limits, Method, Pid, Request, RpcError, Tier, Uid, error,
+};
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -136,12 +139,42 @@ fn ok<T: serde::Serialize>(result: &T) -> Vec<u8> {
 #[test]
 fn requests_match_their_fixtures_and_parse_back() {
     let hello = json!({"protocol": 1, "client": "warden-cli", "features": []});
+    let job = json!({"job_id": "job_3f2a9c0d5e7b8a61"});
     let cases = [
         ("request.hello", Method::Hello, hello),
         ("request.health", Method::Health, json!({})),
         ("request.version", Method::Version, json!({})),
         ("request.whoami", Method::Whoami, json!({})),
         ("request.status", Method::Status, json!({})),
+        ("request.actions_list", Method::ActionsList, json!({})),
+        (
+            "request.actions_describe",
+            Method::ActionsDescribe,
+            json!({"action": "restart-unit"}),
+        ),
+        (
+            "request.job_start",
+            Method::JobStart,
+            json!({"action": "restart-unit", "params": {"unit": "nginx.service"}, "idempotency_key": "deploy-42"}),
+        ),
+        ("request.job_get", Method::JobGet, job.clone()),
+        (
+            "request.job_list",
+            Method::JobList,
+            json!({"scope": "all", "state": "running", "limit": 20}),
+        ),
+        ("request.job_cancel", Method::JobCancel, job.clone()),
+        (
+            "request.job_wait",
+            Method::JobWait,
+            json!({"job_id": "job_3f2a9c0d5e7b8a61", "timeout_ms": 30000}),
+        ),
+        (
+            "request.job_logs",
+            Method::JobLogs,
+            json!({"job_id": "job_3f2a9c0d5e7b8a61", "from": 0, "follow": true}),
+        ),
+        ("request.job_watch", Method::JobWatch, job),
     ];
     for (name, method, params) in cases {
         let bytes = envelope::request(1, method.as_str(), &params).unwrap();
@@ -223,9 +256,156 @@ fn results_match_their_fixtures() {
                 rate_limited_uid: 3,
                 ..Default::default()
             },
+            jobs: JobCounts {
+                running: 1,
+                queued: 0,
+                cgroups: true,
+                cgroup_note: None,
+            },
             limits: Limits::default(),
             listeners: vec![listener()],
         }),
+    );
+}
+
+fn job_id() -> JobId {
+    "job_3f2a9c0d5e7b8a61".to_owned().try_into().unwrap()
+}
+
+fn record() -> JobRecord {
+    JobRecord {
+        job_id: job_id(),
+        action: "restart-unit".to_owned().try_into().unwrap(),
+        state: JobState::Running,
+        progress: Some(40),
+        phase: Some("restart".into()),
+        message: Some("waiting for the unit".into()),
+        committed: true,
+        exit_code: None,
+        result: None,
+        malformed_status_lines: 0,
+        requester: Requester {
+            uid: Uid(1000),
+            gid: Gid(1000),
+            pid: Pid(4242),
+            exe: Some("/usr/bin/warden".into()),
+            client: "warden-cli".into(),
+            connection: 17,
+        },
+        origin: "local".into(),
+        params: [
+            ("unit".to_owned(), json!("nginx.service")),
+            ("token".to_owned(), json!("<redacted>")),
+        ]
+        .into(),
+        created_at: "2026-11-22T09:39:17.641Z".into(),
+        started_at: Some("2026-11-22T09:39:17.642Z".into()),
+        ended_at: None,
+    }
+}
+
+#[test]
+fn job_messages_match_their_fixtures() {
+    check(
+        "result.actions_list",
+        ok(&ActionList {
+            actions: vec![ActionInfo {
+                name: "restart-unit".to_owned().try_into().unwrap(),
+                description: "Restart one of the allowed systemd units".into(),
+                tier: Tier::Operator,
+                ops: vec!["system".into()],
+                mutating: true,
+                params: [
+                    (
+                        "unit".to_owned(),
+                        ParamInfo {
+                            kind: ParamKind::Enum {
+                                values: vec!["nginx.service".into(), "postfix.service".into()],
+                            },
+                            secret: false,
+                        },
+                    ),
+                    (
+                        "token".to_owned(),
+                        ParamInfo {
+                            kind: ParamKind::String {
+                                max_len: 64,
+                                pattern: Some("[A-Za-z0-9]+".into()),
+                            },
+                            secret: true,
+                        },
+                    ),
+                ]
+                .into(),
+                timeout_s: 60,
+                concurrency_group: Some("units".into()),
+                rollback: false,
+            }],
+        }),
+    );
+    check(
+        "result.job_started",
+        ok(&JobStarted {
+            job_id: job_id(),
+            existing: false,
+        }),
+    );
+    check("result.job", ok(&record()));
+    check(
+        "result.job_list",
+        ok(&JobList {
+            jobs: vec![JobSummary {
+                job_id: job_id(),
+                action: "restart-unit".to_owned().try_into().unwrap(),
+                state: JobState::Succeeded,
+                progress: Some(100),
+                requester_uid: Uid(1000),
+                origin: "local".into(),
+                created_at: "2026-11-22T09:39:17.641Z".into(),
+                ended_at: Some("2026-11-22T09:39:19.002Z".into()),
+            }],
+        }),
+    );
+    let chunk = LogChunk {
+        job_id: job_id(),
+        from: 0,
+        next: 18,
+        data: "restarting nginx\n".into(),
+        truncated: false,
+        ended: false,
+    };
+    check("result.job_logs", ok(&chunk));
+    check(
+        "notification.job_output",
+        envelope::notification(notification::JOB_OUTPUT, &chunk).unwrap(),
+    );
+    check(
+        "notification.job_update",
+        envelope::notification(notification::JOB_UPDATE, &record()).unwrap(),
+    );
+    check(
+        "error.not_found",
+        envelope::error_response(
+            Some(&Id::number(1)),
+            &RpcError::new(
+                ErrorKind::NotFound,
+                "no such job",
+                "a1b2c3d4e5f60718".into(),
+            ),
+        )
+        .unwrap(),
+    );
+    check(
+        "error.conflict",
+        envelope::error_response(
+            Some(&Id::number(1)),
+            &RpcError::new(
+                ErrorKind::Conflict,
+                "past commit point: the job's effect remains and its action has no rollback",
+                "0f1e2d3c4b5a6978".into(),
+            ),
+        )
+        .unwrap(),
     );
 }
 

@@ -52,9 +52,83 @@ pub fn chown_nofollow(path: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Re
     std::os::unix::fs::lchown(path, uid, gid)
 }
 
+/// Where a path below a prefix leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beneath {
+    /// It exists, and no component below the prefix is a symlink.
+    Exists,
+    /// Its last component does not exist; its parent exists without symlinks below the prefix.
+    Missing,
+}
+
+/// Resolves `rel` below the directory `prefix` as the kernel would, refusing any symlink or
+/// `..` on the way (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a path that passes
+/// cannot lead out of `prefix`, whatever links someone planted under it. The prefix itself is
+/// opened normally (it comes from the administrator's configuration).
+pub fn resolve_beneath(prefix: &Path, rel: &Path) -> io::Result<Beneath> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let base = rustix::fs::open(
+        prefix,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let flags = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let open = |p: &Path| {
+        // No O_NOFOLLOW: with it, a final symlink would be opened as itself instead of refused.
+        rustix::fs::openat2(
+            &base,
+            p,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            flags,
+        )
+    };
+    if rel.as_os_str().is_empty() {
+        return Ok(Beneath::Exists);
+    }
+    match open(rel) {
+        Ok(_) => Ok(Beneath::Exists),
+        Err(rustix::io::Errno::NOENT) => {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            if !parent.as_os_str().is_empty() {
+                open(parent)?;
+            }
+            Ok(Beneath::Missing)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pins: a symlink anywhere below the prefix is refused, even one that stays inside.
+    #[test]
+    fn resolve_beneath_refuses_every_symlink_and_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("allowed");
+        std::fs::create_dir_all(base.join("sub")).unwrap();
+        std::fs::write(base.join("sub/file"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("out")).unwrap();
+        std::os::unix::fs::symlink("sub", base.join("inside")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", base.join("sub/shadow")).unwrap();
+        let r = |p: &str| resolve_beneath(&base, Path::new(p));
+        assert_eq!(r("sub/file").unwrap(), Beneath::Exists);
+        assert_eq!(r("sub").unwrap(), Beneath::Exists);
+        assert_eq!(r("sub/new-file").unwrap(), Beneath::Missing);
+        assert_eq!(r("").unwrap(), Beneath::Exists);
+        for bad in [
+            "out",
+            "out/shadow",
+            "inside/file",
+            "sub/shadow",
+            "../allowed/sub",
+            "nope/new",
+        ] {
+            assert!(r(bad).is_err(), "{bad} resolved");
+        }
+    }
 
     #[test]
     fn set_mode_nofollow_refuses_symlinks_and_changes_files() {

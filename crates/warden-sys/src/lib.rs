@@ -9,4 +9,5 @@ pub mod activation;
 pub mod fs;
 pub mod peer;
 pub mod process;
+pub mod spawn;
 pub mod users;

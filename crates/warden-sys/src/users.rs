@@ -45,6 +45,33 @@ pub fn group_by_name(name: &str) -> io::Result<Option<u32>> {
         .map(|g| g.gid.as_raw()))
 }
 
+/// The supplementary groups `user` gets at login with primary group `gid` (`getgrouplist`),
+/// which include `gid` itself.
+pub fn group_list(user: &str, gid: u32) -> io::Result<Vec<u32>> {
+    let name = std::ffi::CString::new(user)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
+    let mut groups: Vec<u32> = nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
+        .map_err(to_io)?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(groups)
+}
+
+/// This process's supplementary groups, sorted.
+pub fn current_groups() -> io::Result<Vec<u32>> {
+    let mut groups: Vec<u32> = nix::unistd::getgroups()
+        .map_err(to_io)?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    Ok(groups)
+}
+
 /// The effective uid of this process.
 pub fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -65,6 +92,16 @@ mod tests {
         assert_eq!(user_by_name("root").unwrap(), Some((0, 0)));
         assert_eq!(group_by_name("root").unwrap(), Some(0));
         assert_eq!(group_name(0).unwrap().as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn root_s_group_list_contains_its_primary_group() {
+        assert!(group_list("root", 0).unwrap().contains(&0));
+        assert!(
+            group_list("no-such-user-wdn", 12345)
+                .unwrap()
+                .contains(&12345)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Exit status: 0 ok, 1 error, 2 usage, 3 forbidden (by the daemon's gate or the socket's
 //! permissions), 4 daemon unavailable.
 
+mod jobs;
 mod render;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use warden_client::{Client, ClientError};
 use warden_proto::ErrorKind;
 use warden_proto::envelope::Incoming;
+use warden_proto::jobs::JobState;
 
 /// The name this CLI gives in `hello`.
 const CLIENT_NAME: &str = "warden-cli";
@@ -23,7 +25,8 @@ const CLIENT_NAME: &str = "warden-cli";
     version,
     about = "Talk to wardend, warden's privilege broker",
     after_help = "Exit status: 0 ok, 1 error, 2 usage, 3 forbidden (by the daemon or the \
-                  socket's permissions), 4 daemon not running."
+                  socket's permissions), 4 daemon not running; `run` reports its job's end with \
+                  5 failed, 6 cancelled, 7 timed out, 8 rolled back, 9 lost."
 )]
 struct Cli {
     /// wardend's socket [default: /run/warden/warden.sock if it exists, else the --dev socket]
@@ -44,6 +47,50 @@ enum Command {
     Whoami,
     /// Show the versions of this CLI and of the daemon.
     Version,
+    /// List the actions you could run.
+    Actions,
+    /// Run an action and follow its job until it ends; the exit status says how it ended.
+    Run {
+        /// The action's name.
+        action: String,
+        /// Parameters as key=value.
+        params: Vec<String>,
+        /// Print the job id and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// On Ctrl-C, cancel the job without asking.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
+        /// Starting again with the same key within 10 minutes returns the same job.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        /// Everyone's jobs (operators and admins).
+        #[arg(long)]
+        all: bool,
+        /// Only jobs in this state (queued, running, succeeded, failed, cancelled, timed_out,
+        /// rolled_back, lost).
+        #[arg(long, value_parser = parse_state)]
+        state: Option<JobState>,
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+    /// Show one job.
+    Job {
+        /// The job id (job_…).
+        id: String,
+    },
+    /// Cancel a job (before its commit point; after it only if its action can roll back).
+    Cancel { id: String },
+    /// Print a job's output.
+    Logs {
+        id: String,
+        /// Keep printing new output until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Send one request and print the daemon's raw JSON-RPC answer (for scripts and debugging).
     Call {
         /// Method name, e.g. `status`.
@@ -57,12 +104,21 @@ enum Command {
     },
 }
 
+fn parse_state(s: &str) -> Result<JobState, String> {
+    JobState::from_name(s).ok_or_else(|| format!("`{s}` is not a job state"))
+}
+
 /// Exit statuses, as documented in the README and `warden --help`.
 mod exit {
     pub const ERROR: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const FORBIDDEN: u8 = 3;
     pub const UNAVAILABLE: u8 = 4;
+    pub const JOB_FAILED: u8 = 5;
+    pub const JOB_CANCELLED: u8 = 6;
+    pub const JOB_TIMED_OUT: u8 = 7;
+    pub const JOB_ROLLED_BACK: u8 = 8;
+    pub const JOB_LOST: u8 = 9;
 }
 
 fn main() -> ExitCode {
@@ -85,43 +141,72 @@ async fn run(cli: Cli) -> ExitCode {
         .socket
         .clone()
         .unwrap_or_else(warden_client::default_socket);
+    let json = cli.json;
     if let Command::Version = cli.command {
-        return version(&socket, cli.json).await;
+        return version(&socket, json).await;
     }
     let mut client = match Client::connect(&socket, CLIENT_NAME).await {
         Ok(c) => c,
-        Err(e) => return fail(&e, cli.json),
+        Err(e) => return fail(&e, json),
     };
     let result = match cli.command {
         Command::Status => client
             .status()
             .await
-            .map(|s| show(cli.json, &s, render::status)),
+            .map(|s| show(json, &s, render::status)),
         Command::Whoami => client
             .whoami()
             .await
-            .map(|w| show(cli.json, &w, render::whoami)),
+            .map(|w| show(json, &w, render::whoami)),
         Command::Call {
             method,
             params,
             repeat,
         } => return call(&mut client, &method, &params, repeat).await,
+        Command::Actions => jobs::actions(&mut client, json).await,
+        Command::Run {
+            action,
+            params,
+            detach,
+            cancel_on_interrupt,
+            idempotency_key,
+        } => {
+            let o = jobs::RunOptions {
+                detach,
+                json,
+                cancel_on_interrupt,
+                idempotency_key,
+            };
+            return jobs::run(&mut client, &action, &params, o).await;
+        }
+        Command::Jobs { all, state, limit } => {
+            jobs::list(&mut client, all, state, limit, json).await
+        }
+        Command::Job { id } => jobs::show(&mut client, &id, json).await,
+        Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
+        Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
         Command::Version => unreachable!("handled above"),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, cli.json),
+        Ok(code) => code,
+        Err(e) => fail(&e, json),
     }
 }
 
-fn show<T: Serialize>(json: bool, value: &T, human: fn(&T) -> String) {
+fn show<T: Serialize>(json: bool, value: &T, human: fn(&T) -> String) -> ExitCode {
     if json {
-        match serde_json::to_string_pretty(value) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("warden: cannot print the result: {e}"),
-        }
+        print_json(value);
     } else {
         print!("{}", human(value));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("warden: cannot print the result: {e}"),
     }
 }
 

@@ -69,6 +69,19 @@ pub fn status(s: &StatusResult) -> String {
             listener.path, listener.max_tier
         );
     }
+    let j = &s.jobs;
+    let stopping = match &j.cgroups {
+        true => "one cgroup each".to_owned(),
+        false => format!(
+            "process groups only ({})",
+            j.cgroup_note.as_deref().unwrap_or("no cgroups")
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "jobs         {} running, {} queued; {stopping}",
+        j.running, j.queued
+    );
     let _ = writeln!(out, "violations   {}", nonzero(&s.violations));
     let _ = writeln!(out, "refusals     {}", nonzero(&s.refusals));
     out

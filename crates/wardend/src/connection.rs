@@ -20,13 +20,28 @@ use warden_proto::error::code;
 use warden_proto::{ErrorKind, FrameDecoder, FrameError, RpcError};
 use warden_sys::peer::PeerCred;
 
-use crate::dispatch::{self, Session, correlation_id, framed_error};
+use crate::dispatch::{self, Later, Outcome, Session, correlation_id, framed_error};
 use crate::identity;
 use crate::limits::{Slot, TokenBucket};
 use crate::server::Shared;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 1024;
+/// Requests one connection may have running on their own tasks at once.
+const MAX_IN_FLIGHT: usize = 16;
+/// Answers and notifications waiting to be written, per connection.
+const OUTBOUND_QUEUE: usize = 64;
+
+/// What a connection needs once it has requests running on their own tasks. Made on the first
+/// such request, so a connection that only asks `status` does not pay for it.
+struct Tasks {
+    tx: dispatch::Outbound,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    /// One permit per request in flight.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Cancelled when the connection ends: its requests stop with it.
+    done: tokio_util::sync::CancellationToken,
+}
 
 /// A connection whose peer has been identified.
 pub(crate) struct Connection {
@@ -45,6 +60,8 @@ pub(crate) struct Connection {
     /// them all contend on its lock once per request.
     /// Registered once and polled in place for the whole connection.
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// Requests running on their own tasks, once there has been one.
+    tasks: Option<Tasks>,
     /// Holds this connection's place under the connection caps.
     _slot: Slot,
 }
@@ -52,6 +69,8 @@ pub(crate) struct Connection {
 /// What reading produced.
 enum Next {
     Frame(Bytes),
+    /// An answer or notification from a request running on its own task.
+    Outbound(Vec<u8>),
     /// The peer closed between frames, or shutdown found nothing left to answer.
     Done,
     Broken(Violation),
@@ -75,6 +94,7 @@ impl Connection {
         cred: PeerCred,
         slot: Slot,
         span: tracing::Span,
+        connection: u64,
     ) -> Option<Connection> {
         let needs_digest = shared.policy.guards.needs_exe_digest();
         let peer = match identity::identify(
@@ -107,7 +127,9 @@ impl Connection {
         let limits = &shared.policy.limits;
         let session = Session {
             span,
-            peer,
+            peer: Arc::new(peer),
+            connection,
+            caller: None,
             listener,
             bucket: TokenBucket::new(limits.requests_per_second, limits.burst, now),
             client: None,
@@ -116,6 +138,7 @@ impl Connection {
         let shutdown = Box::pin(shared.shutdown.child_token().cancelled_owned());
         Some(Connection {
             shutdown,
+            tasks: None,
             decoder: FrameDecoder::new(limits.max_frame),
             hello_deadline: Some(now + Duration::from_millis(limits.hello_timeout_ms)),
             shared,
@@ -129,18 +152,37 @@ impl Connection {
 
     /// Serves requests until the peer leaves, breaks the protocol, or the daemon shuts down.
     pub(crate) async fn serve(mut self) {
+        let mut peer_gone = false;
         loop {
             match self.next_frame().await {
                 Next::Frame(frame) => {
-                    let out = dispatch::handle(&self.shared, &mut self.session, &frame);
-                    if self.session.client.is_some() {
-                        self.hello_deadline = None;
+                    match dispatch::handle(&self.shared, &mut self.session, &frame) {
+                        Outcome::Now { frame, close } => {
+                            if self.session.client.is_some() {
+                                self.hello_deadline = None;
+                            }
+                            if !self.send(frame).await || close {
+                                break;
+                            }
+                        }
+                        Outcome::Later(later) => {
+                            if let Some(refusal) = self.start_task(later)
+                                && !self.send(Some(refusal)).await
+                            {
+                                break;
+                            }
+                        }
                     }
-                    if !self.send(out.frame).await || out.close {
+                }
+                Next::Outbound(frame) => {
+                    if !self.send(Some(frame)).await {
                         break;
                     }
                 }
-                Next::Done => break,
+                Next::Done => {
+                    peer_gone = !self.draining;
+                    break;
+                }
                 Next::Io(e) => {
                     tracing::debug!(parent: &self.session.span, error = %e, "connection failed");
                     break;
@@ -151,7 +193,75 @@ impl Connection {
                 }
             }
         }
+        self.end_tasks(peer_gone).await;
         tracing::debug!(parent: &self.session.span, "closed");
+    }
+
+    /// Runs a request on its own task; returns a refusal to send instead when too many are
+    /// already running on this connection.
+    fn start_task(&mut self, later: Later) -> Option<Vec<u8>> {
+        let tasks = self.tasks.get_or_insert_with(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
+            Tasks {
+                tx,
+                rx,
+                permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+                done: tokio_util::sync::CancellationToken::new(),
+            }
+        });
+        let Ok(permit) = Arc::clone(&tasks.permits).try_acquire_owned() else {
+            return later.handle().refuse(
+                &self.shared,
+                ErrorKind::Busy,
+                &format!("{MAX_IN_FLIGHT} requests are already running on this connection"),
+                Some(Duration::from_millis(100)),
+            );
+        };
+        let shared = Arc::clone(&self.shared);
+        let out = tasks.tx.clone();
+        let done = tasks.done.clone();
+        let handle = later.handle();
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                answer = dispatch::later(Arc::clone(&shared), later, out.clone()) => {
+                    if let Some(frame) = answer {
+                        let _ = out.send(frame).await;
+                    }
+                }
+                _ = done.cancelled() => {
+                    let refusal = handle.refuse(
+                        &shared,
+                        ErrorKind::Unavailable,
+                        "the connection or the daemon is closing",
+                        None,
+                    );
+                    if let Some(frame) = refusal {
+                        let _ = out.try_send(frame);
+                    }
+                }
+            }
+        });
+        None
+    }
+
+    /// Stops the connection's running requests; unless the peer has left, sends what they
+    /// answered (an `unavailable` error for each one that had not finished).
+    async fn end_tasks(&mut self, peer_gone: bool) {
+        let Some(mut tasks) = self.tasks.take() else {
+            return;
+        };
+        tasks.done.cancel();
+        drop(tasks.tx);
+        if peer_gone {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, tasks.rx.recv()).await {
+            if !self.send(Some(frame)).await {
+                break;
+            }
+        }
     }
 
     async fn next_frame(&mut self) -> Next {
@@ -185,10 +295,14 @@ impl Connection {
                 (Some(f), Some(h)) => Some(f.min(h)),
                 (f, h) => f.or(h),
             };
+            let outbound = self.tasks.as_mut().map(|t| &mut t.rx);
             tokio::select! {
                 biased;
                 _ = &mut self.shutdown => {
                     self.draining = true;
+                }
+                Some(frame) = async { match outbound { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    return Next::Outbound(frame);
                 }
                 ready = self.stream.readable() => {
                     if let Err(e) = ready {

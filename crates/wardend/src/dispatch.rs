@@ -2,6 +2,11 @@
 //! params → the gate → the handler → the answer. This is the only caller of the gate, and every
 //! handler runs behind it.
 //!
+//! Most requests are answered inline. Requests about jobs first look up what the gate needs to
+//! know (whose job it is, possibly in the ledger) and may run for a long time (`job.wait`,
+//! `job.watch`, `job.logs` following), so they run as a task of their own ([`later`]) and answer
+//! through the connection's outbound queue; they pass the same gate.
+//!
 //! Error answers carry a random correlation id, which is also on the daemon's log line for that
 //! error (log lines a peer causes are rate-limited per uid). Internal causes (`detail`) are sent
 //! only to admin-tier callers.
@@ -11,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use warden_policy::{Decision, ListenerPolicy, PeerIdentity, Runtime};
+use warden_policy::{Decision, ListenerPolicy, PeerIdentity, Runtime, gate::Target};
 use warden_proto::envelope::{self, Envelope, Id};
 use warden_proto::error::code;
 use warden_proto::request::ClientName;
-use warden_proto::{ErrorKind, Method, Request, RpcError, Tier};
+use warden_proto::{ErrorKind, Method, Request, RpcError, Tier, Uid};
 
 use crate::handlers::{self, Reply};
 use crate::limits::{TokenBucket, retry_ms};
@@ -24,30 +29,105 @@ use crate::server::Shared;
 /// Invalid (non-JSON-RPC) frames after which a connection is closed.
 pub(crate) const MAX_INVALID_FRAMES: u8 = 3;
 
+/// Where a request's answers go when they are sent from a task of their own.
+pub(crate) type Outbound = tokio::sync::mpsc::Sender<Vec<u8>>;
+
+/// Who is calling, once `hello` is done: what a request running on its own task carries along.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    pub peer: Arc<PeerIdentity>,
+    pub listener: Arc<ListenerPolicy>,
+    /// The name given in `hello`.
+    pub client: String,
+    /// The daemon's number for the connection.
+    pub connection: u64,
+    pub span: tracing::Span,
+}
+
 /// Per-connection state the request path reads and updates.
 #[derive(Debug)]
 pub(crate) struct Session {
     /// This connection's log span (connection id, uid, pid); the parent of its log lines.
     pub span: tracing::Span,
     /// Who is calling, from the kernel at connect.
-    pub peer: PeerIdentity,
+    pub peer: Arc<PeerIdentity>,
     /// The socket it came in through.
     pub listener: Arc<ListenerPolicy>,
+    /// The daemon's number for this connection.
+    pub connection: u64,
     /// This connection's request rate.
     pub bucket: TokenBucket,
     /// The name given in `hello`; `None` until the handshake is done.
     pub client: Option<ClientName>,
+    /// Set by a successful `hello`.
+    pub caller: Option<Arc<Caller>>,
     /// Frames that were not JSON-RPC so far.
     pub invalid_frames: u8,
 }
 
 /// The answer to one frame.
 #[derive(Debug)]
-pub(crate) struct Outcome {
-    /// The framed answer; `None` if it could not be encoded (the connection then closes).
-    pub frame: Option<Vec<u8>>,
-    /// Close after sending.
-    pub close: bool,
+pub(crate) enum Outcome {
+    /// Answered inline.
+    Now {
+        /// The framed answer; `None` if it could not be encoded (the connection then closes).
+        frame: Option<Vec<u8>>,
+        /// Close after sending.
+        close: bool,
+    },
+    /// To be run on its own task by [`later`].
+    Later(Later),
+}
+
+/// A request that runs on its own task.
+#[derive(Debug)]
+pub(crate) struct Later {
+    id: Id<'static>,
+    request: Request,
+    caller: Arc<Caller>,
+}
+
+impl Later {
+    /// What is needed to refuse this request later without holding the request itself.
+    pub(crate) fn handle(&self) -> LaterHandle {
+        LaterHandle {
+            id: self.id.clone(),
+            caller: Arc::clone(&self.caller),
+            method: self.request.method(),
+        }
+    }
+}
+
+/// Enough of a [`Later`] request to answer it with an error.
+#[derive(Debug)]
+pub(crate) struct LaterHandle {
+    id: Id<'static>,
+    caller: Arc<Caller>,
+    method: Method,
+}
+
+impl LaterHandle {
+    /// An error answer to the request (logged like any other).
+    pub(crate) fn refuse(
+        &self,
+        shared: &Shared,
+        kind: ErrorKind,
+        message: &str,
+        retry: Option<Duration>,
+    ) -> Option<Vec<u8>> {
+        let mut f = Failure::new(kind, message);
+        f.retry_after = retry;
+        let c = &self.caller;
+        failed_for(
+            shared,
+            &c.peer,
+            &c.listener,
+            &c.span,
+            Some(&self.id),
+            Some(self.method),
+            &f,
+        )
+    }
 }
 
 /// A request that did not succeed, before it is turned into a wire error.
@@ -94,7 +174,7 @@ impl Failure {
     }
 }
 
-/// Answers one frame.
+/// Answers one frame, or hands it to [`later`].
 pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome {
     let before_hello = s.client.is_none();
     let env = match Envelope::parse(frame) {
@@ -118,23 +198,37 @@ pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome 
         }
     };
     let method = Method::from_name(&env.method);
-    match respond(shared, s, &env, method, before_hello) {
-        Ok(reply) => Outcome {
+    let request = match prepare(shared, s, &env, method, before_hello) {
+        Ok(r) => r,
+        // Before the handshake completes, any error ends the connection.
+        Err(f) => return failed(shared, s, Some(&env.id), method, f, before_hello),
+    };
+    if handlers::runs_later(&request)
+        && let Some(caller) = s.caller.clone()
+    {
+        return Outcome::Later(Later {
+            id: env.id.into_owned(),
+            request,
+            caller,
+        });
+    }
+    match run_inline(shared, s, request) {
+        Ok(reply) => Outcome::Now {
             frame: encoded(envelope::result_frame(&env.id, &reply)),
             close: false,
         },
-        // Before the handshake completes, any error ends the connection.
         Err(f) => failed(shared, s, Some(&env.id), method, f, before_hello),
     }
 }
 
-fn respond<'a>(
-    shared: &'a Shared,
+/// Rate limits, method, handshake order and params: everything before the gate.
+fn prepare(
+    shared: &Shared,
     s: &mut Session,
     env: &Envelope<'_>,
     method: Option<Method>,
     before_hello: bool,
-) -> Result<Reply<'a>, Failure> {
+) -> Result<Request, Failure> {
     let now = Instant::now();
     let limits = &shared.policy.limits;
     if let Err(wait) = s.bucket.try_take(now) {
@@ -182,9 +276,21 @@ fn respond<'a>(
             "hello was already done on this connection",
         ));
     }
-    let request = Request::parse(method, env.params)
-        .map_err(|e| Failure::coded(code::INVALID_PARAMS, ErrorKind::BadRequest, e.to_string()))?;
-    let runtime = Runtime { ops: &shared.ops };
+    Request::parse(method, env.params)
+        .map_err(|e| Failure::coded(code::INVALID_PARAMS, ErrorKind::BadRequest, e.to_string()))
+}
+
+/// The gate, then an inline handler.
+fn run_inline<'a>(
+    shared: &'a Shared,
+    s: &mut Session,
+    request: Request,
+) -> Result<Reply<'a>, Failure> {
+    let method = request.method();
+    let runtime = Runtime {
+        ops: &shared.ops,
+        target: Target::Nothing,
+    };
     let tier = match shared
         .policy
         .authorize(&s.peer, &s.listener, &request, &runtime)
@@ -193,20 +299,98 @@ fn respond<'a>(
         Decision::Deny { kind, reason, .. } => return Err(Failure::new(kind, reason)),
     };
     // A bug in a handler must cost one request, not the daemon.
-    match catch_unwind(AssertUnwindSafe(|| {
+    catch_unwind(AssertUnwindSafe(|| {
         handlers::handle(shared, s, request, tier)
-    })) {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Failure::internal(format!(
-                "{method} handler panicked: {what}"
-            )))
+    }))
+    .unwrap_or_else(|panic| Err(panicked(method, panic.as_ref())))
+}
+
+fn panicked(method: Method, panic: &(dyn std::any::Any + Send)) -> Failure {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Failure::internal(format!("{method} handler panicked: {what}"))
+}
+
+/// Runs a request handed over by [`handle`]: looks up its target, asks the gate, runs the
+/// handler. Returns the final answer (notifications along the way go to `out`).
+pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> Option<Vec<u8>> {
+    let Later {
+        id,
+        request,
+        caller,
+    } = later;
+    let method = request.method();
+    let target = match request.job() {
+        None => Target::Nothing,
+        Some(job) => match shared.jobs.owner(job).await {
+            Ok(owner) => Target::Job { owner },
+            Err(e) => {
+                let f = Failure::internal(format!("looking up {job}: {e}"));
+                return failed_for(
+                    &shared,
+                    &caller.peer,
+                    &caller.listener,
+                    &caller.span,
+                    Some(&id),
+                    Some(method),
+                    &f,
+                );
+            }
+        },
+    };
+    let runtime = Runtime {
+        ops: &shared.ops,
+        target,
+    };
+    let tier = match shared
+        .policy
+        .authorize(&caller.peer, &caller.listener, &request, &runtime)
+    {
+        Decision::Allow { tier } => tier,
+        Decision::Deny { kind, reason, .. } => {
+            let f = Failure::new(kind, reason);
+            return failed_for(
+                &shared,
+                &caller.peer,
+                &caller.listener,
+                &caller.span,
+                Some(&id),
+                Some(method),
+                &f,
+            );
         }
+    };
+    // On a task of its own so a panic in the handler is caught and answered.
+    let handler = tokio::spawn(handlers::jobs::run(
+        Arc::clone(&shared),
+        Arc::clone(&caller),
+        id.clone(),
+        request,
+        tier,
+        out,
+    ));
+    let result = match handler.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(panicked(method, e.into_panic().as_ref())),
+        Err(_) => Err(Failure::new(
+            ErrorKind::Unavailable,
+            "the daemon is shutting down",
+        )),
+    };
+    match result {
+        Ok(reply) => encoded(envelope::result_frame(&id, &reply)),
+        Err(f) => failed_for(
+            &shared,
+            &caller.peer,
+            &caller.listener,
+            &caller.span,
+            Some(&id),
+            Some(method),
+            &f,
+        ),
     }
 }
 
@@ -232,14 +416,26 @@ fn failed(
     f: Failure,
     close: bool,
 ) -> Outcome {
-    let admin =
-        f.detail.is_some() && shared.policy.effective(&s.peer, &s.listener).tier == Tier::Admin;
-    let err = to_rpc(&f, admin);
-    log_failure(shared, s, method, &err, f.detail.as_deref());
-    Outcome {
-        frame: framed_error(id, &err),
+    Outcome::Now {
+        frame: failed_for(shared, &s.peer, &s.listener, &s.span, id, method, &f),
         close,
     }
+}
+
+/// The framed error answer for `f`, logged under its correlation id.
+fn failed_for(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    listener: &ListenerPolicy,
+    span: &tracing::Span,
+    id: Option<&Id<'_>>,
+    method: Option<Method>,
+    f: &Failure,
+) -> Option<Vec<u8>> {
+    let admin = f.detail.is_some() && shared.policy.effective(peer, listener).tier == Tier::Admin;
+    let err = to_rpc(f, admin);
+    log_failure(shared, peer.uid, span, method, &err, f.detail.as_deref());
+    framed_error(id, &err)
 }
 
 /// The wire error for `f`; its internal `detail` only when `admin`.
@@ -256,41 +452,27 @@ fn to_rpc(f: &Failure, admin: bool) -> RpcError {
 
 /// Logs a refused or failed request under its correlation id, within the peer's log budget.
 pub(crate) fn log_refusal(shared: &Shared, s: &Session, method: Option<Method>, err: &RpcError) {
-    log_failure(shared, s, method, err, None);
+    log_failure(shared, s.peer.uid, &s.span, method, err, None);
 }
 
 fn log_failure(
     shared: &Shared,
-    s: &Session,
+    uid: Uid,
+    span: &tracing::Span,
     method: Option<Method>,
     err: &RpcError,
     detail: Option<&str>,
 ) {
-    let Some(suppressed) = shared.logs.admit(s.peer.uid) else {
+    let Some(suppressed) = shared.logs.admit(uid) else {
         return;
     };
     let method = method.map(Method::as_str);
     let cid = err.data.correlation_id.as_str();
     let kind = err.data.kind.as_str();
     if err.data.kind == ErrorKind::Internal {
-        tracing::error!(
-            correlation_id = cid,
-            kind,
-            method,
-            detail,
-            suppressed,
-            "{}",
-            err.message
-        );
+        tracing::error!(parent: span, correlation_id = cid, kind, method, detail, suppressed, "{}", err.message);
     } else {
-        tracing::info!(
-            correlation_id = cid,
-            kind,
-            method,
-            suppressed,
-            "refused: {}",
-            err.message
-        );
+        tracing::info!(parent: span, correlation_id = cid, kind, method, suppressed, "refused: {}", err.message);
     }
 }
 
@@ -313,6 +495,14 @@ fn encoded(frame: serde_json::Result<Vec<u8>>) -> Option<Vec<u8>> {
     frame
         .map_err(|e| tracing::error!(error = %e, "cannot encode an answer"))
         .ok()
+}
+
+/// A notification, framed.
+pub(crate) fn framed_notification<T: serde::Serialize>(
+    method: &str,
+    params: &T,
+) -> Option<Vec<u8>> {
+    encoded(envelope::notification_frame(method, params))
 }
 
 /// An error answer, framed.

@@ -10,6 +10,7 @@ mod connection;
 mod dispatch;
 mod handlers;
 mod identity;
+mod jobs;
 mod limits;
 pub mod listener;
 mod logs;
@@ -18,5 +19,6 @@ pub mod server;
 pub mod settings;
 mod stats;
 
+pub use jobs::JobsError;
 pub use server::{Daemon, DaemonThread, StartError};
 pub use settings::{DEFAULT_CONFIG, Settings, SettingsError, SystemDirectory};

@@ -25,6 +25,7 @@ use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
 use crate::handlers::StaticStatus;
 use crate::identity::{DigestCache, PidfdSource};
+use crate::jobs::{Jobs, JobsError};
 use crate::limits::{Admission, Refusal};
 use crate::listener::{self, Bound, ListenError};
 use crate::logs::LogLimiter;
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub stats: Stats,
     /// The unchanging part of `status`, serialized once for this policy.
     pub static_status: StaticStatus,
+    /// Every job: live ones, concurrency groups, the ledger.
+    pub jobs: Arc<Jobs>,
     /// Keeps peer-caused log lines from flooding the log.
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
@@ -75,6 +78,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error("cannot encode the status of this configuration: {0}")]
     Status(serde_json::Error),
+    #[error(transparent)]
+    Jobs(#[from] JobsError),
 }
 
 /// A daemon on its own runtime in a background thread (for tests and embedding). Stopped, with
@@ -142,9 +147,12 @@ impl Daemon {
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
         let static_status = StaticStatus::new(&policy).map_err(StartError::Status)?;
+        let (jobs, lost) = Jobs::open(&policy.state_dir, policy.jobs.clone()).await?;
         let bound = listener::bind_all(&policy, activated, trusted_uid)?;
+        jobs.recover(lost, &policy);
         let shared = Arc::new(Shared {
             static_status,
+            jobs,
             ops: policy.ops.clone(),
             admission: Admission::new(policy.limits.clone()),
             policy,
@@ -228,13 +236,16 @@ impl Daemon {
         })
     }
 
-    /// Stops accepting, lets every connection answer what it already received, then returns.
+    /// Stops accepting, stops jobs (cancelling what may be cancelled, giving committed ones the
+    /// grace period), lets every connection answer what it already received, then returns with
+    /// every job's final state in the ledger.
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         for l in self.accept_loops {
             let _ = l.await;
         }
         listener::remove_created(&self.created);
+        self.shared.jobs.shutdown().await;
         self.shared.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tracker.wait())
             .await
@@ -316,7 +327,7 @@ fn admit(shared: &Arc<Shared>, listener: &Arc<ListenerPolicy>, stream: UnixStrea
     let shared2 = Arc::clone(shared);
     let listener = Arc::clone(listener);
     shared.tracker.spawn(async move {
-        if let Some(conn) = Connection::open(shared2, listener, stream, cred, slot, span) {
+        if let Some(conn) = Connection::open(shared2, listener, stream, cred, slot, span, id) {
             conn.serve().await;
         }
     });

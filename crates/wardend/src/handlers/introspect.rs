@@ -5,7 +5,8 @@ use serde_json::value::RawValue;
 use warden_policy::Policy;
 use warden_proto::PROTOCOL_VERSION;
 use warden_proto::messages::{
-    ConnectionCounts, DaemonMode, ListenerInfo, RefusalCounts, ViolationCounts, WhoamiResult,
+    ConnectionCounts, DaemonMode, JobCounts, ListenerInfo, RefusalCounts, ViolationCounts,
+    WhoamiResult,
 };
 
 use super::session::DAEMON_VERSION;
@@ -58,6 +59,7 @@ pub(crate) struct StatusReply<'a> {
     connections: ConnectionCounts,
     violations: ViolationCounts,
     refusals: RefusalCounts,
+    jobs: JobCounts,
     limits: &'a RawValue,
     listeners: &'a RawValue,
 }
@@ -71,8 +73,20 @@ pub(super) fn status(shared: &Shared) -> StatusReply<'_> {
         connections: shared.stats.connections(shared.admission.open()),
         violations: shared.stats.violations(),
         refusals: shared.stats.refusals(),
+        jobs: job_counts(shared),
         limits: &shared.static_status.limits,
         listeners: &shared.static_status.listeners,
+    }
+}
+
+fn job_counts(shared: &Shared) -> JobCounts {
+    let counts = shared.jobs.counts();
+    let cgroups = shared.jobs.cgroups();
+    JobCounts {
+        running: counts.running,
+        queued: counts.queued,
+        cgroups: cgroups.is_ok(),
+        cgroup_note: cgroups.err().map(str::to_owned),
     }
 }
 
@@ -106,6 +120,12 @@ mod tests {
             busy_uid: 1,
             ..Default::default()
         };
+        let jobs = JobCounts {
+            running: 1,
+            queued: 0,
+            cgroups: false,
+            cgroup_note: Some("no cgroup2 hierarchy is mounted".into()),
+        };
         let reply = StatusReply {
             daemon_version: DAEMON_VERSION,
             protocol: PROTOCOL_VERSION,
@@ -114,6 +134,7 @@ mod tests {
             connections,
             violations,
             refusals,
+            jobs: jobs.clone(),
             limits: &fixed.limits,
             listeners: &fixed.listeners,
         };
@@ -125,6 +146,7 @@ mod tests {
             connections,
             violations,
             refusals,
+            jobs,
             limits: policy.limits.clone(),
             listeners: policy.listeners.iter().map(listener_info).collect(),
         };

@@ -1,13 +1,16 @@
 //! Endpoint handlers, one file per family. A handler runs only after the gate allowed the
 //! request, receives it already typed, and never checks permissions itself.
 
+mod actions;
 mod introspect;
+pub(crate) mod jobs;
 mod session;
 
 pub(crate) use introspect::StaticStatus;
 
 use serde::Serialize;
 use warden_policy::PeerIdentity;
+use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
     HealthResult, HelloResult, ListenerInfo, PeerInfo, VersionResult, WhoamiResult,
 };
@@ -25,6 +28,27 @@ pub(crate) enum Reply<'a> {
     Version(VersionResult),
     Whoami(WhoamiResult),
     Status(introspect::StatusReply<'a>),
+    Actions(ActionList),
+    Action(ActionInfo),
+    Started(JobStarted),
+    Job(Box<JobRecord>),
+    Jobs(JobList),
+    Logs(LogChunk),
+}
+
+/// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
+/// which may need the ledger before the gate and may take long.
+pub(crate) fn runs_later(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::JobStart(_)
+            | Request::JobGet(_)
+            | Request::JobList(_)
+            | Request::JobCancel(_)
+            | Request::JobWait(_)
+            | Request::JobLogs(_)
+            | Request::JobWatch(_)
+    )
 }
 
 /// Runs the handler for an allowed request. `tier` is the caller's tier on its listener.
@@ -40,6 +64,19 @@ pub(crate) fn handle<'a>(
         Request::Version => Reply::Version(session::version()),
         Request::Whoami => Reply::Whoami(introspect::whoami(shared, s)),
         Request::Status => Reply::Status(introspect::status(shared)),
+        Request::ActionsList => Reply::Actions(actions::list(shared, s)),
+        Request::ActionsDescribe(p) => Reply::Action(actions::describe(shared, &p)?),
+        Request::JobStart(_)
+        | Request::JobGet(_)
+        | Request::JobList(_)
+        | Request::JobCancel(_)
+        | Request::JobWait(_)
+        | Request::JobLogs(_)
+        | Request::JobWatch(_) => {
+            return Err(Failure::internal(
+                "a job request reached the inline handlers",
+            ));
+        }
     })
 }
 

@@ -5,7 +5,7 @@ use warden_proto::request::HelloParams;
 use warden_proto::{ErrorKind, PROTOCOL_VERSION, Tier};
 
 use super::{listener_info, peer_info};
-use crate::dispatch::{Failure, Session};
+use crate::dispatch::{Caller, Failure, Session};
 use crate::server::Shared;
 
 /// Optional protocol features this daemon implements (none yet).
@@ -37,6 +37,13 @@ pub(super) fn hello(
         .map(str::to_owned)
         .collect();
     tracing::debug!(parent: &s.span, client = p.client.as_str(), %tier, "hello");
+    s.caller = Some(std::sync::Arc::new(Caller {
+        peer: std::sync::Arc::clone(&s.peer),
+        listener: std::sync::Arc::clone(&s.listener),
+        client: p.client.as_str().to_owned(),
+        connection: s.connection,
+        span: s.span.clone(),
+    }));
     s.client = Some(p.client);
     Ok(HelloResult {
         protocol: PROTOCOL_VERSION,

@@ -1,0 +1,496 @@
+//! `warden actions`, `run`, `jobs`, `job`, `cancel` and `logs`.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value};
+use warden_client::{Client, ClientError};
+use warden_proto::ErrorKind;
+use warden_proto::envelope::Incoming;
+use warden_proto::jobs::{ActionInfo, JobRecord, JobState, LogChunk, ParamKind, notification};
+
+use crate::{exit, fail, print_json};
+
+/// The exit status that reports a job's final state.
+pub fn state_code(state: JobState) -> u8 {
+    match state {
+        JobState::Succeeded => 0,
+        JobState::Failed => exit::JOB_FAILED,
+        JobState::Cancelled => exit::JOB_CANCELLED,
+        JobState::TimedOut => exit::JOB_TIMED_OUT,
+        JobState::RolledBack => exit::JOB_ROLLED_BACK,
+        JobState::Lost => exit::JOB_LOST,
+        JobState::Queued | JobState::Running => exit::ERROR,
+    }
+}
+
+fn param_hint(kind: &ParamKind) -> String {
+    match kind {
+        ParamKind::String { .. } => "<text>".into(),
+        ParamKind::Enum { values } => values.join("|"),
+        ParamKind::Int { min, max } => format!("<{min}..{max}>"),
+        ParamKind::Bool => "true|false".into(),
+        ParamKind::Path { .. } => "<path>".into(),
+    }
+}
+
+/// `warden actions`
+pub async fn actions(client: &mut Client, json: bool) -> Result<ExitCode, ClientError> {
+    let list = client.actions().await?;
+    if json {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.actions.is_empty() {
+        println!("no actions you could run");
+    }
+    for a in &list.actions {
+        let params: Vec<String> = a
+            .params
+            .iter()
+            .map(|(n, p)| format!("{n}={}", param_hint(&p.kind)))
+            .collect();
+        println!("{:<20} {:<10} {}", a.name, a.tier, a.description);
+        if !params.is_empty() {
+            println!("{:<20} {:<10} {}", "", "", params.join(" "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Turns `key=value` arguments into typed params, following the action's declaration.
+fn parse_params(action: &ActionInfo, pairs: &[String]) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not key=value"))?;
+        let Some(param) = action.params.get(key) else {
+            let known: Vec<&str> = action.params.keys().map(String::as_str).collect();
+            return Err(format!(
+                "action {} has no parameter `{key}`; it takes: {}",
+                action.name,
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        };
+        let typed = match &param.kind {
+            ParamKind::Int { .. } => Value::from(
+                value
+                    .parse::<i64>()
+                    .map_err(|_| format!("`{key}` must be an integer"))?,
+            ),
+            ParamKind::Bool => Value::from(match value {
+                "true" | "yes" | "1" => true,
+                "false" | "no" | "0" => false,
+                _ => return Err(format!("`{key}` must be true or false")),
+            }),
+            _ => Value::from(value),
+        };
+        out.insert(key.to_owned(), typed);
+    }
+    Ok(out)
+}
+
+/// How `run` shows a job while it runs: a progress bar on a terminal, plain lines otherwise.
+struct Display {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_line: String,
+}
+
+impl Display {
+    fn new(json: bool) -> Display {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(100);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos:>3}% {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Display {
+            bar,
+            started: Instant::now(),
+            last_line: String::new(),
+        }
+    }
+
+    fn describe(r: &JobRecord) -> String {
+        match (&r.phase, &r.message) {
+            (Some(p), Some(m)) => format!("{p}: {m}"),
+            (Some(p), None) => p.clone(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => r.state.to_string(),
+        }
+    }
+
+    fn update(&mut self, r: &JobRecord, quiet: bool) {
+        let text = Display::describe(r);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.progress.unwrap_or(0).into());
+                bar.set_message(text);
+            }
+            None if !quiet => {
+                let line = format!("{:>3}% {text}", r.progress.unwrap_or(0));
+                if line != self.last_line {
+                    eprintln!("[{:>6.1}s] {line}", self.started.elapsed().as_secs_f64());
+                    self.last_line = line;
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Asks a yes/no question on the terminal, pausing the bar.
+    fn ask(&self, question: &str) -> bool {
+        let ask = || {
+            eprint!("{question} [y/N] ");
+            let _ = std::io::stderr().flush();
+            let mut answer = String::new();
+            let _ = std::io::stdin().read_line(&mut answer);
+            matches!(answer.trim(), "y" | "Y" | "yes")
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(ask),
+            None => ask(),
+        }
+    }
+}
+
+/// Options of `warden run`.
+pub struct RunOptions {
+    pub detach: bool,
+    pub json: bool,
+    pub cancel_on_interrupt: bool,
+    pub idempotency_key: Option<String>,
+}
+
+/// `warden run ACTION key=value…`
+pub async fn run(client: &mut Client, action: &str, pairs: &[String], o: RunOptions) -> ExitCode {
+    let info = match client.describe(action).await {
+        Ok(i) => i,
+        Err(e) => return fail(&e, o.json),
+    };
+    let params = match parse_params(&info, pairs) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("warden: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let started = match client
+        .start(action, &params, o.idempotency_key.as_deref())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return fail(&e, o.json),
+    };
+    let job_id = started.job_id.to_string();
+    if o.detach {
+        if o.json {
+            print_json(&started);
+        } else {
+            println!("{job_id}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    match follow(client, &job_id, &o).await {
+        Ok(record) => {
+            if o.json {
+                print_json(&record);
+            } else {
+                summarize(&record);
+            }
+            ExitCode::from(state_code(record.state))
+        }
+        Err(Interrupted) => {
+            eprintln!(
+                "warden: interrupted; {job_id} keeps running (warden cancel {job_id} stops it)"
+            );
+            ExitCode::from(130)
+        }
+    }
+}
+
+/// Ctrl-C when nobody can be asked whether to cancel.
+struct Interrupted;
+
+/// Watches the job until it is final, handling Ctrl-C.
+async fn follow(
+    client: &mut Client,
+    job_id: &str,
+    o: &RunOptions,
+) -> Result<JobRecord, Interrupted> {
+    let mut display = Display::new(o.json);
+    let fail_with = |display: &Display, e: &ClientError| {
+        display.finish();
+        eprintln!("warden: lost track of {job_id}: {e}");
+    };
+    let watch_id = match client
+        .send("job.watch", &serde_json::json!({ "job_id": job_id }))
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            fail_with(&display, &e);
+            return Err(Interrupted);
+        }
+    };
+    let mut cancel_id: Option<u64> = None;
+    loop {
+        tokio::select! {
+            frame = client.receive() => {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => {
+                        fail_with(&display, &e);
+                        return Err(Interrupted);
+                    }
+                };
+                match Incoming::parse(&frame) {
+                    Ok(Incoming::Notification { method, params: Some(p) }) if method == notification::JOB_UPDATE => {
+                        if let Ok(r) = serde_json::from_str::<JobRecord>(p.get()) {
+                            display.update(&r, o.json);
+                        }
+                    }
+                    Ok(Incoming::Response { id, outcome }) if id == watch_id => {
+                        display.finish();
+                        match outcome {
+                            Ok(raw) => match serde_json::from_str::<JobRecord>(raw.get()) {
+                                Ok(r) => return Ok(r),
+                                Err(e) => eprintln!("warden: unexpected answer: {e}"),
+                            },
+                            Err(e) => eprintln!("warden: {}: {}", e.kind(), e.message),
+                        }
+                        return Err(Interrupted);
+                    }
+                    Ok(Incoming::Response { id, outcome: Err(e) }) if Some(id.as_u64().unwrap_or(0)) == cancel_id => {
+                        let why = if e.kind() == ErrorKind::Conflict { "cannot cancel" } else { "cancel failed" };
+                        display.note(&format!("warden: {why}: {}", e.message));
+                        cancel_id = None;
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::signal::ctrl_c(), if cancel_id.is_none() => {
+                let cancel = o.cancel_on_interrupt
+                    || (std::io::stdin().is_terminal() && display.ask(&format!("Cancel {job_id}?")));
+                if !cancel && !std::io::stdin().is_terminal() {
+                    display.finish();
+                    return Err(Interrupted);
+                }
+                if cancel {
+                    display.note(&format!("cancelling {job_id}"));
+                    cancel_id = client.send("job.cancel", &serde_json::json!({ "job_id": job_id })).await.ok();
+                }
+            }
+        }
+    }
+}
+
+fn summarize(r: &JobRecord) {
+    let time = |t: &Option<String>| t.as_deref().and_then(|t| humantime::parse_rfc3339(t).ok());
+    let took = match (time(&r.started_at), time(&r.ended_at)) {
+        (Some(s), Some(e)) => e
+            .duration_since(s)
+            .map(|d| format!(" in {:.1}s", d.as_secs_f64()))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    println!("{} {} {}{took}", r.job_id, r.action, r.state);
+    if let Some(m) = &r.message
+        && r.state != JobState::Succeeded
+    {
+        println!("  {m}");
+    }
+    if let Some(result) = &r.result {
+        println!("  result: {result}");
+    }
+    println!("  output: warden logs {}", r.job_id);
+}
+
+/// `warden jobs`
+pub async fn list(
+    client: &mut Client,
+    all: bool,
+    state: Option<JobState>,
+    limit: Option<u32>,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let jobs = client.jobs(all, state, limit).await?;
+    if json {
+        print_json(&jobs);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if jobs.jobs.is_empty() {
+        println!("no jobs");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let uid = if all {
+        format!("{:<7}", "UID")
+    } else {
+        String::new()
+    };
+    println!(
+        "{:<21} {:<18} {:<12} {:>4}  {uid}CREATED",
+        "JOB", "ACTION", "STATE", "%"
+    );
+    for j in &jobs.jobs {
+        let pct = j.progress.map_or("-".into(), |p| p.to_string());
+        let uid = if all {
+            format!("{:<7}", j.requester_uid)
+        } else {
+            String::new()
+        };
+        let created = j.created_at.replace('T', " ");
+        let created = created.split('.').next().unwrap_or(&created);
+        println!(
+            "{:<21} {:<18} {:<12} {pct:>4}  {uid}{created}",
+            j.job_id, j.action, j.state
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden job ID`
+pub async fn show(client: &mut Client, id: &str, json: bool) -> Result<ExitCode, ClientError> {
+    let r = client.job(id).await?;
+    if json {
+        print_json(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("job        {}", r.job_id);
+    println!("action     {}", r.action);
+    println!(
+        "state      {}{}",
+        r.state,
+        if r.committed {
+            " (past its commit point)"
+        } else {
+            ""
+        }
+    );
+    if let Some(p) = r.progress {
+        println!(
+            "progress   {p}%{}",
+            r.phase
+                .as_ref()
+                .map(|ph| format!(" {ph}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(m) = &r.message {
+        println!("message    {m}");
+    }
+    if let Some(c) = r.exit_code {
+        println!("exit code  {c}");
+    }
+    if let Some(res) = &r.result {
+        println!("result     {res}");
+    }
+    if !r.params.is_empty() {
+        let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("params     {}", params.join(" "));
+    }
+    let q = &r.requester;
+    println!(
+        "requester  uid {} gid {} pid {} ({}, {})",
+        q.uid,
+        q.gid,
+        q.pid,
+        q.client,
+        opt(&q.exe)
+    );
+    println!("origin     {}", r.origin);
+    println!("created    {}", r.created_at);
+    println!("started    {}", opt(&r.started_at));
+    println!("ended      {}", opt(&r.ended_at));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden cancel ID`
+pub async fn cancel(client: &mut Client, id: &str, json: bool) -> Result<ExitCode, ClientError> {
+    let r = client.cancel(id).await?;
+    if json {
+        print_json(&r);
+    } else {
+        println!("{} {}", r.job_id, r.state);
+        if let Some(m) = &r.message {
+            println!("  {m}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden logs ID [-f]`
+pub async fn logs(client: &mut Client, id: &str, follow: bool) -> Result<ExitCode, ClientError> {
+    let mut out = std::io::stdout();
+    let mut from = 0u64;
+    if !follow {
+        loop {
+            let c: LogChunk = client
+                .call(
+                    "job.logs",
+                    &serde_json::json!({ "job_id": id, "from": from }),
+                )
+                .await?;
+            let _ = out.write_all(c.data.as_bytes());
+            if c.next == from || c.ended {
+                break;
+            }
+            from = c.next;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let req = client
+        .send(
+            "job.logs",
+            &serde_json::json!({ "job_id": id, "follow": true }),
+        )
+        .await?;
+    loop {
+        let frame = client.receive().await?;
+        match Incoming::parse(&frame).map_err(|e| ClientError::Protocol(e.to_string()))? {
+            Incoming::Notification {
+                method,
+                params: Some(p),
+            } if method == notification::JOB_OUTPUT => {
+                if let Ok(c) = serde_json::from_str::<LogChunk>(p.get()) {
+                    let _ = out.write_all(c.data.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            Incoming::Response { id: got, outcome } if got == req => {
+                let raw = outcome.map_err(ClientError::Rpc)?;
+                if let Ok(c) = serde_json::from_str::<LogChunk>(raw.get()) {
+                    let _ = out.write_all(c.data.as_bytes());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `actions.list` and `actions.describe`: the actions a caller could start now. Which ones those
+//! are is the gate's answer (`Policy::could_start`), not this file's.
+
+use warden_policy::Runtime;
+use warden_policy::gate::Target;
+use warden_proto::ErrorKind;
+use warden_proto::jobs::{ActionInfo, ActionList};
+use warden_proto::request::ActionParams;
+
+use crate::dispatch::{Failure, Session};
+use crate::server::Shared;
+
+pub(super) fn list(shared: &Shared, s: &Session) -> ActionList {
+    let runtime = Runtime {
+        ops: &shared.ops,
+        target: Target::Nothing,
+    };
+    ActionList {
+        actions: shared
+            .policy
+            .actions
+            .values()
+            .filter(|a| shared.policy.could_start(&s.peer, &s.listener, a, &runtime))
+            .map(|a| a.info())
+            .collect(),
+    }
+}
+
+pub(super) fn describe(shared: &Shared, p: &ActionParams) -> Result<ActionInfo, Failure> {
+    // The gate already hid actions the caller could not start.
+    shared
+        .policy
+        .actions
+        .get(&p.action)
+        .map(|a| a.info())
+        .ok_or_else(|| Failure::new(ErrorKind::NotFound, format!("no action `{}`", p.action)))
+}

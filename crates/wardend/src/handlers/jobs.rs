@@ -1,0 +1,288 @@
+//! The job endpoints: `job.start`, `job.get`, `job.list`, `job.cancel`, `job.wait`, `job.logs`
+//! and `job.watch`. Each runs on its own task after the gate allowed it (ownership included);
+//! streaming ones send notifications through the connection's outbound queue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use warden_policy::Checked;
+use warden_proto::envelope::Id;
+use warden_proto::jobs::{JobList, LogChunk, Requester, notification};
+use warden_proto::request::{
+    JobListParams, JobLogsParams, JobParams, JobStartParams, JobWaitParams, Scope,
+};
+use warden_proto::{ErrorKind, JobId, Request, Tier};
+use warden_sys::fs::Beneath;
+
+use super::Reply;
+use crate::dispatch::{Caller, Failure, Outbound, framed_notification};
+use crate::jobs::output::{self, Chunk};
+use crate::jobs::{CancelError, StartError, StartRequest};
+use crate::server::Shared;
+
+/// Largest piece of output in one answer or notification.
+const LOG_CHUNK: usize = 64 * 1024;
+/// `job.list` without a limit.
+const DEFAULT_LIST: u32 = 50;
+/// `job.wait` without a timeout.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs one job request; the gate has allowed it.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    caller: Arc<Caller>,
+    _id: Id<'static>,
+    request: Request,
+    _tier: Tier,
+    out: Outbound,
+) -> Result<Reply<'static>, Failure> {
+    match request {
+        Request::JobStart(p) => start(&shared, &caller, p).await,
+        Request::JobGet(p) => get(&shared, &p.job_id).await,
+        Request::JobList(p) => list(&shared, &caller, p).await,
+        Request::JobCancel(p) => cancel(&shared, &p).await,
+        Request::JobWait(p) => wait(&shared, p).await,
+        Request::JobLogs(p) => logs(&shared, p, &out).await,
+        Request::JobWatch(p) => watch(&shared, &p, &out).await,
+        _ => Err(Failure::internal("not a job request")),
+    }
+}
+
+fn ledger_failure(e: impl std::fmt::Display) -> Failure {
+    Failure::internal(format!("ledger: {e}"))
+}
+
+fn bad(message: String) -> Failure {
+    Failure::new(ErrorKind::BadRequest, message)
+}
+
+async fn start(
+    shared: &Shared,
+    caller: &Caller,
+    p: JobStartParams,
+) -> Result<Reply<'static>, Failure> {
+    let action =
+        shared.policy.actions.get(&p.action).ok_or_else(|| {
+            Failure::new(ErrorKind::NotFound, format!("no action `{}`", p.action))
+        })?;
+    let checked = action
+        .check_params(&p.params)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut values = BTreeMap::new();
+    for (name, value) in checked {
+        let text = match value {
+            Checked::Text(t) => t,
+            Checked::Path {
+                full,
+                prefix,
+                rel,
+                must_exist,
+            } => {
+                // The kernel proves the path stays under its prefix with no symlink on the way.
+                match warden_sys::fs::resolve_beneath(&prefix, &rel) {
+                    Ok(Beneath::Exists) => {}
+                    Ok(Beneath::Missing) if !must_exist => {}
+                    Ok(Beneath::Missing) => {
+                        return Err(bad(format!("param `{name}`: must exist")));
+                    }
+                    Err(_) => {
+                        return Err(bad(format!(
+                            "param `{name}`: must resolve under {} with no symlink on the way",
+                            prefix.display()
+                        )));
+                    }
+                }
+                full.to_string_lossy().into_owned()
+            }
+        };
+        values.insert(name, text);
+    }
+    let secrets = action
+        .params
+        .iter()
+        .filter(|(_, spec)| spec.secret)
+        .filter_map(|(name, _)| values.get(name).map(|v| v.as_bytes().to_vec()))
+        .collect();
+    let shown: BTreeMap<String, Value> = action.redact(&p.params);
+    let peer = &caller.peer;
+    let request = StartRequest {
+        action: Arc::new(action.clone()),
+        values,
+        shown,
+        secrets,
+        requester: Requester {
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+            exe: peer.exe.as_ref().map(|e| e.to_string_lossy().into_owned()),
+            client: caller.client.clone(),
+            connection: caller.connection,
+        },
+        origin: "local".into(),
+        idempotency_key: p.idempotency_key,
+    };
+    match shared.jobs.start(request).await {
+        Ok(started) => {
+            tracing::info!(parent: &caller.span, job = %started.job_id, action = %p.action,
+                existing = started.existing, "job started");
+            Ok(Reply::Started(started))
+        }
+        Err(StartError::Busy(group)) => Err(Failure::new(
+            ErrorKind::Conflict,
+            StartError::Busy(group).to_string(),
+        )),
+        Err(StartError::Ledger(e)) => Err(ledger_failure(e)),
+    }
+}
+
+fn gone(_id: &JobId) -> Failure {
+    Failure::new(ErrorKind::NotFound, "no such job")
+}
+
+async fn get(shared: &Shared, id: &JobId) -> Result<Reply<'static>, Failure> {
+    match shared.jobs.record(id).await.map_err(ledger_failure)? {
+        Some(r) => Ok(Reply::Job(Box::new(r))),
+        None => Err(gone(id)),
+    }
+}
+
+async fn list(
+    shared: &Shared,
+    caller: &Caller,
+    p: JobListParams,
+) -> Result<Reply<'static>, Failure> {
+    let uid = match p.scope {
+        Scope::Mine => Some(caller.peer.uid),
+        // The gate let only operators and admins ask for everyone's.
+        Scope::All => None,
+    };
+    let jobs = shared
+        .jobs
+        .list(uid, p.state, p.limit.unwrap_or(DEFAULT_LIST))
+        .await
+        .map_err(ledger_failure)?;
+    Ok(Reply::Jobs(JobList { jobs }))
+}
+
+async fn cancel(shared: &Shared, p: &JobParams) -> Result<Reply<'static>, Failure> {
+    match shared.jobs.cancel(&p.job_id).await {
+        Ok(r) => Ok(Reply::Job(Box::new(r))),
+        Err(CancelError::PastCommit) => Err(Failure::new(
+            ErrorKind::Conflict,
+            CancelError::PastCommit.to_string(),
+        )),
+        Err(CancelError::Gone) => Err(gone(&p.job_id)),
+        Err(CancelError::Ledger(e)) => Err(ledger_failure(e)),
+    }
+}
+
+async fn wait(shared: &Shared, p: JobWaitParams) -> Result<Reply<'static>, Failure> {
+    let limit = p.timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
+    match shared
+        .jobs
+        .wait(&p.job_id, limit)
+        .await
+        .map_err(ledger_failure)?
+    {
+        Some(r) => Ok(Reply::Job(Box::new(r))),
+        None => Err(gone(&p.job_id)),
+    }
+}
+
+/// A chunk of text from raw output, ending on a whole character.
+fn chunk(id: &JobId, from: u64, read: Chunk, truncated: bool, ended: bool) -> LogChunk {
+    let keep = output::utf8_boundary(&read.data);
+    LogChunk {
+        job_id: id.clone(),
+        from,
+        next: from + keep as u64,
+        data: String::from_utf8_lossy(&read.data[..keep]).into_owned(),
+        truncated,
+        ended,
+    }
+}
+
+async fn logs(
+    shared: &Shared,
+    p: JobLogsParams,
+    out: &Outbound,
+) -> Result<Reply<'static>, Failure> {
+    let id = p.job_id;
+    let Some(job) = shared.jobs.live(&id) else {
+        // Long finished: everything is in its log file.
+        let read = output::read_file(&shared.jobs.log_file(&id), p.from, LOG_CHUNK);
+        let whole = read.data.len() < LOG_CHUNK;
+        return Ok(Reply::Logs(chunk(&id, p.from, read, false, whole)));
+    };
+    let mut grew = job.output.subscribe();
+    let mut updates = job.subscribe();
+    let mut from = p.from;
+    loop {
+        // Read the state before the output, so output written before the end is never missed.
+        let finished = job.record().state.is_terminal();
+        let read = job.output.read(from, LOG_CHUNK);
+        let got = !read.data.is_empty();
+        let more = read.data.len() == LOG_CHUNK;
+        let c = chunk(&id, from, read, job.output.truncated(), finished && !more);
+        if !p.follow {
+            return Ok(Reply::Logs(c));
+        }
+        if c.ended {
+            if got {
+                send(out, notification::JOB_OUTPUT, &c).await?;
+                return Ok(Reply::Logs(chunk(
+                    &id,
+                    c.next,
+                    Chunk {
+                        data: Vec::new(),
+                        next: c.next,
+                    },
+                    c.truncated,
+                    true,
+                )));
+            }
+            return Ok(Reply::Logs(c));
+        }
+        if got {
+            from = c.next;
+            send(out, notification::JOB_OUTPUT, &c).await?;
+            continue;
+        }
+        tokio::select! {
+            r = grew.changed() => if r.is_err() { return Ok(Reply::Logs(c)) },
+            r = updates.changed() => if r.is_err() { return Ok(Reply::Logs(c)) },
+        }
+    }
+}
+
+async fn watch(shared: &Shared, p: &JobParams, out: &Outbound) -> Result<Reply<'static>, Failure> {
+    let Some(job) = shared.jobs.live(&p.job_id) else {
+        return get(shared, &p.job_id).await;
+    };
+    let mut updates = job.subscribe();
+    loop {
+        let record = updates.borrow_and_update().clone();
+        if record.state.is_terminal() {
+            return Ok(Reply::Job(Box::new(record)));
+        }
+        send(out, notification::JOB_UPDATE, &record).await?;
+        if updates.changed().await.is_err() {
+            return Ok(Reply::Job(Box::new(job.record())));
+        }
+    }
+}
+
+/// Sends a notification; fails when the connection is gone.
+async fn send<T: serde::Serialize>(
+    out: &Outbound,
+    method: &str,
+    params: &T,
+) -> Result<(), Failure> {
+    let frame = framed_notification(method, params)
+        .ok_or_else(|| Failure::internal("cannot encode a notification"))?;
+    out.send(frame)
+        .await
+        .map_err(|_| Failure::new(ErrorKind::Unavailable, "the connection closed"))
+}

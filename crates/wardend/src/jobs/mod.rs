@@ -1,0 +1,589 @@
+//! Jobs: declared actions running as supervised processes, from `job.start` to a final state
+//! that is in the ledger before anyone is told.
+//!
+//! This module owns the live jobs (running, queued, and the most recent finished ones), the
+//! concurrency groups, and idempotency keys; [`supervise`] runs each job; [`ledger`] keeps them
+//! across restarts. It never decides who may do what: the gate did that before any call here.
+
+mod cgroup;
+pub(crate) mod ledger;
+pub(crate) mod output;
+mod spawn;
+mod status;
+mod supervise;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+use warden_policy::{ActionSpec, JobSettings, Policy};
+use warden_proto::jobs::{JobRecord, JobStarted, JobState, JobSummary, Requester};
+use warden_proto::{JobId, Uid};
+
+use self::cgroup::CgroupTree;
+pub(crate) use self::ledger::LedgerError;
+use self::ledger::{Ledger, ListQuery, Row};
+use self::output::Output;
+pub(crate) use self::supervise::{CancelRefused, Control};
+
+/// How long an idempotency key returns the same job.
+const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
+
+/// Milliseconds since the epoch, now.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RFC 3339 time, now.
+fn now_text() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// One live job.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub id: JobId,
+    /// The requesting uid.
+    pub owner: Uid,
+    /// The action as declared when the job started (a later policy does not change it).
+    pub action: Arc<ActionSpec>,
+    /// The job as it stands; the source of every answer about it.
+    record: Mutex<JobRecord>,
+    /// Snapshots for `job.wait` and `job.watch`, published at most about every 200 ms for
+    /// progress and at once for anything else.
+    updates: watch::Sender<JobRecord>,
+    /// To the job's supervisor.
+    control: mpsc::Sender<Control>,
+    pub output: Output,
+    created_ms: i64,
+    idempotency_key: Option<String>,
+}
+
+impl Job {
+    fn lock(&self) -> MutexGuard<'_, JobRecord> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The job as it stands now.
+    pub(crate) fn record(&self) -> JobRecord {
+        self.lock().clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut JobRecord)) {
+        f(&mut self.lock());
+    }
+
+    /// Tells watchers how the job stands.
+    fn publish(&self) {
+        self.updates.send_replace(self.record());
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<JobRecord> {
+        self.updates.subscribe()
+    }
+
+    fn row(&self) -> Row {
+        let record = self.record();
+        Row {
+            ended_ms: record.state.is_terminal().then(now_ms),
+            record,
+            idempotency_key: self.idempotency_key.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
+/// A concurrency group: the job holding it and those queued behind it.
+#[derive(Debug, Default)]
+struct Group {
+    holder: Option<JobId>,
+    waiting: VecDeque<(JobId, oneshot::Sender<()>)>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    jobs: HashMap<JobId, Arc<Job>>,
+    /// Finished jobs still in memory, oldest first, so the oldest is evicted first.
+    finished: VecDeque<JobId>,
+    /// (requester, idempotency key) → the job it made.
+    keys: HashMap<(Uid, String), (JobId, Instant)>,
+    groups: HashMap<String, Group>,
+}
+
+/// What `job.start` asks for, after the gate and the parameter checks.
+#[derive(Debug)]
+pub(crate) struct StartRequest {
+    pub action: Arc<ActionSpec>,
+    /// Rendered parameter values, secrets included: kept only by the job's supervisor.
+    pub values: BTreeMap<String, String>,
+    /// The same values with secrets redacted: what is shown and recorded.
+    pub shown: BTreeMap<String, Value>,
+    /// Secret values, to scrub from the job's output.
+    pub secrets: Vec<Vec<u8>>,
+    pub requester: Requester,
+    pub origin: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a job did not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("concurrency group `{0}` is busy; try again when its job has ended")]
+    Busy(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Why a job could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CancelError {
+    #[error("past commit point: the job's effect remains and its action has no rollback")]
+    PastCommit,
+    #[error("no such job")]
+    Gone,
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Why the job system could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Ledger(String),
+}
+
+/// Counts for `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub running: u64,
+    pub queued: u64,
+}
+
+/// All jobs of the daemon.
+#[derive(Debug)]
+pub(crate) struct Jobs {
+    ledger: Ledger,
+    /// Where job cgroups go, or why jobs fall back to process groups.
+    cgroups: Result<CgroupTree, String>,
+    /// `state_dir/jobs`: one log file per job.
+    logs: PathBuf,
+    settings: JobSettings,
+    table: Mutex<Table>,
+    /// The supervisors, so shutdown can wait for them.
+    tracker: TaskTracker,
+}
+
+impl Jobs {
+    /// Opens the ledger (marking jobs left unfinished as `lost`), finds the cgroup tree and
+    /// clears what lost jobs left in it. Returns the lost jobs, for [`Jobs::recover`].
+    pub(crate) async fn open(
+        state_dir: &Path,
+        settings: JobSettings,
+    ) -> Result<(Arc<Jobs>, Vec<JobRecord>), JobsError> {
+        let logs = state_dir.join("jobs");
+        match std::fs::DirBuilder::new().mode(0o700).create(&logs) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(JobsError::Dir { path: logs, source }),
+        }
+        let (ledger, lost) = Ledger::open(
+            &state_dir.join("ledger.db"),
+            now_ms(),
+            &now_text(),
+            "lost: the daemon stopped while the job was queued or running",
+        )
+        .map_err(|e| JobsError::Ledger(e.to_string()))?;
+        let cgroups = CgroupTree::discover(state_dir).map_err(|e| e.to_string());
+        match &cgroups {
+            Ok(tree) => {
+                let left = tree.clear_leftovers().await;
+                if left > 0 {
+                    tracing::warn!(cgroups = left, "killed what lost jobs left running");
+                }
+            }
+            Err(reason) => tracing::warn!(
+                reason = %reason,
+                "jobs run without cgroups: stopping a job reaches its process group only"
+            ),
+        }
+        let jobs = Arc::new(Jobs {
+            ledger,
+            cgroups,
+            logs,
+            settings,
+            table: Mutex::new(Table::default()),
+            tracker: TaskTracker::new(),
+        });
+        jobs.prune().await;
+        Ok((jobs, lost))
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether jobs get cgroups here, and if not, why.
+    pub(crate) fn cgroups(&self) -> Result<&Path, &str> {
+        match &self.cgroups {
+            Ok(tree) => Ok(tree.root()),
+            Err(reason) => Err(reason),
+        }
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let t = self.table();
+        let mut c = Counts {
+            running: 0,
+            queued: 0,
+        };
+        for job in t.jobs.values() {
+            match job.lock().state {
+                JobState::Running => c.running += 1,
+                JobState::Queued => c.queued += 1,
+                _ => {}
+            }
+        }
+        c
+    }
+
+    fn log_path(&self, id: &JobId) -> PathBuf {
+        self.logs.join(format!("{id}.log"))
+    }
+
+    /// Deletes ledger history and logs older than `history_days`.
+    async fn prune(&self) {
+        let before = now_ms() - self.settings.history.as_millis() as i64;
+        match self.ledger.prune(before).await {
+            Ok(ids) => {
+                for id in ids {
+                    let _ = std::fs::remove_file(self.log_path(&id));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot prune old jobs"),
+        }
+    }
+
+    /// A live job (running, queued, or recently finished).
+    pub(crate) fn live(&self, id: &JobId) -> Option<Arc<Job>> {
+        self.table().jobs.get(id).cloned()
+    }
+
+    /// The requester of job `id`, from memory or the ledger.
+    pub(crate) async fn owner(&self, id: &JobId) -> Result<Option<Uid>, LedgerError> {
+        if let Some(job) = self.live(id) {
+            return Ok(Some(job.owner));
+        }
+        self.ledger.owner(id).await
+    }
+
+    /// Job `id` as it stands.
+    pub(crate) async fn record(&self, id: &JobId) -> Result<Option<JobRecord>, LedgerError> {
+        if let Some(job) = self.live(id) {
+            return Ok(Some(job.record()));
+        }
+        self.ledger.get(id).await
+    }
+
+    /// The log file of job `id`.
+    pub(crate) fn log_file(&self, id: &JobId) -> PathBuf {
+        self.log_path(id)
+    }
+
+    /// Jobs newest first, with live progress where the job is in memory.
+    pub(crate) async fn list(
+        &self,
+        uid: Option<Uid>,
+        state: Option<JobState>,
+        limit: u32,
+    ) -> Result<Vec<JobSummary>, LedgerError> {
+        let records = self.ledger.list(ListQuery { uid, state, limit }).await?;
+        Ok(records
+            .into_iter()
+            .map(|r| match self.live(&r.job_id) {
+                Some(job) => summary(&job.record()),
+                None => summary(&r),
+            })
+            .collect())
+    }
+
+    /// Starts (or queues) a job; answers once it is in the ledger.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        req: StartRequest,
+    ) -> Result<JobStarted, StartError> {
+        let uid = req.requester.uid;
+        if let Some(key) = &req.idempotency_key {
+            if let Some(id) = self.known_key(uid, key) {
+                return Ok(JobStarted {
+                    job_id: id,
+                    existing: true,
+                });
+            }
+            let since = now_ms() - IDEMPOTENCY_WINDOW.as_millis() as i64;
+            if let Some(id) = self.ledger.idempotent(uid, key, since).await? {
+                return Ok(JobStarted {
+                    job_id: id,
+                    existing: true,
+                });
+            }
+        }
+        let mut id_bytes = [0u8; 8];
+        getrandom::fill(&mut id_bytes).map_err(|e| LedgerError::Transaction(e.to_string()))?;
+        let id = JobId::from_random(id_bytes);
+        let created = now_text();
+        let record = JobRecord {
+            job_id: id.clone(),
+            action: req.action.name.clone(),
+            state: JobState::Queued,
+            progress: None,
+            phase: None,
+            message: None,
+            committed: false,
+            exit_code: None,
+            result: None,
+            malformed_status_lines: 0,
+            requester: req.requester,
+            origin: req.origin,
+            params: req.shown,
+            created_at: created,
+            started_at: None,
+            ended_at: None,
+        };
+        let (control_tx, control_rx) = mpsc::channel(8);
+        let (output, log_error) =
+            Output::create(self.log_path(&id), self.settings.log_cap_bytes, req.secrets);
+        if let Some(e) = log_error {
+            tracing::warn!(job = %id, error = %e, "cannot create the job's log file; keeping output in memory");
+        }
+        let job = Arc::new(Job {
+            id: id.clone(),
+            owner: uid,
+            action: Arc::clone(&req.action),
+            updates: watch::channel(record.clone()).0,
+            record: Mutex::new(record),
+            control: control_tx,
+            output,
+            created_ms: now_ms(),
+            idempotency_key: req.idempotency_key.clone(),
+        });
+
+        let turn = {
+            let mut t = self.table();
+            // A concurrent start with the same key may have won while the ledger was asked.
+            if let Some(key) = &req.idempotency_key {
+                if let Some(existing) = known(&mut t, uid, key) {
+                    return Ok(JobStarted {
+                        job_id: existing,
+                        existing: true,
+                    });
+                }
+                t.keys
+                    .insert((uid, key.clone()), (id.clone(), Instant::now()));
+            }
+            let turn = match &req.action.concurrency_group {
+                None => None,
+                Some(g) => {
+                    let group = t.groups.entry(g.clone()).or_default();
+                    if group.holder.is_none() {
+                        group.holder = Some(id.clone());
+                        None
+                    } else if req.action.queue {
+                        let (tx, rx) = oneshot::channel();
+                        group.waiting.push_back((id.clone(), tx));
+                        Some(rx)
+                    } else {
+                        if let Some(key) = &req.idempotency_key {
+                            t.keys.remove(&(uid, key.clone()));
+                        }
+                        return Err(StartError::Busy(g.clone()));
+                    }
+                }
+            };
+            t.jobs.insert(id.clone(), Arc::clone(&job));
+            turn
+        };
+        if let Err(e) = self.ledger.put(job.row()).await {
+            self.forget(&job);
+            return Err(e.into());
+        }
+        let jobs = Arc::clone(self);
+        self.tracker
+            .spawn(jobs.supervise(job, req.values, turn, control_rx));
+        Ok(JobStarted {
+            job_id: id,
+            existing: false,
+        })
+    }
+
+    fn known_key(&self, uid: Uid, key: &str) -> Option<JobId> {
+        known(&mut self.table(), uid, key)
+    }
+
+    /// Removes a job that never got into the ledger.
+    fn forget(&self, job: &Job) {
+        let mut t = self.table();
+        t.jobs.remove(&job.id);
+        if let Some(key) = &job.idempotency_key {
+            t.keys.remove(&(job.owner, key.clone()));
+        }
+        if let Some(g) = &job.action.concurrency_group {
+            self.release_group(&mut t, g, &job.id);
+        }
+    }
+
+    /// Gives `group` to the next queued job, if `id` held it; drops `id` from its queue.
+    fn release_group(&self, t: &mut Table, group: &str, id: &JobId) {
+        let Some(g) = t.groups.get_mut(group) else {
+            return;
+        };
+        g.waiting.retain(|(w, _)| w != id);
+        if g.holder.as_ref() == Some(id) {
+            g.holder = None;
+            while let Some((next, turn)) = g.waiting.pop_front() {
+                if turn.send(()).is_ok() {
+                    g.holder = Some(next);
+                    break;
+                }
+            }
+        }
+        if g.holder.is_none() && g.waiting.is_empty() {
+            t.groups.remove(group);
+        }
+    }
+
+    /// Bookkeeping once `job` is final: its group moves on, and old finished jobs leave memory
+    /// (running jobs never do).
+    fn retire(&self, job: &Job) {
+        let mut t = self.table();
+        if let Some(g) = &job.action.concurrency_group {
+            self.release_group(&mut t, g, &job.id);
+        }
+        t.finished.push_back(job.id.clone());
+        while t.finished.len() > self.settings.keep_finished {
+            if let Some(old) = t.finished.pop_front() {
+                t.jobs.remove(&old);
+            }
+        }
+        let horizon = Instant::now().checked_sub(IDEMPOTENCY_WINDOW);
+        if let Some(horizon) = horizon {
+            t.keys.retain(|_, (_, at)| *at >= horizon);
+        }
+    }
+
+    /// Writes the job as it stands to the ledger.
+    async fn persist(&self, job: &Job) -> Result<(), LedgerError> {
+        self.ledger.put(job.row()).await
+    }
+
+    /// Cancels a job: a queued one at once; a running one before its commit point; after it
+    /// only if its action can roll back. Returns the job once it is final.
+    pub(crate) async fn cancel(&self, id: &JobId) -> Result<JobRecord, CancelError> {
+        let Some(job) = self.live(id) else {
+            // Not in memory: finished long ago. Cancelling a finished job changes nothing.
+            return self.ledger.get(id).await?.ok_or(CancelError::Gone);
+        };
+        let mut updates = job.subscribe();
+        if job.record().state.is_terminal() {
+            return Ok(job.record());
+        }
+        let (reply, answer) = oneshot::channel();
+        if job.control.send(Control::Cancel(reply)).await.is_ok() {
+            match answer.await {
+                Ok(Err(CancelRefused::PastCommit)) => return Err(CancelError::PastCommit),
+                Ok(Ok(())) | Err(_) => {}
+            }
+        }
+        let _ = updates.wait_for(|r| r.state.is_terminal()).await;
+        Ok(job.record())
+    }
+
+    /// Waits until job `id` is final, at most `limit`; returns it as it then stands.
+    pub(crate) async fn wait(
+        &self,
+        id: &JobId,
+        limit: Duration,
+    ) -> Result<Option<JobRecord>, LedgerError> {
+        let Some(job) = self.live(id) else {
+            return self.ledger.get(id).await;
+        };
+        let mut updates = job.subscribe();
+        let _ = tokio::time::timeout(limit, updates.wait_for(|r| r.state.is_terminal())).await;
+        Ok(Some(job.record()))
+    }
+
+    /// Stops every job for shutdown: queued and uncommitted ones are cancelled; committed ones
+    /// get until the grace period ends, then are killed. Returns once each has a final state in
+    /// the ledger.
+    pub(crate) async fn shutdown(&self) {
+        let deadline = Instant::now() + self.settings.shutdown_grace;
+        let live: Vec<Arc<Job>> = self.table().jobs.values().cloned().collect();
+        for job in &live {
+            if !job.record().state.is_terminal() {
+                let _ = job.control.try_send(Control::Shutdown { deadline });
+            }
+        }
+        self.tracker.close();
+        // Every supervisor ends by the deadline plus its cancel grace and a kill; this bound
+        // only guards against a bug.
+        let longest = live
+            .iter()
+            .map(|j| j.action.cancel_grace)
+            .max()
+            .unwrap_or_default();
+        let bound = self.settings.shutdown_grace + longest + Duration::from_secs(10);
+        if tokio::time::timeout(bound, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!("jobs still running after the shutdown bound");
+        }
+        self.ledger.close();
+    }
+
+    /// Runs the `reconcile` of each lost job whose action declares one (in the background).
+    pub(crate) fn recover(self: &Arc<Self>, lost: Vec<JobRecord>, policy: &Policy) {
+        for record in lost {
+            tracing::warn!(job = %record.job_id, action = %record.action, "job lost when the daemon stopped");
+            let Some(action) = policy.actions.get(&record.action) else {
+                continue;
+            };
+            if action.reconcile.is_some() {
+                let jobs = Arc::clone(self);
+                let action = Arc::new(action.clone());
+                self.tracker.spawn(jobs.reconcile(action, record));
+            }
+        }
+    }
+}
+
+fn known(t: &mut Table, uid: Uid, key: &str) -> Option<JobId> {
+    let (id, at) = t.keys.get(&(uid, key.to_owned()))?;
+    (at.elapsed() < IDEMPOTENCY_WINDOW).then(|| id.clone())
+}
+
+/// A job's metadata, for `job.list`.
+pub(crate) fn summary(r: &JobRecord) -> JobSummary {
+    JobSummary {
+        job_id: r.job_id.clone(),
+        action: r.action.clone(),
+        state: r.state,
+        progress: r.progress,
+        requester_uid: r.requester.uid,
+        origin: r.origin.clone(),
+        created_at: r.created_at.clone(),
+        ended_at: r.ended_at.clone(),
+    }
+}

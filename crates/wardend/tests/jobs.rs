@@ -1,0 +1,532 @@
+//! Jobs against a real daemon on a real socket: parameters that must never reach a program,
+//! cancel and commit points, rollback, timeouts, whole process trees stopped, idempotency,
+//! concurrency groups, output caps, secrets, and no leaks over many jobs.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+
+use common::TestDaemon;
+use serde_json::{Map, Value, json};
+use warden_client::{Client, ClientError};
+use warden_proto::ErrorKind;
+use warden_proto::envelope::Incoming;
+use warden_proto::jobs::{JobRecord, JobState};
+
+/// A TOML string literal.
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// An `[[action]]` running `script` with `/bin/sh -c`, passing `args` as `$1`, `$2`, … (`{dir}`
+/// is the test's directory, `{name}` a placeholder for param `name`).
+fn script_action(name: &str, script: &str, args: &[&str], extra: &str) -> String {
+    let args: String = args.iter().map(|a| format!(", {}", q(a))).collect();
+    format!(
+        "[[action]]\nname = \"{name}\"\nargv = [\"/bin/sh\", \"-c\", {}, \"{name}\"{args}]\n\
+         tier = \"read_only\"\nmutating = false\n{extra}\n",
+        q(script)
+    )
+}
+
+async fn client(d: &TestDaemon) -> Client {
+    Client::connect(d.socket(), "jobs-test").await.unwrap()
+}
+
+fn params(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+async fn start(c: &mut Client, action: &str, p: Value) -> Result<String, ClientError> {
+    Ok(c.start(action, &params(p), None).await?.job_id.to_string())
+}
+
+async fn wait(c: &mut Client, id: &str) -> JobRecord {
+    c.wait(id, 30_000).await.unwrap()
+}
+
+async fn logs(c: &mut Client, id: &str) -> String {
+    let v: Value = c.call("job.logs", &json!({"job_id": id})).await.unwrap();
+    v["data"].as_str().unwrap().to_owned()
+}
+
+/// Waits until `cond` holds for the job, polling `job.get`.
+async fn until(c: &mut Client, id: &str, cond: impl Fn(&JobRecord) -> bool) -> JobRecord {
+    for _ in 0..600 {
+        let r = c.job(id).await.unwrap();
+        if cond(&r) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never reached the expected state");
+}
+
+fn kind(e: &ClientError) -> Option<ErrorKind> {
+    e.kind()
+}
+
+/// Pins: hostile values are refused as bad_request and nothing runs, while a fair value runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_parameters_are_refused_and_nothing_runs() {
+    let d = TestDaemon::start(
+        r#"
+[[action]]
+name = "mark"
+argv = ["/usr/bin/touch", "{dir}/ran-{name}"]
+tier = "read_only"
+mutating = false
+[action.params.name]
+type = "string"
+max_len = 32
+pattern = "[a-z0-9-]+"
+[[action]]
+name = "read"
+argv = ["/bin/sh", "-c", "touch {dir}/read-ran; cat \"$1\"", "read", "{path}"]
+tier = "read_only"
+mutating = false
+[action.params.path]
+type = "path"
+under = ["{dir}/allowed"]
+must_exist = true
+"#,
+    );
+    let dir = d.dir.path();
+    std::fs::create_dir(dir.join("allowed")).unwrap();
+    std::fs::write(dir.join("allowed/ok.txt"), b"fine").unwrap();
+    std::fs::write(dir.join("secret.txt"), b"outside").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), dir.join("allowed/link")).unwrap();
+    std::os::unix::fs::symlink(dir, dir.join("allowed/up")).unwrap();
+    let mut c = client(&d).await;
+
+    let hostile: Vec<Value> = vec![
+        "; rm -rf /".into(),
+        "$(id)".into(),
+        "`id`".into(),
+        "a\nb".into(),
+        "a\0b".into(),
+        "x".repeat(33).into(),
+        "../../etc/shadow".into(),
+        "ＡＢＣ".into(),
+        5.into(),
+        json!(["a"]),
+    ];
+    for value in hostile {
+        let err = start(&mut c, "mark", json!({ "name": value }))
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&err), Some(ErrorKind::BadRequest), "{value}: {err}");
+        assert!(err.to_string().contains("param `name`"), "{err}");
+    }
+    for path in [
+        "/etc/shadow".to_owned(),
+        format!("{}/allowed/../secret.txt", dir.display()),
+        format!("{}/allowed/link", dir.display()),
+        format!("{}/allowed/up/secret.txt", dir.display()),
+        format!("{}/allowed/missing", dir.display()),
+    ] {
+        let err = start(&mut c, "read", json!({ "path": path }))
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&err), Some(ErrorKind::BadRequest), "{path}: {err}");
+    }
+    // A frame with invalid UTF-8 inside a string is refused before any parameter is read.
+    let mut raw = warden_testkit::raw::RawClient::hello(d.socket());
+    raw.send_frame(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"job.start\",\"params\":{\"action\":\"mark\",\"params\":{\"name\":\"\xff\xfe\"}}}");
+    assert_eq!(
+        warden_testkit::raw::error_kind(&raw.recv()),
+        Some("bad_request")
+    );
+
+    let ran: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("ran"))
+        .collect();
+    assert!(ran.is_empty(), "a refused job ran: {ran:?}");
+    assert!(c.jobs(false, None, None).await.unwrap().jobs.is_empty());
+
+    // The same actions do run with fair values (so the markers above would have shown a run).
+    let id = start(&mut c, "mark", json!({"name": "web-1"}))
+        .await
+        .unwrap();
+    assert_eq!(wait(&mut c, &id).await.state, JobState::Succeeded);
+    assert!(dir.join("ran-web-1").exists());
+    let ok = format!("{}/allowed/ok.txt", dir.display());
+    let id = start(&mut c, "read", json!({ "path": ok })).await.unwrap();
+    assert_eq!(wait(&mut c, &id).await.state, JobState::Succeeded);
+    assert_eq!(logs(&mut c, &id).await, "fine");
+}
+
+/// A job that leaves a grandchild ignoring SIGTERM and writes the grandchild's pid to a file.
+const STUBBORN: &str = r#"sh -c 'trap "" TERM; exec sleep 300' &
+echo $! > "$1/gc-$WARDEN_JOB_ID"
+echo "progress 10 waiting" >&"$WARDEN_STATUS_FD"
+sleep 300"#;
+
+fn pinned_grandchild(dir: &Path, job: &str) -> std::os::fd::OwnedFd {
+    let file = dir.join(format!("gc-{job}"));
+    for _ in 0..500 {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(pid) = text.trim().parse::<i32>()
+        {
+            return warden_sys::process::pidfd_open(pid).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the job never reported its grandchild");
+}
+
+/// Pins: cancel before commit ends `cancelled` and leaves no process of the job, not even a
+/// grandchild that ignores SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_commit_stops_the_whole_job() {
+    let d = TestDaemon::start(&script_action(
+        "stubborn",
+        STUBBORN,
+        &["{dir}"],
+        "[action.cancel]\nsignal = \"SIGTERM\"\ngrace_s = 1\n",
+    ));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "stubborn", json!({})).await.unwrap();
+    let gc = pinned_grandchild(d.dir.path(), &id);
+    until(&mut c, &id, |r| r.progress == Some(10)).await;
+    let r = c.cancel(&id).await.unwrap();
+    assert_eq!(r.state, JobState::Cancelled);
+    assert!(!r.committed);
+    assert!(
+        !warden_sys::process::pidfd_is_alive(gc.as_fd()).unwrap(),
+        "the grandchild survived the cancel"
+    );
+}
+
+/// A job that commits, then waits; its rollback leaves a marker.
+fn committing(dir: &Path, rollback: bool) -> String {
+    let script = r#"echo "progress 20 prepare" >&"$WARDEN_STATUS_FD"
+echo commit >&"$WARDEN_STATUS_FD"
+echo applied > "$1/applied"
+echo "progress 60 applied" >&"$WARDEN_STATUS_FD"
+sleep "$2""#;
+    let rb = if rollback {
+        format!(
+            "rollback = [\"/bin/sh\", \"-c\", \"rm \\\"$1/applied\\\"; echo undone > \\\"$1/rolled-back\\\"\", \"rb\", {}]\n",
+            q(&dir.display().to_string())
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "[[action]]\nname = \"apply\"\nargv = [\"/bin/sh\", \"-c\", {}, \"apply\", {}, \"{{secs}}\"]\n{rb}tier = \"read_only\"\n[action.params.secs]\ntype = \"int\"\nmin = 0\nmax = 60\n[action.cancel]\ngrace_s = 1\n",
+        q(script),
+        q(&dir.display().to_string())
+    )
+}
+
+/// Pins: after commit without a rollback, cancel is a conflict and the job finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_commit_without_rollback_is_refused() {
+    let dir = warden_testkit::safe_tempdir();
+    let d = TestDaemon::start(&committing(dir.path(), false));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "apply", json!({"secs": 1})).await.unwrap();
+    until(&mut c, &id, |r| r.committed).await;
+    let err = c.cancel(&id).await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Conflict));
+    assert!(err.to_string().contains("past commit point"), "{err}");
+    let r = wait(&mut c, &id).await;
+    assert_eq!(r.state, JobState::Succeeded);
+    assert!(dir.path().join("applied").exists());
+}
+
+/// Pins: after commit with a rollback, cancel ends `rolled_back` and the rollback's effect shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_commit_with_rollback_rolls_back() {
+    let dir = warden_testkit::safe_tempdir();
+    let d = TestDaemon::start(&committing(dir.path(), true));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "apply", json!({"secs": 30})).await.unwrap();
+    until(&mut c, &id, |r| r.committed && r.progress == Some(60)).await;
+    assert!(dir.path().join("applied").exists());
+    let r = c.cancel(&id).await.unwrap();
+    assert_eq!(r.state, JobState::RolledBack, "{r:?}");
+    assert!(!dir.path().join("applied").exists(), "the effect remains");
+    assert!(dir.path().join("rolled-back").exists());
+    assert!(logs(&mut c, &id).await.contains("running the rollback"));
+}
+
+/// Pins: a job past its timeout ends `timed_out`, and with its whole process tree gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_timed_out() {
+    let d = TestDaemon::start(&script_action(
+        "slow",
+        STUBBORN,
+        &["{dir}"],
+        "timeout_s = 1\n[action.cancel]\ngrace_s = 1\n",
+    ));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "slow", json!({})).await.unwrap();
+    let gc = pinned_grandchild(d.dir.path(), &id);
+    let r = wait(&mut c, &id).await;
+    assert_eq!(r.state, JobState::TimedOut);
+    assert!(!warden_sys::process::pidfd_is_alive(gc.as_fd()).unwrap());
+}
+
+/// Pins: a cancelled queued job never runs, and a job's exit status decides success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_groups_queue_or_refuse() {
+    let d = TestDaemon::start(&format!(
+        "{}{}{}",
+        script_action(
+            "hold",
+            "sleep \"$1\"",
+            &["{secs}"],
+            "concurrency_group = \"g\"\n[action.params.secs]\ntype = \"int\"\nmin = 0\nmax = 60\n",
+        ),
+        script_action(
+            "busy",
+            "exit 0",
+            &[],
+            "concurrency_group = \"g\"\nqueue = false\n"
+        ),
+        script_action("fail", "exit 3", &[], ""),
+    ));
+    let mut c = client(&d).await;
+    let first = start(&mut c, "hold", json!({"secs": 30})).await.unwrap();
+    until(&mut c, &first, |r| r.state == JobState::Running).await;
+    let second = start(&mut c, "hold", json!({"secs": 0})).await.unwrap();
+    let third = start(&mut c, "hold", json!({"secs": 0})).await.unwrap();
+    assert_eq!(c.job(&second).await.unwrap().state, JobState::Queued);
+    let err = start(&mut c, "busy", json!({})).await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Conflict));
+    assert!(
+        err.to_string().contains("concurrency group `g` is busy"),
+        "{err}"
+    );
+    // Cancelling a queued job: it never runs. Cancelling the holder lets the next one run.
+    assert_eq!(c.cancel(&second).await.unwrap().state, JobState::Cancelled);
+    assert_eq!(c.job(&second).await.unwrap().started_at, None);
+    assert_eq!(c.cancel(&first).await.unwrap().state, JobState::Cancelled);
+    assert_eq!(wait(&mut c, &third).await.state, JobState::Succeeded);
+    let failed = start(&mut c, "fail", json!({})).await.unwrap();
+    let r = wait(&mut c, &failed).await;
+    assert_eq!((r.state, r.exit_code), (JobState::Failed, Some(3)));
+    assert_eq!(r.message.as_deref(), Some("exited with status 3"));
+}
+
+/// Pins: the same idempotency key from the same caller within the window returns the same job,
+/// also when the starts race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_returns_the_same_job() {
+    let d = TestDaemon::start(&script_action("noop", "exit 0", &[], ""));
+    let mut c = client(&d).await;
+    let a = c
+        .start("noop", &Map::new(), Some("deploy-42"))
+        .await
+        .unwrap();
+    let b = c
+        .start("noop", &Map::new(), Some("deploy-42"))
+        .await
+        .unwrap();
+    assert!(!a.existing && b.existing);
+    assert_eq!(a.job_id, b.job_id);
+    let other = c
+        .start("noop", &Map::new(), Some("deploy-43"))
+        .await
+        .unwrap();
+    assert_ne!(other.job_id, a.job_id);
+    let racers: Vec<_> = (0..8)
+        .map(|_| {
+            let socket = d.socket().to_path_buf();
+            tokio::spawn(async move {
+                let mut c = Client::connect(&socket, "racer").await.unwrap();
+                c.start("noop", &Map::new(), Some("race"))
+                    .await
+                    .unwrap()
+                    .job_id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for r in racers {
+        ids.push(r.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "racing starts made several jobs: {ids:?}");
+}
+
+/// Pins: output beyond the cap is dropped after a truncation marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_is_capped_with_a_marker() {
+    let d = TestDaemon::start(&format!(
+        "[jobs]\nlog_cap_bytes = 4096\n{}",
+        script_action(
+            "loud",
+            "head -c 100000 /dev/zero | tr '\\0' x; echo done",
+            &[],
+            ""
+        )
+    ));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "loud", json!({})).await.unwrap();
+    assert_eq!(wait(&mut c, &id).await.state, JobState::Succeeded);
+    let v: Value = c.call("job.logs", &json!({"job_id": id})).await.unwrap();
+    let data = v["data"].as_str().unwrap();
+    assert_eq!(v["truncated"], true);
+    assert!(data.starts_with(&"x".repeat(4096)));
+    assert!(
+        data.ends_with("[warden: output truncated at 4096 bytes]\n"),
+        "{}",
+        &data[4000..]
+    );
+    let on_disk = std::fs::metadata(d.dir.path().join(format!("state/jobs/{id}.log"))).unwrap();
+    assert!(on_disk.len() < 4200);
+}
+
+/// Pins: a secret parameter is redacted in job.get, in the job's output and in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_parameters_never_show() {
+    let d = TestDaemon::start(&script_action(
+        "login",
+        "echo \"user=$1 token=$2\"",
+        &["{user}", "{token}"],
+        "[action.params.user]\ntype = \"string\"\n[action.params.token]\ntype = \"string\"\nsecret = true\n",
+    ));
+    let secret = "s3cr3t-Tok3n-9f2a";
+    let mut c = client(&d).await;
+    let id = start(&mut c, "login", json!({"user": "bob", "token": secret}))
+        .await
+        .unwrap();
+    let r = wait(&mut c, &id).await;
+    assert_eq!(r.state, JobState::Succeeded);
+    assert_eq!(r.params["token"], "<redacted>");
+    assert_eq!(r.params["user"], "bob");
+    assert_eq!(logs(&mut c, &id).await, "user=bob token=<redacted>\n");
+    let ledger = std::fs::read(d.dir.path().join("state/ledger.db")).unwrap();
+    let wal = std::fs::read(d.dir.path().join("state/ledger.db-wal")).unwrap_or_default();
+    for bytes in [&ledger, &wal] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the ledger holds the secret"
+        );
+    }
+    let log = std::fs::read(d.dir.path().join(format!("state/jobs/{id}.log"))).unwrap();
+    assert!(!log.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    // A rejected secret value is not echoed either.
+    let err = start(
+        &mut c,
+        "login",
+        json!({"user": "bob", "token": "zq-hidden\nline"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::BadRequest));
+    assert!(!err.to_string().contains("zq-hidden"), "{err}");
+}
+
+/// Pins: job.watch streams progress and phase updates, then answers with the final record;
+/// malformed status lines are counted and ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_updates_until_the_job_ends() {
+    let script = r#"s=$WARDEN_STATUS_FD
+echo "phase one" >&"$s"; sleep 0.3
+echo "progress 50 two halfway" >&"$s"; echo "nonsense line" >&"$s"; sleep 0.3
+echo 'result {{"ok": true}}' >&"$s"; echo "progress 100" >&"$s""#;
+    let d = TestDaemon::start(&script_action("steps", script, &[], ""));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "steps", json!({})).await.unwrap();
+    let watch = c.send("job.watch", &json!({"job_id": id})).await.unwrap();
+    let mut updates: Vec<JobRecord> = Vec::new();
+    let last = loop {
+        let frame = c.receive().await.unwrap();
+        match Incoming::parse(&frame).unwrap() {
+            Incoming::Notification { method, params } => {
+                assert_eq!(method, "job.update");
+                updates.push(serde_json::from_str(params.unwrap().get()).unwrap());
+            }
+            Incoming::Response { id: got, outcome } => {
+                assert_eq!(got, watch);
+                break serde_json::from_str::<JobRecord>(outcome.unwrap().get()).unwrap();
+            }
+        }
+    };
+    assert_eq!(last.state, JobState::Succeeded);
+    assert_eq!(last.result, Some(json!({"ok": true})));
+    assert_eq!(last.malformed_status_lines, 1);
+    assert!(
+        updates.iter().any(|u| u.phase.as_deref() == Some("one")),
+        "{updates:?}"
+    );
+    assert!(
+        updates
+            .iter()
+            .any(|u| u.progress == Some(50) && u.phase.as_deref() == Some("two"))
+    );
+    assert!(updates.iter().all(|u| !u.state.is_terminal()));
+}
+
+/// Pins: job.logs follow streams output as it is written and ends with the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_output_until_the_end() {
+    let d = TestDaemon::start(&script_action(
+        "talk",
+        "for i in 1 2 3; do echo line $i; sleep 0.2; done",
+        &[],
+        "",
+    ));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "talk", json!({})).await.unwrap();
+    let req = c
+        .send("job.logs", &json!({"job_id": id, "follow": true}))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut notifications = 0;
+    loop {
+        let frame = c.receive().await.unwrap();
+        match Incoming::parse(&frame).unwrap() {
+            Incoming::Notification { params, .. } => {
+                notifications += 1;
+                let v: Value = serde_json::from_str(params.unwrap().get()).unwrap();
+                text.push_str(v["data"].as_str().unwrap());
+            }
+            Incoming::Response { id: got, outcome } => {
+                assert_eq!(got, req);
+                let v: Value = serde_json::from_str(outcome.unwrap().get()).unwrap();
+                assert_eq!(v["ended"], true);
+                text.push_str(v["data"].as_str().unwrap());
+                break;
+            }
+        }
+    }
+    assert_eq!(text, "line 1\nline 2\nline 3\n");
+    assert!(
+        notifications >= 2,
+        "output arrived all at once: {notifications}"
+    );
+}
+
+/// Pins: stopping the daemon cancels a running job (recorded `cancelled`, not `lost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_running_jobs_and_records_it() {
+    let mut d = TestDaemon::start(&script_action(
+        "long",
+        "sleep 300",
+        &[],
+        "[action.cancel]\ngrace_s = 1\n",
+    ));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "long", json!({})).await.unwrap();
+    until(&mut c, &id, |r| r.state == JobState::Running).await;
+    drop(c);
+    let state = d.dir.path().join("state");
+    d.stop();
+    let db = rusqlite::Connection::open(state.join("ledger.db")).unwrap();
+    let recorded: String = db
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [&id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(recorded, "cancelled");
+}
