@@ -92,9 +92,18 @@ pub fn config(template: &str, dir: &Path) -> String {
 /// Copies `bin` into `dir` (mode 0755) so another user can run it even when the build tree sits
 /// under a directory only root can enter.
 pub fn runnable_copy(bin: &Path, dir: &Path) -> PathBuf {
+    // The copy is written by a separate `install` process, never through a descriptor of
+    // this one: a test thread that forks while this process holds the copy open for writing
+    // hands that descriptor to its child until the child execs, and an exec of the copy in
+    // that window fails with ETXTBSY ("Text file busy").
     let dest = dir.join(bin.file_name().unwrap());
-    std::fs::copy(bin, &dest).unwrap();
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755"])
+        .arg(bin)
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(status.success(), "install {} failed", dest.display());
     dest
 }
 
