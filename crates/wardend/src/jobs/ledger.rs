@@ -237,21 +237,22 @@ fn mark_lost(
 }
 
 fn put(conn: &Connection, row: &Row) -> Result<(), LedgerError> {
-    conn.execute(
+    // Cached: a job writes this statement at every transition.
+    let mut stmt = conn.prepare_cached(
         "INSERT INTO jobs (id, requester_uid, state, created_ms, ended_ms, idempotency_key, record)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, ended_ms = excluded.ended_ms,
              record = excluded.record",
-        params![
-            row.record.job_id.as_str(),
-            row.record.requester.uid.0,
-            row.record.state.as_str(),
-            row.created_ms,
-            row.ended_ms,
-            row.idempotency_key,
-            serde_json::to_string(&row.record)?,
-        ],
     )?;
+    stmt.execute(params![
+        row.record.job_id.as_str(),
+        row.record.requester.uid.0,
+        row.record.state.as_str(),
+        row.created_ms,
+        row.ended_ms,
+        row.idempotency_key,
+        serde_json::to_string(&row.record)?,
+    ])?;
     Ok(())
 }
 
@@ -310,24 +311,22 @@ fn run(tx: &rusqlite::Transaction<'_>, op: Op) -> Answer {
         Op::Put(row, r) => answer(r, put(tx, &row)),
         Op::Get(id, r) => {
             let got = tx
-                .query_row(
-                    "SELECT record FROM jobs WHERE id = ?1",
-                    [id.as_str()],
-                    |row| row.get::<_, String>(0),
-                )
-                .optional()
+                .prepare_cached("SELECT record FROM jobs WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([id.as_str()], |row| row.get::<_, String>(0))
+                        .optional()
+                })
                 .map_err(LedgerError::from)
                 .and_then(|t| t.map(decode).transpose());
             answer(r, got)
         }
         Op::Owner(id, r) => {
             let got = tx
-                .query_row(
-                    "SELECT requester_uid FROM jobs WHERE id = ?1",
-                    [id.as_str()],
-                    |row| row.get::<_, u32>(0),
-                )
-                .optional()
+                .prepare_cached("SELECT requester_uid FROM jobs WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([id.as_str()], |row| row.get::<_, u32>(0))
+                        .optional()
+                })
                 .map(|o| o.map(Uid))
                 .map_err(LedgerError::from);
             answer(r, got)

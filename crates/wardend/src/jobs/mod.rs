@@ -415,6 +415,15 @@ impl Jobs {
             t.jobs.insert(id.clone(), Arc::clone(&job));
             turn
         };
+        if turn.is_none() {
+            // It runs at once: record it running in this first write instead of queued and then
+            // running in two.
+            job.update(|r| {
+                r.state = JobState::Running;
+                r.started_at = Some(r.created_at.clone());
+            });
+            job.publish();
+        }
         if let Err(e) = self.ledger.put(job.row()).await {
             self.forget(&job);
             return Err(e.into());

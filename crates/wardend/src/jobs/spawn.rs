@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::process::Stdio;
 
+use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use warden_policy::ActionSpec;
 use warden_proto::JobId;
-use warden_sys::spawn::{ChildSetup, Identity, STATUS_FD};
+use warden_sys::spawn::{Exit, Identity, STATUS_FD, Spec};
 
 use super::cgroup::JobCgroup;
 
@@ -23,12 +23,29 @@ pub(crate) const DEFAULT_PATH: &str =
 /// A started process and what the daemon holds of it.
 #[derive(Debug)]
 pub(crate) struct Running {
-    pub child: tokio::process::Child,
-    /// Taken right after spawn, before anything waits on the child: signals go through it, so
-    /// none can reach a process that reused the pid.
-    pub pidfd: OwnedFd,
+    /// The pidfd the process was created with: signals go through it (so none can reach a
+    /// process that reused the pid), and it becomes readable when the process exits.
+    pub pidfd: AsyncFd<OwnedFd>,
     pub status: pipe::Receiver,
     pub output: pipe::Receiver,
+}
+
+impl Running {
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.get_ref().as_fd()
+    }
+}
+
+/// Waits for the process behind `pidfd` to exit and reaps it. (A function of the pidfd alone,
+/// so it can run beside reads of the same process's pipes.)
+pub(crate) async fn wait(pidfd: &AsyncFd<OwnedFd>) -> io::Result<Exit> {
+    loop {
+        let mut ready = pidfd.readable().await?;
+        match warden_sys::spawn::reap(pidfd.get_ref().as_fd())? {
+            Some(exit) => return Ok(exit),
+            None => ready.clear_ready(),
+        }
+    }
 }
 
 /// Who an action's processes run as: `None` when that is the daemon's own identity already
@@ -69,10 +86,14 @@ pub(crate) fn environment(
     env
 }
 
-/// Starts `argv` for `job` under `action`'s identity, environment and working directory.
-/// Must be called from a runtime worker thread, never a blocking-pool thread: the child's
-/// parent-death signal fires when the *thread* that spawned it exits, and worker threads live as
-/// long as the daemon.
+fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "contains NUL"))
+}
+
+/// Starts `argv` for `job` under `action`'s identity, environment and working directory, inside
+/// `cgroup` when there is one. Must be called from a runtime worker thread, never a
+/// blocking-pool thread: the child's parent-death signal fires when the *thread* that spawned
+/// it exits, and worker threads live as long as the daemon.
 pub(crate) fn start(
     action: &ActionSpec,
     identity: Option<Identity>,
@@ -80,41 +101,42 @@ pub(crate) fn start(
     argv: &[String],
     cgroup: Option<&JobCgroup>,
 ) -> io::Result<Running> {
-    let (program, args) = argv
-        .split_first()
+    let program = argv
+        .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args).env_clear().envs(environment(action, job));
+    let env = environment(action, job)
+        .into_iter()
+        .map(|(k, v)| {
+            let mut kv = k.into_bytes();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            c_string(kv)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     let (out_r, out_w) = warden_sys::spawn::pipe()?;
     let (status_r, status_w) = warden_sys::spawn::pipe()?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(out_w.try_clone()?))
-        .stderr(Stdio::from(out_w));
     let cwd = action.cwd.as_deref().unwrap_or(std::path::Path::new("/"));
-    let cwd = CString::new(cwd.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cwd contains NUL"))?;
-    warden_sys::spawn::install(
-        &mut cmd,
-        ChildSetup {
-            identity,
-            status: status_w,
-            cgroup_procs: cgroup.map(JobCgroup::procs).transpose()?,
-            cwd: Some(cwd),
-        },
-    );
-    let mut cmd = tokio::process::Command::from(cmd);
-    let child = cmd.spawn()?;
-    // The command holds the parent's copies of both pipes' write ends: without this drop the
-    // pipes would never reach end-of-file.
-    drop(cmd);
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("the job exited before it could be pinned"))?;
-    // Nothing has waited on the child yet, so the pid still names it.
-    let pidfd = warden_sys::process::pidfd_open(pid as i32)?;
+    let spec = Spec {
+        program: c_string(program.clone().into_bytes())?,
+        argv: argv
+            .iter()
+            .map(|a| c_string(a.clone().into_bytes()))
+            .collect::<io::Result<_>>()?,
+        env,
+        stdin: std::fs::File::open("/dev/null")?.into(),
+        stdout: out_w.try_clone()?,
+        stderr: out_w,
+        status: status_w,
+        cgroup: cgroup.map(JobCgroup::handles).transpose()?,
+        identity,
+        cwd: c_string(cwd.as_os_str().as_bytes().to_vec())?,
+    };
+    let spawned = warden_sys::spawn::spawn(&spec)?;
+    // The spec holds the parent's copies of both pipes' write ends: without this drop the pipes
+    // would never reach end-of-file.
+    drop(spec);
     Ok(Running {
-        child,
-        pidfd,
+        pidfd: warden_sys::spawn::async_pidfd(spawned.pidfd)?,
         status: pipe::Receiver::from_owned_fd(status_r)?,
         output: pipe::Receiver::from_owned_fd(out_r)?,
     })

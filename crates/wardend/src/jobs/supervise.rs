@@ -12,9 +12,6 @@
 //! - every final state is in the ledger before it is published.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +21,7 @@ use tokio::time::{Instant, sleep_until};
 use warden_policy::ActionSpec;
 use warden_policy::actions::render;
 use warden_proto::jobs::{JobRecord, JobState};
-use warden_sys::spawn::Identity;
+use warden_sys::spawn::{Exit, Identity};
 
 use super::cgroup::JobCgroup;
 use super::spawn::{self, Running};
@@ -62,7 +59,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// How one process ended.
 #[derive(Debug)]
 struct Ended {
-    exit: Option<ExitStatus>,
+    exit: Option<Exit>,
     spawn_error: Option<String>,
     stop: Option<Stop>,
     /// Whether the daemon actually signalled the process (a job may finish on its own first).
@@ -75,7 +72,7 @@ impl Ended {
     }
 
     fn exit_code(&self) -> Option<i32> {
-        self.exit.and_then(|s| s.code())
+        self.exit.and_then(|s| s.code)
     }
 
     /// "exited with status 3", "killed by signal 9", or why it never ran.
@@ -84,7 +81,7 @@ impl Ended {
             return format!("could not start: {e}");
         }
         match self.exit {
-            Some(s) => match (s.code(), s.signal()) {
+            Some(s) => match (s.code, s.signal) {
                 (Some(c), _) => format!("exited with status {c}"),
                 (None, Some(sig)) => format!("killed by signal {sig}"),
                 (None, None) => "ended".to_owned(),
@@ -106,7 +103,7 @@ struct Watch<'a> {
     kill_at: Option<Instant>,
     /// While the daemon shuts down, a committed job may run until here.
     shutdown_deadline: Option<Instant>,
-    exit: Option<ExitStatus>,
+    exit: Option<Exit>,
     drain_until: Option<Instant>,
     lines: status::Lines,
     last_publish: Instant,
@@ -129,7 +126,7 @@ impl Watch<'_> {
         }
         let sig = warden_sys::spawn::signal_number(&self.job.action.cancel_signal)
             .unwrap_or(warden_sys::spawn::SIGKILL);
-        if warden_sys::spawn::pidfd_signal(self.run.pidfd.as_fd(), sig, true).is_ok() {
+        if warden_sys::spawn::pidfd_signal(self.run.pidfd(), sig, true).is_ok() {
             self.signalled = true;
         }
         self.kill_at = Some(Instant::now() + self.job.action.cancel_grace);
@@ -140,7 +137,7 @@ impl Watch<'_> {
         if let Some(cg) = self.cgroup {
             let _ = cg.kill();
         }
-        if warden_sys::spawn::pidfd_signal(self.run.pidfd.as_fd(), warden_sys::spawn::SIGKILL, true)
+        if warden_sys::spawn::pidfd_signal(self.run.pidfd(), warden_sys::spawn::SIGKILL, true)
             .is_ok()
         {
             self.signalled = true;
@@ -156,7 +153,7 @@ impl Watch<'_> {
             Some(_) => {}
             None => {
                 let _ = warden_sys::spawn::pidfd_signal(
-                    self.run.pidfd.as_fd(),
+                    self.run.pidfd(),
                     warden_sys::spawn::SIGKILL,
                     true,
                 );
@@ -324,9 +321,9 @@ impl Jobs {
         while w.exit.is_none() || status_open || output_open {
             let running = w.exit.is_none();
             tokio::select! {
-                exit = w.run.child.wait(), if running => {
+                exit = spawn::wait(&w.run.pidfd), if running => {
                     // An error here means the child cannot be waited for at all; treat it as gone.
-                    w.exit = exit.ok().or(Some(ExitStatus::from_raw(0x7f00)));
+                    w.exit = Some(exit.unwrap_or(Exit { code: None, signal: None }));
                     w.kill_leftovers();
                     w.drain_until = Some(Instant::now() + DRAIN);
                 }
@@ -504,11 +501,12 @@ impl Jobs {
             _ if ended.succeeded() => (JobState::Succeeded, None),
             _ => (JobState::Failed, Some(ended.describe())),
         };
+        drop(values);
+        self.finish(&job, state, message, ended.exit_code()).await;
+        // After the answer: the cgroup is empty, removing it is housekeeping.
         if let Some(cg) = &cgroup {
             cg.remove();
         }
-        drop(values);
-        self.finish(&job, state, message, ended.exit_code()).await;
     }
 
     /// Runs the action's rollback after the job was stopped past its commit point.
