@@ -5,8 +5,11 @@
 //! writing, which can wait for an RCU grace period: milliseconds per job), `CLONE_PIDFD` hands
 //! back a pidfd in the same call (so no moment exists in which the pid could name another
 //! process), and `CLONE_CLEAR_SIGHAND` resets every signal handler to its default in the child.
-//! Kernels without `clone3` or its flags (before 5.7) get `fork` plus `pidfd_open` and the child
-//! moves itself into its cgroup.
+//! `CLONE_VM | CLONE_VFORK` let the child borrow the daemon's memory until it executes the
+//! program, on a stack of its own, while the calling thread waits: nothing of the daemon's
+//! address space is copied, and the daemon takes no copy-on-write faults afterwards. Kernels
+//! without `clone3` or its flags (before 5.7), and architectures without the few instructions
+//! below, get `fork` plus `pidfd_open` and the child moves itself into its cgroup.
 //!
 //! Between the clone and `exec` only async-signal-safe calls are allowed: everything the child
 //! needs (C strings, pointer arrays, descriptors, ids) is prepared by the parent, and the child
@@ -24,6 +27,8 @@ pub const STATUS_FD: i32 = 3;
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9 uapi): signal the pidfd's process group.
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 /// `clone3` flags (Linux uapi `sched.h`).
+const CLONE_VM: u64 = 0x100;
+const CLONE_VFORK: u64 = 0x4000;
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -212,50 +217,47 @@ impl Drop for SigMask {
 
 /// Clones the child and, in the child, runs [`child_main`] (which never returns).
 fn clone_child(plan: &mut ChildPlan<'_>) -> io::Result<Spawned> {
-    if !NO_CLONE3.load(Ordering::Relaxed) {
+    if HAS_CLONE3_VM && !NO_CLONE3.load(Ordering::Relaxed) {
+        let stack = ChildStack::new()?;
         let mut pidfd: libc::c_int = -1;
         let mut args = CloneArgs {
-            flags: CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
+            flags: CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
             pidfd: (&raw mut pidfd) as u64,
             exit_signal: libc::SIGCHLD as u64,
+            stack: stack.base as u64,
+            stack_size: stack.len as u64,
             ..CloneArgs::default()
         };
         if let Some((dir, _)) = &plan.spec.cgroup {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = dir.as_raw_fd() as u64;
         }
-        // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of this
-        // address space and continues here with a return value of 0. `args` is a live,
-        // correctly sized clone_args; the kernel writes the pidfd into `pidfd`, which we own.
+        // SAFETY: `args` is a live, correctly sized clone_args naming a mapped stack of its
+        // own for the child, and `plan` outlives the call: with CLONE_VFORK this thread is
+        // suspended until the child has executed the program or exited, so the child's reads of
+        // `plan` (and its write into `plan.seen_groups`) happen while it is borrowed here, and
+        // the stack is unmapped only after. The kernel writes the pidfd into `pidfd`.
         let rc = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &raw mut args,
-                std::mem::size_of::<CloneArgs>(),
+            clone3_vm(
+                &mut args,
+                child_entry,
+                std::ptr::from_mut(plan).cast::<libc::c_void>(),
             )
         };
-        match rc {
-            0 => child_main(plan),
-            -1 => {
-                let err = io::Error::last_os_error();
-                let unsupported = matches!(
-                    err.raw_os_error(),
-                    Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)
-                );
-                if !unsupported {
-                    return Err(err);
-                }
-                NO_CLONE3.store(true, Ordering::Relaxed);
-            }
-            pid => {
-                // SAFETY: on success the kernel stored a new pidfd in `pidfd` for this call only.
-                let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-                return Ok(Spawned {
-                    pid: pid as i32,
-                    pidfd,
-                });
-            }
+        drop(stack);
+        if rc >= 0 {
+            // SAFETY: on success the kernel stored a new pidfd in `pidfd` for this call only.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            return Ok(Spawned {
+                pid: rc as i32,
+                pidfd,
+            });
         }
+        let errno = -rc as i32;
+        if !matches!(errno, libc::ENOSYS | libc::EINVAL | libc::E2BIG) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        NO_CLONE3.store(true, Ordering::Relaxed);
     }
     plan.join_cgroup = plan.spec.cgroup.is_some();
     // SAFETY: fork in a multi-threaded process is sound as long as the child only makes
@@ -270,6 +272,151 @@ fn clone_child(plan: &mut ChildPlan<'_>) -> io::Result<Spawned> {
             Ok(Spawned { pid, pidfd })
         }
     }
+}
+
+/// The child's stack while it shares the daemon's memory: an anonymous mapping whose lowest page
+/// is a guard, so an overflow faults instead of writing into the daemon's memory.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// Far more than the child's few calls need (no allocation, no formatting).
+    const LEN: usize = 128 * 1024;
+
+    fn new() -> io::Result<ChildStack> {
+        // SAFETY: an anonymous private mapping of fresh memory, owned by the returned value.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack {
+            base,
+            len: Self::LEN,
+        };
+        // SAFETY: the first page of the mapping made above.
+        if unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses any more.
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+/// Whether [`clone3_vm`] exists for this architecture.
+const HAS_CLONE3_VM: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// Where the child starts, on its own stack.
+extern "C" fn child_entry(plan: *mut libc::c_void) -> ! {
+    // SAFETY: `clone_child` passes a pointer to the ChildPlan it borrows mutably for as long as
+    // the child shares its memory.
+    let plan = unsafe { &mut *plan.cast::<ChildPlan<'_>>() };
+    child_main(plan)
+}
+
+/// `clone3(args)`: in the parent, returns the child's pid or `-errno`; the child, on the stack in
+/// `args`, calls `entry(arg)` and never returns. A plain `syscall()` cannot do this: the child
+/// would return into a function whose frame is on a stack it does not have.
+///
+/// # Safety
+/// `args` must be a valid clone_args for `clone3` whose stack is mapped and unused, and `entry`
+/// must never return.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vm(
+    args: &mut CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> i64 {
+    let rc: i64;
+    // SAFETY: the caller's contract. The syscall preserves every register but rax, rcx and
+    // r11; the child starts with the stack pointer at the top of its own stack (16-byte aligned,
+    // as `call` requires), clears the frame pointer so nothing unwinds into the parent's frames,
+    // and calls `entry(arg)`, which never returns.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => rc,
+            in("rdi") std::ptr::from_mut(args),
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    rc
+}
+
+/// See the x86_64 version.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(target_arch = "aarch64")]
+unsafe fn clone3_vm(
+    args: &mut CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> i64 {
+    let rc: i64;
+    // SAFETY: the caller's contract. The syscall preserves every register but x0; the child
+    // starts with the stack pointer at the top of its own stack, clears the frame pointer and
+    // link register so nothing unwinds into the parent's frames, and calls `entry(arg)`, which
+    // never returns.
+    unsafe {
+        std::arch::asm!(
+            "svc #0",
+            "cbnz x0, 2f",
+            "mov x29, xzr",
+            "mov x30, xzr",
+            "mov x0, x9",
+            "blr x10",
+            "brk #1",
+            "2:",
+            in("x8") libc::SYS_clone3,
+            inlateout("x0") std::ptr::from_mut(args) => rc,
+            in("x1") std::mem::size_of::<CloneArgs>(),
+            in("x9") arg,
+            in("x10") entry,
+            options(nostack),
+        );
+    }
+    rc
+}
+
+/// Never called: [`HAS_CLONE3_VM`] is false here and the fallback runs instead.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn clone3_vm(
+    _: &mut CloneArgs,
+    _: extern "C" fn(*mut libc::c_void) -> !,
+    _: *mut libc::c_void,
+) -> i64 {
+    -i64::from(libc::ENOSYS)
 }
 
 /// The child between clone and exec. Never returns: it executes the program or exits 127 after
@@ -313,9 +460,15 @@ fn child_steps(plan: &mut ChildPlan<'_>) -> Result<std::convert::Infallible, i32
             }
         }
         if let Some(id) = &spec.identity {
-            check(libc::setgroups(id.groups.len(), id.groups.as_ptr()))?;
-            check(libc::setresgid(id.gid, id.gid, id.gid))?;
-            check(libc::setresuid(id.uid, id.uid, id.uid))?;
+            // Raw system calls, not the C library's wrappers: those change the credentials of
+            // every thread the library believes the process has, by signalling them and
+            // waiting under its internal locks. After a raw clone the child has one thread but
+            // a copy of the parent's thread list and lock states, so a wrapper could wait
+            // forever on a lock some parent thread held at the moment of the clone. The raw
+            // calls change this thread's credentials, and it is the only thread.
+            check(libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) as _)?;
+            check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) as _)?;
+            check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) as _)?;
             let (mut r, mut e, mut s) = (0, 0, 0);
             check(libc::getresuid(&mut r, &mut e, &mut s))?;
             let uid_ok = r == id.uid && e == id.uid && s == id.uid;
@@ -362,6 +515,16 @@ fn child_steps(plan: &mut ChildPlan<'_>) -> Result<std::convert::Infallible, i32
                 libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             }
         }
+        // Signals the daemon ignores (SIGPIPE, for one) stay ignored across exec; the job gets
+        // every disposition at its default, as a process started from a shell would.
+        // (CLONE_CLEAR_SIGHAND reset the handled ones already; the fallback path did not.)
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &default, std::ptr::null_mut());
+            }
+        }
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -389,6 +552,18 @@ impl Exit {
     }
 }
 
+/// Whether the pidfd's process has exited, without reaping it (`WNOWAIT`): until it is reaped,
+/// its pid and process group still name it and its group, so what it left behind in the group
+/// can still be signalled.
+pub fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let status = waitid(
+        WaitId::PidFd(pidfd),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+    )?;
+    Ok(status.is_some())
+}
+
 /// Reaps the pidfd's process if it has exited (`waitid(P_PIDFD, WEXITED | WNOHANG)`): `None`
 /// while it runs. Only the pidfd is used, so no other child can be reaped by mistake.
 pub fn reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
@@ -414,15 +589,42 @@ pub fn async_pidfd(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedF
     }
 }
 
-/// Sends `signal` to the pidfd's process, or with `whole_group` to its process group. A pidfd
-/// names one process for good: once it has been reaped the call fails with `ESRCH` instead of
-/// reaching a process that reused the pid.
-pub fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: i32, whole_group: bool) -> io::Result<()> {
-    let flags = if whole_group {
-        PIDFD_SIGNAL_PROCESS_GROUP
-    } else {
-        0
-    };
+/// Set when the kernel turned out not to know `PIDFD_SIGNAL_PROCESS_GROUP` (before 6.9).
+static NO_PIDFD_GROUP_SIGNAL: AtomicBool = AtomicBool::new(false);
+
+/// Sends `signal` to the process group led by the pidfd's process, `pid`, which [`spawn`] made
+/// a session leader. The group is named through the pidfd, which keeps its id from being
+/// reused, so a recycled pid is never reached.
+///
+/// Kernels before 6.9 cannot signal a group through a pidfd; there the leader is first checked
+/// through its pidfd (`ESRCH` once it has been reaped), then the group is signalled by number.
+/// That is as safe as long as the leader is reaped only by the caller (never between the two
+/// calls): an unreaped leader keeps its pid, and with it the group's id, from being reused.
+pub fn signal_group(pidfd: BorrowedFd<'_>, pid: i32, signal: i32) -> io::Result<()> {
+    if !NO_PIDFD_GROUP_SIGNAL.load(Ordering::Relaxed) {
+        match pidfd_signal(pidfd, signal, PIDFD_SIGNAL_PROCESS_GROUP) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                NO_PIDFD_GROUP_SIGNAL.store(true, Ordering::Relaxed);
+            }
+            other => return other,
+        }
+    }
+    pidfd_signal(pidfd, 0, 0)?;
+    // SAFETY: kill takes two integers. The leader is unreaped (checked just above), so `-pid`
+    // names its group and no other.
+    if unsafe { libc::kill(-pid, signal) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the pidfd's process alone. A pidfd names one process for good: once it has
+/// been reaped the call fails with `ESRCH` instead of reaching a process that reused the pid.
+pub fn signal_process(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    pidfd_signal(pidfd, signal, 0)
+}
+
+fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: i32, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: pidfd_send_signal takes a descriptor, a signal number, a null siginfo (the kernel
     // then fills one in itself) and flags; no memory is passed, and `pidfd` is open while borrowed.
     let rc = unsafe {
@@ -586,10 +788,69 @@ mod tests {
             None,
             "still running"
         );
-        pidfd_signal(r.spawned.pidfd.as_fd(), libc::SIGTERM, true).unwrap();
+        signal_group(r.spawned.pidfd.as_fd(), r.spawned.pid, libc::SIGTERM).unwrap();
         assert!(!wait(&r.spawned.pidfd).success());
-        let err = pidfd_signal(r.spawned.pidfd.as_fd(), libc::SIGTERM, false).unwrap_err();
+        let err = signal_process(r.spawned.pidfd.as_fd(), libc::SIGTERM).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    }
+
+    #[test]
+    fn a_group_outlives_its_exited_leader_until_the_leader_is_reaped() {
+        let r = run(
+            "/bin/sh",
+            &["-c", "sleep 30 >/dev/null 2>&1 & echo $!"],
+            "/",
+        )
+        .unwrap();
+        let mut out = String::new();
+        std::fs::File::from(r.out.try_clone().unwrap())
+            .read_to_string(&mut out)
+            .ok();
+        let sleeper: i32 = out.trim().parse().unwrap();
+        for _ in 0..400 {
+            if has_exited(r.spawned.pidfd.as_fd()).unwrap() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(has_exited(r.spawned.pidfd.as_fd()).unwrap());
+        signal_group(r.spawned.pidfd.as_fd(), r.spawned.pid, libc::SIGKILL).unwrap();
+        assert!(
+            wait(&r.spawned.pidfd).success(),
+            "the leader itself exited 0"
+        );
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "))
+        };
+        for _ in 0..400 {
+            if !alive() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!alive(), "the background sleep was killed with its group");
+    }
+
+    #[test]
+    fn a_job_starts_with_default_signal_dispositions() {
+        // The test process ignores SIGPIPE (as every Rust program does); the job must not.
+        let r = run(
+            "/bin/sh",
+            &["-c", "grep -E '^SigIgn' /proc/self/status"],
+            "/",
+        )
+        .unwrap();
+        let mut out = String::new();
+        std::fs::File::from(r.out).read_to_string(&mut out).unwrap();
+        assert!(wait(&r.spawned.pidfd).success());
+        let mask =
+            u64::from_str_radix(out.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+        assert_eq!(
+            mask & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "SIGPIPE is not ignored: {out}"
+        );
     }
 
     #[test]

@@ -422,12 +422,12 @@ impl Jobs {
                 r.state = JobState::Running;
                 r.started_at = Some(r.created_at.clone());
             });
-            job.publish();
         }
         if let Err(e) = self.ledger.put(job.row()).await {
             self.forget(&job);
             return Err(e.into());
         }
+        job.publish();
         let jobs = Arc::clone(self);
         self.tracker
             .spawn(jobs.supervise(job, req.values, turn, control_rx));

@@ -23,6 +23,9 @@ pub(crate) const DEFAULT_PATH: &str =
 /// A started process and what the daemon holds of it.
 #[derive(Debug)]
 pub(crate) struct Running {
+    /// The process's pid, which is also its process group's id (it leads a session). Used only
+    /// for kernels that cannot signal a group through the pidfd, and only while unreaped.
+    pub pid: i32,
     /// The pidfd the process was created with: signals go through it (so none can reach a
     /// process that reused the pid), and it becomes readable when the process exits.
     pub pidfd: AsyncFd<OwnedFd>,
@@ -36,15 +39,35 @@ impl Running {
     }
 }
 
-/// Waits for the process behind `pidfd` to exit and reaps it. (A function of the pidfd alone,
-/// so it can run beside reads of the same process's pipes.)
-pub(crate) async fn wait(pidfd: &AsyncFd<OwnedFd>) -> io::Result<Exit> {
+impl Running {
+    /// Sends `signal` to the job's process group.
+    pub(crate) fn signal_group(&self, signal: i32) -> io::Result<()> {
+        warden_sys::spawn::signal_group(self.pidfd(), self.pid, signal)
+    }
+
+    /// Reaps the process, which [`exited`] said has exited.
+    pub(crate) fn reap(&self) -> Exit {
+        match warden_sys::spawn::reap(self.pidfd()) {
+            Ok(Some(exit)) => exit,
+            // Cannot happen after `exited`; if it does, the process is treated as gone.
+            _ => Exit {
+                code: None,
+                signal: None,
+            },
+        }
+    }
+}
+
+/// Waits until the process behind `pidfd` has exited, without reaping it, so its process group
+/// can still be signalled. (A function of the pidfd alone, so it can run beside reads of the
+/// same process's pipes.)
+pub(crate) async fn exited(pidfd: &AsyncFd<OwnedFd>) -> io::Result<()> {
     loop {
         let mut ready = pidfd.readable().await?;
-        match warden_sys::spawn::reap(pidfd.get_ref().as_fd())? {
-            Some(exit) => return Ok(exit),
-            None => ready.clear_ready(),
+        if warden_sys::spawn::has_exited(pidfd.get_ref().as_fd())? {
+            return Ok(());
         }
+        ready.clear_ready();
     }
 }
 
@@ -136,6 +159,7 @@ pub(crate) fn start(
     // would never reach end-of-file.
     drop(spec);
     Ok(Running {
+        pid: spawned.pid,
         pidfd: warden_sys::spawn::async_pidfd(spawned.pidfd)?,
         status: pipe::Receiver::from_owned_fd(status_r)?,
         output: pipe::Receiver::from_owned_fd(out_r)?,

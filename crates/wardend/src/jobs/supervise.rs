@@ -126,7 +126,7 @@ impl Watch<'_> {
         }
         let sig = warden_sys::spawn::signal_number(&self.job.action.cancel_signal)
             .unwrap_or(warden_sys::spawn::SIGKILL);
-        if warden_sys::spawn::pidfd_signal(self.run.pidfd(), sig, true).is_ok() {
+        if self.run.signal_group(sig).is_ok() {
             self.signalled = true;
         }
         self.kill_at = Some(Instant::now() + self.job.action.cancel_grace);
@@ -137,14 +137,13 @@ impl Watch<'_> {
         if let Some(cg) = self.cgroup {
             let _ = cg.kill();
         }
-        if warden_sys::spawn::pidfd_signal(self.run.pidfd(), warden_sys::spawn::SIGKILL, true)
-            .is_ok()
-        {
+        if self.run.signal_group(warden_sys::spawn::SIGKILL).is_ok() {
             self.signalled = true;
         }
     }
 
-    /// After the first process exits: anything it left behind goes too.
+    /// After the first process exits, before it is reaped (its group can be named only until
+    /// then): anything it left behind goes too.
     fn kill_leftovers(&self) {
         match self.cgroup {
             Some(cg) if cg.is_populated() => {
@@ -152,11 +151,7 @@ impl Watch<'_> {
             }
             Some(_) => {}
             None => {
-                let _ = warden_sys::spawn::pidfd_signal(
-                    self.run.pidfd(),
-                    warden_sys::spawn::SIGKILL,
-                    true,
-                );
+                let _ = self.run.signal_group(warden_sys::spawn::SIGKILL);
             }
         }
     }
@@ -321,10 +316,13 @@ impl Jobs {
         while w.exit.is_none() || status_open || output_open {
             let running = w.exit.is_none();
             tokio::select! {
-                exit = spawn::wait(&w.run.pidfd), if running => {
-                    // An error here means the child cannot be waited for at all; treat it as gone.
-                    w.exit = Some(exit.unwrap_or(Exit { code: None, signal: None }));
+                exited = spawn::exited(&w.run.pidfd), if running => {
                     w.kill_leftovers();
+                    // An error means the child cannot be waited for at all; treat it as gone.
+                    w.exit = Some(match exited {
+                        Ok(()) => w.run.reap(),
+                        Err(_) => Exit { code: None, signal: None },
+                    });
                     w.drain_until = Some(Instant::now() + DRAIN);
                 }
                 n = w.run.status.read(&mut status_buf), if status_open => match n {
@@ -387,6 +385,7 @@ impl Jobs {
         turn: Option<oneshot::Receiver<()>>,
         mut control: mpsc::Receiver<Control>,
     ) {
+        let queued = turn.is_some();
         if let Some(turn) = turn {
             let got_turn = tokio::select! {
                 got = turn => got.is_ok(),
@@ -409,11 +408,15 @@ impl Jobs {
             }
         }
 
-        job.update(|r| {
-            r.state = JobState::Running;
-            r.started_at = Some(now_text());
-        });
-        if let Err(e) = self.persist(&job).await {
+        // A job that never queued was recorded as running by its first write (see
+        // `Jobs::start`); only one that waited for its turn has a transition to record here.
+        if queued {
+            job.update(|r| {
+                r.state = JobState::Running;
+                r.started_at = Some(now_text());
+            });
+        }
+        if queued && let Err(e) = self.persist(&job).await {
             tracing::error!(job = %job.id, error = %e, "cannot record a job start; not running it");
             self.finish(
                 &job,
