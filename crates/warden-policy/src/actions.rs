@@ -112,8 +112,16 @@ impl ArgTemplate {
                     lit.push('}');
                 }
                 '{' => {
-                    let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
-                    if !text.contains('}') || name.contains('{') {
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed || name.contains('{') {
                         return Err(format!("`{text}` has an unclosed placeholder"));
                     }
                     if name.is_empty() {
@@ -593,7 +601,7 @@ fn compile_action(
             p.at(
                 pname.span(),
                 format!(
-                    "param name `{}` must be 1 to 64 of a-z, 0-9, `_`, `-`",
+                    "param name `{}` must be 1 to 64 of a-z, 0-9, `_`, `-`, starting with a letter",
                     pname.get_ref()
                 ),
             );
@@ -690,7 +698,7 @@ fn compile_action(
         p.at(
             g.span(),
             format!(
-                "concurrency_group `{}` must be 1 to 64 of a-z, 0-9, `_`, `-`",
+                "concurrency_group `{}` must be 1 to 64 of a-z, 0-9, `_`, `-`, starting with a letter",
                 g.get_ref()
             ),
         );
@@ -796,7 +804,7 @@ mod tests {
         let t = ArgTemplate::parse("{{literal}}").unwrap();
         assert_eq!(t.literal(), Some("{literal}"));
         assert_eq!(t.to_string(), "{{literal}}");
-        for bad in ["{open", "close}", "{}", "{a{b}"] {
+        for bad in ["{open", "close}", "{}", "{a{b}", "}}{p", "x}}{"] {
             assert!(ArgTemplate::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(ArgTemplate::parse("").unwrap().literal(), Some(""));

@@ -75,6 +75,8 @@ pub struct JobSettings {
     pub keep_finished: usize,
     pub history: Duration,
     pub shutdown_grace: Duration,
+    /// Jobs one uid may have queued or running at once.
+    pub max_active_per_uid: usize,
 }
 
 /// The configuration the daemon runs with.
@@ -253,6 +255,7 @@ fn compile(
         keep_finished: file.jobs.keep_finished.0 as usize,
         history: Duration::from_secs(file.jobs.history_days.0 * 86_400),
         shutdown_grace: Duration::from_secs(file.jobs.shutdown_grace_s.0),
+        max_active_per_uid: file.jobs.max_active_per_uid.0 as usize,
     };
 
     let guards = Guards {

@@ -118,6 +118,8 @@ pub struct JobsSection {
     pub history_days: Ranged<1, 3650>,
     /// Seconds shutdown waits for jobs that cannot be cancelled.
     pub shutdown_grace_s: Ranged<0, 3600>,
+    /// Jobs one uid may have queued or running at once; more are refused with `busy`.
+    pub max_active_per_uid: Ranged<1, 100_000>,
 }
 
 impl Default for JobsSection {
@@ -127,6 +129,7 @@ impl Default for JobsSection {
             keep_finished: Ranged(200),
             history_days: Ranged(30),
             shutdown_grace_s: Ranged(25),
+            max_active_per_uid: Ranged(64),
         }
     }
 }

@@ -47,6 +47,22 @@ enum Command {
     },
 }
 
+/// `e` and its causes, each cause only where the message before does not already say it (many
+/// of our errors name their cause in their own message).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { file }) = &cli.command {
@@ -57,9 +73,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            let text = describe(&e);
+            tracing::error!("{text}");
             if !logs_to_stderr {
-                eprintln!("wardend: {e:#}");
+                eprintln!("wardend: {text}");
             }
             if dev && e.downcast_ref::<wardend::StartError>().is_some() {
                 eprintln!(

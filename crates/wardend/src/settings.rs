@@ -37,7 +37,8 @@ pub struct Settings {
 pub enum SettingsError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{0}")]
+    // Transparent: with `{0}` and a source, `{:#}` would print every problem twice.
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot find the current directory: {0}")]
     CurrentDir(io::Error),
@@ -187,6 +188,15 @@ sleep 4
 echo "progress 100 done" >&"$WARDEN_STATUS_FD""#;
 
 /// A TOML string literal.
+/// A path as literal text of an argv template: its braces doubled, so a directory named with
+/// `{` or `}` is not read as a placeholder.
+fn literal_arg(p: &Path) -> String {
+    p.display()
+        .to_string()
+        .replace('{', "{{")
+        .replace('}', "}}")
+}
+
 fn quoted_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
@@ -255,8 +265,8 @@ pattern = "[a-z0-9][a-z0-9-]*"
         socket = quoted(socket),
         progress = quoted_str(DEMO_PROGRESS),
         commit = quoted_str(DEMO_COMMIT),
-        demo_dir = quoted(&demo_dir),
-        demo_file = quoted_str(&format!("{}/{{name}}", demo_dir.display())),
+        demo_dir = quoted_str(&literal_arg(&demo_dir)),
+        demo_file = quoted_str(&format!("{}/{{name}}", literal_arg(&demo_dir))),
     )
 }
 
@@ -302,6 +312,19 @@ mod tests {
         assert_eq!(
             s.policy.listeners[0].path,
             PathBuf::from("/tmp/we\"ird\\dir/w.sock")
+        );
+        // Braces in the state directory are literal text in the demo actions' argv.
+        let s = Settings::dev(Some("/tmp/w.sock".into()), Some("/tmp/{odd}".into())).unwrap();
+        let commit = &s
+            .policy
+            .actions
+            .values()
+            .find(|a| a.name.as_str() == "demo-commit");
+        let rollback = commit.unwrap().rollback.as_ref().unwrap();
+        let values = [("name".to_owned(), "x".to_owned())].into();
+        assert_eq!(
+            warden_policy::actions::render(rollback, &values),
+            ["/bin/rm", "-f", "/tmp/{odd}/demo/x"]
         );
     }
 

@@ -31,11 +31,16 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(mut cmd: Command, dir: &Path) -> Proc {
+    fn spawn(cmd: Command, dir: &Path) -> Proc {
+        Proc::spawn_logging(cmd, dir, "info")
+    }
+
+    /// With `WARDEN_LOG=level`.
+    fn spawn_logging(mut cmd: Command, dir: &Path, level: &str) -> Proc {
         let log = dir.join(format!("wardend-{}.log", warden_testkit::random_hex(3)));
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
-            .env("WARDEN_LOG", "info");
+            .env("WARDEN_LOG", level);
         Proc {
             child: cmd.spawn().unwrap(),
             log,
@@ -165,6 +170,15 @@ fn check_config_of_a_missing_file_fails_and_usage_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // The daemon itself says why it cannot start, once.
+    let out = Command::new(WARDEND)
+        .args(["--config", "/nonexistent/warden.toml"])
+        .env("WARDEN_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
 #[test]
@@ -279,6 +293,60 @@ fn the_correlation_id_of_an_error_is_in_the_daemon_log() {
         .find(|l| l.contains(&cid))
         .unwrap_or_else(|| panic!("{cid} not in {log}"));
     assert!(line.contains("unknown method"), "{line}");
+}
+
+/// Pins: a secret parameter never reaches the daemon's own log, even at debug level: not from
+/// a job that uses it, echoes it on its status pipe and fails, nor from a refused value.
+#[test]
+fn a_secret_parameter_never_reaches_the_daemon_log() {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(
+        dir.path(),
+        r#"[[listener]]
+path = "{dir}/run/w.sock"
+[[action]]
+name = "login"
+argv = ["/bin/sh", "-c", "printf 'result {{\"seen\": \"%s\"}}\\n' \"$1\" >&$WARDEN_STATUS_FD; echo \"token $1\" >&2; exit 3", "login", "{token}"]
+tier = "read_only"
+mutating = false
+[action.params.token]
+type = "string"
+pattern = "[a-zA-Z0-9-]+"
+secret = true
+"#,
+    );
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config").arg(&cfg);
+    let mut p = Proc::spawn_logging(cmd, dir.path(), "debug");
+    let sock = dir.path().join("run/w.sock");
+    wait_for(&sock);
+    let mut c = RawClient::hello(&sock);
+    let secret = "Zq7-s3cret-Tok3n";
+    let started = c.call(
+        2,
+        "job.start",
+        json!({"action": "login", "params": {"token": secret}}),
+    );
+    let id = started["result"]["job_id"].as_str().unwrap().to_owned();
+    let done = c.call(3, "job.wait", json!({"job_id": id, "timeout_ms": 10_000}));
+    assert_eq!(done["result"]["state"], "failed", "{done}");
+    assert_eq!(done["result"]["result"]["seen"], "<redacted>", "{done}");
+    assert!(!done.to_string().contains(secret), "{done}");
+    let refused = c.call(
+        4,
+        "job.start",
+        json!({"action": "login", "params": {"token": format!("{secret};x")}}),
+    );
+    assert_eq!(
+        warden_testkit::raw::error_kind(&refused),
+        Some("bad_request")
+    );
+    assert!(!refused.to_string().contains(secret), "{refused}");
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+    let log = p.log();
+    assert!(log.contains(&id), "the job is in the log at all: {log}");
+    assert!(!log.contains(secret), "{log}");
 }
 
 #[test]

@@ -162,6 +162,48 @@ must_exist = true
     assert_eq!(logs(&mut c, &id).await, "fine");
 }
 
+/// Pins: a path that need not exist is accepted when its directory exists under the prefix,
+/// refused with a message naming the missing directory otherwise, and refused through a symlink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_need_not_exist_still_needs_its_directory() {
+    let d = TestDaemon::start(
+        r#"[[action]]
+name = "create"
+argv = ["/bin/sh", "-c", "echo made > \"$1\"", "create", "{path}"]
+tier = "read_only"
+mutating = false
+[action.params.path]
+type = "path"
+under = ["{dir}/allowed"]
+must_exist = false
+"#,
+    );
+    let dir = d.dir.path();
+    std::fs::create_dir(dir.join("allowed")).unwrap();
+    std::os::unix::fs::symlink(dir, dir.join("allowed/up")).unwrap();
+    let mut c = client(&d).await;
+    let path = |p: &str| json!({ "path": format!("{}/allowed/{p}", dir.display()) });
+    let id = start(&mut c, "create", path("new.txt")).await.unwrap();
+    assert_eq!(wait(&mut c, &id).await.state, JobState::Succeeded);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("allowed/new.txt")).unwrap(),
+        "made\n"
+    );
+    let err = start(&mut c, "create", path("nodir/new.txt"))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::BadRequest), "{err}");
+    assert!(
+        err.to_string().contains("its directory must exist"),
+        "{err}"
+    );
+    let err = start(&mut c, "create", path("up/new.txt"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no symlink"), "{err}");
+    assert!(!dir.join("new.txt").exists());
+}
+
 /// A job that leaves a grandchild ignoring SIGTERM and writes the grandchild's pid to a file.
 const STUBBORN: &str = r#"sh -c 'trap "" TERM; exec sleep 300' &
 echo $! > "$1/gc-$WARDEN_JOB_ID"
@@ -204,9 +246,11 @@ async fn cancel_before_commit_stops_the_whole_job() {
     );
 }
 
-/// A job that commits, then waits; its rollback leaves a marker.
+/// A job that commits, then waits; its rollback leaves a marker. It also leaves a process
+/// behind, so stopping it always kills what is left in its cgroup before the rollback starts.
 fn committing(dir: &Path, rollback: bool) -> String {
-    let script = r#"echo "progress 20 prepare" >&"$WARDEN_STATUS_FD"
+    let script = r#"sleep 300 >/dev/null 2>&1 &
+echo "progress 20 prepare" >&"$WARDEN_STATUS_FD"
 echo commit >&"$WARDEN_STATUS_FD"
 echo applied > "$1/applied"
 echo "progress 60 applied" >&"$WARDEN_STATUS_FD"
@@ -315,6 +359,31 @@ async fn concurrency_groups_queue_or_refuse() {
     let r = wait(&mut c, &failed).await;
     assert_eq!((r.state, r.exit_code), (JobState::Failed, Some(3)));
     assert_eq!(r.message.as_deref(), Some("exited with status 3"));
+}
+
+/// Pins: one uid may have at most `max_active_per_uid` jobs queued or running; more are refused
+/// with `busy` and leave nothing behind, and a slot frees when a job ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_start_unlimited_jobs() {
+    let d = TestDaemon::start(&format!(
+        "[jobs]\nmax_active_per_uid = 2\n{}",
+        script_action("hold", "sleep 30", &[], "")
+    ));
+    let mut c = client(&d).await;
+    let first = start(&mut c, "hold", json!({})).await.unwrap();
+    let _second = start(&mut c, "hold", json!({})).await.unwrap();
+    let logs_dir = d.dir.path().join("state/jobs");
+    let count_logs = || std::fs::read_dir(&logs_dir).unwrap().count();
+    let before = count_logs();
+    let err = start(&mut c, "hold", json!({})).await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Busy), "{err}");
+    assert!(
+        err.to_string().contains("2 jobs queued or running"),
+        "{err}"
+    );
+    assert_eq!(count_logs(), before, "a refused job leaves no log file");
+    assert_eq!(c.cancel(&first).await.unwrap().state, JobState::Cancelled);
+    start(&mut c, "hold", json!({})).await.unwrap();
 }
 
 /// Pins: the same idempotency key from the same caller within the window returns the same job,
@@ -529,4 +598,60 @@ async fn shutdown_cancels_running_jobs_and_records_it() {
         .query_row("SELECT state FROM jobs WHERE id = ?1", [&id], |r| r.get(0))
         .unwrap();
     assert_eq!(recorded, "cancelled");
+}
+
+/// Where the cgroup2 hierarchy is mounted on this host.
+fn cgroup2_mount() -> std::path::PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split_whitespace().nth(4).unwrap().into())
+        })
+        .unwrap()
+}
+
+/// Pins: a job runs in a cgroup of its own under the daemon's job directory, and a daemon that
+/// shuts down cleanly leaves neither behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_leaves_no_cgroup_behind() {
+    if !warden_testkit::root_or_skip("a_clean_shutdown_leaves_no_cgroup_behind") {
+        return;
+    }
+    let mut d = TestDaemon::start(&script_action("where", "cat /proc/self/cgroup", &[], ""));
+    let mut c = client(&d).await;
+    let id = start(&mut c, "where", json!({})).await.unwrap();
+    assert_eq!(wait(&mut c, &id).await.state, JobState::Succeeded);
+    let out = logs(&mut c, &id).await;
+    let rel = out
+        .lines()
+        .find_map(|l| l.strip_prefix("0::/"))
+        .unwrap_or_else(|| panic!("no cgroup2 line in {out}"));
+    let job_cgroup = cgroup2_mount().join(rel);
+    assert!(
+        job_cgroup.ends_with(&id),
+        "the job's cgroup is named after it: {}",
+        job_cgroup.display()
+    );
+    let root = job_cgroup.parent().unwrap().to_owned();
+    assert!(
+        root.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("warden-")
+    );
+    // Removed right after the job's final state is answered.
+    for _ in 0..200 {
+        if !job_cgroup.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!job_cgroup.exists(), "a finished job's cgroup is removed");
+    assert!(root.exists());
+    drop(c);
+    d.stop();
+    assert!(!root.exists(), "{} is left after shutdown", root.display());
 }

@@ -87,6 +87,12 @@ async fn start(
                     Ok(Beneath::Missing) => {
                         return Err(bad(format!("param `{name}`: must exist")));
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(bad(format!(
+                            "param `{name}`: its directory must exist under {}",
+                            prefix.display()
+                        )));
+                    }
                     Err(_) => {
                         return Err(bad(format!(
                             "param `{name}`: must resolve under {} with no symlink on the way",
@@ -133,6 +139,7 @@ async fn start(
             ErrorKind::Conflict,
             StartError::Busy(group).to_string(),
         )),
+        Err(e @ StartError::TooMany(_)) => Err(Failure::new(ErrorKind::Busy, e.to_string())),
         Err(StartError::Ledger(e)) => Err(ledger_failure(e)),
     }
 }

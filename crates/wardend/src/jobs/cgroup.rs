@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use warden_proto::JobId;
 
 /// The cgroup directory this daemon's jobs go under.
 #[derive(Debug, Clone)]
@@ -70,7 +69,7 @@ impl CgroupTree {
         }
         // cgroup.kill (Linux 5.14) is what makes a cgroup worth having.
         let tree = CgroupTree { root };
-        let probe = tree.create_named("probe")?;
+        let probe = tree.create("probe")?;
         let has_kill = probe.path.join("cgroup.kill").exists();
         probe.remove();
         if !has_kill {
@@ -82,11 +81,17 @@ impl CgroupTree {
         Ok(tree)
     }
 
+    /// Removes the daemon's job cgroup directory, if no job cgroup is left in it.
+    pub(crate) fn remove_root(&self) {
+        let _ = std::fs::remove_dir(&self.root);
+    }
+
     pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    fn create_named(&self, name: &str) -> io::Result<JobCgroup> {
+    /// Makes the cgroup `name` (a job id, or one with a suffix) for a process of a job.
+    pub(crate) fn create(&self, name: &str) -> io::Result<JobCgroup> {
         let path = self.root.join(name);
         match std::fs::create_dir(&path) {
             Ok(()) => {}
@@ -94,11 +99,6 @@ impl CgroupTree {
             Err(e) => return Err(e),
         }
         Ok(JobCgroup { path })
-    }
-
-    /// Makes the cgroup for `job`.
-    pub(crate) fn create(&self, job: &JobId) -> io::Result<JobCgroup> {
-        self.create_named(job.as_str())
     }
 
     /// Kills and removes every job cgroup left under the root (after a crash, what is left

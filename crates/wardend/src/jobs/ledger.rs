@@ -5,8 +5,8 @@
 //! One thread owns the database; callers send it operations and await the answer. Writes that
 //! queue up while a transaction commits go into the next transaction together, so many jobs do
 //! not cost one commit each. `synchronous = NORMAL`: a commit survives the daemon crashing or
-//! being killed; a power loss may lose the last transitions (the audit log is the record that is
-//! synced to disk before a response).
+//! being killed; a power loss may lose the transitions since the last checkpoint (syncing each
+//! commit would cost a disk flush per transition; the database itself stays consistent).
 //!
 //! It stores job records with secret parameters already redacted; nothing secret reaches it.
 

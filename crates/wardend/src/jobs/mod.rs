@@ -34,6 +34,8 @@ pub(crate) use self::supervise::{CancelRefused, Control};
 
 /// How long an idempotency key returns the same job.
 const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
+/// How often finished jobs older than `history_days` are pruned while the daemon runs.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Milliseconds since the epoch, now.
 fn now_ms() -> i64 {
@@ -138,8 +140,18 @@ pub(crate) struct StartRequest {
 pub(crate) enum StartError {
     #[error("concurrency group `{0}` is busy; try again when its job has ended")]
     Busy(String),
+    #[error("you have {0} jobs queued or running, the most allowed; start more when one ends")]
+    TooMany(usize),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+}
+
+/// What [`Jobs::admit`] decided.
+enum Admitted {
+    /// Into the table; `Some` when it waits for its concurrency group.
+    Run(Option<oneshot::Receiver<()>>),
+    /// A job started with the same idempotency key exists.
+    Existing(JobId),
 }
 
 /// Why a job could not be cancelled.
@@ -228,6 +240,17 @@ impl Jobs {
             tracker: TaskTracker::new(),
         });
         jobs.prune().await;
+        // And every hour after, so a daemon that runs for months keeps only `history_days`.
+        let weak = Arc::downgrade(&jobs);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PRUNE_EVERY).await;
+                match weak.upgrade() {
+                    Some(jobs) if !jobs.tracker.is_closed() => jobs.prune().await,
+                    _ => break,
+                }
+            }
+        });
         Ok((jobs, lost))
     }
 
@@ -380,40 +403,19 @@ impl Jobs {
             idempotency_key: req.idempotency_key.clone(),
         });
 
-        let turn = {
-            let mut t = self.table();
-            // A concurrent start with the same key may have won while the ledger was asked.
-            if let Some(key) = &req.idempotency_key {
-                if let Some(existing) = known(&mut t, uid, key) {
-                    return Ok(JobStarted {
-                        job_id: existing,
-                        existing: true,
-                    });
-                }
-                t.keys
-                    .insert((uid, key.clone()), (id.clone(), Instant::now()));
+        let turn = match self.admit(&job) {
+            Ok(Admitted::Run(turn)) => turn,
+            Ok(Admitted::Existing(job_id)) => {
+                self.discard_log(&id);
+                return Ok(JobStarted {
+                    job_id,
+                    existing: true,
+                });
             }
-            let turn = match &req.action.concurrency_group {
-                None => None,
-                Some(g) => {
-                    let group = t.groups.entry(g.clone()).or_default();
-                    if group.holder.is_none() {
-                        group.holder = Some(id.clone());
-                        None
-                    } else if req.action.queue {
-                        let (tx, rx) = oneshot::channel();
-                        group.waiting.push_back((id.clone(), tx));
-                        Some(rx)
-                    } else {
-                        if let Some(key) = &req.idempotency_key {
-                            t.keys.remove(&(uid, key.clone()));
-                        }
-                        return Err(StartError::Busy(g.clone()));
-                    }
-                }
-            };
-            t.jobs.insert(id.clone(), Arc::clone(&job));
-            turn
+            Err(e) => {
+                self.discard_log(&id);
+                return Err(e);
+            }
         };
         if turn.is_none() {
             // It runs at once: record it running in this first write instead of queued and then
@@ -437,12 +439,63 @@ impl Jobs {
         })
     }
 
+    /// Takes `job` into the table, or says why not: the same idempotency key won meanwhile, the
+    /// requester has too many jobs, or its concurrency group is busy and does not queue.
+    fn admit(&self, job: &Arc<Job>) -> Result<Admitted, StartError> {
+        let uid = job.owner;
+        let id = &job.id;
+        let mut t = self.table();
+        // A concurrent start with the same key may have won while the ledger was asked.
+        if let Some(key) = &job.idempotency_key
+            && let Some(existing) = known(&mut t, uid, key)
+        {
+            return Ok(Admitted::Existing(existing));
+        }
+        // Each active job is at least one process: one caller may not fill the host.
+        let active = t
+            .jobs
+            .values()
+            .filter(|j| j.owner == uid && !j.lock().state.is_terminal())
+            .count();
+        if active >= self.settings.max_active_per_uid {
+            return Err(StartError::TooMany(active));
+        }
+        let turn = match &job.action.concurrency_group {
+            None => None,
+            Some(g) => {
+                let group = t.groups.entry(g.clone()).or_default();
+                if group.holder.is_none() {
+                    group.holder = Some(id.clone());
+                    None
+                } else if job.action.queue {
+                    let (tx, rx) = oneshot::channel();
+                    group.waiting.push_back((id.clone(), tx));
+                    Some(rx)
+                } else {
+                    return Err(StartError::Busy(g.clone()));
+                }
+            }
+        };
+        if let Some(key) = &job.idempotency_key {
+            t.keys
+                .insert((uid, key.clone()), (id.clone(), Instant::now()));
+        }
+        t.jobs.insert(id.clone(), Arc::clone(job));
+        Ok(Admitted::Run(turn))
+    }
+
+    /// Removes the log file of a job that will not run.
+    fn discard_log(&self, id: &JobId) {
+        let _ = std::fs::remove_file(self.log_path(id));
+    }
+
     fn known_key(&self, uid: Uid, key: &str) -> Option<JobId> {
         known(&mut self.table(), uid, key)
     }
 
     /// Removes a job that never got into the ledger.
     fn forget(&self, job: &Job) {
+        self.discard_log(&job.id);
         let mut t = self.table();
         t.jobs.remove(&job.id);
         if let Some(key) = &job.idempotency_key {
@@ -558,6 +611,10 @@ impl Jobs {
             .is_err()
         {
             tracing::error!("jobs still running after the shutdown bound");
+        }
+        // Every job cgroup is gone now; the next start makes the directory again.
+        if let Ok(tree) = &self.cgroups {
+            tree.remove_root();
         }
         self.ledger.close();
     }

@@ -150,6 +150,16 @@ impl Output {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// `line` with every secret value replaced, for what a job says on its status pipe: it
+    /// ends up in the job's record, which is shown and stored.
+    pub(crate) fn scrub_line(&self, line: Vec<u8>) -> Vec<u8> {
+        let st = self.state();
+        if st.scrub.secrets.is_empty() {
+            return line;
+        }
+        st.scrub.replace_all(line)
+    }
+
     /// Appends what the job wrote.
     pub(crate) fn write(&self, data: &[u8]) {
         let mut st = self.state();
@@ -274,6 +284,17 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn status_lines_are_scrubbed_of_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = log(dir.path(), 1 << 20, &["hunter22"]);
+        assert_eq!(
+            out.scrub_line(b"progress 50 copy using hunter22 now".to_vec()),
+            b"progress 50 copy using <redacted> now"
+        );
+        assert_eq!(out.scrub_line(b"commit".to_vec()), b"commit");
     }
 
     #[test]

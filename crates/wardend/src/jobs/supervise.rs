@@ -194,7 +194,9 @@ impl Watch<'_> {
             return;
         }
         let parsed = match piece {
-            Piece::Line(l) => status::parse(&l),
+            // Scrubbed before parsing: a secret the job echoes in a message or a result would
+            // otherwise be stored in its record and shown to whoever may read it.
+            Piece::Line(l) => status::parse(&self.job.output.scrub_line(l)),
             Piece::TooLong => None,
         };
         let Some(line) = parsed else {
@@ -253,6 +255,14 @@ impl Watch<'_> {
     }
 }
 
+/// Which process of a job a cgroup is for.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Main,
+    Rollback,
+    Reconcile,
+}
+
 /// A timer that never fires when there is no deadline.
 async fn at(deadline: Option<Instant>) {
     match deadline {
@@ -262,9 +272,18 @@ async fn at(deadline: Option<Instant>) {
 }
 
 impl Jobs {
-    fn cgroup_for(&self, job: &Job) -> Option<JobCgroup> {
+    /// A fresh cgroup for one process of `job` (`what`: its program, rollback or reconcile).
+    /// Each gets its own: a cgroup that has been killed kills every process later created in it
+    /// with `CLONE_INTO_CGROUP` (seen on Linux 6.18), so a rollback must never start in the
+    /// cgroup of the job it undoes.
+    fn cgroup_for(&self, job: &Job, what: Part) -> Option<JobCgroup> {
         let tree = self.cgroups.as_ref().ok()?;
-        match tree.create(&job.id) {
+        let name = match what {
+            Part::Main => job.id.to_string(),
+            Part::Rollback => format!("{}-rollback", job.id),
+            Part::Reconcile => format!("{}-reconcile", job.id),
+        };
+        match tree.create(&name) {
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::warn!(job = %job.id, error = %e, "cannot make the job's cgroup; using its process group");
@@ -438,7 +457,7 @@ impl Jobs {
                 return;
             }
         };
-        let cgroup = self.cgroup_for(&job);
+        let cgroup = self.cgroup_for(&job, Part::Main);
         let argv = render(&job.action.argv, &values);
         let ended = self
             .run_process(
@@ -463,7 +482,6 @@ impl Jobs {
                         &job,
                         &values,
                         identity,
-                        cgroup.as_ref(),
                         &mut control,
                         "cancelled after its commit point",
                     )
@@ -481,7 +499,6 @@ impl Jobs {
                         &job,
                         &values,
                         identity,
-                        cgroup.as_ref(),
                         &mut control,
                         "timed out after its commit point",
                     )
@@ -518,7 +535,6 @@ impl Jobs {
         job: &Job,
         values: &BTreeMap<String, String>,
         identity: Option<Identity>,
-        cgroup: Option<&JobCgroup>,
         control: &mut mpsc::Receiver<Control>,
         why: &str,
     ) -> (JobState, String) {
@@ -529,9 +545,13 @@ impl Jobs {
         job.update(|r| r.phase = Some("rollback".into()));
         job.publish();
         let argv = render(rollback, values);
+        let cgroup = self.cgroup_for(job, Part::Rollback);
         let ended = self
-            .run_process(job, &argv, identity, cgroup, control, false)
+            .run_process(job, &argv, identity, cgroup.as_ref(), control, false)
             .await;
+        if let Some(cg) = &cgroup {
+            cg.remove();
+        }
         if ended.succeeded() {
             (JobState::RolledBack, format!("{why}; rolled back"))
         } else {
@@ -612,7 +632,7 @@ impl Jobs {
                 return;
             }
         };
-        let cgroup = self.cgroup_for(&job);
+        let cgroup = self.cgroup_for(&job, Part::Reconcile);
         let argv = render(reconcile, &values);
         let ended = self
             .run_process(
