@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use warden_client::{Client, ClientError};
 use warden_proto::ErrorKind;
 use warden_proto::envelope::Incoming;
@@ -200,6 +201,15 @@ pub async fn run(client: &mut Client, action: &str, pairs: &[String], o: RunOpti
             return ExitCode::from(exit::USAGE);
         }
     };
+    // Ctrl-C is caught from before the job starts: one that comes while the job is being
+    // started is then handled like any other instead of killing the CLI.
+    let interrupts = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warden: cannot catch Ctrl-C: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
     let started = match client
         .start(action, &params, o.idempotency_key.as_deref())
         .await
@@ -216,7 +226,7 @@ pub async fn run(client: &mut Client, action: &str, pairs: &[String], o: RunOpti
         }
         return ExitCode::SUCCESS;
     }
-    match follow(client, &job_id, &o).await {
+    match follow(client, &job_id, &o, interrupts).await {
         Ok(record) => {
             if o.json {
                 print_json(&record);
@@ -242,6 +252,7 @@ async fn follow(
     client: &mut Client,
     job_id: &str,
     o: &RunOptions,
+    mut interrupts: Signal,
 ) -> Result<JobRecord, Interrupted> {
     let mut display = Display::new(o.json);
     let fail_with = |display: &Display, e: &ClientError| {
@@ -276,15 +287,25 @@ async fn follow(
                         }
                     }
                     Ok(Incoming::Response { id, outcome }) if id == watch_id => {
-                        display.finish();
-                        match outcome {
-                            Ok(raw) => match serde_json::from_str::<JobRecord>(raw.get()) {
-                                Ok(r) => return Ok(r),
-                                Err(e) => eprintln!("warden: unexpected answer: {e}"),
-                            },
-                            Err(e) => eprintln!("warden: {}: {}", e.kind(), e.message),
+                        let record = match outcome {
+                            Ok(raw) => serde_json::from_str::<JobRecord>(raw.get())
+                                .map_err(|e| format!("unexpected answer: {e}")),
+                            Err(e) => Err(format!("{}: {}", e.kind(), e.message)),
+                        };
+                        match record {
+                            Ok(r) => {
+                                // The last progress may come only with the final record (updates
+                                // are throttled): show it like the others.
+                                display.update(&r, o.json);
+                                display.finish();
+                                return Ok(r);
+                            }
+                            Err(e) => {
+                                display.finish();
+                                eprintln!("warden: {e}");
+                                return Err(Interrupted);
+                            }
                         }
-                        return Err(Interrupted);
                     }
                     Ok(Incoming::Response { id, outcome: Err(e) }) if Some(id.as_u64().unwrap_or(0)) == cancel_id => {
                         let why = if e.kind() == ErrorKind::Conflict { "cannot cancel" } else { "cancel failed" };
@@ -294,7 +315,7 @@ async fn follow(
                     _ => {}
                 }
             }
-            _ = tokio::signal::ctrl_c(), if cancel_id.is_none() => {
+            _ = interrupts.recv(), if cancel_id.is_none() => {
                 let cancel = o.cancel_on_interrupt
                     || (std::io::stdin().is_terminal() && display.ask(&format!("Cancel {job_id}?")));
                 if !cancel && !std::io::stdin().is_terminal() {

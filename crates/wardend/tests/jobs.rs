@@ -367,14 +367,22 @@ async fn concurrency_groups_queue_or_refuse() {
 async fn one_caller_cannot_start_unlimited_jobs() {
     let d = TestDaemon::start(&format!(
         "[jobs]\nmax_active_per_uid = 2\n{}",
-        script_action("hold", "sleep 30", &[], "")
+        script_action("hold", "echo holding; sleep 30", &[], "")
     ));
     let mut c = client(&d).await;
     let first = start(&mut c, "hold", json!({})).await.unwrap();
     let _second = start(&mut c, "hold", json!({})).await.unwrap();
     let logs_dir = d.dir.path().join("state/jobs");
     let count_logs = || std::fs::read_dir(&logs_dir).unwrap().count();
+    // Each running job has written its line, so its log exists.
+    for _ in 0..500 {
+        if count_logs() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let before = count_logs();
+    assert_eq!(before, 2);
     let err = start(&mut c, "hold", json!({})).await.unwrap_err();
     assert_eq!(kind(&err), Some(ErrorKind::Busy), "{err}");
     assert!(

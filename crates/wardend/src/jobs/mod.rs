@@ -30,6 +30,7 @@ use self::cgroup::CgroupTree;
 pub(crate) use self::ledger::LedgerError;
 use self::ledger::{Ledger, ListQuery, Row};
 use self::output::Output;
+use self::supervise::Part;
 pub(crate) use self::supervise::{CancelRefused, Control};
 
 /// How long an idempotency key returns the same job.
@@ -386,11 +387,7 @@ impl Jobs {
             ended_at: None,
         };
         let (control_tx, control_rx) = mpsc::channel(8);
-        let (output, log_error) =
-            Output::create(self.log_path(&id), self.settings.log_cap_bytes, req.secrets);
-        if let Some(e) = log_error {
-            tracing::warn!(job = %id, error = %e, "cannot create the job's log file; keeping output in memory");
-        }
+        let output = Output::create(self.log_path(&id), self.settings.log_cap_bytes, req.secrets);
         let job = Arc::new(Job {
             id: id.clone(),
             owner: uid,
@@ -425,14 +422,24 @@ impl Jobs {
                 r.started_at = Some(r.created_at.clone());
             });
         }
-        if let Err(e) = self.ledger.put(job.row()).await {
+        let put = self.ledger.put(job.row());
+        // A job that runs at once gets its cgroup made while the ledger commits its record.
+        let (written, cgroup) = if turn.is_none() {
+            tokio::join!(put, async { self.cgroup_for(&job, Part::Main) })
+        } else {
+            (put.await, None)
+        };
+        if let Err(e) = written {
+            if let Some(cg) = cgroup {
+                cg.remove();
+            }
             self.forget(&job);
             return Err(e.into());
         }
         job.publish();
         let jobs = Arc::clone(self);
         self.tracker
-            .spawn(jobs.supervise(job, req.values, turn, control_rx));
+            .spawn(jobs.supervise(job, req.values, turn, cgroup, control_rx));
         Ok(JobStarted {
             job_id: id,
             existing: false,

@@ -80,9 +80,19 @@ impl Scrubber {
     }
 }
 
+/// The log file, opened when there is something to write: a job that writes nothing costs no
+/// file (and its start no file creation).
+#[derive(Debug)]
+enum LogFile {
+    NotYet,
+    Open(std::fs::File),
+    /// It could not be opened or written (a full disk): output stays in memory only.
+    Failed,
+}
+
 #[derive(Debug)]
 struct State {
-    file: Option<std::fs::File>,
+    file: LogFile,
     /// Bytes in the log, marker included.
     written: u64,
     cap: u64,
@@ -108,42 +118,24 @@ pub(crate) struct Chunk {
 }
 
 impl Output {
-    /// Creates the log file. If it cannot be created, output is still kept in memory (the
-    /// error is returned for the caller to log).
-    pub(crate) fn create(
-        path: PathBuf,
-        cap: u64,
-        secrets: Vec<Vec<u8>>,
-    ) -> (Output, Option<std::io::Error>) {
-        let (file, err) = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(f) => (Some(f), None),
-            Err(e) => (None, Some(e)),
-        };
-        let written = file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map_or(0, |m| m.len());
+    /// Output for the log at `path` (mode 0600), which is created at the first byte to write
+    /// and appended to if it exists (a lost job's log, which its reconcile continues). If it
+    /// cannot be written, output is still kept in memory.
+    pub(crate) fn create(path: PathBuf, cap: u64, secrets: Vec<Vec<u8>>) -> Output {
+        let written = std::fs::metadata(&path).map_or(0, |m| m.len());
         let (grew, _) = watch::channel(written);
-        (
-            Output {
-                path,
-                state: Mutex::new(State {
-                    file,
-                    written,
-                    cap,
-                    truncated: false,
-                    tail: VecDeque::new(),
-                    scrub: Scrubber::new(secrets),
-                }),
-                grew,
-            },
-            err,
-        )
+        Output {
+            path,
+            state: Mutex::new(State {
+                file: LogFile::NotYet,
+                written,
+                cap,
+                truncated: false,
+                tail: VecDeque::new(),
+                scrub: Scrubber::new(secrets),
+            }),
+            grew,
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -198,11 +190,26 @@ impl Output {
             piece.extend_from_slice(marker.as_bytes());
             st.truncated = true;
         }
-        if let Some(f) = &mut st.file
+        if let LogFile::NotYet = st.file {
+            st.file = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&self.path)
+            {
+                Ok(f) => LogFile::Open(f),
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e,
+                        "cannot create a job's log file; keeping its output in memory");
+                    LogFile::Failed
+                }
+            };
+        }
+        if let LogFile::Open(f) = &mut st.file
             && f.write_all(&piece).is_err()
         {
             // A full disk must not stop the job; the tail in memory still has it.
-            st.file = None;
+            st.file = LogFile::Failed;
         }
         st.written += piece.len() as u64;
         st.tail.extend(piece);
@@ -263,7 +270,7 @@ mod tests {
 
     fn log(dir: &Path, cap: u64, secrets: &[&str]) -> Output {
         let secrets = secrets.iter().map(|s| s.as_bytes().to_vec()).collect();
-        Output::create(dir.join("j.log"), cap, secrets).0
+        Output::create(dir.join("j.log"), cap, secrets)
     }
 
     #[test]

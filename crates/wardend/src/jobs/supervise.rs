@@ -257,7 +257,7 @@ impl Watch<'_> {
 
 /// Which process of a job a cgroup is for.
 #[derive(Debug, Clone, Copy)]
-enum Part {
+pub(super) enum Part {
     Main,
     Rollback,
     Reconcile,
@@ -276,7 +276,7 @@ impl Jobs {
     /// Each gets its own: a cgroup that has been killed kills every process later created in it
     /// with `CLONE_INTO_CGROUP` (seen on Linux 6.18), so a rollback must never start in the
     /// cgroup of the job it undoes.
-    fn cgroup_for(&self, job: &Job, what: Part) -> Option<JobCgroup> {
+    pub(super) fn cgroup_for(&self, job: &Job, what: Part) -> Option<JobCgroup> {
         let tree = self.cgroups.as_ref().ok()?;
         let name = match what {
             Part::Main => job.id.to_string(),
@@ -402,6 +402,7 @@ impl Jobs {
         job: Arc<Job>,
         values: BTreeMap<String, String>,
         turn: Option<oneshot::Receiver<()>>,
+        made: Option<JobCgroup>,
         mut control: mpsc::Receiver<Control>,
     ) {
         let queued = turn.is_some();
@@ -454,10 +455,13 @@ impl Jobs {
                 let msg =
                     format!("could not start: cannot find the groups of its run_as user: {e}");
                 self.finish(&job, JobState::Failed, Some(msg), None).await;
+                if let Some(cg) = &made {
+                    cg.remove();
+                }
                 return;
             }
         };
-        let cgroup = self.cgroup_for(&job, Part::Main);
+        let cgroup = made.or_else(|| self.cgroup_for(&job, Part::Main));
         let argv = render(&job.action.argv, &values);
         let ended = self
             .run_process(
@@ -607,7 +611,7 @@ impl Jobs {
             })
             .collect();
         let (control_tx, mut control_rx) = mpsc::channel(1);
-        let (output, _) = super::output::Output::create(
+        let output = super::output::Output::create(
             self.log_path(&record.job_id),
             self.settings.log_cap_bytes,
             Vec::new(),
