@@ -190,15 +190,21 @@ pub struct RunOptions {
 
 /// `warden run ACTION key=value…`
 pub async fn run(client: &mut Client, action: &str, pairs: &[String], o: RunOptions) -> ExitCode {
-    let info = match client.describe(action).await {
-        Ok(i) => i,
-        Err(e) => return fail(&e, o.json),
-    };
-    let params = match parse_params(&info, pairs) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("warden: {e}");
-            return ExitCode::from(exit::USAGE);
+    // The declaration is needed only to type the values given; without any, the daemon's own
+    // check of job.start says all there is to say, one round trip sooner.
+    let params = if pairs.is_empty() {
+        Map::new()
+    } else {
+        let info = match client.describe(action).await {
+            Ok(i) => i,
+            Err(e) => return fail(&e, o.json),
+        };
+        match parse_params(&info, pairs) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("warden: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
         }
     };
     // Ctrl-C is caught from before the job starts: one that comes while the job is being

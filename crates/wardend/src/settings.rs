@@ -187,7 +187,6 @@ echo "progress 60 settle the change is in place" >&"$WARDEN_STATUS_FD"
 sleep 4
 echo "progress 100 done" >&"$WARDEN_STATUS_FD""#;
 
-/// A TOML string literal.
 /// A path as literal text of an argv template: its braces doubled, so a directory named with
 /// `{` or `}` is not read as a placeholder.
 fn literal_arg(p: &Path) -> String {
@@ -197,6 +196,7 @@ fn literal_arg(p: &Path) -> String {
         .replace('}', "}}")
 }
 
+/// A TOML string literal.
 fn quoted_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }

@@ -511,7 +511,7 @@ async fn watch_streams_updates_until_the_job_ends() {
     let script = r#"s=$WARDEN_STATUS_FD
 echo "phase one" >&"$s"; sleep 0.3
 echo "progress 50 two halfway" >&"$s"; echo "nonsense line" >&"$s"; sleep 0.3
-echo 'result {{"ok": true}}' >&"$s"; echo "progress 100" >&"$s""#;
+echo "phase three" >&"$s"; echo 'result {{"ok": true}}' >&"$s"; echo "progress 100" >&"$s""#;
     let d = TestDaemon::start(&script_action("steps", script, &[], ""));
     let mut c = client(&d).await;
     let id = start(&mut c, "steps", json!({})).await.unwrap();
@@ -533,6 +533,11 @@ echo 'result {{"ok": true}}' >&"$s"; echo "progress 100" >&"$s""#;
     assert_eq!(last.state, JobState::Succeeded);
     assert_eq!(last.result, Some(json!({"ok": true})));
     assert_eq!(last.malformed_status_lines, 1);
+    // A new phase drops the message of the phase before.
+    assert_eq!(
+        (last.phase.as_deref(), last.message.as_deref()),
+        (Some("three"), None)
+    );
     assert!(
         updates.iter().any(|u| u.phase.as_deref() == Some("one")),
         "{updates:?}"

@@ -223,7 +223,13 @@ impl Watch<'_> {
                 changed_phase
             }
             StatusLine::Phase(p) => {
-                self.job.update(|r| r.phase = Some(p));
+                self.job.update(|r| {
+                    // The message of the phase before would be stale.
+                    if r.phase.as_ref() != Some(&p) {
+                        r.message = None;
+                    }
+                    r.phase = Some(p);
+                });
                 true
             }
             StatusLine::Commit => {
