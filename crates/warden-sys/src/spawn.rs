@@ -77,9 +77,9 @@ pub struct Spec {
     pub stderr: OwnedFd,
     /// Write end of the status pipe; becomes descriptor [`STATUS_FD`].
     pub status: OwnedFd,
-    /// The job's cgroup: its directory (for `CLONE_INTO_CGROUP`) and its `cgroup.procs` opened
-    /// for writing (for the fallback, where the child moves itself in before anything runs).
-    pub cgroup: Option<(OwnedFd, OwnedFd)>,
+    /// The job's cgroup directory: the child is created in it (`CLONE_INTO_CGROUP`), or on the
+    /// fallback moves itself in through its `cgroup.procs` before anything runs.
+    pub cgroup: Option<OwnedFd>,
     /// `None` keeps the daemon's identity (a `--dev` daemon running actions as its own user).
     pub identity: Option<Identity>,
     /// Working directory, entered after the identity switch so its permissions are checked as
@@ -228,7 +228,7 @@ fn clone_child(plan: &mut ChildPlan<'_>) -> io::Result<Spawned> {
             stack_size: stack.len as u64,
             ..CloneArgs::default()
         };
-        if let Some((dir, _)) = &plan.spec.cgroup {
+        if let Some(dir) = &plan.spec.cgroup {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = dir.as_raw_fd() as u64;
         }
@@ -452,10 +452,16 @@ fn child_steps(plan: &mut ChildPlan<'_>) -> Result<std::convert::Infallible, i32
     unsafe {
         check(libc::setsid())?;
         if plan.join_cgroup
-            && let Some((_, procs)) = &spec.cgroup
+            && let Some(dir) = &spec.cgroup
         {
+            let procs = libc::openat(
+                dir.as_raw_fd(),
+                c"cgroup.procs".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            check(procs)?;
             let zero = b"0";
-            if libc::write(procs.as_raw_fd(), zero.as_ptr().cast(), zero.len()) != 1 {
+            if libc::write(procs, zero.as_ptr().cast(), zero.len()) != 1 {
                 return Err(errno());
             }
         }
@@ -850,6 +856,67 @@ mod tests {
             mask & (1 << (libc::SIGPIPE - 1)),
             0,
             "SIGPIPE is not ignored: {out}"
+        );
+    }
+
+    /// Pins: on the fallback for kernels without `clone3` (forced here), the child still moves
+    /// itself into its cgroup before the program runs.
+    #[test]
+    fn the_fork_fallback_moves_the_child_into_its_cgroup() {
+        if crate::users::effective_uid() != 0 {
+            assert!(
+                std::env::var_os("WARDEN_REQUIRE_ROOT_TESTS").is_none(),
+                "this test needs root and WARDEN_REQUIRE_ROOT_TESTS=1 forbids skipping it"
+            );
+            eprintln!("skipping: making a cgroup needs root");
+            return;
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let Some(mount) = mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split_whitespace().nth(4).unwrap().to_owned())
+        }) else {
+            eprintln!("skipping: no cgroup2 hierarchy");
+            return;
+        };
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::/"))
+            .unwrap()
+            .to_owned();
+        let name = format!("warden-sys-test-{}", std::process::id());
+        let dir = std::path::Path::new(&mount).join(&own).join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        NO_CLONE3.store(true, Ordering::Relaxed);
+        let (out_r, out_w) = pipe().unwrap();
+        let (_st_r, st_w) = pipe().unwrap();
+        let spec = Spec {
+            program: c("/bin/cat"),
+            argv: vec![c("/bin/cat"), c("/proc/self/cgroup")],
+            env: vec![],
+            stdin: std::fs::File::open("/dev/null").unwrap().into(),
+            stdout: out_w.try_clone().unwrap(),
+            stderr: out_w,
+            status: st_w,
+            cgroup: Some(std::fs::File::open(&dir).unwrap().into()),
+            identity: None,
+            cwd: c("/"),
+        };
+        let spawned = spawn(&spec);
+        NO_CLONE3.store(false, Ordering::Relaxed);
+        drop(spec);
+        let spawned = spawned.unwrap();
+        let mut out = String::new();
+        std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+        assert!(wait(&spawned.pidfd).success());
+        let _ = std::fs::remove_dir(&dir);
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("0::") && l.ends_with(&name)),
+            "{out}"
         );
     }
 

@@ -125,14 +125,9 @@ impl CgroupTree {
 }
 
 impl JobCgroup {
-    /// The cgroup's directory (to create the job's process inside it) and its `cgroup.procs`
-    /// opened for writing (for kernels where the process must move itself in).
-    pub(crate) fn handles(&self) -> io::Result<(OwnedFd, OwnedFd)> {
-        let dir = std::fs::File::open(&self.path)?;
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.path.join("cgroup.procs"))?;
-        Ok((dir.into(), procs.into()))
+    /// The cgroup's directory, to create the job's process inside it.
+    pub(crate) fn dir(&self) -> io::Result<OwnedFd> {
+        Ok(std::fs::File::open(&self.path)?.into())
     }
 
     /// SIGKILL to every process in the cgroup, at once.

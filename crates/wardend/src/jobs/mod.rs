@@ -30,7 +30,6 @@ use self::cgroup::CgroupTree;
 pub(crate) use self::ledger::LedgerError;
 use self::ledger::{Ledger, ListQuery, Row};
 use self::output::Output;
-use self::supervise::Part;
 pub(crate) use self::supervise::{CancelRefused, Control};
 
 /// How long an idempotency key returns the same job.
@@ -422,24 +421,14 @@ impl Jobs {
                 r.started_at = Some(r.created_at.clone());
             });
         }
-        let put = self.ledger.put(job.row());
-        // A job that runs at once gets its cgroup made while the ledger commits its record.
-        let (written, cgroup) = if turn.is_none() {
-            tokio::join!(put, async { self.cgroup_for(&job, Part::Main) })
-        } else {
-            (put.await, None)
-        };
-        if let Err(e) = written {
-            if let Some(cg) = cgroup {
-                cg.remove();
-            }
+        if let Err(e) = self.ledger.put(job.row()).await {
             self.forget(&job);
             return Err(e.into());
         }
         job.publish();
         let jobs = Arc::clone(self);
         self.tracker
-            .spawn(jobs.supervise(job, req.values, turn, cgroup, control_rx));
+            .spawn(jobs.supervise(job, req.values, turn, control_rx));
         Ok(JobStarted {
             job_id: id,
             existing: false,

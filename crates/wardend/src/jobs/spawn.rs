@@ -150,7 +150,7 @@ pub(crate) fn start(
         stdout: out_w.try_clone()?,
         stderr: out_w,
         status: status_w,
-        cgroup: cgroup.map(JobCgroup::handles).transpose()?,
+        cgroup: cgroup.map(JobCgroup::dir).transpose()?,
         identity,
         cwd: c_string(cwd.as_os_str().as_bytes().to_vec())?,
     };

@@ -108,6 +108,8 @@ struct Watch<'a> {
     lines: status::Lines,
     last_publish: Instant,
     flush_at: Option<Instant>,
+    /// The cgroup was found empty when the first process exited: nothing can enter it after.
+    found_empty: bool,
 }
 
 impl Watch<'_> {
@@ -144,12 +146,12 @@ impl Watch<'_> {
 
     /// After the first process exits, before it is reaped (its group can be named only until
     /// then): anything it left behind goes too.
-    fn kill_leftovers(&self) {
+    fn kill_leftovers(&mut self) {
         match self.cgroup {
             Some(cg) if cg.is_populated() => {
                 let _ = cg.kill();
             }
-            Some(_) => {}
+            Some(_) => self.found_empty = true,
             None => {
                 let _ = self.run.signal_group(warden_sys::spawn::SIGKILL);
             }
@@ -263,7 +265,7 @@ impl Watch<'_> {
 
 /// Which process of a job a cgroup is for.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Part {
+enum Part {
     Main,
     Rollback,
     Reconcile,
@@ -282,7 +284,7 @@ impl Jobs {
     /// Each gets its own: a cgroup that has been killed kills every process later created in it
     /// with `CLONE_INTO_CGROUP` (seen on Linux 6.18), so a rollback must never start in the
     /// cgroup of the job it undoes.
-    pub(super) fn cgroup_for(&self, job: &Job, what: Part) -> Option<JobCgroup> {
+    fn cgroup_for(&self, job: &Job, what: Part) -> Option<JobCgroup> {
         let tree = self.cgroups.as_ref().ok()?;
         let name = match what {
             Part::Main => job.id.to_string(),
@@ -334,6 +336,7 @@ impl Jobs {
             lines: status::Lines::default(),
             last_publish: Instant::now(),
             flush_at: None,
+            found_empty: false,
         };
         let (mut status_open, mut output_open) = (true, true);
         let mut status_buf = vec![0u8; 4096];
@@ -387,7 +390,9 @@ impl Jobs {
         if w.flush_at.is_some() {
             w.publish(Instant::now());
         }
-        if let Some(cg) = cgroup {
+        if let Some(cg) = cgroup
+            && !w.found_empty
+        {
             // The first process is gone and the pipes are closed; make sure nothing is left.
             if cg.is_populated() {
                 let _ = cg.kill();
@@ -408,7 +413,6 @@ impl Jobs {
         job: Arc<Job>,
         values: BTreeMap<String, String>,
         turn: Option<oneshot::Receiver<()>>,
-        made: Option<JobCgroup>,
         mut control: mpsc::Receiver<Control>,
     ) {
         let queued = turn.is_some();
@@ -461,13 +465,10 @@ impl Jobs {
                 let msg =
                     format!("could not start: cannot find the groups of its run_as user: {e}");
                 self.finish(&job, JobState::Failed, Some(msg), None).await;
-                if let Some(cg) = &made {
-                    cg.remove();
-                }
                 return;
             }
         };
-        let cgroup = made.or_else(|| self.cgroup_for(&job, Part::Main));
+        let cgroup = self.cgroup_for(&job, Part::Main);
         let argv = render(&job.action.argv, &values);
         let ended = self
             .run_process(
