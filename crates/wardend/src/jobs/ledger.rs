@@ -82,8 +82,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_requester ON jobs (requester_uid, created_ms);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
-CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (requester_uid, idempotency_key);
+DROP INDEX IF EXISTS jobs_by_state;
+DROP INDEX IF EXISTS jobs_by_key;
+-- Partial: a transition writes only the index pages that name it. The unfinished ones are
+-- what a restart looks for; keys are rare.
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (requester_uid, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 ";
 
 /// Jobs that were queued or running when the daemon stopped, now marked lost.
