@@ -402,16 +402,12 @@ impl Jobs {
         let turn = match self.admit(&job) {
             Ok(Admitted::Run(turn)) => turn,
             Ok(Admitted::Existing(job_id)) => {
-                self.discard_log(&id);
                 return Ok(JobStarted {
                     job_id,
                     existing: true,
                 });
             }
-            Err(e) => {
-                self.discard_log(&id);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         if turn.is_none() {
             // It runs at once: record it running in this first write instead of queued and then
@@ -480,18 +476,12 @@ impl Jobs {
         Ok(Admitted::Run(turn))
     }
 
-    /// Removes the log file of a job that will not run.
-    fn discard_log(&self, id: &JobId) {
-        let _ = std::fs::remove_file(self.log_path(id));
-    }
-
     fn known_key(&self, uid: Uid, key: &str) -> Option<JobId> {
         known(&mut self.table(), uid, key)
     }
 
     /// Removes a job that never got into the ledger.
     fn forget(&self, job: &Job) {
-        self.discard_log(&job.id);
         let mut t = self.table();
         t.jobs.remove(&job.id);
         if let Some(key) = &job.idempotency_key {
