@@ -65,7 +65,13 @@ impl CgroupTree {
         match std::fs::create_dir(&root) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+            // Said in `status`: name the directory, so whoever reads it knows what to delegate.
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", root.display()),
+                ));
+            }
         }
         // cgroup.kill (Linux 5.14) is what makes a cgroup worth having.
         let tree = CgroupTree { root };
