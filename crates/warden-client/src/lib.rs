@@ -15,7 +15,7 @@ use warden_proto::envelope::{self, Incoming};
 use warden_proto::frame::{read_frame, write_frame};
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, JobState};
 use warden_proto::messages::{
-    HealthResult, HelloResult, StatusResult, VersionResult, WhoamiResult,
+    AuditVerifyResult, HealthResult, HelloResult, StatusResult, VersionResult, WhoamiResult,
 };
 use warden_proto::{DEFAULT_MAX_FRAME, ErrorKind, PROTOCOL_VERSION, RpcError};
 
@@ -244,6 +244,11 @@ impl Client {
 
     pub async fn health(&mut self) -> Result<HealthResult, ClientError> {
         self.call("health", &serde_json::json!({})).await
+    }
+
+    /// Checks the audit log's hash chain (admin).
+    pub async fn audit_verify(&mut self) -> Result<AuditVerifyResult, ClientError> {
+        self.call("audit.verify", &serde_json::json!({})).await
     }
 
     pub async fn version(&mut self) -> Result<VersionResult, ClientError> {

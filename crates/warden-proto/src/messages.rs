@@ -58,6 +58,22 @@ pub struct VersionResult {
     pub protocol: u32,
 }
 
+/// Answer to `audit.verify`: whether the audit log's hash chain is whole, and if not, the
+/// first record where it breaks and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerifyResult {
+    pub intact: bool,
+    /// Records checked (up to the first bad one).
+    pub records: u64,
+    /// The last record the daemon wrote.
+    pub head_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_seq: Option<u64>,
+    /// `modified`, `missing`, `reordered` or `truncated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// Where a caller's tier came from, before any listener cap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case")]

@@ -20,10 +20,11 @@ pub enum Method {
     JobWait,
     JobLogs,
     JobWatch,
+    AuditVerify,
 }
 
 impl Method {
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -38,6 +39,7 @@ impl Method {
         Method::JobWait,
         Method::JobLogs,
         Method::JobWatch,
+        Method::AuditVerify,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Method {
             Method::JobWait => "job.wait",
             Method::JobLogs => "job.logs",
             Method::JobWatch => "job.watch",
+            Method::AuditVerify => "audit.verify",
         }
     }
 

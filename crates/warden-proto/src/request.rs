@@ -33,6 +33,7 @@ pub enum Request {
     JobWait(JobWaitParams),
     JobLogs(JobLogsParams),
     JobWatch(JobParams),
+    AuditVerify,
 }
 
 /// Longest idempotency key, in bytes.
@@ -235,6 +236,7 @@ impl Request {
             Method::Whoami => none(method, raw, Request::Whoami)?,
             Method::Status => none(method, raw, Request::Status)?,
             Method::ActionsList => none(method, raw, Request::ActionsList)?,
+            Method::AuditVerify => none(method, raw, Request::AuditVerify)?,
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -311,6 +313,7 @@ impl Request {
             Request::JobWait(_) => Method::JobWait,
             Request::JobLogs(_) => Method::JobLogs,
             Request::JobWatch(_) => Method::JobWatch,
+            Request::AuditVerify => Method::AuditVerify,
         }
     }
 }

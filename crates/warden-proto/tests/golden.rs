@@ -175,6 +175,7 @@ fn requests_match_their_fixtures_and_parse_back() {
             json!({"job_id": "job_3f2a9c0d5e7b8a61", "from": 0, "follow": true}),
         ),
         ("request.job_watch", Method::JobWatch, job),
+        ("request.audit_verify", Method::AuditVerify, json!({})),
     ];
     for (name, method, params) in cases {
         let bytes = envelope::request(1, method.as_str(), &params).unwrap();
@@ -207,6 +208,26 @@ fn results_match_their_fixtures() {
         "result.health",
         ok(&HealthResult {
             status: "ok".into(),
+        }),
+    );
+    check(
+        "result.audit_verify_intact",
+        ok(&AuditVerifyResult {
+            intact: true,
+            records: 1204,
+            head_seq: 1204,
+            first_bad_seq: None,
+            problem: None,
+        }),
+    );
+    check(
+        "result.audit_verify_broken",
+        ok(&AuditVerifyResult {
+            intact: false,
+            records: 41,
+            head_seq: 1204,
+            first_bad_seq: Some(42),
+            problem: Some("modified".into()),
         }),
     );
     check(

@@ -84,6 +84,11 @@ enum Command {
     },
     /// Cancel a job (before its commit point; after it only if its action can roll back).
     Cancel { id: String },
+    /// The audit log (admin).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Print a job's output.
     Logs {
         id: String,
@@ -102,6 +107,12 @@ enum Command {
         #[arg(long, default_value_t = 1, value_name = "N")]
         repeat: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain; exits 1 and names the first bad record if it is broken.
+    Verify,
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {
@@ -185,6 +196,16 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Job { id } => jobs::show(&mut client, &id, json).await,
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
         Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => client.audit_verify().await.map(|v| {
+            let code = show(json, &v, render::audit_verify);
+            if v.intact {
+                code
+            } else {
+                ExitCode::from(exit::ERROR)
+            }
+        }),
         Command::Version => unreachable!("handled above"),
     };
     match result {

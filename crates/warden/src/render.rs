@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use warden_proto::messages::{GrantSource, StatusResult, WhoamiResult};
+use warden_proto::messages::{AuditVerifyResult, GrantSource, StatusResult, WhoamiResult};
 
 /// `3d 4h`, `5m 12s`, `42s`.
 fn duration(ms: u64) -> String {
@@ -123,6 +123,16 @@ pub fn whoami(w: &WhoamiResult) -> String {
         w.listener.path, w.listener.max_tier
     );
     out
+}
+
+pub fn audit_verify(v: &AuditVerifyResult) -> String {
+    match (v.first_bad_seq, &v.problem) {
+        (Some(seq), Some(problem)) => format!(
+            "audit log broken at record {seq}: {problem} (records 1 to {} are intact; the daemon wrote {})\n",
+            v.records, v.head_seq
+        ),
+        _ => format!("audit log intact: {} records\n", v.records),
+    }
 }
 
 #[cfg(test)]

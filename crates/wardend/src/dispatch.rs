@@ -345,11 +345,11 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         ops: &shared.ops,
         target,
     };
-    let tier = match shared
+    match shared
         .policy
         .authorize(&caller.peer, &caller.listener, &request, &runtime)
     {
-        Decision::Allow { tier } => tier,
+        Decision::Allow { .. } => {}
         Decision::Deny { kind, reason, .. } => {
             let f = Failure::new(kind, reason);
             return failed_for(
@@ -362,14 +362,12 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
                 &f,
             );
         }
-    };
+    }
     // On a task of its own so a panic in the handler is caught and answered.
-    let handler = tokio::spawn(handlers::jobs::run(
+    let handler = tokio::spawn(handlers::run_later(
         Arc::clone(&shared),
         Arc::clone(&caller),
-        id.clone(),
         request,
-        tier,
         out,
     ));
     let result = match handler.await {

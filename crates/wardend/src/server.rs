@@ -21,6 +21,7 @@ use warden_policy::{ListenerPolicy, Policy};
 use warden_proto::messages::DaemonMode;
 use warden_proto::{ErrorKind, RpcError, Uid};
 
+use crate::audit::{AuditLog, Event};
 use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
 use crate::handlers::StaticStatus;
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub static_status: StaticStatus,
     /// Every job: live ones, concurrency groups, the ledger.
     pub jobs: Arc<Jobs>,
+    /// The hash-chained record of what happened.
+    pub audit: Arc<AuditLog>,
     /// Keeps peer-caused log lines from flooding the log.
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
@@ -80,6 +83,8 @@ pub enum StartError {
     Status(serde_json::Error),
     #[error(transparent)]
     Jobs(#[from] JobsError),
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 /// A daemon on its own runtime in a background thread (for tests and embedding). Stopped, with
@@ -147,12 +152,23 @@ impl Daemon {
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
         let static_status = StaticStatus::new(&policy).map_err(StartError::Status)?;
-        let (jobs, lost) = Jobs::open(&policy.state_dir, policy.jobs.clone()).await?;
+        let audit =
+            Arc::new(AuditLog::open(&policy.state_dir.join("audit")).map_err(StartError::Audit)?);
+        audit
+            .record_durable(Event {
+                reason: Some(format!("wardend {}", env!("CARGO_PKG_VERSION"))),
+                ..Event::new("daemon.start")
+            })
+            .await
+            .map_err(|e| StartError::Audit(std::io::Error::other(e.to_string())))?;
+        let (jobs, lost) =
+            Jobs::open(&policy.state_dir, policy.jobs.clone(), Arc::clone(&audit)).await?;
         let bound = listener::bind_all(&policy, activated, trusted_uid)?;
         jobs.recover(lost, &policy);
         let shared = Arc::new(Shared {
             static_status,
             jobs,
+            audit,
             ops: policy.ops.clone(),
             admission: Admission::new(policy.limits.clone()),
             policy,
@@ -256,6 +272,17 @@ impl Daemon {
                 "connections still open after the shutdown grace period; closing them"
             );
         }
+        // Every job's final state and every answer is recorded by now; the stop is the log's
+        // last record.
+        if let Err(e) = self
+            .shared
+            .audit
+            .record_durable(Event::new("daemon.stop"))
+            .await
+        {
+            tracing::error!(error = %e, "cannot record the daemon's stop in the audit log");
+        }
+        self.shared.audit.close();
     }
 }
 

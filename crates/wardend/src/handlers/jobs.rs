@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 use warden_policy::Checked;
-use warden_proto::envelope::Id;
 use warden_proto::jobs::{JobList, LogChunk, Requester, notification};
 use warden_proto::request::{
     JobListParams, JobLogsParams, JobParams, JobStartParams, JobWaitParams, Scope,
 };
-use warden_proto::{ErrorKind, JobId, Request, Tier};
+use warden_proto::{ErrorKind, JobId, Request};
 use warden_sys::fs::Beneath;
 
 use super::Reply;
@@ -33,9 +32,7 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 pub(crate) async fn run(
     shared: Arc<Shared>,
     caller: Arc<Caller>,
-    _id: Id<'static>,
     request: Request,
-    _tier: Tier,
     out: Outbound,
 ) -> Result<Reply<'static>, Failure> {
     match request {

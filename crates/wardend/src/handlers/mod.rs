@@ -2,6 +2,7 @@
 //! request, receives it already typed, and never checks permissions itself.
 
 mod actions;
+mod audit;
 mod introspect;
 pub(crate) mod jobs;
 mod session;
@@ -12,7 +13,8 @@ use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
-    HealthResult, HelloResult, ListenerInfo, PeerInfo, VersionResult, WhoamiResult,
+    AuditVerifyResult, HealthResult, HelloResult, ListenerInfo, PeerInfo, VersionResult,
+    WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -34,10 +36,11 @@ pub(crate) enum Reply<'a> {
     Job(Box<JobRecord>),
     Jobs(JobList),
     Logs(LogChunk),
+    AuditVerify(AuditVerifyResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
-/// which may need the ledger before the gate and may take long.
+/// which may need the ledger before the gate and may take long, and reading the audit log.
 pub(crate) fn runs_later(request: &Request) -> bool {
     matches!(
         request,
@@ -48,7 +51,21 @@ pub(crate) fn runs_later(request: &Request) -> bool {
             | Request::JobWait(_)
             | Request::JobLogs(_)
             | Request::JobWatch(_)
+            | Request::AuditVerify
     )
+}
+
+/// Runs a request that [`runs_later`], on its own task.
+pub(crate) async fn run_later(
+    shared: std::sync::Arc<Shared>,
+    caller: std::sync::Arc<crate::dispatch::Caller>,
+    request: Request,
+    out: crate::dispatch::Outbound,
+) -> Result<Reply<'static>, Failure> {
+    match request {
+        Request::AuditVerify => audit::verify(&shared).await,
+        request => jobs::run(shared, caller, request, out).await,
+    }
 }
 
 /// Runs the handler for an allowed request. `tier` is the caller's tier on its listener.
@@ -72,9 +89,10 @@ pub(crate) fn handle<'a>(
         | Request::JobCancel(_)
         | Request::JobWait(_)
         | Request::JobLogs(_)
-        | Request::JobWatch(_) => {
+        | Request::JobWatch(_)
+        | Request::AuditVerify => {
             return Err(Failure::internal(
-                "a job request reached the inline handlers",
+                "a request that runs on its own task reached the inline handlers",
             ));
         }
     })

@@ -170,8 +170,8 @@ impl Ledger {
     }
 
     /// Records a job as it now stands.
-    pub(crate) async fn put(&self, row: Row) -> Result<(), LedgerError> {
-        Ledger::with(&self.conn, |tx| put(tx, &row))
+    pub(crate) async fn put(&self, row: &Row) -> Result<(), LedgerError> {
+        Ledger::with(&self.conn, |tx| put(tx, row))
     }
 
     pub(crate) async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, LedgerError> {
@@ -401,13 +401,13 @@ mod tests {
         {
             let (l, lost) = Ledger::open(&path, 0, "t0", "m").unwrap();
             assert!(lost.is_empty());
-            l.put(row(record(1, 1000, JobState::Running), 10, Some("k")))
+            l.put(&row(record(1, 1000, JobState::Running), 10, Some("k")))
                 .await
                 .unwrap();
-            l.put(row(record(2, 1000, JobState::Succeeded), 20, None))
+            l.put(&row(record(2, 1000, JobState::Succeeded), 20, None))
                 .await
                 .unwrap();
-            l.put(row(record(3, 2000, JobState::Queued), 30, None))
+            l.put(&row(record(3, 2000, JobState::Queued), 30, None))
                 .await
                 .unwrap();
             let got = l.get(&JobId::from_random([2; 8])).await.unwrap().unwrap();
@@ -466,7 +466,7 @@ mod tests {
                 for i in from..from + 300 {
                     let mut r = record(0, 1, JobState::Succeeded);
                     r.job_id = JobId::from_random((u64::from(i)).to_be_bytes());
-                    l.put(row(r, i64::from(i), None)).await.unwrap();
+                    l.put(&row(r, i64::from(i), None)).await.unwrap();
                 }
             }
         };
@@ -503,7 +503,7 @@ mod tests {
             .map(|i| {
                 let l = l.clone();
                 tokio::spawn(async move {
-                    l.put(row(record(i, 1, JobState::Succeeded), i64::from(i), None))
+                    l.put(&row(record(i, 1, JobState::Succeeded), i64::from(i), None))
                         .await
                 })
             })

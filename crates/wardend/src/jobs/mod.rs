@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use crate::audit::{self, AuditLog};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -196,6 +197,8 @@ pub(crate) struct Jobs {
     table: Mutex<Table>,
     /// The supervisors, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Every state a job enters is recorded here too.
+    audit: Arc<AuditLog>,
 }
 
 impl Jobs {
@@ -204,6 +207,7 @@ impl Jobs {
     pub(crate) async fn open(
         state_dir: &Path,
         settings: JobSettings,
+        audit: Arc<AuditLog>,
     ) -> Result<(Arc<Jobs>, Vec<JobRecord>), JobsError> {
         let logs = state_dir.join("jobs");
         match std::fs::DirBuilder::new().mode(0o700).create(&logs) {
@@ -238,7 +242,11 @@ impl Jobs {
             settings,
             table: Mutex::new(Table::default()),
             tracker: TaskTracker::new(),
+            audit,
         });
+        for record in &lost {
+            jobs.audit_record(record);
+        }
         jobs.prune().await;
         // And every hour after, so a daemon that runs for months keeps only `history_days`.
         let weak = Arc::downgrade(&jobs);
@@ -417,7 +425,7 @@ impl Jobs {
                 r.started_at = Some(r.created_at.clone());
             });
         }
-        if let Err(e) = self.ledger.put(job.row()).await {
+        if let Err(e) = self.persist(&job).await {
             self.forget(&job);
             return Err(e.into());
         }
@@ -533,7 +541,39 @@ impl Jobs {
 
     /// Writes the job as it stands to the ledger.
     async fn persist(&self, job: &Job) -> Result<(), LedgerError> {
-        self.ledger.put(job.row()).await
+        let row = job.row();
+        self.ledger.put(&row).await?;
+        self.audit_record(&row.record);
+        Ok(())
+    }
+
+    /// Records in the audit log the state `record` has just been written with.
+    fn audit_record(&self, record: &JobRecord) {
+        let r = &record.requester;
+        let state = if record.committed && !record.state.is_terminal() {
+            "committed"
+        } else {
+            record.state.as_str()
+        };
+        self.audit.record(audit::Event {
+            peer: Some(audit::Peer {
+                uid: r.uid.0,
+                gid: r.gid.0,
+                pid: r.pid.0,
+                exe: r.exe.clone(),
+                client: Some(r.client.clone()),
+            }),
+            action: Some(record.action.to_string()),
+            params: serde_json::to_value(&record.params).ok(),
+            outcome: Some(state.to_owned()),
+            reason: record
+                .state
+                .is_terminal()
+                .then(|| record.message.clone())
+                .flatten(),
+            job_id: Some(record.job_id.to_string()),
+            ..audit::Event::new("job")
+        });
     }
 
     /// Cancels a job: a queued one at once; a running one before its commit point; after it

@@ -667,8 +667,9 @@ impl Jobs {
         job.update(|r| r.message = Some(outcome));
         let mut row = job.row();
         row.created_ms = 0;
-        if let Err(e) = self.ledger.put(row).await {
-            tracing::error!(job = %job.id, error = %e, "cannot record a reconcile");
+        match self.ledger.put(&row).await {
+            Ok(()) => self.audit_record(&row.record),
+            Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record a reconcile"),
         }
     }
 }
