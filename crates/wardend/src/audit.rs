@@ -17,7 +17,8 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
@@ -119,6 +120,9 @@ enum Op {
 #[derive(Debug)]
 pub(crate) struct AuditLog {
     path: PathBuf,
+    /// How many times the log was flushed to disk (group commit shows in it; read by tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    syncs: Arc<AtomicU64>,
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -152,11 +156,14 @@ impl AuditLog {
             .open(&path)?;
         let head = recover(&mut file)?;
         let (tx, rx) = mpsc::channel();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&syncs);
         let thread = std::thread::Builder::new()
             .name("warden-audit".into())
-            .spawn(move || serve(file, head, &rx))?;
+            .spawn(move || serve(file, head, &rx, &counted))?;
         Ok(AuditLog {
             path,
+            syncs,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -164,6 +171,12 @@ impl AuditLog {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Flushes to disk so far.
+    #[cfg(test)]
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     fn send(&self, op: Op) -> Result<(), AuditError> {
@@ -288,7 +301,7 @@ fn now_text() -> String {
 
 /// The writer thread: takes what is queued, writes it in one go, flushes once if anyone waits,
 /// then answers.
-fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>) {
+fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>, syncs: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -324,7 +337,7 @@ fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>) {
                 Op::Flush(_) => sync = true,
             }
         }
-        let written = append(&mut file, &buf, sync);
+        let written = append(&mut file, &buf, sync, syncs);
         if let Err(e) = &written {
             tracing::error!(error = %e, "cannot write the audit log; the records of this batch are lost");
             head = before;
@@ -351,15 +364,104 @@ fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>) {
 }
 
 /// Appends `buf` whole or not at all (a failed write is cut back off), flushing if `sync`.
-fn append(file: &mut File, buf: &[u8], sync: bool) -> io::Result<()> {
+fn append(file: &mut File, buf: &[u8], sync: bool, syncs: &AtomicU64) -> io::Result<()> {
     let len = file.metadata()?.len();
-    let result = file
-        .write_all(buf)
-        .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+    let result = file.write_all(buf).and_then(|()| {
+        if !sync {
+            return Ok(());
+        }
+        syncs.fetch_add(1, Ordering::Relaxed);
+        file.sync_data()
+    });
     if result.is_err() {
         let _ = file.set_len(len);
     }
     result
+}
+
+/// Denial records one uid may cause per [`DENIAL_WINDOW`]; past them its denials are counted
+/// and summed up in one record per window, so an unprivileged caller cannot grow the log
+/// without bound by asking for what it may not have.
+pub(crate) const DENIALS_RECORDED: u32 = 100;
+pub(crate) const DENIAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Denial counts per uid, for [`DENIALS_RECORDED`].
+#[derive(Debug, Default)]
+pub(crate) struct Denials {
+    windows: Mutex<std::collections::HashMap<u32, Window>>,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: std::time::Instant,
+    recorded: u32,
+    suppressed: u32,
+}
+
+impl Denials {
+    /// Whether a denial of `uid` now gets a record of its own (if not, it is counted).
+    pub(crate) fn admit(&self, uid: u32, now: std::time::Instant) -> bool {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let w = windows.entry(uid).or_insert(Window {
+            started: now,
+            recorded: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(w.started) >= DENIAL_WINDOW && w.suppressed == 0 {
+            // A new minute; one with suppressed denials waits for its summary first.
+            *w = Window {
+                started: now,
+                recorded: 0,
+                suppressed: 0,
+            };
+        }
+        if w.recorded < DENIALS_RECORDED {
+            w.recorded += 1;
+            true
+        } else {
+            w.suppressed += 1;
+            false
+        }
+    }
+
+    /// Summary records for every uid with counted denials whose window has passed (all of them
+    /// with `all`, at shutdown); their windows start again.
+    pub(crate) fn summaries(&self, now: std::time::Instant, all: bool) -> Vec<Event> {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        windows.retain(|&uid, w| {
+            let over = now.duration_since(w.started) >= DENIAL_WINDOW;
+            if w.suppressed > 0 && (over || all) {
+                out.push(Event {
+                    peer: Some(Peer {
+                        uid,
+                        gid: 0,
+                        pid: 0,
+                        exe: None,
+                        client: None,
+                    }),
+                    decision: Some("deny".into()),
+                    reason: Some(format!(
+                        "{} more denials of uid {uid} in {} s, after {} recorded one by one",
+                        w.suppressed,
+                        now.duration_since(w.started).as_secs().max(1),
+                        w.recorded
+                    )),
+                    ..Event::new("denied.summary")
+                });
+                *w = Window {
+                    started: now,
+                    recorded: 0,
+                    suppressed: 0,
+                };
+                true
+            } else {
+                // Quiet uids are forgotten once their window has passed.
+                !over
+            }
+        });
+        out
+    }
 }
 
 /// What is wrong with a log, at the first record where it shows.
@@ -508,6 +610,19 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// Pins: a durable record returns only after a flush of the log; a plain one causes none.
+    #[tokio::test]
+    async fn a_durable_record_is_flushed_before_it_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit")).unwrap();
+        log.record(event(1));
+        log.record_durable(event(2)).await.unwrap();
+        assert_eq!(log.syncs(), 1, "acknowledged after exactly one flush");
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        log.close();
+    }
+
     /// Pins: records chain from GENESIS with consecutive seq, the files are private, and an
     /// untouched log verifies.
     #[tokio::test]
@@ -638,6 +753,35 @@ mod tests {
 
     /// Pins: concurrent durable records all land, each acknowledged only once on disk, in one
     /// unbroken chain.
+    /// Pins: a uid gets DENIALS_RECORDED denial records per window, the rest are counted into
+    /// one summary, and another uid is not affected.
+    #[test]
+    fn denial_floods_are_summed_up_per_uid() {
+        let d = Denials::default();
+        let t0 = std::time::Instant::now();
+        let recorded = (0..250).filter(|_| d.admit(1000, t0)).count();
+        assert_eq!(recorded, DENIALS_RECORDED as usize);
+        assert!(d.admit(1001, t0), "another uid has its own share");
+        assert!(
+            d.summaries(t0, false).is_empty(),
+            "the window is still open"
+        );
+        let later = t0 + DENIAL_WINDOW;
+        let sums = d.summaries(later, false);
+        assert_eq!(sums.len(), 1);
+        assert_eq!(sums[0].peer.as_ref().unwrap().uid, 1000);
+        assert!(
+            sums[0]
+                .reason
+                .as_ref()
+                .unwrap()
+                .starts_with("150 more denials"),
+            "{:?}",
+            sums[0].reason
+        );
+        assert!(d.admit(1000, later), "a new window records again");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_durable_records_share_flushes_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
@@ -652,6 +796,9 @@ mod tests {
         for t in tasks {
             seqs.push(t.await.unwrap());
         }
+        // Without group commit, 200 durable records would take 200 flushes.
+        let syncs = log.syncs();
+        assert!(syncs < 200, "{syncs} flushes for 200 durable records");
         seqs.sort_unstable();
         seqs.dedup();
         assert_eq!(seqs.len(), 200, "every record got a place of its own");

@@ -22,6 +22,7 @@ use warden_proto::error::code;
 use warden_proto::request::ClientName;
 use warden_proto::{ErrorKind, Method, Request, RpcError, Tier, Uid};
 
+use crate::audit;
 use crate::handlers::{self, Reply};
 use crate::limits::{TokenBucket, retry_ms};
 use crate::server::Shared;
@@ -138,6 +139,8 @@ pub(crate) struct Failure {
     message: String,
     detail: Option<String>,
     retry_after: Option<Duration>,
+    /// Set when the id was already used elsewhere (a denial's audit record).
+    correlation: Option<String>,
 }
 
 impl Failure {
@@ -148,6 +151,7 @@ impl Failure {
             message: message.into(),
             detail: None,
             retry_after: None,
+            correlation: None,
         }
     }
 
@@ -296,7 +300,10 @@ fn run_inline<'a>(
         .authorize(&s.peer, &s.listener, &request, &runtime)
     {
         Decision::Allow { tier } => tier,
-        Decision::Deny { kind, reason, .. } => return Err(Failure::new(kind, reason)),
+        Decision::Deny { kind, reason, .. } => {
+            let client = s.client.as_ref().map(|c| c.as_str().to_owned());
+            return Err(denied(shared, &s.peer, client, &request, kind, reason));
+        }
     };
     // A bug in a handler must cost one request, not the daemon.
     catch_unwind(AssertUnwindSafe(|| {
@@ -351,7 +358,14 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
     {
         Decision::Allow { .. } => {}
         Decision::Deny { kind, reason, .. } => {
-            let f = Failure::new(kind, reason);
+            let f = denied(
+                &shared,
+                &caller.peer,
+                Some(caller.client.clone()),
+                &request,
+                kind,
+                reason,
+            );
             return failed_for(
                 &shared,
                 &caller.peer,
@@ -362,6 +376,26 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
                 &f,
             );
         }
+    }
+    // A request that changes something is on disk, decided, before anything happens.
+    let audited = audited(&shared, &caller, &request);
+    if let Some(event) = &audited
+        && let Err(e) = shared.audit.record_durable(event.clone()).await
+    {
+        let mut f = Failure::new(
+            ErrorKind::Unavailable,
+            "the audit log cannot be written; nothing was done",
+        );
+        f.detail = Some(e.to_string());
+        return failed_for(
+            &shared,
+            &caller.peer,
+            &caller.listener,
+            &caller.span,
+            Some(&id),
+            Some(method),
+            &f,
+        );
     }
     // On a task of its own so a panic in the handler is caught and answered.
     let handler = tokio::spawn(handlers::run_later(
@@ -378,6 +412,22 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             "the daemon is shutting down",
         )),
     };
+    if let Some(mut event) = audited {
+        event.event = "request.outcome".into();
+        match &result {
+            Ok(handlers::Reply::Started(s)) => {
+                event.outcome = Some("ok".into());
+                event.job_id = Some(s.job_id.to_string());
+            }
+            Ok(handlers::Reply::Job(r)) => event.outcome = Some(r.state.as_str().into()),
+            Ok(_) => event.outcome = Some("ok".into()),
+            Err(f) => {
+                event.outcome = Some(f.kind.as_str().into());
+                event.reason = Some(f.message.clone());
+            }
+        }
+        shared.audit.record(event);
+    }
     match result {
         Ok(reply) => encoded(envelope::result_frame(&id, &reply)),
         Err(f) => failed_for(
@@ -390,6 +440,74 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             &f,
         ),
     }
+}
+
+/// The audit view of a caller.
+fn audit_peer(peer: &PeerIdentity, client: Option<String>) -> audit::Peer {
+    audit::Peer {
+        uid: peer.uid.0,
+        gid: peer.gid.0,
+        pid: peer.pid.0,
+        exe: peer.exe.as_ref().map(|e| e.to_string_lossy().into_owned()),
+        client,
+    }
+}
+
+/// The audit record of `request` if it changes something: starting a mutating action, or
+/// cancelling a job. Parameters come redacted by the action's declaration.
+fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit::Event> {
+    let mut event = audit::Event {
+        peer: Some(audit_peer(&caller.peer, Some(caller.client.clone()))),
+        method: Some(request.method().to_string()),
+        decision: Some("allow".into()),
+        ..audit::Event::new("request")
+    };
+    match request {
+        Request::JobStart(p) => {
+            let action = shared.policy.actions.get(&p.action)?;
+            if !action.mutating {
+                return None;
+            }
+            event.action = Some(p.action.to_string());
+            event.params = serde_json::to_value(action.redact(&p.params)).ok();
+        }
+        Request::JobCancel(p) => event.job_id = Some(p.job_id.to_string()),
+        _ => return None,
+    }
+    Some(event)
+}
+
+/// The answer to a request the gate refused, and its audit record under the same correlation
+/// id (unless this caller's uid is past its share of denial records this minute: then it is
+/// only counted, for a summary).
+fn denied(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    client: Option<String>,
+    request: &Request,
+    kind: ErrorKind,
+    reason: String,
+) -> Failure {
+    let cid = correlation_id();
+    if shared.denials.admit(peer.uid.0, std::time::Instant::now()) {
+        let action = match request {
+            Request::JobStart(p) => Some(p.action.to_string()),
+            _ => None,
+        };
+        shared.audit.record(audit::Event {
+            peer: Some(audit_peer(peer, client)),
+            method: Some(request.method().to_string()),
+            action,
+            decision: Some("deny".into()),
+            reason: Some(reason.clone()),
+            outcome: Some(kind.as_str().into()),
+            correlation_id: Some(cid.clone()),
+            ..audit::Event::new("denied")
+        });
+    }
+    let mut f = Failure::new(kind, reason);
+    f.correlation = Some(cid);
+    f
 }
 
 /// A method name fit for an error message and a log line: at most 64 characters, escaped.
@@ -438,7 +556,8 @@ fn failed_for(
 
 /// The wire error for `f`; its internal `detail` only when `admin`.
 fn to_rpc(f: &Failure, admin: bool) -> RpcError {
-    let mut err = RpcError::with_code(f.code, f.kind, f.message.clone(), correlation_id());
+    let cid = f.correlation.clone().unwrap_or_else(correlation_id);
+    let mut err = RpcError::with_code(f.code, f.kind, f.message.clone(), cid);
     if let Some(wait) = f.retry_after {
         err = err.retry_after_ms(retry_ms(wait));
     }

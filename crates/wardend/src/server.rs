@@ -21,7 +21,7 @@ use warden_policy::{ListenerPolicy, Policy};
 use warden_proto::messages::DaemonMode;
 use warden_proto::{ErrorKind, RpcError, Uid};
 
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditLog, DENIAL_WINDOW, Denials, Event};
 use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
 use crate::handlers::StaticStatus;
@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub jobs: Arc<Jobs>,
     /// The hash-chained record of what happened.
     pub audit: Arc<AuditLog>,
+    /// Denial records per uid, so a flood is summed up instead of filling the audit log.
+    pub denials: Denials,
     /// Keeps peer-caused log lines from flooding the log.
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
@@ -169,6 +171,7 @@ impl Daemon {
             static_status,
             jobs,
             audit,
+            denials: Denials::default(),
             ops: policy.ops.clone(),
             admission: Admission::new(policy.limits.clone()),
             policy,
@@ -197,6 +200,23 @@ impl Daemon {
             );
             accept_loops.push(tokio::spawn(accept_loop(Arc::clone(&shared), b)));
         }
+        // Summaries of denial floods, once a minute.
+        let summaries = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DENIAL_WINDOW);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = summaries.shutdown.cancelled() => break,
+                }
+                for summary in summaries
+                    .denials
+                    .summaries(std::time::Instant::now(), false)
+                {
+                    summaries.audit.record(summary);
+                }
+            }
+        });
         Ok(Daemon {
             shared,
             sockets,
@@ -272,8 +292,15 @@ impl Daemon {
                 "connections still open after the shutdown grace period; closing them"
             );
         }
-        // Every job's final state and every answer is recorded by now; the stop is the log's
-        // last record.
+        // Every job's final state and every answer is recorded by now; denials still being
+        // counted are summed up; the stop is the log's last record.
+        for summary in self
+            .shared
+            .denials
+            .summaries(std::time::Instant::now(), true)
+        {
+            self.shared.audit.record(summary);
+        }
         if let Err(e) = self
             .shared
             .audit

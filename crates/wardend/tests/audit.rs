@@ -65,7 +65,10 @@ async fn jobs_are_recorded_in_an_intact_chain_without_secrets() {
     d.stop();
 
     let text = std::fs::read_to_string(dir.path().join("state/audit/audit.log")).unwrap();
-    assert!(!text.contains(SECRET), "a secret reached the audit log:\n{text}");
+    assert!(
+        !text.contains(SECRET),
+        "a secret reached the audit log:\n{text}"
+    );
     let all = records(dir.path());
     assert_eq!(all.first().unwrap()["event"], "daemon.start");
     assert_eq!(all.last().unwrap()["event"], "daemon.stop");
@@ -116,5 +119,241 @@ async fn a_record_changed_while_stopped_is_found_after_a_restart() {
         (v.first_bad_seq, v.problem.as_deref()),
         (Some(2), Some("modified"))
     );
-    assert!(v.head_seq > lines.len() as u64, "the restarted daemon went on writing");
+    assert!(
+        v.head_seq > lines.len() as u64,
+        "the restarted daemon went on writing"
+    );
+}
+
+/// A daemon with an admin socket, a read-only one, and a mutating action with a secret.
+fn two_socket_daemon(dir: &Path) -> DaemonThread {
+    let text = warden_testkit::config(
+        r#"[daemon]
+runtime_dir = "{dir}/run"
+state_dir = "{dir}/state"
+[limits]
+requests_per_second = 100000
+burst = 100000
+uid_requests_per_second = 100000
+uid_burst = 100000
+[[listener]]
+path = "{dir}/run/admin.sock"
+mode = "0600"
+[[listener]]
+path = "{dir}/run/ro.sock"
+mode = "0600"
+max_tier = "read_only"
+[[action]]
+name = "apply"
+argv = ["/bin/sh", "-c", "exit 0", "apply", "{n}", "{token}"]
+tier = "operator"
+mutating = true
+[action.params.n]
+type = "int"
+min = 0
+max = 1000000
+[action.params.token]
+type = "string"
+secret = true
+"#,
+        dir,
+    );
+    Daemon::spawn_thread(Settings::from_toml(&text, "test", DaemonMode::System).unwrap()).unwrap()
+}
+
+/// Pins: a mutating request is recorded (decided, params redacted) before it runs and again with
+/// its outcome; a denial is recorded under the correlation id its caller got; a flood of denials
+/// from one uid is summed up after 100 records; the chain stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_requests_and_denials_are_recorded() {
+    if !warden_testkit::root_or_skip("mutating_requests_and_denials_are_recorded") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let d = two_socket_daemon(dir.path());
+    let admin_sock = dir.path().join("run/admin.sock");
+    let ro_sock = dir.path().join("run/ro.sock");
+    let mut admin = Client::connect(&admin_sock, "audit-admin").await.unwrap();
+    let params: Map<String, Value> = json!({"n": 7, "token": SECRET})
+        .as_object()
+        .unwrap()
+        .clone();
+    let id = admin.start("apply", &params, None).await.unwrap().job_id;
+    admin.wait(id.as_str(), 30_000).await.unwrap();
+    admin.cancel(id.as_str()).await.unwrap();
+
+    // Root on the read-only socket is a viewer: 250 refused starts and one refused verify.
+    let mut viewer = Client::connect(&ro_sock, "audit-viewer").await.unwrap();
+    let first = viewer.start("apply", &params, None).await.unwrap_err();
+    let first_cid = match &first {
+        warden_client::ClientError::Rpc(e) => e.data.correlation_id.clone(),
+        other => panic!("{other}"),
+    };
+    for _ in 0..249 {
+        viewer.start("apply", &params, None).await.unwrap_err();
+    }
+    viewer.audit_verify().await.unwrap_err();
+    drop((admin, viewer));
+    d.stop();
+
+    let text = std::fs::read_to_string(dir.path().join("state/audit/audit.log")).unwrap();
+    assert!(!text.contains(SECRET), "a secret reached the audit log");
+    let all = records(dir.path());
+    let of = |event: &str| -> Vec<&Value> { all.iter().filter(|r| r["event"] == event).collect() };
+    let request = of("request");
+    let start = request.iter().find(|r| r["method"] == "job.start").unwrap();
+    assert_eq!(start["decision"], "allow");
+    assert_eq!(start["params"]["n"], 7);
+    assert_eq!(start["params"]["token"], "<redacted>");
+    assert_eq!(start["peer"]["client"], "audit-admin");
+    let outcome = of("request.outcome");
+    let started = outcome.iter().find(|r| r["method"] == "job.start").unwrap();
+    assert_eq!(
+        (started["outcome"].as_str(), started["job_id"].as_str()),
+        (Some("ok"), Some(id.as_str()))
+    );
+    assert!(
+        start["seq"].as_u64() < started["seq"].as_u64(),
+        "decided before it ran"
+    );
+    let cancel = request
+        .iter()
+        .find(|r| r["method"] == "job.cancel")
+        .unwrap();
+    assert_eq!(cancel["job_id"], id.as_str());
+
+    let denied = of("denied");
+    assert_eq!(denied.len(), 100, "one uid's denial records stop at 100");
+    assert_eq!(denied[0]["correlation_id"], first_cid.as_str());
+    assert_eq!(denied[0]["outcome"], "forbidden");
+    assert_eq!(denied[0]["action"], "apply");
+    let summary = of("denied.summary");
+    assert_eq!(summary.len(), 1);
+    let why = summary[0]["reason"].as_str().unwrap();
+    assert!(why.starts_with("151 more denials of uid 0"), "{why}");
+
+    // The chain is whole, as a restarted daemon sees it.
+    let d = two_socket_daemon(dir.path());
+    let mut admin = Client::connect(&admin_sock, "audit-admin").await.unwrap();
+    assert!(admin.audit_verify().await.unwrap().intact);
+    drop(admin);
+    d.stop();
+}
+
+/// Pins: with 64 clients sending mutating requests, a daemon killed with SIGKILL mid-flood has on
+/// disk the record of every request it answered with success, and the chain verifies after a
+/// restart (a record cut off mid-write was never answered, and is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_mutating_request_is_on_disk_after_a_kill() {
+    if !warden_testkit::root_or_skip("every_answered_mutating_request_is_on_disk_after_a_kill") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let d = dir.path().display().to_string();
+    let config = dir.path().join("warden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[daemon]
+runtime_dir = "{d}/run"
+state_dir = "{d}/state"
+[limits]
+max_connections = 200
+max_connections_per_uid = 200
+requests_per_second = 100000
+burst = 100000
+uid_requests_per_second = 100000
+uid_burst = 100000
+[jobs]
+max_active_per_uid = 100000
+[[listener]]
+path = "{d}/run/w.sock"
+mode = "0600"
+[[action]]
+name = "mark"
+argv = ["/bin/true", "{{n}}"]
+tier = "read_only"
+mutating = true
+[action.params.n]
+type = "int"
+min = 0
+max = 100000000
+"#
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wardend"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let socket = dir.path().join("run/w.sock");
+    let connect = |name: &'static str| {
+        let socket = socket.clone();
+        async move {
+            for _ in 0..500 {
+                if let Ok(c) = Client::connect(&socket, name).await {
+                    return c;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("wardend did not come up");
+        }
+    };
+    let mut daemon = spawn();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let clients: Vec<_> = (0..64i64)
+        .map(|i| {
+            let acked = acked.clone();
+            let connect = connect("flood");
+            tokio::spawn(async move {
+                let mut c = connect.await;
+                for k in 0.. {
+                    let n = i * 100_000 + k;
+                    let p = json!({ "n": n }).as_object().unwrap().clone();
+                    match c.start("mark", &p, None).await {
+                        Ok(_) => acked.lock().unwrap().push(n),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the flood build up, then kill the daemon in the middle of it.
+    while acked.lock().unwrap().len() < 500 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let text = std::fs::read_to_string(dir.path().join("state/audit/audit.log")).unwrap();
+    let on_disk: std::collections::HashSet<i64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"] == "request")
+        .filter_map(|r| r["params"]["n"].as_i64())
+        .collect();
+    let lost: Vec<_> = acked.iter().filter(|n| !on_disk.contains(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered requests have no record: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+
+    let mut daemon = spawn();
+    let mut c = connect("verify").await;
+    let v = c.audit_verify().await.unwrap();
+    assert!(v.intact, "{v:?}");
+    drop(c);
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
 }
