@@ -116,10 +116,77 @@ enum Op {
     Flush(oneshot::Sender<Result<Head, AuditError>>),
 }
 
+/// Records between seals.
+pub(crate) const SEAL_EVERY: u64 = 1000;
+
+/// Seals: `(seq, hash)` of the log's head every [`SEAL_EVERY`] records and at shutdown, kept in
+/// the ledger database, away from the log. A log cut short, even while the daemon was stopped,
+/// no longer reaches its last seal.
+#[derive(Debug)]
+pub(crate) struct Seals {
+    conn: rusqlite::Connection,
+}
+
+impl Seals {
+    /// Opens the seal table in the database at `path` (created 0600 if missing).
+    pub(crate) fn open(path: &Path) -> io::Result<Seals> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        let sql = |e: rusqlite::Error| io::Error::other(e.to_string());
+        let conn = rusqlite::Connection::open(path).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        // A seal is rare and must hold: each one is flushed to disk.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS audit_seals (
+                 seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL)",
+        )
+        .map_err(sql)?;
+        Ok(Seals { conn })
+    }
+
+    fn put(&self, head: &Head) -> io::Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO audit_seals (seq, hash, ts) VALUES (?1, ?2, ?3)",
+                rusqlite::params![head.seq as i64, head.hash, now_text()],
+            )
+            .map(|_| ())
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Every seal, oldest first.
+    pub(crate) fn all(&self) -> io::Result<Vec<Head>> {
+        let sql = |e: rusqlite::Error| io::Error::other(e.to_string());
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, hash FROM audit_seals ORDER BY seq")
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Head {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                })
+            })
+            .map_err(sql)?;
+        rows.collect::<Result<_, _>>().map_err(sql)
+    }
+}
+
 /// Handle to the audit log's writer thread.
 #[derive(Debug)]
 pub(crate) struct AuditLog {
     path: PathBuf,
+    /// Shared with the writer, which adds to them.
+    seals: Arc<Mutex<Seals>>,
     /// How many times the log was flushed to disk (group commit shows in it; read by tests).
     #[cfg_attr(not(test), allow(dead_code))]
     syncs: Arc<AtomicU64>,
@@ -141,7 +208,7 @@ impl AuditLog {
     /// Opens (creating) the log in `dir` and finds where its chain continues. A last line
     /// without its newline was cut off by a crash mid-write; it was never acknowledged (records
     /// are acknowledged only once flushed whole), so it is removed.
-    pub(crate) fn open(dir: &Path) -> io::Result<AuditLog> {
+    pub(crate) fn open(dir: &Path, seals: Seals) -> io::Result<AuditLog> {
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -154,15 +221,30 @@ impl AuditLog {
             .create(true)
             .mode(0o600)
             .open(&path)?;
-        let head = recover(&mut file)?;
+        let mut head = recover(&mut file)?;
+        // A log behind its last seal was cut short while the daemon was stopped. The chain goes
+        // on from the seal, so the gap stays visible to `verify` instead of being written over.
+        if let Some(last) = seals.all()?.pop()
+            && last.seq > head.seq
+        {
+            tracing::error!(
+                log_ends_at = head.seq,
+                sealed = last.seq,
+                "the audit log ends before its last seal: records were removed"
+            );
+            head = last;
+        }
+        let seals = Arc::new(Mutex::new(seals));
         let (tx, rx) = mpsc::channel();
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&syncs);
+        let sealer = Arc::clone(&seals);
         let thread = std::thread::Builder::new()
             .name("warden-audit".into())
-            .spawn(move || serve(file, head, &rx, &counted))?;
+            .spawn(move || serve(file, head, &rx, &counted, &sealer))?;
         Ok(AuditLog {
             path,
+            seals,
             syncs,
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
@@ -171,6 +253,14 @@ impl AuditLog {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every seal so far, oldest first.
+    pub(crate) fn seals(&self) -> io::Result<Vec<Head>> {
+        self.seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .all()
     }
 
     /// Flushes to disk so far.
@@ -301,7 +391,19 @@ fn now_text() -> String {
 
 /// The writer thread: takes what is queued, writes it in one go, flushes once if anyone waits,
 /// then answers.
-fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>, syncs: &AtomicU64) {
+fn serve(
+    mut file: File,
+    mut head: Head,
+    rx: &mpsc::Receiver<Op>,
+    syncs: &AtomicU64,
+    seals: &Mutex<Seals>,
+) {
+    let seal = |head: &Head| {
+        let store = seals.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = store.put(head) {
+            tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -310,6 +412,7 @@ fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>, syncs: &Atomic
         let mut sync = false;
         // Where each write landed, to answer it with its own place in the chain.
         let mut placed: Vec<Option<Head>> = Vec::with_capacity(batch.len());
+        let mut to_seal: Vec<Head> = Vec::new();
         for op in &batch {
             placed.push(None);
             match op {
@@ -330,6 +433,9 @@ fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>, syncs: &Atomic
                     if let Some(last) = placed.last_mut() {
                         *last = Some(head.clone());
                     }
+                    if head.seq.is_multiple_of(SEAL_EVERY) {
+                        to_seal.push(head.clone());
+                    }
                     buf.extend_from_slice(&line);
                     buf.push(b'\n');
                     sync |= entry.durable.is_some();
@@ -337,10 +443,14 @@ fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>, syncs: &Atomic
                 Op::Flush(_) => sync = true,
             }
         }
-        let written = append(&mut file, &buf, sync, syncs);
-        if let Err(e) = &written {
-            tracing::error!(error = %e, "cannot write the audit log; the records of this batch are lost");
-            head = before;
+        // A seal may only name records that are on disk.
+        let written = append(&mut file, &buf, sync || !to_seal.is_empty(), syncs);
+        match &written {
+            Ok(()) => to_seal.iter().for_each(&seal),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the audit log; the records of this batch are lost");
+                head = before;
+            }
         }
         for (op, place) in batch.into_iter().zip(placed) {
             let (ack, at) = match op {
@@ -358,8 +468,10 @@ fn serve(mut file: File, mut head: Head, rx: &mpsc::Receiver<Op>, syncs: &Atomic
             let _ = ack.send(answer);
         }
     }
-    if let Err(e) = file.sync_data() {
-        tracing::error!(error = %e, "cannot flush the audit log at close");
+    match file.sync_data() {
+        Ok(()) if head.seq > 0 => seal(&head),
+        Ok(()) => {}
+        Err(e) => tracing::error!(error = %e, "cannot flush the audit log at close"),
     }
 }
 
@@ -503,9 +615,9 @@ struct ReadLine {
     hash: String,
 }
 
-/// Checks the chain of the log at `path`. `head` is the last record the daemon knows it wrote
-/// (it makes a changed last record and a cut-off end detectable too).
-pub(crate) fn verify(path: &Path, head: Option<&Head>) -> io::Result<Verdict> {
+/// Checks the chain of the log at `path`. `head` is the last record the daemon knows it wrote,
+/// `seals` what was sealed (both make a changed last record and a cut-off end detectable too).
+pub(crate) fn verify(path: &Path, head: Option<&Head>, seals: &[Head]) -> io::Result<Verdict> {
     let data = match std::fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -553,10 +665,20 @@ pub(crate) fn verify(path: &Path, head: Option<&Head>) -> io::Result<Verdict> {
                 return broken(expected, problem);
             }
         }
+        if let Some(seal) = seals.iter().find(|s| s.seq == expected)
+            && seal.hash != line.hash
+        {
+            return broken(expected, Problem::Modified);
+        }
         prev_hash.clone_from(&line.hash);
         expected += 1;
     }
     let records = expected - 1;
+    if let Some(last) = seals.last()
+        && last.seq > records
+    {
+        return broken(records + 1, Problem::Truncated);
+    }
     if let Some(head) = head {
         if head.seq > records {
             return broken(records + 1, Problem::Truncated);
@@ -576,6 +698,15 @@ fn broken(seq: u64, problem: Problem) -> io::Result<Verdict> {
 mod tests {
     use super::*;
 
+    /// A log in `dir/audit` with its seals in `dir/ledger.db`.
+    fn open_in(dir: &Path) -> AuditLog {
+        AuditLog::open(
+            &dir.join("audit"),
+            Seals::open(&dir.join("ledger.db")).unwrap(),
+        )
+        .unwrap()
+    }
+
     fn event(n: u32) -> Event {
         Event {
             job_id: Some(format!("job_{n:016x}")),
@@ -586,7 +717,7 @@ mod tests {
     /// A log of `n` records in a fresh directory; returns the directory, the log and its head.
     async fn log_of(n: u32) -> (tempfile::TempDir, PathBuf, Head) {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(&dir.path().join("audit")).unwrap();
+        let log = open_in(dir.path());
         for i in 1..n {
             log.record(event(i));
         }
@@ -614,7 +745,7 @@ mod tests {
     #[tokio::test]
     async fn a_durable_record_is_flushed_before_it_is_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let log = AuditLog::open(&dir.path().join("audit")).unwrap();
+        let log = open_in(dir.path());
         log.record(event(1));
         log.record_durable(event(2)).await.unwrap();
         assert_eq!(log.syncs(), 1, "acknowledged after exactly one flush");
@@ -639,7 +770,7 @@ mod tests {
         assert_eq!(first["event"], "job");
         assert_eq!(hash(all[9].as_bytes()), head.hash);
         assert_eq!(
-            verify(&path, Some(&head)).unwrap(),
+            verify(&path, Some(&head), &[]).unwrap(),
             Verdict::Intact { records: 10 }
         );
         use std::os::unix::fs::PermissionsExt;
@@ -655,7 +786,7 @@ mod tests {
         let good = lines(&path);
         let check = |lines: Vec<String>, head: Option<&Head>| {
             write_lines(&path, &lines);
-            verify(&path, head).unwrap()
+            verify(&path, head, &[]).unwrap()
         };
         // A byte changed inside record 4 (not its seq).
         let mut edited = good.clone();
@@ -741,18 +872,66 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"seq\":4,\"ts\":\"2026").unwrap();
         drop(f);
-        let log = AuditLog::open(&dir.path().join("audit")).unwrap();
+        let log = open_in(dir.path());
         let head = log.record_durable(event(4)).await.unwrap();
         log.close();
         assert_eq!(head.seq, 4);
         assert_eq!(
-            verify(&path, Some(&head)).unwrap(),
+            verify(&path, Some(&head), &[]).unwrap(),
             Verdict::Intact { records: 4 }
         );
     }
 
     /// Pins: concurrent durable records all land, each acknowledged only once on disk, in one
     /// unbroken chain.
+    /// Pins: the head is sealed every SEAL_EVERY records and at close; a log cut short while
+    /// the daemon was stopped is found short of its last seal, and a reopened log goes on from
+    /// the seal so the gap stays visible.
+    #[tokio::test]
+    async fn seals_find_a_log_cut_short_while_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_in(dir.path());
+        for i in 0..2499 {
+            log.record(event(i));
+        }
+        log.record_durable(event(2499)).await.unwrap();
+        let path = log.path().to_owned();
+        log.close();
+        drop(log);
+        let seals = Seals::open(&dir.path().join("ledger.db"))
+            .unwrap()
+            .all()
+            .unwrap();
+        let sealed: Vec<u64> = seals.iter().map(|h| h.seq).collect();
+        assert_eq!(sealed, [1000, 2000, 2500]);
+        assert_eq!(
+            verify(&path, None, &seals).unwrap(),
+            Verdict::Intact { records: 2500 }
+        );
+
+        let cut: Vec<String> = lines(&path)[..1500].to_vec();
+        write_lines(&path, &cut);
+        assert_eq!(
+            verify(&path, None, &seals).unwrap(),
+            Verdict::Broken {
+                seq: 1501,
+                problem: Problem::Truncated
+            }
+        );
+        let log = open_in(dir.path());
+        let head = log.record_durable(event(9)).await.unwrap();
+        assert_eq!(head.seq, 2501, "the chain goes on from the last seal");
+        let seals = log.seals().unwrap();
+        assert_eq!(
+            verify(&path, Some(&head), &seals).unwrap(),
+            Verdict::Broken {
+                seq: 1501,
+                problem: Problem::Missing
+            }
+        );
+        log.close();
+    }
+
     /// Pins: a uid gets DENIALS_RECORDED denial records per window, the rest are counted into
     /// one summary, and another uid is not affected.
     #[test]
@@ -785,7 +964,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_durable_records_share_flushes_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
-        let log = std::sync::Arc::new(AuditLog::open(&dir.path().join("audit")).unwrap());
+        let log = std::sync::Arc::new(open_in(dir.path()));
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -805,7 +984,7 @@ mod tests {
         let head = log.flush().await.unwrap();
         assert_eq!(head.seq, 200);
         assert_eq!(
-            verify(log.path(), Some(&head)).unwrap(),
+            verify(log.path(), Some(&head), &[]).unwrap(),
             Verdict::Intact { records: 200 }
         );
     }

@@ -21,7 +21,7 @@ use warden_policy::{ListenerPolicy, Policy};
 use warden_proto::messages::DaemonMode;
 use warden_proto::{ErrorKind, RpcError, Uid};
 
-use crate::audit::{AuditLog, DENIAL_WINDOW, Denials, Event};
+use crate::audit::{AuditLog, DENIAL_WINDOW, Denials, Event, Seals};
 use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
 use crate::handlers::StaticStatus;
@@ -154,8 +154,11 @@ impl Daemon {
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
         let static_status = StaticStatus::new(&policy).map_err(StartError::Status)?;
-        let audit =
-            Arc::new(AuditLog::open(&policy.state_dir.join("audit")).map_err(StartError::Audit)?);
+        let audit = Arc::new(
+            Seals::open(&policy.state_dir.join("ledger.db"))
+                .and_then(|seals| AuditLog::open(&policy.state_dir.join("audit"), seals))
+                .map_err(StartError::Audit)?,
+        );
         audit
             .record_durable(Event {
                 reason: Some(format!("wardend {}", env!("CARGO_PKG_VERSION"))),

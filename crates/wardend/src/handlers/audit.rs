@@ -16,8 +16,12 @@ pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
         .map_err(|e| Failure::internal(e.to_string()))?;
     let path = shared.audit.path().to_owned();
     let checked = head.clone();
+    let seals = shared
+        .audit
+        .seals()
+        .map_err(|e| Failure::internal(format!("reading the audit seals: {e}")))?;
     // Reads the whole log: off the runtime's threads.
-    let verdict = tokio::task::spawn_blocking(move || audit::verify(&path, Some(&checked)))
+    let verdict = tokio::task::spawn_blocking(move || audit::verify(&path, Some(&checked), &seals))
         .await
         .map_err(|e| Failure::internal(e.to_string()))?
         .map_err(|e| Failure::internal(format!("reading the audit log: {e}")))?;
