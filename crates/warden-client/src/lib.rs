@@ -246,6 +246,14 @@ impl Client {
         self.call("health", &serde_json::json!({})).await
     }
 
+    /// Reads audit records (admin).
+    pub async fn audit_query(
+        &mut self,
+        params: &warden_proto::request::AuditQueryParams,
+    ) -> Result<warden_proto::messages::AuditQueryResult, ClientError> {
+        self.call("audit.query", params).await
+    }
+
     /// Checks the audit log's hash chain (admin).
     pub async fn audit_verify(&mut self) -> Result<AuditVerifyResult, ClientError> {
         self.call("audit.verify", &serde_json::json!({})).await

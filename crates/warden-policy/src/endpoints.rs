@@ -30,7 +30,7 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::Whoami => (Tier::ReadOnly, &[], false),
         Method::Status => (Tier::ReadOnly, &[], false),
         Method::ActionsList => (Tier::ReadOnly, &[], false),
-        Method::AuditVerify => (Tier::Admin, &[], false),
+        Method::AuditVerify | Method::AuditQuery => (Tier::Admin, &[], false),
         Method::ActionsDescribe => (Tier::ReadOnly, &[], false),
         // The action's own tier, ops and mutating flag apply on top.
         Method::JobStart => (Tier::ReadOnly, &[], false),

@@ -74,6 +74,14 @@ pub struct AuditVerifyResult {
     pub problem: Option<String>,
 }
 
+/// Answer to `audit.query`: the records that matched, oldest first, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditQueryResult {
+    pub records: Vec<serde_json::Value>,
+    /// The last record the daemon wrote.
+    pub head_seq: u64,
+}
+
 /// Where a caller's tier came from, before any listener cap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case")]

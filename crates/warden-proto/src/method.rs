@@ -21,10 +21,11 @@ pub enum Method {
     JobLogs,
     JobWatch,
     AuditVerify,
+    AuditQuery,
 }
 
 impl Method {
-    pub const ALL: [Method; 15] = [
+    pub const ALL: [Method; 16] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -40,6 +41,7 @@ impl Method {
         Method::JobLogs,
         Method::JobWatch,
         Method::AuditVerify,
+        Method::AuditQuery,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +61,7 @@ impl Method {
             Method::JobLogs => "job.logs",
             Method::JobWatch => "job.watch",
             Method::AuditVerify => "audit.verify",
+            Method::AuditQuery => "audit.query",
         }
     }
 

@@ -34,6 +34,7 @@ pub enum Request {
     JobLogs(JobLogsParams),
     JobWatch(JobParams),
     AuditVerify,
+    AuditQuery(AuditQueryParams),
 }
 
 /// Longest idempotency key, in bytes.
@@ -92,6 +93,38 @@ pub struct JobListParams {
     #[serde(default)]
     pub state: Option<JobState>,
     /// At most [`MAX_LIST`]; 50 when absent.
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// The most records one `audit.query` answers.
+pub const MAX_AUDIT_RECORDS: u32 = 1000;
+
+/// `audit.query {since, until, uid, action, job_id, decision, after_seq, limit}`: every field
+/// narrows the selection; the newest `limit` records that match are answered, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQueryParams {
+    /// RFC 3339 time; records at or after it.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// RFC 3339 time; records before it.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// The peer's uid.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub job_id: Option<String>,
+    /// `allow` or `deny`.
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// Only records after this `seq` (to follow the log).
+    #[serde(default)]
+    pub after_seq: Option<u64>,
+    /// At most [`MAX_AUDIT_RECORDS`]; 100 when absent.
     #[serde(default)]
     pub limit: Option<u32>,
 }
@@ -237,6 +270,7 @@ impl Request {
             Method::Status => none(method, raw, Request::Status)?,
             Method::ActionsList => none(method, raw, Request::ActionsList)?,
             Method::AuditVerify => none(method, raw, Request::AuditVerify)?,
+            Method::AuditQuery => Request::AuditQuery(typed(method, raw)?),
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -314,6 +348,7 @@ impl Request {
             Request::JobLogs(_) => Method::JobLogs,
             Request::JobWatch(_) => Method::JobWatch,
             Request::AuditVerify => Method::AuditVerify,
+            Request::AuditQuery(_) => Method::AuditQuery,
         }
     }
 }

@@ -176,6 +176,11 @@ fn requests_match_their_fixtures_and_parse_back() {
         ),
         ("request.job_watch", Method::JobWatch, job),
         ("request.audit_verify", Method::AuditVerify, json!({})),
+        (
+            "request.audit_query",
+            Method::AuditQuery,
+            json!({"since": "2026-11-29T00:00:00Z", "uid": 1000, "decision": "deny", "limit": 50}),
+        ),
     ];
     for (name, method, params) in cases {
         let bytes = envelope::request(1, method.as_str(), &params).unwrap();
@@ -228,6 +233,21 @@ fn results_match_their_fixtures() {
             head_seq: 1204,
             first_bad_seq: Some(42),
             problem: Some("modified".into()),
+        }),
+    );
+    check(
+        "result.audit_query",
+        ok(&AuditQueryResult {
+            records: vec![json!({
+                "seq": 41, "ts": "2026-11-29T22:41:08.892Z",
+                "prev": "5cb0708bfd226c307586efb999a988deb4e8584ae0e35de3090048a8326e129c",
+                "event": "denied",
+                "peer": {"uid": 1000, "gid": 1000, "pid": 4242, "exe": "/usr/bin/warden", "client": "warden-cli"},
+                "method": "job.start", "action": "restart-unit", "decision": "deny",
+                "reason": "restart-unit needs tier operator; you have read_only",
+                "outcome": "forbidden", "correlation_id": "9f0c2a41d3e87b65"
+            })],
+            head_seq: 1204,
         }),
     );
     check(

@@ -113,6 +113,21 @@ enum Command {
 enum AuditCommand {
     /// Check the audit log's hash chain; exits 1 and names the first bad record if it is broken.
     Verify,
+    /// Print the latest audit records.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        /// Keep printing new records (Ctrl-C stops).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only records about this uid.
+        #[arg(long)]
+        uid: Option<u32>,
+        /// Only records about this job.
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {
@@ -197,6 +212,23 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
         Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
         Command::Audit {
+            command:
+                AuditCommand::Tail {
+                    lines,
+                    follow,
+                    uid,
+                    job,
+                },
+        } => {
+            let filter = warden_proto::request::AuditQueryParams {
+                uid,
+                job_id: job,
+                limit: Some(lines),
+                ..Default::default()
+            };
+            return audit_tail(&mut client, filter, follow, json).await;
+        }
+        Command::Audit {
             command: AuditCommand::Verify,
         } => client.audit_verify().await.map(|v| {
             let code = show(json, &v, render::audit_verify);
@@ -211,6 +243,43 @@ async fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => fail(&e, json),
+    }
+}
+
+/// `warden audit tail`: the latest records, then (with `follow`) new ones as they come.
+async fn audit_tail(
+    client: &mut Client,
+    mut filter: warden_proto::request::AuditQueryParams,
+    follow: bool,
+    json: bool,
+) -> ExitCode {
+    loop {
+        let got = match client.audit_query(&filter).await {
+            Ok(g) => g,
+            Err(e) => return fail(&e, json),
+        };
+        for r in &got.records {
+            if json {
+                println!("{r}");
+            } else {
+                println!("{}", render::audit_record(r));
+            }
+        }
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        filter.after_seq = Some(
+            got.records
+                .last()
+                .and_then(|r| r["seq"].as_u64())
+                .unwrap_or(got.head_seq)
+                .max(filter.after_seq.unwrap_or(0)),
+        );
+        filter.limit = Some(warden_proto::request::MAX_AUDIT_RECORDS);
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
     }
 }
 

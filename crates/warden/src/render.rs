@@ -125,6 +125,25 @@ pub fn whoami(w: &WhoamiResult) -> String {
     out
 }
 
+/// One audit record on one line: seq, time, event, who, what, and how it went.
+pub fn audit_record(r: &serde_json::Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or("");
+    let seq = r["seq"].as_u64().unwrap_or(0);
+    let mut line = format!("{seq:>6} {} {:<15}", s("ts"), s("event"));
+    if let Some(uid) = r["peer"]["uid"].as_u64() {
+        let _ = write!(line, " uid {uid}");
+    }
+    for key in ["method", "action", "decision", "outcome", "job_id"] {
+        if !s(key).is_empty() {
+            let _ = write!(line, " {}", s(key));
+        }
+    }
+    if !s("reason").is_empty() {
+        let _ = write!(line, " ({})", s("reason"));
+    }
+    line
+}
+
 pub fn audit_verify(v: &AuditVerifyResult) -> String {
     match (v.first_bad_seq, &v.problem) {
         (Some(seq), Some(problem)) => format!(

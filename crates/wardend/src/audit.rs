@@ -690,6 +690,63 @@ pub(crate) fn verify(path: &Path, head: Option<&Head>, seals: &[Head]) -> io::Re
     Ok(Verdict::Intact { records })
 }
 
+/// What [`query`] selects; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    pub since: Option<std::time::SystemTime>,
+    pub until: Option<std::time::SystemTime>,
+    pub uid: Option<u32>,
+    pub action: Option<String>,
+    pub job_id: Option<String>,
+    pub decision: Option<String>,
+    pub after_seq: Option<u64>,
+}
+
+impl Filter {
+    fn matches(&self, r: &Value) -> bool {
+        let text = |key: &str, want: &Option<String>| {
+            want.as_deref().is_none_or(|w| r[key].as_str() == Some(w))
+        };
+        let ts = || {
+            r["ts"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+        };
+        self.after_seq
+            .is_none_or(|after| r["seq"].as_u64().is_some_and(|s| s > after))
+            && self
+                .uid
+                .is_none_or(|u| r["peer"]["uid"].as_u64() == Some(u64::from(u)))
+            && text("action", &self.action)
+            && text("job_id", &self.job_id)
+            && text("decision", &self.decision)
+            && self.since.is_none_or(|t| ts().is_some_and(|ts| ts >= t))
+            && self.until.is_none_or(|t| ts().is_some_and(|ts| ts < t))
+    }
+}
+
+/// The newest `limit` records of the log at `path` that match `filter`, oldest first.
+pub(crate) fn query(path: &Path, filter: &Filter, limit: usize) -> io::Result<Vec<Value>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut kept = std::collections::VecDeque::with_capacity(limit.min(1024));
+    for line in io::BufRead::split(io::BufReader::new(file), b'\n') {
+        let Ok(record) = serde_json::from_slice::<Value>(&line?) else {
+            continue;
+        };
+        if filter.matches(&record) {
+            if kept.len() == limit {
+                kept.pop_front();
+            }
+            kept.push_back(record);
+        }
+    }
+    Ok(kept.into())
+}
+
 fn broken(seq: u64, problem: Problem) -> io::Result<Verdict> {
     Ok(Verdict::Broken { seq, problem })
 }
@@ -930,6 +987,107 @@ mod tests {
             }
         );
         log.close();
+    }
+
+    /// Pins: a query selects by uid, action, job, decision, time and position, newest `limit`
+    /// last.
+    #[tokio::test]
+    async fn queries_narrow_by_each_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_in(dir.path());
+        for uid in [1000, 1001, 1000] {
+            log.record(Event {
+                peer: Some(Peer {
+                    uid,
+                    gid: uid,
+                    pid: 1,
+                    exe: None,
+                    client: None,
+                }),
+                action: Some("restart-unit".into()),
+                decision: Some(if uid == 1000 { "deny" } else { "allow" }.into()),
+                ..Event::new("request")
+            });
+        }
+        let head = log.record_durable(event(7)).await.unwrap();
+        let path = log.path().to_owned();
+        log.close();
+        let seqs = |f: Filter, limit| -> Vec<u64> {
+            query(&path, &f, limit)
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(seqs(Filter::default(), 100), [1, 2, 3, 4]);
+        assert_eq!(
+            seqs(Filter::default(), 2),
+            [3, 4],
+            "the newest, oldest first"
+        );
+        assert_eq!(
+            seqs(
+                Filter {
+                    uid: Some(1000),
+                    ..Filter::default()
+                },
+                100
+            ),
+            [1, 3]
+        );
+        assert_eq!(
+            seqs(
+                Filter {
+                    decision: Some("allow".into()),
+                    ..Filter::default()
+                },
+                100
+            ),
+            [2]
+        );
+        assert_eq!(
+            seqs(
+                Filter {
+                    job_id: Some(format!("job_{:016x}", 7)),
+                    ..Filter::default()
+                },
+                100
+            ),
+            [4]
+        );
+        assert_eq!(
+            seqs(
+                Filter {
+                    after_seq: Some(2),
+                    ..Filter::default()
+                },
+                100
+            ),
+            [3, 4]
+        );
+        let future = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(
+            seqs(
+                Filter {
+                    since: Some(future),
+                    ..Filter::default()
+                },
+                100
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            seqs(
+                Filter {
+                    until: Some(future),
+                    ..Filter::default()
+                },
+                100
+            )
+            .len(),
+            4
+        );
+        assert_eq!(head.seq, 4);
     }
 
     /// Pins: a uid gets DENIALS_RECORDED denial records per window, the rest are counted into

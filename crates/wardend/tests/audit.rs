@@ -193,6 +193,31 @@ async fn mutating_requests_and_denials_are_recorded() {
         viewer.start("apply", &params, None).await.unwrap_err();
     }
     viewer.audit_verify().await.unwrap_err();
+
+    // An admin reads them back, narrowed.
+    let q =
+        |p: Value| serde_json::from_value::<warden_proto::request::AuditQueryParams>(p).unwrap();
+    let denials = admin
+        .audit_query(&q(json!({"decision": "deny", "limit": 5})))
+        .await
+        .unwrap();
+    assert_eq!(denials.records.len(), 5);
+    assert!(denials.records.iter().all(|r| r["event"] == "denied"));
+    let of_job = admin
+        .audit_query(&q(json!({"job_id": id.as_str()})))
+        .await
+        .unwrap();
+    let events: Vec<&str> = of_job
+        .records
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        events.contains(&"request.outcome") && events.contains(&"job"),
+        "{events:?}"
+    );
+    let err = viewer.audit_query(&q(json!({}))).await.unwrap_err();
+    assert_eq!(err.kind(), Some(warden_proto::ErrorKind::Forbidden));
     drop((admin, viewer));
     d.stop();
 
@@ -230,7 +255,7 @@ async fn mutating_requests_and_denials_are_recorded() {
     let summary = of("denied.summary");
     assert_eq!(summary.len(), 1);
     let why = summary[0]["reason"].as_str().unwrap();
-    assert!(why.starts_with("151 more denials of uid 0"), "{why}");
+    assert!(why.starts_with("152 more denials of uid 0"), "{why}");
 
     // The chain is whole, as a restarted daemon sees it.
     let d = two_socket_daemon(dir.path());

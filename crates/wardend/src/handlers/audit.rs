@@ -1,6 +1,9 @@
-//! `audit.verify`: checks the audit log's hash chain against what the daemon last wrote.
+//! `audit.verify` checks the audit log's hash chain against what the daemon last wrote;
+//! `audit.query` reads records from it.
 
-use warden_proto::messages::AuditVerifyResult;
+use warden_proto::ErrorKind;
+use warden_proto::messages::{AuditQueryResult, AuditVerifyResult};
+use warden_proto::request::{AuditQueryParams, MAX_AUDIT_RECORDS};
 
 use super::Reply;
 use crate::audit::{self, Verdict};
@@ -40,5 +43,43 @@ pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
             first_bad_seq: Some(seq),
             problem: Some(problem.as_str().to_owned()),
         },
+    }))
+}
+
+pub(super) async fn query(shared: &Shared, p: AuditQueryParams) -> Result<Reply<'static>, Failure> {
+    let time = |name: &str, t: Option<String>| -> Result<_, Failure> {
+        t.map(|t| {
+            humantime::parse_rfc3339_weak(&t).map_err(|_| {
+                Failure::new(
+                    ErrorKind::BadRequest,
+                    format!("{name} must be an RFC 3339 time, e.g. 2026-11-29T08:00:00Z"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let filter = audit::Filter {
+        since: time("since", p.since)?,
+        until: time("until", p.until)?,
+        uid: p.uid,
+        action: p.action,
+        job_id: p.job_id,
+        decision: p.decision,
+        after_seq: p.after_seq,
+    };
+    let limit = p.limit.unwrap_or(100).min(MAX_AUDIT_RECORDS) as usize;
+    let head = shared
+        .audit
+        .flush()
+        .await
+        .map_err(|e| Failure::internal(e.to_string()))?;
+    let path = shared.audit.path().to_owned();
+    let records = tokio::task::spawn_blocking(move || audit::query(&path, &filter, limit))
+        .await
+        .map_err(|e| Failure::internal(e.to_string()))?
+        .map_err(|e| Failure::internal(format!("reading the audit log: {e}")))?;
+    Ok(Reply::AuditQuery(AuditQueryResult {
+        records,
+        head_seq: head.seq,
     }))
 }

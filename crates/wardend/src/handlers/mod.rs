@@ -13,8 +13,8 @@ use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
-    AuditVerifyResult, HealthResult, HelloResult, ListenerInfo, PeerInfo, VersionResult,
-    WhoamiResult,
+    AuditQueryResult, AuditVerifyResult, HealthResult, HelloResult, ListenerInfo, PeerInfo,
+    VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -37,6 +37,7 @@ pub(crate) enum Reply<'a> {
     Jobs(JobList),
     Logs(LogChunk),
     AuditVerify(AuditVerifyResult),
+    AuditQuery(AuditQueryResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
@@ -52,6 +53,7 @@ pub(crate) fn runs_later(request: &Request) -> bool {
             | Request::JobLogs(_)
             | Request::JobWatch(_)
             | Request::AuditVerify
+            | Request::AuditQuery(_)
     )
 }
 
@@ -64,6 +66,7 @@ pub(crate) async fn run_later(
 ) -> Result<Reply<'static>, Failure> {
     match request {
         Request::AuditVerify => audit::verify(&shared).await,
+        Request::AuditQuery(p) => audit::query(&shared, p).await,
         request => jobs::run(shared, caller, request, out).await,
     }
 }
@@ -90,7 +93,8 @@ pub(crate) fn handle<'a>(
         | Request::JobWait(_)
         | Request::JobLogs(_)
         | Request::JobWatch(_)
-        | Request::AuditVerify => {
+        | Request::AuditVerify
+        | Request::AuditQuery(_) => {
             return Err(Failure::internal(
                 "a request that runs on its own task reached the inline handlers",
             ));
