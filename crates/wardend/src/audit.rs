@@ -12,7 +12,6 @@
 //!
 //! Secrets never reach it: callers pass parameters already redacted.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -194,14 +193,15 @@ pub(crate) struct AuditLog {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Hex SHA-256 of `line`.
+/// Hex SHA-256 of `line`. (By table: `format!` per byte showed in profiles of the write path.)
 pub(crate) fn hash(line: &[u8]) -> String {
-    Sha256::digest(line)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in Sha256::digest(line) {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 impl AuditLog {
@@ -826,6 +826,11 @@ mod tests {
         );
         assert_eq!(first["event"], "job");
         assert_eq!(hash(all[9].as_bytes()), head.hash);
+        assert_eq!(
+            hash(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "SHA-256, in lowercase hex"
+        );
         assert_eq!(
             verify(&path, Some(&head), &[]).unwrap(),
             Verdict::Intact { records: 10 }
