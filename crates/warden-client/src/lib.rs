@@ -246,6 +246,38 @@ impl Client {
         self.call("health", &serde_json::json!({})).await
     }
 
+    /// The ops toggles in force.
+    pub async fn ops(&mut self) -> Result<warden_proto::messages::OpsResult, ClientError> {
+        self.call("ops.get", &serde_json::json!({})).await
+    }
+
+    /// Switches an ops toggle (admin).
+    pub async fn set_op(
+        &mut self,
+        name: &str,
+        enabled: bool,
+        reason: &str,
+    ) -> Result<warden_proto::messages::OpsResult, ClientError> {
+        let p = serde_json::json!({ "name": name, "enabled": enabled, "reason": reason });
+        self.call("ops.set", &p).await
+    }
+
+    /// Engages the lockdown (admin).
+    pub async fn lockdown_engage(
+        &mut self,
+        reason: &str,
+    ) -> Result<warden_proto::messages::LockdownResult, ClientError> {
+        self.call("lockdown.engage", &serde_json::json!({ "reason": reason }))
+            .await
+    }
+
+    /// Releases the lockdown (admin).
+    pub async fn lockdown_release(
+        &mut self,
+    ) -> Result<warden_proto::messages::LockdownResult, ClientError> {
+        self.call("lockdown.release", &serde_json::json!({})).await
+    }
+
     /// Reads audit records (admin).
     pub async fn audit_query(
         &mut self,

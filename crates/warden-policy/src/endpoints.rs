@@ -31,6 +31,11 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::Status => (Tier::ReadOnly, &[], false),
         Method::ActionsList => (Tier::ReadOnly, &[], false),
         Method::AuditVerify | Method::AuditQuery => (Tier::Admin, &[], false),
+        Method::OpsGet => (Tier::ReadOnly, &[], false),
+        Method::OpsSet => (Tier::Admin, &[], true),
+        // The brakes themselves must work while engaged: not mutating, so a lockdown never
+        // refuses its own release.
+        Method::LockdownEngage | Method::LockdownRelease => (Tier::Admin, &[], false),
         Method::ActionsDescribe => (Tier::ReadOnly, &[], false),
         // The action's own tier, ops and mutating flag apply on top.
         Method::JobStart => (Tier::ReadOnly, &[], false),

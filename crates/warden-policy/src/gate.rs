@@ -46,8 +46,19 @@ impl PeerIdentity {
 pub struct Runtime<'a> {
     /// Capability toggles in force.
     pub ops: &'a BTreeMap<String, bool>,
+    /// The kill switch, when engaged: every request that changes state is refused.
+    pub lockdown: Option<&'a Lockdown>,
     /// What the daemon knows about the thing the request names, looked up before the gate.
     pub target: Target,
+}
+
+/// An engaged lockdown: why, by whom, since when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lockdown {
+    pub reason: String,
+    pub by_uid: u32,
+    /// RFC 3339.
+    pub since: String,
 }
 
 /// Facts about a request's target that only the daemon's state can tell.
@@ -181,6 +192,17 @@ impl Policy {
                     format!("{} needs ops `{op}`, which is switched off", need.what),
                 );
             }
+        }
+        if need.mutating
+            && let Some(l) = runtime.lockdown
+        {
+            return deny(
+                ErrorKind::LockedDown,
+                format!(
+                    "{} changes state and warden is locked down (by uid {} since {}): {}",
+                    need.what, l.by_uid, l.since, l.reason
+                ),
+            );
         }
         if need.mutating {
             if let Some(uids) = &self.guards.mutating_uids
@@ -322,8 +344,47 @@ max_tier = "read_only"
     fn rt(ops: &BTreeMap<String, bool>) -> Runtime<'_> {
         Runtime {
             ops,
+            lockdown: None,
             target: Target::Nothing,
         }
+    }
+
+    /// Pins: a lockdown refuses what changes state, to everyone including root, with its reason
+    /// and who engaged it, and leaves the rest alone.
+    #[test]
+    fn a_lockdown_refuses_every_change_and_only_changes() {
+        let p = load(CONF).unwrap().policy;
+        let l = &p.listeners[0];
+        let ops = BTreeMap::new();
+        let lockdown = Lockdown {
+            reason: "incident 42".into(),
+            by_uid: 0,
+            since: "2026-11-29T23:00:00Z".into(),
+        };
+        let runtime = Runtime {
+            ops: &ops,
+            lockdown: Some(&lockdown),
+            target: Target::Nothing,
+        };
+        let root = peer(0, &[]);
+        match p.decide(&root, l, &mutating(Tier::ReadOnly, &[]), &runtime) {
+            Decision::Deny { kind, reason, .. } => {
+                assert_eq!(kind, ErrorKind::LockedDown);
+                assert!(
+                    reason.contains("incident 42") && reason.contains("uid 0"),
+                    "{reason}"
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        let read = Requirement {
+            mutating: false,
+            ..mutating(Tier::ReadOnly, &[])
+        };
+        assert!(matches!(
+            p.decide(&root, l, &read, &runtime),
+            Decision::Allow { .. }
+        ));
     }
 
     #[test]
@@ -537,12 +598,14 @@ ops = ["storage"]
         let get = Request::JobGet(JobParams { job_id: id.clone() });
         let owned_by = |uid| Runtime {
             ops: &o,
+            lockdown: None,
             target: Target::Job {
                 owner: Some(Uid(uid)),
             },
         };
         let missing = Runtime {
             ops: &o,
+            lockdown: None,
             target: Target::Job { owner: None },
         };
 

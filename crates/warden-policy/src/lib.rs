@@ -17,5 +17,5 @@ pub use actions::{ActionSpec, Checked, ParamError};
 pub use compile::{Directory, JobSettings, ListenerPolicy, Loaded, Policy};
 pub use config::{ConfigError, Problem};
 pub use endpoints::EndpointSpec;
-pub use gate::{Decision, PeerIdentity, Runtime};
+pub use gate::{Decision, Lockdown, PeerIdentity, Runtime};
 pub use tiers::Effective;

@@ -42,6 +42,9 @@ pub struct HelloResult {
     /// Capability toggles in force.
     pub ops: BTreeMap<String, bool>,
     pub listener: ListenerInfo,
+    /// Present while a lockdown refuses every request that changes state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockdown: Option<LockdownInfo>,
 }
 
 /// Answer to `health`.
@@ -72,6 +75,34 @@ pub struct AuditVerifyResult {
     /// `modified`, `missing`, `reordered` or `truncated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+}
+
+/// Answer to `ops.get` and `ops.set`: every toggle in force, and for `ops.set` the running jobs
+/// asked to stop because an op they need was switched off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpsResult {
+    pub ops: std::collections::BTreeMap<String, bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopping: Vec<crate::JobId>,
+}
+
+/// An engaged lockdown, as `hello`, `status` and `lockdown.*` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockdownInfo {
+    pub reason: String,
+    pub by_uid: u32,
+    /// RFC 3339.
+    pub since: String,
+}
+
+/// Answer to `lockdown.engage` and `lockdown.release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockdownResult {
+    /// `None` once released.
+    pub lockdown: Option<LockdownInfo>,
+    /// Running jobs that change state, asked to stop by the engagement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopping: Vec<crate::JobId>,
 }
 
 /// Answer to `audit.query`: the records that matched, oldest first, as written.
@@ -201,4 +232,7 @@ pub struct StatusResult {
     pub jobs: JobCounts,
     pub limits: Limits,
     pub listeners: Vec<ListenerInfo>,
+    /// Present while a lockdown refuses every request that changes state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lockdown: Option<LockdownInfo>,
 }

@@ -22,10 +22,14 @@ pub enum Method {
     JobWatch,
     AuditVerify,
     AuditQuery,
+    OpsGet,
+    OpsSet,
+    LockdownEngage,
+    LockdownRelease,
 }
 
 impl Method {
-    pub const ALL: [Method; 16] = [
+    pub const ALL: [Method; 20] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -42,6 +46,10 @@ impl Method {
         Method::JobWatch,
         Method::AuditVerify,
         Method::AuditQuery,
+        Method::OpsGet,
+        Method::OpsSet,
+        Method::LockdownEngage,
+        Method::LockdownRelease,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +70,10 @@ impl Method {
             Method::JobWatch => "job.watch",
             Method::AuditVerify => "audit.verify",
             Method::AuditQuery => "audit.query",
+            Method::OpsGet => "ops.get",
+            Method::OpsSet => "ops.set",
+            Method::LockdownEngage => "lockdown.engage",
+            Method::LockdownRelease => "lockdown.release",
         }
     }
 

@@ -35,6 +35,10 @@ pub enum Request {
     JobWatch(JobParams),
     AuditVerify,
     AuditQuery(AuditQueryParams),
+    OpsGet,
+    OpsSet(OpsSetParams),
+    LockdownEngage(LockdownParams),
+    LockdownRelease,
 }
 
 /// Longest idempotency key, in bytes.
@@ -95,6 +99,24 @@ pub struct JobListParams {
     /// At most [`MAX_LIST`]; 50 when absent.
     #[serde(default)]
     pub limit: Option<u32>,
+}
+
+/// `ops.set {name, enabled, reason}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSetParams {
+    pub name: String,
+    pub enabled: bool,
+    /// Why, for the audit log: 1 to 256 characters.
+    pub reason: String,
+}
+
+/// `lockdown.engage {reason}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockdownParams {
+    /// Why, shown to everyone refused meanwhile: 1 to 256 characters.
+    pub reason: String,
 }
 
 /// The most records one `audit.query` answers.
@@ -271,6 +293,10 @@ impl Request {
             Method::ActionsList => none(method, raw, Request::ActionsList)?,
             Method::AuditVerify => none(method, raw, Request::AuditVerify)?,
             Method::AuditQuery => Request::AuditQuery(typed(method, raw)?),
+            Method::OpsGet => none(method, raw, Request::OpsGet)?,
+            Method::OpsSet => Request::OpsSet(typed(method, raw)?),
+            Method::LockdownEngage => Request::LockdownEngage(typed(method, raw)?),
+            Method::LockdownRelease => none(method, raw, Request::LockdownRelease)?,
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -349,6 +375,10 @@ impl Request {
             Request::JobWatch(_) => Method::JobWatch,
             Request::AuditVerify => Method::AuditVerify,
             Request::AuditQuery(_) => Method::AuditQuery,
+            Request::OpsGet => Method::OpsGet,
+            Request::OpsSet(_) => Method::OpsSet,
+            Request::LockdownEngage(_) => Method::LockdownEngage,
+            Request::LockdownRelease => Method::LockdownRelease,
         }
     }
 }

@@ -176,6 +176,22 @@ fn requests_match_their_fixtures_and_parse_back() {
         ),
         ("request.job_watch", Method::JobWatch, job),
         ("request.audit_verify", Method::AuditVerify, json!({})),
+        ("request.ops_get", Method::OpsGet, json!({})),
+        (
+            "request.ops_set",
+            Method::OpsSet,
+            json!({"name": "storage", "enabled": false, "reason": "disk replacement"}),
+        ),
+        (
+            "request.lockdown_engage",
+            Method::LockdownEngage,
+            json!({"reason": "incident 42: keys may have leaked"}),
+        ),
+        (
+            "request.lockdown_release",
+            Method::LockdownRelease,
+            json!({}),
+        ),
         (
             "request.audit_query",
             Method::AuditQuery,
@@ -205,8 +221,35 @@ fn results_match_their_fixtures() {
             max_frame: 1_048_576,
             peer: peer(),
             tier: Tier::Operator,
-            ops,
+            ops: ops.clone(),
             listener: listener(),
+            lockdown: None,
+        }),
+    );
+    let lockdown = LockdownInfo {
+        reason: "incident 42: keys may have leaked".into(),
+        by_uid: 0,
+        since: "2026-11-29T23:00:00Z".into(),
+    };
+    check(
+        "result.ops",
+        ok(&OpsResult {
+            ops: ops.clone(),
+            stopping: vec![JobId::try_from("job_3f2a9c0d5e7b8a61".to_owned()).unwrap()],
+        }),
+    );
+    check(
+        "result.lockdown_engage",
+        ok(&LockdownResult {
+            lockdown: Some(lockdown),
+            stopping: vec![],
+        }),
+    );
+    check(
+        "result.lockdown_release",
+        ok(&LockdownResult {
+            lockdown: None,
+            stopping: vec![],
         }),
     );
     check(
@@ -305,6 +348,7 @@ fn results_match_their_fixtures() {
             },
             limits: Limits::default(),
             listeners: vec![listener()],
+            lockdown: None,
         }),
     );
 }

@@ -84,6 +84,16 @@ enum Command {
     },
     /// Cancel a job (before its commit point; after it only if its action can roll back).
     Cancel { id: String },
+    /// Show the ops toggles, or switch one (admin).
+    Ops {
+        #[command(subcommand)]
+        command: Option<OpsCommand>,
+    },
+    /// The kill switch: refuse every request that changes state (admin).
+    Lockdown {
+        #[command(subcommand)]
+        command: LockdownCommand,
+    },
     /// The audit log (admin).
     Audit {
         #[command(subcommand)]
@@ -107,6 +117,31 @@ enum Command {
         #[arg(long, default_value_t = 1, value_name = "N")]
         repeat: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum OpsCommand {
+    /// Switch a toggle on or off; off asks the running jobs that need it to stop.
+    Set {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LockdownCommand {
+    /// Engage it; running jobs that change state are asked to stop.
+    Engage {
+        /// Why, shown to everyone refused meanwhile.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Release it.
+    Release,
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +246,30 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Job { id } => jobs::show(&mut client, &id, json).await,
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
         Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
+        Command::Ops { command: None } => client.ops().await.map(|o| show(json, &o, render::ops)),
+        Command::Ops {
+            command:
+                Some(OpsCommand::Set {
+                    name,
+                    state,
+                    reason,
+                }),
+        } => client
+            .set_op(&name, state == "on", &reason)
+            .await
+            .map(|o| show(json, &o, render::ops)),
+        Command::Lockdown {
+            command: LockdownCommand::Engage { reason },
+        } => client
+            .lockdown_engage(&reason)
+            .await
+            .map(|l| show(json, &l, render::lockdown)),
+        Command::Lockdown {
+            command: LockdownCommand::Release,
+        } => client
+            .lockdown_release()
+            .await
+            .map(|l| show(json, &l, render::lockdown)),
         Command::Audit {
             command:
                 AuditCommand::Tail {

@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use warden_proto::messages::{AuditVerifyResult, GrantSource, StatusResult, WhoamiResult};
+use warden_proto::messages::{
+    AuditVerifyResult, GrantSource, LockdownResult, OpsResult, StatusResult, WhoamiResult,
+};
 
 /// `3d 4h`, `5m 12s`, `42s`.
 fn duration(ms: u64) -> String {
@@ -84,6 +86,13 @@ pub fn status(s: &StatusResult) -> String {
     );
     let _ = writeln!(out, "violations   {}", nonzero(&s.violations));
     let _ = writeln!(out, "refusals     {}", nonzero(&s.refusals));
+    if let Some(l) = &s.lockdown {
+        let _ = writeln!(
+            out,
+            "LOCKDOWN     by uid {} since {}: {} (warden lockdown release lifts it)",
+            l.by_uid, l.since, l.reason
+        );
+    }
     out
 }
 
@@ -122,6 +131,31 @@ pub fn whoami(w: &WhoamiResult) -> String {
         "listener {} (up to {})",
         w.listener.path, w.listener.max_tier
     );
+    out
+}
+
+pub fn ops(o: &OpsResult) -> String {
+    let mut out = String::new();
+    for (name, on) in &o.ops {
+        let _ = writeln!(out, "{name:<12} {}", if *on { "on" } else { "off" });
+    }
+    for id in &o.stopping {
+        let _ = writeln!(out, "stopping {id}");
+    }
+    out
+}
+
+pub fn lockdown(l: &LockdownResult) -> String {
+    let mut out = match &l.lockdown {
+        Some(d) => format!(
+            "locked down by uid {} since {}: {}\n",
+            d.by_uid, d.since, d.reason
+        ),
+        None => "lockdown released\n".to_owned(),
+    };
+    for id in &l.stopping {
+        let _ = writeln!(out, "stopping {id}");
+    }
     out
 }
 

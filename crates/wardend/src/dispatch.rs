@@ -291,14 +291,19 @@ fn run_inline<'a>(
     request: Request,
 ) -> Result<Reply<'a>, Failure> {
     let method = request.method();
-    let runtime = Runtime {
-        ops: &shared.ops,
-        target: Target::Nothing,
+    let decision = {
+        let ops = shared.brakes.ops();
+        let lockdown = shared.brakes.lockdown();
+        let runtime = Runtime {
+            ops: &ops,
+            lockdown: lockdown.as_ref(),
+            target: Target::Nothing,
+        };
+        shared
+            .policy
+            .authorize(&s.peer, &s.listener, &request, &runtime)
     };
-    let tier = match shared
-        .policy
-        .authorize(&s.peer, &s.listener, &request, &runtime)
-    {
+    let tier = match decision {
         Decision::Allow { tier } => tier,
         Decision::Deny { kind, reason, .. } => {
             let client = s.client.as_ref().map(|c| c.as_str().to_owned());
@@ -348,14 +353,20 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             }
         },
     };
-    let runtime = Runtime {
-        ops: &shared.ops,
-        target,
+    // The read guards end with this block: nothing here waits while holding them.
+    let decision = {
+        let ops = shared.brakes.ops();
+        let lockdown = shared.brakes.lockdown();
+        let runtime = Runtime {
+            ops: &ops,
+            lockdown: lockdown.as_ref(),
+            target,
+        };
+        shared
+            .policy
+            .authorize(&caller.peer, &caller.listener, &request, &runtime)
     };
-    match shared
-        .policy
-        .authorize(&caller.peer, &caller.listener, &request, &runtime)
-    {
+    match decision {
         Decision::Allow { .. } => {}
         Decision::Deny { kind, reason, .. } => {
             let f = denied(
@@ -453,8 +464,9 @@ fn audit_peer(peer: &PeerIdentity, client: Option<String>) -> audit::Peer {
     }
 }
 
-/// The audit record of `request` if it changes something: starting a mutating action, or
-/// cancelling a job. Parameters come redacted by the action's declaration.
+/// The audit record of `request` if it changes something: starting a mutating action,
+/// cancelling a job, switching an ops toggle, engaging or releasing the lockdown. Parameters
+/// come redacted by the action's declaration.
 fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit::Event> {
     let mut event = audit::Event {
         peer: Some(audit_peer(&caller.peer, Some(caller.client.clone()))),
@@ -472,6 +484,12 @@ fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit:
             event.params = serde_json::to_value(action.redact(&p.params)).ok();
         }
         Request::JobCancel(p) => event.job_id = Some(p.job_id.to_string()),
+        Request::OpsSet(p) => {
+            event.params = Some(serde_json::json!({ "name": p.name, "enabled": p.enabled }));
+            event.reason = Some(p.reason.clone());
+        }
+        Request::LockdownEngage(p) => event.reason = Some(p.reason.clone()),
+        Request::LockdownRelease => {}
         _ => return None,
     }
     Some(event)

@@ -7,6 +7,7 @@
 //! flags, sets up logging and signals, and calls [`Daemon::start`].
 
 mod audit;
+mod brakes;
 mod connection;
 mod dispatch;
 mod handlers;

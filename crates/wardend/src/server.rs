@@ -5,7 +5,6 @@
 //! cannot stall the loop. Refused connections get one `busy` frame written without blocking,
 //! then close.
 
-use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use warden_proto::messages::DaemonMode;
 use warden_proto::{ErrorKind, RpcError, Uid};
 
 use crate::audit::{AuditLog, DENIAL_WINDOW, Denials, Event, Seals};
+use crate::brakes::Brakes;
 use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
 use crate::handlers::StaticStatus;
@@ -38,7 +38,8 @@ use crate::stats::Stats;
 pub(crate) struct Shared {
     pub policy: Policy,
     /// Capability toggles in force (start from the policy's defaults).
-    pub ops: BTreeMap<String, bool>,
+    /// Ops toggles and the lockdown in force.
+    pub brakes: Brakes,
     pub mode: DaemonMode,
     /// For `status` uptime.
     pub started: Instant,
@@ -87,6 +88,8 @@ pub enum StartError {
     Jobs(#[from] JobsError),
     #[error("cannot open the audit log: {0}")]
     Audit(std::io::Error),
+    #[error("cannot read the saved ops toggles or lockdown: {0}")]
+    Brakes(std::io::Error),
 }
 
 /// A daemon on its own runtime in a background thread (for tests and embedding). Stopped, with
@@ -175,7 +178,7 @@ impl Daemon {
             jobs,
             audit,
             denials: Denials::default(),
-            ops: policy.ops.clone(),
+            brakes: Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?,
             admission: Admission::new(policy.limits.clone()),
             policy,
             mode,

@@ -11,8 +11,11 @@ use crate::dispatch::{Failure, Session};
 use crate::server::Shared;
 
 pub(super) fn list(shared: &Shared, s: &Session) -> ActionList {
+    let ops = shared.brakes.ops();
+    let lockdown = shared.brakes.lockdown();
     let runtime = Runtime {
-        ops: &shared.ops,
+        ops: &ops,
+        lockdown: lockdown.as_ref(),
         target: Target::Nothing,
     };
     ActionList {

@@ -5,8 +5,8 @@ use serde_json::value::RawValue;
 use warden_policy::Policy;
 use warden_proto::PROTOCOL_VERSION;
 use warden_proto::messages::{
-    ConnectionCounts, DaemonMode, JobCounts, ListenerInfo, RefusalCounts, ViolationCounts,
-    WhoamiResult,
+    ConnectionCounts, DaemonMode, JobCounts, ListenerInfo, LockdownInfo, RefusalCounts,
+    ViolationCounts, WhoamiResult,
 };
 
 use super::session::DAEMON_VERSION;
@@ -62,6 +62,8 @@ pub(crate) struct StatusReply<'a> {
     jobs: JobCounts,
     limits: &'a RawValue,
     listeners: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lockdown: Option<LockdownInfo>,
 }
 
 pub(super) fn status(shared: &Shared) -> StatusReply<'_> {
@@ -76,6 +78,7 @@ pub(super) fn status(shared: &Shared) -> StatusReply<'_> {
         jobs: job_counts(shared),
         limits: &shared.static_status.limits,
         listeners: &shared.static_status.listeners,
+        lockdown: shared.brakes.lockdown().as_ref().map(super::lockdown_info),
     }
 }
 
@@ -137,6 +140,7 @@ mod tests {
             jobs: jobs.clone(),
             limits: &fixed.limits,
             listeners: &fixed.listeners,
+            lockdown: None,
         };
         let typed = StatusResult {
             daemon_version: DAEMON_VERSION.into(),
@@ -149,6 +153,7 @@ mod tests {
             jobs,
             limits: policy.limits.clone(),
             listeners: policy.listeners.iter().map(listener_info).collect(),
+            lockdown: None,
         };
         assert_eq!(
             serde_json::to_string(&reply).unwrap(),

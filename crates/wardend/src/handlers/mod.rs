@@ -3,6 +3,7 @@
 
 mod actions;
 mod audit;
+mod brakes;
 mod introspect;
 pub(crate) mod jobs;
 mod session;
@@ -13,8 +14,8 @@ use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
-    AuditQueryResult, AuditVerifyResult, HealthResult, HelloResult, ListenerInfo, PeerInfo,
-    VersionResult, WhoamiResult,
+    AuditQueryResult, AuditVerifyResult, HealthResult, HelloResult, ListenerInfo, LockdownInfo,
+    LockdownResult, OpsResult, PeerInfo, VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -38,6 +39,8 @@ pub(crate) enum Reply<'a> {
     Logs(LogChunk),
     AuditVerify(AuditVerifyResult),
     AuditQuery(AuditQueryResult),
+    Ops(OpsResult),
+    Lockdown(LockdownResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
@@ -54,6 +57,9 @@ pub(crate) fn runs_later(request: &Request) -> bool {
             | Request::JobWatch(_)
             | Request::AuditVerify
             | Request::AuditQuery(_)
+            | Request::OpsSet(_)
+            | Request::LockdownEngage(_)
+            | Request::LockdownRelease
     )
 }
 
@@ -67,6 +73,9 @@ pub(crate) async fn run_later(
     match request {
         Request::AuditVerify => audit::verify(&shared).await,
         Request::AuditQuery(p) => audit::query(&shared, p).await,
+        Request::OpsSet(p) => brakes::set_op(&shared, p),
+        Request::LockdownEngage(p) => brakes::engage(&shared, &caller, p),
+        Request::LockdownRelease => brakes::release(&shared),
         request => jobs::run(shared, caller, request, out).await,
     }
 }
@@ -86,6 +95,7 @@ pub(crate) fn handle<'a>(
         Request::Status => Reply::Status(introspect::status(shared)),
         Request::ActionsList => Reply::Actions(actions::list(shared, s)),
         Request::ActionsDescribe(p) => Reply::Action(actions::describe(shared, &p)?),
+        Request::OpsGet => Reply::Ops(brakes::get(shared)),
         Request::JobStart(_)
         | Request::JobGet(_)
         | Request::JobList(_)
@@ -94,12 +104,24 @@ pub(crate) fn handle<'a>(
         | Request::JobLogs(_)
         | Request::JobWatch(_)
         | Request::AuditVerify
-        | Request::AuditQuery(_) => {
+        | Request::AuditQuery(_)
+        | Request::OpsSet(_)
+        | Request::LockdownEngage(_)
+        | Request::LockdownRelease => {
             return Err(Failure::internal(
                 "a request that runs on its own task reached the inline handlers",
             ));
         }
     })
+}
+
+/// The wire view of a lockdown.
+fn lockdown_info(l: &warden_policy::Lockdown) -> LockdownInfo {
+    LockdownInfo {
+        reason: l.reason.clone(),
+        by_uid: l.by_uid,
+        since: l.since.clone(),
+    }
 }
 
 /// The wire view of a caller's identity.

@@ -52,7 +52,8 @@ pub(super) fn hello(
         max_frame: shared.policy.limits.max_frame,
         peer: peer_info(&s.peer),
         tier,
-        ops: shared.ops.clone(),
+        ops: shared.brakes.ops().clone(),
+        lockdown: shared.brakes.lockdown().as_ref().map(super::lockdown_info),
         listener: listener_info(&s.listener),
     })
 }

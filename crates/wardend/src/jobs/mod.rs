@@ -598,6 +598,28 @@ impl Jobs {
         Ok(job.record())
     }
 
+    /// Asks every queued or running job whose action `stop` picks to cancel, as `job.cancel`
+    /// would (a job past its commit point without a rollback goes on). Returns their ids; the
+    /// cancels run in the background.
+    pub(crate) fn cancel_where(self: &Arc<Self>, stop: impl Fn(&ActionSpec) -> bool) -> Vec<JobId> {
+        let picked: Vec<JobId> = self
+            .table()
+            .jobs
+            .values()
+            .filter(|j| !j.record().state.is_terminal() && stop(&j.action))
+            .map(|j| j.id.clone())
+            .collect();
+        for id in &picked {
+            let (jobs, id) = (Arc::clone(self), id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = jobs.cancel(&id).await {
+                    tracing::warn!(job = %id, error = %e, "a job asked to stop goes on");
+                }
+            });
+        }
+        picked
+    }
+
     /// Waits until job `id` is final, at most `limit`; returns it as it then stands.
     pub(crate) async fn wait(
         &self,

@@ -1,0 +1,98 @@
+//! `ops.get`, `ops.set`, `lockdown.engage`, `lockdown.release`: the brakes. Their audit records
+//! are on disk before they act (see `dispatch::later`).
+
+use std::sync::Arc;
+
+use warden_policy::Lockdown;
+use warden_proto::ErrorKind;
+use warden_proto::messages::{LockdownResult, OpsResult};
+use warden_proto::request::{LockdownParams, OpsSetParams};
+
+use super::{Reply, lockdown_info};
+use crate::dispatch::{Caller, Failure};
+use crate::server::Shared;
+
+/// Longest `reason`, which everyone refused during a lockdown reads.
+const MAX_REASON: usize = 256;
+
+fn reason(text: &str) -> Result<String, Failure> {
+    let ok =
+        (1..=MAX_REASON).contains(&text.chars().count()) && !text.chars().any(char::is_control);
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(Failure::new(
+            ErrorKind::BadRequest,
+            format!("reason must be 1 to {MAX_REASON} characters, without control characters"),
+        ))
+    }
+}
+
+fn saving(e: &std::io::Error) -> Failure {
+    Failure::internal(format!("saving the brakes: {e}"))
+}
+
+pub(super) fn get(shared: &Shared) -> OpsResult {
+    OpsResult {
+        ops: shared.brakes.ops().clone(),
+        stopping: Vec::new(),
+    }
+}
+
+/// Switches a toggle; switching one off asks the running jobs whose action needs it to stop.
+pub(super) fn set_op(shared: &Arc<Shared>, p: OpsSetParams) -> Result<Reply<'static>, Failure> {
+    reason(&p.reason)?;
+    let ops = shared
+        .brakes
+        .set_op(&p.name, p.enabled)
+        .map_err(|e| saving(&e))?
+        .ok_or_else(|| {
+            Failure::new(
+                ErrorKind::NotFound,
+                format!("no ops toggle `{}`; [ops] declares them", p.name),
+            )
+        })?;
+    tracing::warn!(op = %p.name, enabled = p.enabled, reason = %p.reason, "ops toggle switched");
+    let stopping = if p.enabled {
+        Vec::new()
+    } else {
+        shared
+            .jobs
+            .cancel_where(|action| action.ops.contains(&p.name))
+    };
+    Ok(Reply::Ops(OpsResult { ops, stopping }))
+}
+
+/// Engages the lockdown: from now on every request that changes state is refused, and running
+/// jobs that change state are asked to stop.
+pub(super) fn engage(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    p: LockdownParams,
+) -> Result<Reply<'static>, Failure> {
+    let lockdown = Lockdown {
+        reason: reason(&p.reason)?,
+        by_uid: caller.peer.uid.0,
+        since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    shared
+        .brakes
+        .engage(lockdown.clone())
+        .map_err(|e| saving(&e))?;
+    tracing::warn!(reason = %lockdown.reason, by_uid = lockdown.by_uid, "lockdown engaged");
+    let stopping = shared.jobs.cancel_where(|action| action.mutating);
+    Ok(Reply::Lockdown(LockdownResult {
+        lockdown: Some(lockdown_info(&lockdown)),
+        stopping,
+    }))
+}
+
+pub(super) fn release(shared: &Shared) -> Result<Reply<'static>, Failure> {
+    if shared.brakes.release().map_err(|e| saving(&e))?.is_some() {
+        tracing::warn!("lockdown released");
+    }
+    Ok(Reply::Lockdown(LockdownResult {
+        lockdown: None,
+        stopping: Vec::new(),
+    }))
+}

@@ -1,0 +1,178 @@
+//! The brakes of a real daemon: ops toggles and the lockdown, what they refuse and stop, and
+//! that they survive a restart.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use warden_client::{Client, ClientError};
+use warden_proto::ErrorKind;
+use warden_proto::jobs::JobState;
+use warden_proto::messages::DaemonMode;
+use wardend::{Daemon, DaemonThread, Settings};
+
+fn daemon(dir: &Path) -> DaemonThread {
+    let text = warden_testkit::config(
+        r#"[daemon]
+runtime_dir = "{dir}/run"
+state_dir = "{dir}/state"
+[[listener]]
+path = "{dir}/run/admin.sock"
+mode = "0600"
+[[listener]]
+path = "{dir}/run/ro.sock"
+mode = "0600"
+max_tier = "read_only"
+[ops]
+storage = true
+[[action]]
+name = "hold"
+argv = ["/bin/sleep", "30"]
+tier = "read_only"
+ops = ["storage"]
+mutating = true
+[action.cancel]
+grace_s = 1
+[[action]]
+name = "look"
+argv = ["/bin/true"]
+tier = "read_only"
+mutating = false
+"#,
+        dir,
+    );
+    Daemon::spawn_thread(Settings::from_toml(&text, "test", DaemonMode::System).unwrap()).unwrap()
+}
+
+async fn admin(dir: &Path) -> Client {
+    Client::connect(&dir.join("run/admin.sock"), "brakes-test")
+        .await
+        .unwrap()
+}
+
+fn none() -> Map<String, Value> {
+    Map::new()
+}
+
+fn kind(e: &ClientError) -> Option<ErrorKind> {
+    e.kind()
+}
+
+/// Pins: a lockdown refuses every change to everyone, root included, with its reason; stops
+/// running jobs that change state; leaves read-only work alone; shows in hello and status;
+/// survives a restart; is recorded in the audit log; and lifts on release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockdown_refuses_changes_from_everyone_until_released() {
+    if !warden_testkit::root_or_skip("a_lockdown_refuses_changes_from_everyone_until_released") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let d = daemon(dir.path());
+    let mut c = admin(dir.path()).await;
+    let held = c.start("hold", &none(), None).await.unwrap().job_id;
+    let engaged = c.lockdown_engage("incident 42").await.unwrap();
+    assert_eq!(engaged.stopping, std::slice::from_ref(&held));
+    assert_eq!(
+        c.wait(held.as_str(), 30_000).await.unwrap().state,
+        JobState::Cancelled
+    );
+    let err = c.start("hold", &none(), None).await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::LockedDown));
+    assert!(err.to_string().contains("incident 42"), "{err}");
+    let look = c.start("look", &none(), None).await.unwrap().job_id;
+    assert_eq!(
+        c.wait(look.as_str(), 30_000).await.unwrap().state,
+        JobState::Succeeded
+    );
+    assert_eq!(
+        c.status().await.unwrap().lockdown.unwrap().reason,
+        "incident 42"
+    );
+    drop(c);
+    d.stop();
+
+    // A restart keeps it.
+    let d = daemon(dir.path());
+    let mut c = admin(dir.path()).await;
+    assert_eq!(c.hello().lockdown.as_ref().unwrap().by_uid, 0);
+    let err = c.start("hold", &none(), None).await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::LockedDown));
+    // Only an admin may lift it.
+    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(&viewer.lockdown_release().await.unwrap_err()),
+        Some(ErrorKind::Forbidden)
+    );
+    assert!(c.lockdown_release().await.unwrap().lockdown.is_none());
+    let again = c.start("hold", &none(), None).await.unwrap().job_id;
+    c.cancel(again.as_str()).await.unwrap();
+    drop((c, viewer));
+    d.stop();
+
+    let audit = std::fs::read_to_string(dir.path().join("state/audit/audit.log")).unwrap();
+    let methods: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["event"] == "request")
+        .map(|r| r["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        methods.contains(&"lockdown.engage".to_owned())
+            && methods.contains(&"lockdown.release".to_owned()),
+        "{methods:?}"
+    );
+}
+
+/// Pins: switching an op off stops the running jobs that need it and refuses new ones; the
+/// switch is saved (0600) and survives a restart; only an admin may switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_an_op_off_stops_its_jobs_and_refuses_new_ones() {
+    if !warden_testkit::root_or_skip("switching_an_op_off_stops_its_jobs_and_refuses_new_ones") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let d = daemon(dir.path());
+    let mut c = admin(dir.path()).await;
+    let held = c.start("hold", &none(), None).await.unwrap().job_id;
+    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
+        .await
+        .unwrap();
+    let err = viewer.set_op("storage", false, "try").await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Forbidden));
+    assert!(viewer.ops().await.unwrap().ops["storage"]);
+    let off = c
+        .set_op("storage", false, "disk replacement")
+        .await
+        .unwrap();
+    assert!(!off.ops["storage"]);
+    assert_eq!(off.stopping, std::slice::from_ref(&held));
+    assert_eq!(
+        c.wait(held.as_str(), 30_000).await.unwrap().state,
+        JobState::Cancelled
+    );
+    let err = c.start("hold", &none(), None).await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Forbidden));
+    assert!(err.to_string().contains("storage"), "{err}");
+    let err = c.set_op("nope", false, "typo").await.unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::NotFound));
+    drop((c, viewer));
+    d.stop();
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("state/ops.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let d = daemon(dir.path());
+    let mut c = admin(dir.path()).await;
+    assert!(!c.hello().ops["storage"], "the switch survived the restart");
+    c.set_op("storage", true, "done").await.unwrap();
+    let again = c.start("hold", &none(), None).await.unwrap().job_id;
+    c.cancel(again.as_str()).await.unwrap();
+    drop(c);
+    d.stop();
+}
