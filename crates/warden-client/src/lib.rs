@@ -246,6 +246,15 @@ impl Client {
         self.call("health", &serde_json::json!({})).await
     }
 
+    /// The newest alerts (operator).
+    pub async fn alerts(
+        &mut self,
+        limit: Option<u32>,
+    ) -> Result<warden_proto::messages::AlertsResult, ClientError> {
+        self.call("alerts.list", &serde_json::json!({ "limit": limit }))
+            .await
+    }
+
     /// The ops toggles in force.
     pub async fn ops(&mut self) -> Result<warden_proto::messages::OpsResult, ClientError> {
         self.call("ops.get", &serde_json::json!({})).await

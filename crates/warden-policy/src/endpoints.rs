@@ -32,6 +32,7 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::ActionsList => (Tier::ReadOnly, &[], false),
         Method::AuditVerify | Method::AuditQuery => (Tier::Admin, &[], false),
         Method::OpsGet => (Tier::ReadOnly, &[], false),
+        Method::AlertsList => (Tier::Operator, &[], false),
         Method::OpsSet => (Tier::Admin, &[], true),
         // The brakes themselves must work while engaged: not mutating, so a lockdown never
         // refuses its own release.

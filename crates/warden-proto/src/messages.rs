@@ -105,6 +105,25 @@ pub struct LockdownResult {
     pub stopping: Vec<crate::JobId>,
 }
 
+/// Something an administrator should look at now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: u64,
+    /// RFC 3339.
+    pub ts: String,
+    /// `denial_flood`, `protocol_violations`, `lockdown`, `ops`, `audit_broken`.
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+/// Answer to `alerts.list`: the newest alerts, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertsResult {
+    pub alerts: Vec<Alert>,
+}
+
 /// Answer to `audit.query`: the records that matched, oldest first, as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditQueryResult {

@@ -26,10 +26,11 @@ pub enum Method {
     OpsSet,
     LockdownEngage,
     LockdownRelease,
+    AlertsList,
 }
 
 impl Method {
-    pub const ALL: [Method; 20] = [
+    pub const ALL: [Method; 21] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -50,6 +51,7 @@ impl Method {
         Method::OpsSet,
         Method::LockdownEngage,
         Method::LockdownRelease,
+        Method::AlertsList,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +76,7 @@ impl Method {
             Method::OpsSet => "ops.set",
             Method::LockdownEngage => "lockdown.engage",
             Method::LockdownRelease => "lockdown.release",
+            Method::AlertsList => "alerts.list",
         }
     }
 

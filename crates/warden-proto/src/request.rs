@@ -39,6 +39,7 @@ pub enum Request {
     OpsSet(OpsSetParams),
     LockdownEngage(LockdownParams),
     LockdownRelease,
+    AlertsList(AlertsParams),
 }
 
 /// Longest idempotency key, in bytes.
@@ -109,6 +110,15 @@ pub struct OpsSetParams {
     pub enabled: bool,
     /// Why, for the audit log: 1 to 256 characters.
     pub reason: String,
+}
+
+/// `alerts.list {limit}`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsParams {
+    /// 50 when absent.
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
 
 /// `lockdown.engage {reason}`
@@ -297,6 +307,7 @@ impl Request {
             Method::OpsSet => Request::OpsSet(typed(method, raw)?),
             Method::LockdownEngage => Request::LockdownEngage(typed(method, raw)?),
             Method::LockdownRelease => none(method, raw, Request::LockdownRelease)?,
+            Method::AlertsList => Request::AlertsList(typed(method, raw)?),
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -379,6 +390,7 @@ impl Request {
             Request::OpsSet(_) => Method::OpsSet,
             Request::LockdownEngage(_) => Method::LockdownEngage,
             Request::LockdownRelease => Method::LockdownRelease,
+            Request::AlertsList(_) => Method::AlertsList,
         }
     }
 }

@@ -178,6 +178,11 @@ fn requests_match_their_fixtures_and_parse_back() {
         ("request.audit_verify", Method::AuditVerify, json!({})),
         ("request.ops_get", Method::OpsGet, json!({})),
         (
+            "request.alerts_list",
+            Method::AlertsList,
+            json!({"limit": 20}),
+        ),
+        (
             "request.ops_set",
             Method::OpsSet,
             json!({"name": "storage", "enabled": false, "reason": "disk replacement"}),
@@ -236,6 +241,18 @@ fn results_match_their_fixtures() {
         ok(&OpsResult {
             ops: ops.clone(),
             stopping: vec![JobId::try_from("job_3f2a9c0d5e7b8a61".to_owned()).unwrap()],
+        }),
+    );
+    check(
+        "result.alerts",
+        ok(&AlertsResult {
+            alerts: vec![Alert {
+                id: 7,
+                ts: "2026-11-29T23:01:02.345Z".into(),
+                kind: "denial_flood".into(),
+                message: "uid 1000 was refused more than 100 times within a minute; further refusals are counted".into(),
+                uid: Some(1000),
+            }],
         }),
     );
     check(

@@ -89,6 +89,12 @@ enum Command {
         #[command(subcommand)]
         command: Option<OpsCommand>,
     },
+    /// Show the newest alerts (operator).
+    Alerts {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+    },
     /// The kill switch: refuse every request that changes state (admin).
     Lockdown {
         #[command(subcommand)]
@@ -246,6 +252,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Job { id } => jobs::show(&mut client, &id, json).await,
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
         Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
+        Command::Alerts { lines } => client
+            .alerts(Some(lines))
+            .await
+            .map(|a| show(json, &a, render::alerts)),
         Command::Ops { command: None } => client.ops().await.map(|o| show(json, &o, render::ops)),
         Command::Ops {
             command:

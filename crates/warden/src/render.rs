@@ -3,7 +3,8 @@
 use std::fmt::Write;
 
 use warden_proto::messages::{
-    AuditVerifyResult, GrantSource, LockdownResult, OpsResult, StatusResult, WhoamiResult,
+    AlertsResult, AuditVerifyResult, GrantSource, LockdownResult, OpsResult, StatusResult,
+    WhoamiResult,
 };
 
 /// `3d 4h`, `5m 12s`, `42s`.
@@ -131,6 +132,17 @@ pub fn whoami(w: &WhoamiResult) -> String {
         "listener {} (up to {})",
         w.listener.path, w.listener.max_tier
     );
+    out
+}
+
+pub fn alerts(a: &AlertsResult) -> String {
+    if a.alerts.is_empty() {
+        return "no alerts\n".to_owned();
+    }
+    let mut out = String::new();
+    for alert in &a.alerts {
+        let _ = writeln!(out, "{} {:<20} {}", alert.ts, alert.kind, alert.message);
+    }
     out
 }
 

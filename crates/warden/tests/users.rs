@@ -406,3 +406,30 @@ fn an_unprivileged_user_runs_a_dev_daemon_and_is_its_admin() {
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists());
 }
+
+/// Pins: a flood of refused requests from one real user raises one `denial_flood` alert naming
+/// its uid, which an admin reads with `alerts.list`; the audit log records 100 of the denials
+/// and counts the rest.
+#[test]
+fn a_denial_flood_from_a_real_user_raises_one_alert() {
+    if !warden_testkit::root_or_skip("a_denial_flood_from_a_real_user_raises_one_alert") {
+        return;
+    }
+    let env = Env::start(
+        "[limits]\nrequests_per_second = 100000\nburst = 100000\n\
+         uid_requests_per_second = 100000\nuid_burst = 100000\n",
+    );
+    let user = TestUser::create(&[]);
+    // Tier none may not read status: 150 pipelined refusals.
+    let out = env.as_user(&user, &["call", "status", "--repeat", "150"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let mut root = RawClient::hello(env.socket());
+    let answer = root.call(2, "alerts.list", serde_json::json!({}));
+    let alerts = answer["result"]["alerts"].as_array().unwrap();
+    let floods: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| a["kind"] == "denial_flood")
+        .collect();
+    assert_eq!(floods.len(), 1, "{alerts:?}");
+    assert_eq!(floods[0]["uid"], user.uid);
+}

@@ -511,8 +511,9 @@ struct Window {
 }
 
 impl Denials {
-    /// Whether a denial of `uid` now gets a record of its own (if not, it is counted).
-    pub(crate) fn admit(&self, uid: u32, now: std::time::Instant) -> bool {
+    /// Whether a denial of `uid` now gets a record of its own (if not, it is counted), and
+    /// whether this is the first one counted in its window: a flood has begun.
+    pub(crate) fn admit(&self, uid: u32, now: std::time::Instant) -> (bool, bool) {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let w = windows.entry(uid).or_insert(Window {
             started: now,
@@ -529,10 +530,10 @@ impl Denials {
         }
         if w.recorded < DENIALS_RECORDED {
             w.recorded += 1;
-            true
+            (true, false)
         } else {
             w.suppressed += 1;
-            false
+            (false, w.suppressed == 1)
         }
     }
 
@@ -1101,9 +1102,18 @@ mod tests {
     fn denial_floods_are_summed_up_per_uid() {
         let d = Denials::default();
         let t0 = std::time::Instant::now();
-        let recorded = (0..250).filter(|_| d.admit(1000, t0)).count();
-        assert_eq!(recorded, DENIALS_RECORDED as usize);
-        assert!(d.admit(1001, t0), "another uid has its own share");
+        let verdicts: Vec<(bool, bool)> = (0..250).map(|_| d.admit(1000, t0)).collect();
+        assert_eq!(
+            verdicts.iter().filter(|v| v.0).count(),
+            DENIALS_RECORDED as usize
+        );
+        assert_eq!(
+            verdicts.iter().filter(|v| v.1).count(),
+            1,
+            "the flood begins once"
+        );
+        assert!(verdicts[DENIALS_RECORDED as usize].1);
+        assert!(d.admit(1001, t0).0, "another uid has its own share");
         assert!(
             d.summaries(t0, false).is_empty(),
             "the window is still open"
@@ -1121,7 +1131,7 @@ mod tests {
             "{:?}",
             sums[0].reason
         );
-        assert!(d.admit(1000, later), "a new window records again");
+        assert!(d.admit(1000, later).0, "a new window records again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

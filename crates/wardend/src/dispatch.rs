@@ -193,6 +193,15 @@ pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome 
                 message.push_str("; the first request must be hello");
             } else if last {
                 shared.stats.closed_for_violations.inc();
+                shared.alerts.raise_once_a_minute(
+                    &format!("violations of uid {}", s.peer.uid),
+                    "protocol_violations",
+                    format!(
+                        "a connection of uid {} (pid {}) was closed after {MAX_INVALID_FRAMES} invalid frames",
+                        s.peer.uid, s.peer.pid
+                    ),
+                    Some(s.peer.uid.0),
+                );
                 message.push_str(&format!(
                     "; closing after {MAX_INVALID_FRAMES} invalid frames"
                 ));
@@ -507,7 +516,20 @@ fn denied(
     reason: String,
 ) -> Failure {
     let cid = correlation_id();
-    if shared.denials.admit(peer.uid.0, std::time::Instant::now()) {
+    let (record, flood) = shared.denials.admit(peer.uid.0, std::time::Instant::now());
+    if flood {
+        shared.alerts.raise_once_a_minute(
+            &format!("denials of uid {}", peer.uid),
+            "denial_flood",
+            format!(
+                "uid {} was refused more than {} times within a minute; further refusals are counted",
+                peer.uid,
+                audit::DENIALS_RECORDED
+            ),
+            Some(peer.uid.0),
+        );
+    }
+    if record {
         let action = match request {
             Request::JobStart(p) => Some(p.action.to_string()),
             _ => None,

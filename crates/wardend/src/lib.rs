@@ -6,6 +6,7 @@
 //! file per endpoint family). [`settings`] loads what the daemon runs with; `main.rs` only parses
 //! flags, sets up logging and signals, and calls [`Daemon::start`].
 
+mod alerts;
 mod audit;
 mod brakes;
 mod connection;

@@ -20,6 +20,7 @@ use warden_policy::{ListenerPolicy, Policy};
 use warden_proto::messages::DaemonMode;
 use warden_proto::{ErrorKind, RpcError, Uid};
 
+use crate::alerts::Alerts;
 use crate::audit::{AuditLog, DENIAL_WINDOW, Denials, Event, Seals};
 use crate::brakes::Brakes;
 use crate::connection::Connection;
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub audit: Arc<AuditLog>,
     /// Denial records per uid, so a flood is summed up instead of filling the audit log.
     pub denials: Denials,
+    /// What an administrator should look at now.
+    pub alerts: Alerts,
     /// Keeps peer-caused log lines from flooding the log.
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
@@ -178,6 +181,7 @@ impl Daemon {
             jobs,
             audit,
             denials: Denials::default(),
+            alerts: Alerts::default(),
             brakes: Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?,
             admission: Admission::new(policy.limits.clone()),
             policy,

@@ -89,6 +89,13 @@ async fn a_lockdown_refuses_changes_from_everyone_until_released() {
         c.status().await.unwrap().lockdown.unwrap().reason,
         "incident 42"
     );
+    let alerts = c.alerts(None).await.unwrap().alerts;
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.kind == "lockdown" && a.message.contains("incident 42")),
+        "{alerts:?}"
+    );
     drop(c);
     d.stop();
 

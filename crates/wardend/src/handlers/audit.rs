@@ -36,13 +36,24 @@ pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
             first_bad_seq: None,
             problem: None,
         },
-        Verdict::Broken { seq, problem } => AuditVerifyResult {
-            intact: false,
-            records: seq.saturating_sub(1),
-            head_seq: head.seq,
-            first_bad_seq: Some(seq),
-            problem: Some(problem.as_str().to_owned()),
-        },
+        Verdict::Broken { seq, problem } => {
+            shared.alerts.raise_once_a_minute(
+                "audit verify",
+                "audit_broken",
+                format!(
+                    "the audit log is broken at record {seq}: {}",
+                    problem.as_str()
+                ),
+                None,
+            );
+            AuditVerifyResult {
+                intact: false,
+                records: seq.saturating_sub(1),
+                head_seq: head.seq,
+                first_bad_seq: Some(seq),
+                problem: Some(problem.as_str().to_owned()),
+            }
+        }
     }))
 }
 

@@ -40,7 +40,11 @@ pub(super) fn get(shared: &Shared) -> OpsResult {
 }
 
 /// Switches a toggle; switching one off asks the running jobs whose action needs it to stop.
-pub(super) fn set_op(shared: &Arc<Shared>, p: OpsSetParams) -> Result<Reply<'static>, Failure> {
+pub(super) fn set_op(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    p: OpsSetParams,
+) -> Result<Reply<'static>, Failure> {
     reason(&p.reason)?;
     let ops = shared
         .brakes
@@ -52,7 +56,17 @@ pub(super) fn set_op(shared: &Arc<Shared>, p: OpsSetParams) -> Result<Reply<'sta
                 format!("no ops toggle `{}`; [ops] declares them", p.name),
             )
         })?;
-    tracing::warn!(op = %p.name, enabled = p.enabled, reason = %p.reason, "ops toggle switched");
+    shared.alerts.raise(
+        "ops",
+        format!(
+            "ops `{}` switched {} by uid {}: {}",
+            p.name,
+            if p.enabled { "on" } else { "off" },
+            caller.peer.uid,
+            p.reason
+        ),
+        Some(caller.peer.uid.0),
+    );
     let stopping = if p.enabled {
         Vec::new()
     } else {
@@ -79,7 +93,14 @@ pub(super) fn engage(
         .brakes
         .engage(lockdown.clone())
         .map_err(|e| saving(&e))?;
-    tracing::warn!(reason = %lockdown.reason, by_uid = lockdown.by_uid, "lockdown engaged");
+    shared.alerts.raise(
+        "lockdown",
+        format!(
+            "lockdown engaged by uid {}: {}",
+            lockdown.by_uid, lockdown.reason
+        ),
+        Some(lockdown.by_uid),
+    );
     let stopping = shared.jobs.cancel_where(|action| action.mutating);
     Ok(Reply::Lockdown(LockdownResult {
         lockdown: Some(lockdown_info(&lockdown)),
@@ -87,9 +108,13 @@ pub(super) fn engage(
     }))
 }
 
-pub(super) fn release(shared: &Shared) -> Result<Reply<'static>, Failure> {
+pub(super) fn release(shared: &Shared, caller: &Caller) -> Result<Reply<'static>, Failure> {
     if shared.brakes.release().map_err(|e| saving(&e))?.is_some() {
-        tracing::warn!("lockdown released");
+        shared.alerts.raise(
+            "lockdown",
+            format!("lockdown released by uid {}", caller.peer.uid),
+            Some(caller.peer.uid.0),
+        );
     }
     Ok(Reply::Lockdown(LockdownResult {
         lockdown: None,

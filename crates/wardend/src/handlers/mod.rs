@@ -14,8 +14,8 @@ use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
-    AuditQueryResult, AuditVerifyResult, HealthResult, HelloResult, ListenerInfo, LockdownInfo,
-    LockdownResult, OpsResult, PeerInfo, VersionResult, WhoamiResult,
+    AlertsResult, AuditQueryResult, AuditVerifyResult, HealthResult, HelloResult, ListenerInfo,
+    LockdownInfo, LockdownResult, OpsResult, PeerInfo, VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -41,6 +41,7 @@ pub(crate) enum Reply<'a> {
     AuditQuery(AuditQueryResult),
     Ops(OpsResult),
     Lockdown(LockdownResult),
+    Alerts(AlertsResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
@@ -73,9 +74,9 @@ pub(crate) async fn run_later(
     match request {
         Request::AuditVerify => audit::verify(&shared).await,
         Request::AuditQuery(p) => audit::query(&shared, p).await,
-        Request::OpsSet(p) => brakes::set_op(&shared, p),
+        Request::OpsSet(p) => brakes::set_op(&shared, &caller, p),
         Request::LockdownEngage(p) => brakes::engage(&shared, &caller, p),
-        Request::LockdownRelease => brakes::release(&shared),
+        Request::LockdownRelease => brakes::release(&shared, &caller),
         request => jobs::run(shared, caller, request, out).await,
     }
 }
@@ -96,6 +97,9 @@ pub(crate) fn handle<'a>(
         Request::ActionsList => Reply::Actions(actions::list(shared, s)),
         Request::ActionsDescribe(p) => Reply::Action(actions::describe(shared, &p)?),
         Request::OpsGet => Reply::Ops(brakes::get(shared)),
+        Request::AlertsList(p) => Reply::Alerts(AlertsResult {
+            alerts: shared.alerts.list(p.limit.unwrap_or(50) as usize),
+        }),
         Request::JobStart(_)
         | Request::JobGet(_)
         | Request::JobList(_)

@@ -1,0 +1,102 @@
+//! Alerts: things an administrator should look at now (a flood of denials or protocol
+//! violations from one uid, a lockdown, an ops switch, a broken audit chain), in a bounded ring
+//! that `alerts.list` reads. A flood raises one alert per source and minute, not one per event.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use warden_proto::messages::Alert;
+
+/// Alerts kept; older ones make room.
+const RING: usize = 256;
+/// One alert per source within this time.
+const QUIET: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub(crate) struct Alerts {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ring: VecDeque<Alert>,
+    next_id: u64,
+    /// When each throttled source last raised one.
+    last: HashMap<String, Instant>,
+}
+
+impl Alerts {
+    /// Raises an alert of `kind`.
+    pub(crate) fn raise(&self, kind: &str, message: String, uid: Option<u32>) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.next_id += 1;
+        let alert = Alert {
+            id: st.next_id,
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            kind: kind.to_owned(),
+            message,
+            uid,
+        };
+        tracing::warn!(kind = %alert.kind, uid = ?alert.uid, "alert: {}", alert.message);
+        if st.ring.len() == RING {
+            st.ring.pop_front();
+        }
+        st.ring.push_back(alert);
+    }
+
+    /// Raises an alert unless `source` raised one within the last minute.
+    pub(crate) fn raise_once_a_minute(
+        &self,
+        source: &str,
+        kind: &str,
+        message: String,
+        uid: Option<u32>,
+    ) {
+        let now = Instant::now();
+        {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if st
+                .last
+                .get(source)
+                .is_some_and(|t| now.duration_since(*t) < QUIET)
+            {
+                return;
+            }
+            st.last.retain(|_, t| now.duration_since(*t) < QUIET);
+            st.last.insert(source.to_owned(), now);
+        }
+        self.raise(kind, message, uid);
+    }
+
+    /// The newest `limit`, oldest first.
+    pub(crate) fn list(&self, limit: usize) -> Vec<Alert> {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let skip = st.ring.len().saturating_sub(limit);
+        st.ring.iter().skip(skip).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins: the ring keeps the newest RING alerts, and a throttled source raises once a minute.
+    #[test]
+    fn alerts_are_bounded_and_floods_raise_one() {
+        let a = Alerts::default();
+        for i in 0..(RING + 10) {
+            a.raise("test", format!("alert {i}"), None);
+        }
+        let all = a.list(usize::MAX);
+        assert_eq!(all.len(), RING);
+        assert_eq!(all.last().unwrap().message, format!("alert {}", RING + 9));
+        assert_eq!(a.list(2).len(), 2);
+        let b = Alerts::default();
+        for _ in 0..50 {
+            b.raise_once_a_minute("uid 1000", "denial_flood", "flood".into(), Some(1000));
+        }
+        b.raise_once_a_minute("uid 1001", "denial_flood", "flood".into(), Some(1001));
+        assert_eq!(b.list(100).len(), 2);
+    }
+}
