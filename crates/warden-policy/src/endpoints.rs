@@ -33,6 +33,7 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::AuditVerify | Method::AuditQuery => (Tier::Admin, &[], false),
         Method::OpsGet => (Tier::ReadOnly, &[], false),
         Method::AlertsList => (Tier::Operator, &[], false),
+        Method::EventsSubscribe => (Tier::ReadOnly, &[], false),
         Method::OpsSet => (Tier::Admin, &[], true),
         // The brakes themselves must work while engaged: not mutating, so a lockdown never
         // refuses its own release.

@@ -114,6 +114,20 @@ impl Policy {
             need.tier = Tier::Operator;
             need.what = Cow::Borrowed("job.list of everyone's jobs");
         }
+        // Alerts are for operators (as alerts.list), the audit trail for admins.
+        if let Request::EventsSubscribe(p) = request {
+            for topic in &p.topics {
+                let tier = match topic.as_str() {
+                    "audit" => Tier::Admin,
+                    "alert" => Tier::Operator,
+                    _ => Tier::ReadOnly,
+                };
+                if tier > need.tier {
+                    need.tier = tier;
+                    need.what = Cow::Owned(format!("events of topic `{topic}`"));
+                }
+            }
+        }
         let tier = match self.decide(peer, listener, &need, runtime) {
             Decision::Allow { tier } => tier,
             deny => return deny,

@@ -214,6 +214,11 @@ pub mod notification {
     pub const JOB_UPDATE: &str = "job.update";
     /// Params: a [`super::LogChunk`]. Sent while `job.logs` follows.
     pub const JOB_OUTPUT: &str = "job.output";
+    /// Params: `{"topic", "event"}`. Sent while `events.subscribe` runs; the first names the
+    /// topics subscribed (topic `subscribed`).
+    pub const EVENT: &str = "event";
+    /// Params: `{"dropped"}`: events a slow subscriber lost.
+    pub const LAGGED: &str = "events.lagged";
 }
 
 #[cfg(test)]

@@ -27,10 +27,11 @@ pub enum Method {
     LockdownEngage,
     LockdownRelease,
     AlertsList,
+    EventsSubscribe,
 }
 
 impl Method {
-    pub const ALL: [Method; 21] = [
+    pub const ALL: [Method; 22] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -52,6 +53,7 @@ impl Method {
         Method::LockdownEngage,
         Method::LockdownRelease,
         Method::AlertsList,
+        Method::EventsSubscribe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +79,7 @@ impl Method {
             Method::LockdownEngage => "lockdown.engage",
             Method::LockdownRelease => "lockdown.release",
             Method::AlertsList => "alerts.list",
+            Method::EventsSubscribe => "events.subscribe",
         }
     }
 

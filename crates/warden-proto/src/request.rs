@@ -40,6 +40,7 @@ pub enum Request {
     LockdownEngage(LockdownParams),
     LockdownRelease,
     AlertsList(AlertsParams),
+    EventsSubscribe(SubscribeParams),
 }
 
 /// Longest idempotency key, in bytes.
@@ -110,6 +111,13 @@ pub struct OpsSetParams {
     pub enabled: bool,
     /// Why, for the audit log: 1 to 256 characters.
     pub reason: String,
+}
+
+/// `events.subscribe {topics}`: any of `job`, `ops`, `lockdown`, `alert`, `audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeParams {
+    pub topics: Vec<String>,
 }
 
 /// `alerts.list {limit}`
@@ -308,6 +316,7 @@ impl Request {
             Method::LockdownEngage => Request::LockdownEngage(typed(method, raw)?),
             Method::LockdownRelease => none(method, raw, Request::LockdownRelease)?,
             Method::AlertsList => Request::AlertsList(typed(method, raw)?),
+            Method::EventsSubscribe => Request::EventsSubscribe(typed(method, raw)?),
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -391,6 +400,7 @@ impl Request {
             Request::LockdownEngage(_) => Method::LockdownEngage,
             Request::LockdownRelease => Method::LockdownRelease,
             Request::AlertsList(_) => Method::AlertsList,
+            Request::EventsSubscribe(_) => Method::EventsSubscribe,
         }
     }
 }

@@ -183,6 +183,11 @@ fn requests_match_their_fixtures_and_parse_back() {
             json!({"limit": 20}),
         ),
         (
+            "request.events_subscribe",
+            Method::EventsSubscribe,
+            json!({"topics": ["job", "lockdown", "alert"]}),
+        ),
+        (
             "request.ops_set",
             Method::OpsSet,
             json!({"name": "storage", "enabled": false, "reason": "disk replacement"}),

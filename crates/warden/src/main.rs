@@ -89,6 +89,12 @@ enum Command {
         #[command(subcommand)]
         command: Option<OpsCommand>,
     },
+    /// Print events as they happen (Ctrl-C stops): job, ops and lockdown unless --topic says.
+    Events {
+        /// job, ops, lockdown, alert (operator) or audit (admin); repeat for more.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
     /// Show the newest alerts (operator).
     Alerts {
         /// How many.
@@ -252,6 +258,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Job { id } => jobs::show(&mut client, &id, json).await,
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
         Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
+        Command::Events { topics } => return events(&mut client, topics, json).await,
         Command::Alerts { lines } => client
             .alerts(Some(lines))
             .await
@@ -312,6 +319,48 @@ async fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => fail(&e, json),
+    }
+}
+
+/// `warden events`: subscribes and prints each event on a line until Ctrl-C or the stream ends.
+async fn events(client: &mut Client, topics: Vec<String>, json: bool) -> ExitCode {
+    let topics = if topics.is_empty() {
+        vec!["job".to_owned(), "ops".to_owned(), "lockdown".to_owned()]
+    } else {
+        topics
+    };
+    let params = serde_json::json!({ "topics": topics });
+    if let Err(e) = client.send("events.subscribe", &params).await {
+        return fail(&e, json);
+    }
+    loop {
+        let frame = tokio::select! {
+            f = client.receive() => f,
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return fail(&e, json),
+        };
+        match Incoming::parse(&frame) {
+            Ok(Incoming::Notification {
+                method,
+                params: Some(p),
+            }) => {
+                if json {
+                    println!("{}", p.get());
+                } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(p.get()) {
+                    println!("{}", render::event(&method, &v));
+                }
+            }
+            Ok(Incoming::Response {
+                outcome: Err(e), ..
+            }) => {
+                return fail(&ClientError::Rpc(e), json);
+            }
+            Ok(Incoming::Response { .. }) => return ExitCode::SUCCESS,
+            _ => {}
+        }
     }
 }
 

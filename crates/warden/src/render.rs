@@ -135,6 +135,26 @@ pub fn whoami(w: &WhoamiResult) -> String {
     out
 }
 
+/// One event notification on one line.
+pub fn event(method: &str, p: &serde_json::Value) -> String {
+    if method == "events.lagged" {
+        return format!("lagged: {} events lost", p["dropped"]);
+    }
+    let topic = p["topic"].as_str().unwrap_or("?");
+    let e = &p["event"];
+    match topic {
+        "job" => format!(
+            "job      {} {} {} (uid {})",
+            e["job_id"].as_str().unwrap_or(""),
+            e["action"].as_str().unwrap_or(""),
+            e["state"].as_str().unwrap_or(""),
+            e["uid"]
+        ),
+        "audit" => format!("audit    {}", audit_record(e)),
+        _ => format!("{topic:<8} {e}"),
+    }
+}
+
 pub fn alerts(a: &AlertsResult) -> String {
     if a.alerts.is_empty() {
         return "no alerts\n".to_owned();

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use warden_proto::messages::Alert;
 
+use crate::events::Bus;
+
 /// Alerts kept; older ones make room.
 const RING: usize = 256;
 /// One alert per source within this time.
@@ -16,6 +18,7 @@ const QUIET: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub(crate) struct Alerts {
     state: Mutex<State>,
+    bus: Bus,
 }
 
 #[derive(Debug, Default)]
@@ -27,6 +30,14 @@ struct State {
 }
 
 impl Alerts {
+    /// Alerts published on `bus` too (topic `alert`).
+    pub(crate) fn new(bus: Bus) -> Alerts {
+        Alerts {
+            state: Mutex::default(),
+            bus,
+        }
+    }
+
     /// Raises an alert of `kind`.
     pub(crate) fn raise(&self, kind: &str, message: String, uid: Option<u32>) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -41,6 +52,13 @@ impl Alerts {
         tracing::warn!(kind = %alert.kind, uid = ?alert.uid, "alert: {}", alert.message);
         if st.ring.len() == RING {
             st.ring.pop_front();
+        }
+        if self.bus.listened() {
+            self.bus.publish(
+                "alert",
+                None,
+                serde_json::to_value(&alert).unwrap_or_default(),
+            );
         }
         st.ring.push_back(alert);
     }

@@ -25,6 +25,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
+use crate::events::Bus;
+
 /// What the first record names as the line before it.
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -208,7 +210,7 @@ impl AuditLog {
     /// Opens (creating) the log in `dir` and finds where its chain continues. A last line
     /// without its newline was cut off by a crash mid-write; it was never acknowledged (records
     /// are acknowledged only once flushed whole), so it is removed.
-    pub(crate) fn open(dir: &Path, seals: Seals) -> io::Result<AuditLog> {
+    pub(crate) fn open(dir: &Path, seals: Seals, bus: Bus) -> io::Result<AuditLog> {
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -241,7 +243,7 @@ impl AuditLog {
         let sealer = Arc::clone(&seals);
         let thread = std::thread::Builder::new()
             .name("warden-audit".into())
-            .spawn(move || serve(file, head, &rx, &counted, &sealer))?;
+            .spawn(move || serve(file, head, &rx, &counted, &sealer, &bus))?;
         Ok(AuditLog {
             path,
             seals,
@@ -397,6 +399,7 @@ fn serve(
     rx: &mpsc::Receiver<Op>,
     syncs: &AtomicU64,
     seals: &Mutex<Seals>,
+    bus: &Bus,
 ) {
     let seal = |head: &Head| {
         let store = seals.lock().unwrap_or_else(PoisonError::into_inner);
@@ -445,6 +448,13 @@ fn serve(
         }
         // A seal may only name records that are on disk.
         let written = append(&mut file, &buf, sync || !to_seal.is_empty(), syncs);
+        if written.is_ok() && bus.listened() {
+            for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                if let Ok(record) = serde_json::from_slice::<Value>(line) {
+                    bus.publish("audit", None, record);
+                }
+            }
+        }
         match &written {
             Ok(()) => to_seal.iter().for_each(&seal),
             Err(e) => {
@@ -761,6 +771,7 @@ mod tests {
         AuditLog::open(
             &dir.join("audit"),
             Seals::open(&dir.join("ledger.db")).unwrap(),
+            Bus::default(),
         )
         .unwrap()
     }

@@ -25,6 +25,7 @@ use crate::audit::{AuditLog, DENIAL_WINDOW, Denials, Event, Seals};
 use crate::brakes::Brakes;
 use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
+use crate::events::Bus;
 use crate::handlers::StaticStatus;
 use crate::identity::{DigestCache, PidfdSource};
 use crate::jobs::{Jobs, JobsError};
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub denials: Denials,
     /// What an administrator should look at now.
     pub alerts: Alerts,
+    /// Events for `events.subscribe`.
+    pub bus: Bus,
     /// Keeps peer-caused log lines from flooding the log.
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
@@ -160,9 +163,12 @@ impl Daemon {
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
         let static_status = StaticStatus::new(&policy).map_err(StartError::Status)?;
+        let bus = Bus::default();
         let audit = Arc::new(
             Seals::open(&policy.state_dir.join("ledger.db"))
-                .and_then(|seals| AuditLog::open(&policy.state_dir.join("audit"), seals))
+                .and_then(|seals| {
+                    AuditLog::open(&policy.state_dir.join("audit"), seals, bus.clone())
+                })
                 .map_err(StartError::Audit)?,
         );
         audit
@@ -172,8 +178,13 @@ impl Daemon {
             })
             .await
             .map_err(|e| StartError::Audit(std::io::Error::other(e.to_string())))?;
-        let (jobs, lost) =
-            Jobs::open(&policy.state_dir, policy.jobs.clone(), Arc::clone(&audit)).await?;
+        let (jobs, lost) = Jobs::open(
+            &policy.state_dir,
+            policy.jobs.clone(),
+            Arc::clone(&audit),
+            bus.clone(),
+        )
+        .await?;
         let bound = listener::bind_all(&policy, activated, trusted_uid)?;
         jobs.recover(lost, &policy);
         let shared = Arc::new(Shared {
@@ -181,7 +192,8 @@ impl Daemon {
             jobs,
             audit,
             denials: Denials::default(),
-            alerts: Alerts::default(),
+            alerts: Alerts::new(bus.clone()),
+            bus,
             brakes: Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?,
             admission: Admission::new(policy.limits.clone()),
             policy,

@@ -67,6 +67,11 @@ pub(super) fn set_op(
         ),
         Some(caller.peer.uid.0),
     );
+    shared.bus.publish(
+        "ops",
+        None,
+        serde_json::json!({ "name": p.name, "enabled": p.enabled, "by_uid": caller.peer.uid.0 }),
+    );
     let stopping = if p.enabled {
         Vec::new()
     } else {
@@ -101,6 +106,11 @@ pub(super) fn engage(
         ),
         Some(lockdown.by_uid),
     );
+    shared.bus.publish(
+        "lockdown",
+        None,
+        serde_json::json!({ "engaged": true, "lockdown": lockdown_info(&lockdown) }),
+    );
     let stopping = shared.jobs.cancel_where(|action| action.mutating);
     Ok(Reply::Lockdown(LockdownResult {
         lockdown: Some(lockdown_info(&lockdown)),
@@ -114,6 +124,11 @@ pub(super) fn release(shared: &Shared, caller: &Caller) -> Result<Reply<'static>
             "lockdown",
             format!("lockdown released by uid {}", caller.peer.uid),
             Some(caller.peer.uid.0),
+        );
+        shared.bus.publish(
+            "lockdown",
+            None,
+            serde_json::json!({ "engaged": false, "by_uid": caller.peer.uid.0 }),
         );
     }
     Ok(Reply::Lockdown(LockdownResult {

@@ -279,7 +279,7 @@ async fn watch(shared: &Shared, p: &JobParams, out: &Outbound) -> Result<Reply<'
 }
 
 /// Sends a notification; fails when the connection is gone.
-async fn send<T: serde::Serialize>(
+pub(super) async fn send<T: serde::Serialize>(
     out: &Outbound,
     method: &str,
     params: &T,

@@ -4,6 +4,7 @@
 mod actions;
 mod audit;
 mod brakes;
+mod events;
 mod introspect;
 pub(crate) mod jobs;
 mod session;
@@ -61,6 +62,7 @@ pub(crate) fn runs_later(request: &Request) -> bool {
             | Request::OpsSet(_)
             | Request::LockdownEngage(_)
             | Request::LockdownRelease
+            | Request::EventsSubscribe(_)
     )
 }
 
@@ -77,6 +79,7 @@ pub(crate) async fn run_later(
         Request::OpsSet(p) => brakes::set_op(&shared, &caller, p),
         Request::LockdownEngage(p) => brakes::engage(&shared, &caller, p),
         Request::LockdownRelease => brakes::release(&shared, &caller),
+        Request::EventsSubscribe(p) => events::subscribe(&shared, &caller, p, &out).await,
         request => jobs::run(shared, caller, request, out).await,
     }
 }
@@ -111,7 +114,8 @@ pub(crate) fn handle<'a>(
         | Request::AuditQuery(_)
         | Request::OpsSet(_)
         | Request::LockdownEngage(_)
-        | Request::LockdownRelease => {
+        | Request::LockdownRelease
+        | Request::EventsSubscribe(_) => {
             return Err(Failure::internal(
                 "a request that runs on its own task reached the inline handlers",
             ));

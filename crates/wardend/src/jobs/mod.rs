@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::audit::{self, AuditLog};
+use crate::events::Bus;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -197,8 +198,10 @@ pub(crate) struct Jobs {
     table: Mutex<Table>,
     /// The supervisors, so shutdown can wait for them.
     tracker: TaskTracker,
-    /// Every state a job enters is recorded here too.
+    /// Every state a job enters is recorded here too,
     audit: Arc<AuditLog>,
+    /// and published here.
+    bus: Bus,
 }
 
 impl Jobs {
@@ -208,6 +211,7 @@ impl Jobs {
         state_dir: &Path,
         settings: JobSettings,
         audit: Arc<AuditLog>,
+        bus: Bus,
     ) -> Result<(Arc<Jobs>, Vec<JobRecord>), JobsError> {
         let logs = state_dir.join("jobs");
         match std::fs::DirBuilder::new().mode(0o700).create(&logs) {
@@ -243,6 +247,7 @@ impl Jobs {
             table: Mutex::new(Table::default()),
             tracker: TaskTracker::new(),
             audit,
+            bus,
         });
         for record in &lost {
             jobs.audit_record(record);
@@ -555,6 +560,18 @@ impl Jobs {
         } else {
             record.state.as_str()
         };
+        if self.bus.listened() {
+            self.bus.publish(
+                "job",
+                Some(r.uid.0),
+                serde_json::json!({
+                    "job_id": record.job_id,
+                    "action": record.action,
+                    "state": state,
+                    "uid": r.uid.0,
+                }),
+            );
+        }
         self.audit.record(audit::Event {
             peer: Some(audit::Peer {
                 uid: r.uid.0,
