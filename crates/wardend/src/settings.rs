@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use warden_policy::{ConfigError, Directory, Policy, Problem};
 use warden_proto::messages::DaemonMode;
-use warden_proto::{Gid, Uid};
+use warden_proto::{Gid, Tier, Uid};
 use warden_sys::activation::ActivatedListener;
 
 use crate::identity::PidfdSource;
@@ -66,11 +66,16 @@ impl Settings {
         mode: DaemonMode,
     ) -> Result<Settings, SettingsError> {
         let loaded = Policy::load(text, origin, &SystemDirectory)?;
+        let mut warnings = loaded.warnings;
+        warnings.extend(risks(&loaded.policy).into_iter().map(|message| Problem {
+            line: None,
+            message,
+        }));
         Ok(Settings {
             policy: loaded.policy,
             mode,
             origin: origin.to_owned(),
-            warnings: loaded.warnings,
+            warnings,
             trusted_uid: warden_sys::users::effective_uid(),
             activated: Vec::new(),
             pidfd_source: PidfdSource::Socket,
@@ -187,6 +192,97 @@ echo "progress 60 settle the change is in place" >&"$WARDEN_STATUS_FD"
 sleep 4
 echo "progress 100 done" >&"$WARDEN_STATUS_FD""#;
 
+/// Environment variables that make a program load code of the caller's choosing; kept from the
+/// daemon's environment into a root job, they would run it as root.
+const LOADER_VARIABLES: [&str; 10] = [
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PERL5LIB",
+    "RUBYLIB",
+    "NODE_OPTIONS",
+    "BASH_ENV",
+    "ENV",
+];
+
+/// Configurations that load but are risky: what `check-config` warns about.
+pub fn risks(policy: &Policy) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    // Whether anyone but root can get above read_only at all.
+    let elevated = policy
+        .tiers
+        .groups
+        .values()
+        .any(|(t, _)| *t > Tier::ReadOnly)
+        || policy
+            .tiers
+            .users
+            .values()
+            .any(|(t, _)| *t > Tier::ReadOnly);
+    for l in &policy.listeners {
+        if elevated && l.mode & 0o002 != 0 && l.max_tier > Tier::ReadOnly {
+            out.push(format!(
+                "listener {} may be opened by every user (mode {:04o}) and reaches tier {}; \
+                 set max_tier = \"read_only\" or narrow its mode",
+                l.path.display(),
+                l.mode,
+                l.max_tier
+            ));
+        }
+    }
+    for a in policy.actions.values() {
+        if a.mutating && a.tier <= Tier::ReadOnly {
+            out.push(format!(
+                "action `{}` changes state and any read_only caller may start it; \
+                 raise its tier or set mutating = false",
+                a.name
+            ));
+        }
+        if a.timeout >= std::time::Duration::from_secs(3600) {
+            out.push(format!(
+                "action `{}` may run for {} s (timeout_s unset or long); give it the timeout it needs",
+                a.name,
+                a.timeout.as_secs()
+            ));
+        }
+        let root = a.run_as.as_ref().is_none_or(|r| r.uid.0 == 0);
+        for name in &a.env_keep {
+            if root && LOADER_VARIABLES.contains(&name.as_str()) {
+                out.push(format!(
+                    "action `{}` runs as root and keeps `{name}` from the daemon's environment, \
+                     which makes programs load other code",
+                    a.name
+                ));
+            }
+        }
+        for (pname, spec) in &a.params {
+            let warden_policy::actions::ParamRule::Path { under, .. } = &spec.rule else {
+                continue;
+            };
+            for prefix in under {
+                let Ok(m) = std::fs::metadata(prefix) else {
+                    continue;
+                };
+                if m.uid() != 0 || m.mode() & 0o022 != 0 {
+                    out.push(format!(
+                        "param `{pname}` of action `{}` takes paths under {}, which a non-root \
+                         user can write (owner uid {}, mode {:04o}): they could swap a component \
+                         between the check and the job's use",
+                        a.name,
+                        prefix.display(),
+                        m.uid(),
+                        m.mode() & 0o7777
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A path as literal text of an argv template: its braces doubled, so a directory named with
 /// `{` or `}` is not read as a placeholder.
 fn literal_arg(p: &Path) -> String {
@@ -300,6 +396,48 @@ mod tests {
             .find(|a| a.name.as_str() == "demo-commit")
             .unwrap();
         assert!(commit.rollback.is_some() && commit.mutating);
+    }
+
+    /// Pins: check-config's risk warnings: an open socket reaching past read_only, a mutating
+    /// action any viewer may start, an hour-long timeout, a loader variable kept into a root
+    /// job, a path prefix others can write. A careful configuration gets none.
+    #[test]
+    fn risky_configurations_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let risky = format!(
+            r#"[tiers.users]
+root = "operator"
+[[listener]]
+path = "/run/w/a.sock"
+mode = "0666"
+[[action]]
+name = "wipe"
+argv = ["/bin/rm", "-f", "{{path}}"]
+tier = "read_only"
+env_keep = ["LD_PRELOAD"]
+[action.params.path]
+type = "path"
+under = ["{}"]
+"#,
+            open.display()
+        );
+        let s = Settings::from_toml(&risky, "t", DaemonMode::System).unwrap();
+        let all: Vec<&str> = s.warnings.iter().map(|w| w.message.as_str()).collect();
+        let said = |what: &str| all.iter().any(|m| m.contains(what));
+        assert!(said("may be opened by every user"), "{all:?}");
+        assert!(said("changes state and any read_only caller"), "{all:?}");
+        assert!(said("may run for 3600 s"), "{all:?}");
+        assert!(said("keeps `LD_PRELOAD`"), "{all:?}");
+        assert!(said("which a non-root user can write"), "{all:?}");
+        let careful = "[[listener]]\npath = \"/run/w/a.sock\"\nmode = \"0660\"\n\
+                       [[action]]\nname = \"look\"\nargv = [\"/bin/true\"]\n\
+                       tier = \"read_only\"\nmutating = false\ntimeout_s = 30\n";
+        let s = Settings::from_toml(careful, "t", DaemonMode::System).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }
 
     #[test]
