@@ -11,6 +11,7 @@ mod audit;
 mod brakes;
 mod connection;
 mod dispatch;
+pub mod doctor;
 mod events;
 mod handlers;
 mod identity;

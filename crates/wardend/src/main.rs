@@ -45,6 +45,14 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Check the installation's security posture: file owners and modes, sockets, the systemd
+    /// unit, the audit chain, the ledger. Each finding says how to fix it.
+    /// Exit status: 0 no errors (warnings may be printed), 1 errors found.
+    Doctor {
+        /// The configuration to check against.
+        #[arg(default_value = wardend::DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
 }
 
 /// `e` and its causes, each cause only where the message before does not already say it (many
@@ -67,6 +75,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { file }) = &cli.command {
         return check_config(file);
+    }
+    if let Some(Command::Doctor { file }) = &cli.command {
+        return doctor(file);
     }
     let logs_to_stderr = init_logging(cli.dev);
     let dev = cli.dev;
@@ -110,6 +121,30 @@ fn check_config(file: &PathBuf) -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn doctor(file: &std::path::Path) -> ExitCode {
+    let settings = match Settings::system(file, true) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = wardend::doctor::run(file, &settings.policy);
+    for f in &findings {
+        println!("{f}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == wardend::doctor::Severity::Error)
+        .count();
+    if errors > 0 {
+        println!("{errors} error(s)");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

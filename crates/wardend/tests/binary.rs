@@ -376,3 +376,65 @@ fn dev_mode_says_so_loudly_and_serves_a_private_socket() {
     p.signal("INT");
     assert_eq!(p.wait(), Some(0));
 }
+
+fn doctor(path: &Path) -> (i32, String) {
+    let out = Command::new(WARDEND)
+        .arg("doctor")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+/// Pins: `wardend doctor` passes a fresh installation, then names a state directory others can
+/// enter and a changed audit record, each with its fix, and exits 1.
+#[test]
+fn doctor_passes_a_sound_installation_and_names_what_is_wrong() {
+    if !warden_testkit::root_or_skip("doctor_passes_a_sound_installation_and_names_what_is_wrong") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config").arg(&cfg);
+    let mut p = Proc::spawn(cmd, dir.path());
+    let sock = dir.path().join("run/w.sock");
+    wait_for(&sock);
+    let (code, out) = doctor(&cfg);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok      audit log intact"), "{out}");
+    assert!(
+        out.contains("ok      ledger integrity check passes"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("ok      socket {}", sock.display())),
+        "{out}"
+    );
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+
+    let state = dir.path().join("state");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let log = state.join("audit/audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("daemon.start", "daemon.stort", 1)).unwrap();
+    let (code, out) = doctor(&cfg);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("with mode 0755"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "fix: chown root:root {0} && chmod 0700 {0}",
+            state.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("audit log broken at record 1: modified"),
+        "{out}"
+    );
+}
