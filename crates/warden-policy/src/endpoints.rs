@@ -34,6 +34,7 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::OpsGet => (Tier::ReadOnly, &[], false),
         Method::AlertsList => (Tier::Operator, &[], false),
         Method::EventsSubscribe => (Tier::ReadOnly, &[], false),
+        Method::PolicyReload => (Tier::Admin, &[], true),
         Method::OpsSet => (Tier::Admin, &[], true),
         // The brakes themselves must work while engaged: not mutating, so a lockdown never
         // refuses its own release.

@@ -105,6 +105,15 @@ pub struct LockdownResult {
     pub stopping: Vec<crate::JobId>,
 }
 
+/// Answer to `policy.reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReloadResult {
+    /// Parts of the file that changed but take effect only after a restart.
+    pub needs_restart: Vec<String>,
+    /// Problems that do not stop the new policy, as `check-config` prints them.
+    pub warnings: Vec<String>,
+}
+
 /// Something an administrator should look at now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {

@@ -28,10 +28,11 @@ pub enum Method {
     LockdownRelease,
     AlertsList,
     EventsSubscribe,
+    PolicyReload,
 }
 
 impl Method {
-    pub const ALL: [Method; 22] = [
+    pub const ALL: [Method; 23] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -54,6 +55,7 @@ impl Method {
         Method::LockdownRelease,
         Method::AlertsList,
         Method::EventsSubscribe,
+        Method::PolicyReload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +82,7 @@ impl Method {
             Method::LockdownRelease => "lockdown.release",
             Method::AlertsList => "alerts.list",
             Method::EventsSubscribe => "events.subscribe",
+            Method::PolicyReload => "policy.reload",
         }
     }
 

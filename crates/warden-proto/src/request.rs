@@ -41,6 +41,7 @@ pub enum Request {
     LockdownRelease,
     AlertsList(AlertsParams),
     EventsSubscribe(SubscribeParams),
+    PolicyReload,
 }
 
 /// Longest idempotency key, in bytes.
@@ -317,6 +318,7 @@ impl Request {
             Method::LockdownRelease => none(method, raw, Request::LockdownRelease)?,
             Method::AlertsList => Request::AlertsList(typed(method, raw)?),
             Method::EventsSubscribe => Request::EventsSubscribe(typed(method, raw)?),
+            Method::PolicyReload => none(method, raw, Request::PolicyReload)?,
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -401,6 +403,7 @@ impl Request {
             Request::LockdownRelease => Method::LockdownRelease,
             Request::AlertsList(_) => Method::AlertsList,
             Request::EventsSubscribe(_) => Method::EventsSubscribe,
+            Request::PolicyReload => Method::PolicyReload,
         }
     }
 }

@@ -182,6 +182,7 @@ fn requests_match_their_fixtures_and_parse_back() {
             Method::AlertsList,
             json!({"limit": 20}),
         ),
+        ("request.policy_reload", Method::PolicyReload, json!({})),
         (
             "request.events_subscribe",
             Method::EventsSubscribe,
@@ -246,6 +247,15 @@ fn results_match_their_fixtures() {
         ok(&OpsResult {
             ops: ops.clone(),
             stopping: vec![JobId::try_from("job_3f2a9c0d5e7b8a61".to_owned()).unwrap()],
+        }),
+    );
+    check(
+        "result.policy_reload",
+        ok(&PolicyReloadResult {
+            needs_restart: vec!["[[listener]]".into()],
+            warnings: vec![
+                "/etc/warden/warden.toml:12: warning: group `wheel` does not exist; its operator mapping has no effect".into(),
+            ],
         }),
     );
     check(

@@ -95,6 +95,11 @@ enum Command {
         #[arg(long = "topic")]
         topics: Vec<String>,
     },
+    /// The policy in force (admin).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Show the newest alerts (operator).
     Alerts {
         /// How many.
@@ -129,6 +134,12 @@ enum Command {
         #[arg(long, default_value_t = 1, value_name = "N")]
         repeat: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Read the configuration file again and put it in force (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +270,15 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
         Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
         Command::Events { topics } => return events(&mut client, topics, json).await,
+        Command::Policy {
+            command: PolicyCommand::Reload,
+        } => client
+            .call::<_, warden_proto::messages::PolicyReloadResult>(
+                "policy.reload",
+                &serde_json::json!({}),
+            )
+            .await
+            .map(|r| show(json, &r, render::reloaded)),
         Command::Alerts { lines } => client
             .alerts(Some(lines))
             .await

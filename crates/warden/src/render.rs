@@ -3,8 +3,8 @@
 use std::fmt::Write;
 
 use warden_proto::messages::{
-    AlertsResult, AuditVerifyResult, GrantSource, LockdownResult, OpsResult, StatusResult,
-    WhoamiResult,
+    AlertsResult, AuditVerifyResult, GrantSource, LockdownResult, OpsResult, PolicyReloadResult,
+    StatusResult, WhoamiResult,
 };
 
 /// `3d 4h`, `5m 12s`, `42s`.
@@ -162,6 +162,23 @@ pub fn alerts(a: &AlertsResult) -> String {
     let mut out = String::new();
     for alert in &a.alerts {
         let _ = writeln!(out, "{} {:<20} {}", alert.ts, alert.kind, alert.message);
+    }
+    out
+}
+
+pub fn reloaded(r: &PolicyReloadResult) -> String {
+    let mut out = String::new();
+    for w in &r.warnings {
+        let _ = writeln!(out, "{w}");
+    }
+    if r.needs_restart.is_empty() {
+        out.push_str("policy reloaded\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "policy reloaded; {} changed too and take effect after a restart",
+            r.needs_restart.join(", ")
+        );
     }
     out
 }

@@ -89,6 +89,16 @@ impl Brakes {
         })
     }
 
+    /// After a reload: toggles the configuration newly declares come in at their defaults,
+    /// dropped ones go, the others keep their state.
+    pub(crate) fn reconfigure(&self, declared: &BTreeMap<String, bool>) {
+        let mut ops = self.ops.write().unwrap_or_else(PoisonError::into_inner);
+        ops.retain(|name, _| declared.contains_key(name));
+        for (name, on) in declared {
+            ops.entry(name.clone()).or_insert(*on);
+        }
+    }
+
     pub(crate) fn ops(&self) -> RwLockReadGuard<'_, BTreeMap<String, bool>> {
         self.ops.read().unwrap_or_else(PoisonError::into_inner)
     }

@@ -243,7 +243,7 @@ fn prepare(
     before_hello: bool,
 ) -> Result<Request, Failure> {
     let now = Instant::now();
-    let limits = &shared.policy.limits;
+    let limits = &shared.policy().limits;
     if let Err(wait) = s.bucket.try_take(now) {
         shared.stats.rate_limited_connection.inc();
         return Err(Failure::rate_limited(
@@ -309,7 +309,7 @@ fn run_inline<'a>(
             target: Target::Nothing,
         };
         shared
-            .policy
+            .policy()
             .authorize(&s.peer, &s.listener, &request, &runtime)
     };
     let tier = match decision {
@@ -372,7 +372,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             target,
         };
         shared
-            .policy
+            .policy()
             .authorize(&caller.peer, &caller.listener, &request, &runtime)
     };
     match decision {
@@ -485,7 +485,8 @@ fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit:
     };
     match request {
         Request::JobStart(p) => {
-            let action = shared.policy.actions.get(&p.action)?;
+            let policy = shared.policy();
+            let action = policy.actions.get(&p.action)?;
             if !action.mutating {
                 return None;
             }
@@ -498,7 +499,7 @@ fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit:
             event.reason = Some(p.reason.clone());
         }
         Request::LockdownEngage(p) => event.reason = Some(p.reason.clone()),
-        Request::LockdownRelease => {}
+        Request::LockdownRelease | Request::PolicyReload => {}
         _ => return None,
     }
     Some(event)
@@ -588,7 +589,7 @@ fn failed_for(
     method: Option<Method>,
     f: &Failure,
 ) -> Option<Vec<u8>> {
-    let admin = f.detail.is_some() && shared.policy.effective(peer, listener).tier == Tier::Admin;
+    let admin = f.detail.is_some() && shared.policy().effective(peer, listener).tier == Tier::Admin;
     let err = to_rpc(f, admin);
     log_failure(shared, peer.uid, span, method, &err, f.detail.as_deref());
     framed_error(id, &err)

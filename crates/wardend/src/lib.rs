@@ -25,5 +25,5 @@ pub mod settings;
 mod stats;
 
 pub use jobs::JobsError;
-pub use server::{Daemon, DaemonThread, StartError};
+pub use server::{Daemon, DaemonThread, Reloaded, StartError};
 pub use settings::{DEFAULT_CONFIG, Settings, SettingsError, SystemDirectory};

@@ -230,7 +230,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
     notify::spawn_watchdog(stop_watchdog.clone());
 
-    wait_for_stop_signal().await?;
+    wait_for_stop_signal(&daemon).await?;
     notify::stopping();
     tracing::info!("shutting down: no new connections; answering what was received");
     daemon.shutdown().await;
@@ -251,19 +251,25 @@ fn announce_dev(sockets: &[String], admin: u32) {
     tracing::warn!(socket, "running in dev mode with the demo configuration");
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads the configuration file meanwhile.
+async fn wait_for_stop_signal(daemon: &wardend::Daemon) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // SIGHUP would otherwise kill the daemon; this build does not reload its configuration.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => tracing::warn!(
-                "SIGHUP ignored: this build does not reload its configuration; restart wardend to apply changes"
-            ),
+            _ = hup.recv() => match daemon.reload() {
+                Ok(r) => {
+                    for w in &r.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    tracing::info!(needs_restart = ?r.needs_restart, "configuration reloaded");
+                }
+                Err(e) => tracing::error!("reload failed; the running policy stays: {e}"),
+            },
         }
     }
 }

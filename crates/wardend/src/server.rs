@@ -38,8 +38,10 @@ use crate::stats::Stats;
 /// State every connection shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub policy: Policy,
-    /// Capability toggles in force (start from the policy's defaults).
+    /// The policy in force; `policy.reload` and SIGHUP swap it whole.
+    policy: std::sync::RwLock<Arc<Policy>>,
+    /// The file the policy came from; `None` for a built-in configuration.
+    pub config_path: Option<PathBuf>,
     /// Ops toggles and the lockdown in force.
     pub brakes: Brakes,
     pub mode: DaemonMode,
@@ -70,6 +72,74 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     next_connection: AtomicU64,
     pub pidfd_source: PidfdSource,
+}
+
+/// What a reload changed, and what it could not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Parts of the file that changed but take effect only after a restart.
+    pub needs_restart: Vec<String>,
+    /// Problems that do not stop the new policy (as `check-config` prints them).
+    pub warnings: Vec<String>,
+}
+
+impl Shared {
+    /// Reads the configuration file again and puts its policy in force at once: tiers, actions,
+    /// guards and new ops toggles. What only a restart can change (listeners, limits,
+    /// directories, `[jobs]`) keeps its running value and is named in the answer. A file that
+    /// does not load changes nothing; the error names its problems with their lines.
+    pub(crate) fn reload(&self) -> Result<Reloaded, String> {
+        let Some(path) = &self.config_path else {
+            return Err(
+                "this daemon runs a built-in configuration: there is no file to reload".into(),
+            );
+        };
+        let settings = Settings::system(path, true).map_err(|e| e.to_string())?;
+        let old = self.policy();
+        let mut new = settings.policy;
+        let mut needs_restart = Vec::new();
+        if new.listeners != old.listeners {
+            needs_restart.push("[[listener]]".to_owned());
+            new.listeners.clone_from(&old.listeners);
+        }
+        if new.limits != old.limits {
+            needs_restart.push("[limits]".to_owned());
+            new.limits = old.limits.clone();
+        }
+        if new.state_dir != old.state_dir || new.runtime_dir != old.runtime_dir {
+            needs_restart.push("[daemon]".to_owned());
+            new.state_dir.clone_from(&old.state_dir);
+            new.runtime_dir.clone_from(&old.runtime_dir);
+        }
+        if new.jobs != old.jobs {
+            needs_restart.push("[jobs]".to_owned());
+            new.jobs = old.jobs.clone();
+        }
+        self.brakes.reconfigure(&new.ops);
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+        let origin = path.display().to_string();
+        Ok(Reloaded {
+            needs_restart,
+            warnings: settings
+                .warnings
+                .iter()
+                .map(|w| w.display_warning(&origin).to_string())
+                .collect(),
+        })
+    }
+
+    /// The policy in force now.
+    pub(crate) fn policy(&self) -> Arc<Policy> {
+        Arc::clone(
+            &self
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// A running daemon. Dropping it without [`Daemon::shutdown`] leaves its tasks to the runtime.
@@ -150,6 +220,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const BUSY_RETRY_MS: u64 = 1_000;
 
 impl Daemon {
+    /// Reloads the configuration file (SIGHUP), recorded in the audit log.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let result = self.shared.reload();
+        self.shared.audit.record(Event {
+            method: Some("policy.reload".into()),
+            reason: Some("SIGHUP".into()),
+            outcome: Some(match &result {
+                Ok(_) => "ok".into(),
+                Err(e) => e.clone(),
+            }),
+            ..Event::new("reload")
+        });
+        result
+    }
+
     /// Prepares directories, binds every listener and starts accepting. Must run inside a tokio
     /// runtime.
     pub async fn start(settings: Settings) -> Result<Daemon, StartError> {
@@ -159,6 +244,7 @@ impl Daemon {
             trusted_uid,
             activated,
             pidfd_source,
+            config_path,
             ..
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
@@ -196,7 +282,8 @@ impl Daemon {
             bus,
             brakes: Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?,
             admission: Admission::new(policy.limits.clone()),
-            policy,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
+            config_path,
             mode,
             started: Instant::now(),
             stats: Stats::default(),

@@ -30,6 +30,8 @@ pub struct Settings {
     /// Listening sockets passed in by systemd, matched to listeners by path.
     pub activated: Vec<ActivatedListener>,
     pub(crate) pidfd_source: PidfdSource,
+    /// The file the policy was read from, for reloading it; `None` for built-in ones.
+    pub config_path: Option<PathBuf>,
 }
 
 /// A configuration that could not be loaded.
@@ -79,6 +81,7 @@ impl Settings {
             trusted_uid: warden_sys::users::effective_uid(),
             activated: Vec::new(),
             pidfd_source: PidfdSource::Socket,
+            config_path: None,
         })
     }
 
@@ -86,7 +89,12 @@ impl Settings {
     /// exist, the built-in default applies (one socket anyone may open, only root is admin).
     pub fn system(path: &Path, explicit: bool) -> Result<Settings, SettingsError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_toml(&text, &path.display().to_string(), DaemonMode::System),
+            Ok(text) => {
+                let mut s =
+                    Self::from_toml(&text, &path.display().to_string(), DaemonMode::System)?;
+                s.config_path = Some(path.to_owned());
+                Ok(s)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
                 let mut s =
                     Self::from_toml("", "built-in default configuration", DaemonMode::System)?;

@@ -213,22 +213,55 @@ fn sigterm_shuts_down_gracefully_and_tells_systemd_ready_and_stopping() {
 }
 
 #[test]
-fn sighup_does_not_stop_the_daemon() {
+fn sighup_reloads_the_configuration_and_a_broken_file_changes_nothing() {
     let dir = warden_testkit::safe_tempdir();
-    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    let listener = "[[listener]]\npath = \"{dir}/run/w.sock\"\n";
+    let cfg = write_config(dir.path(), listener);
     let mut cmd = Command::new(WARDEND);
     cmd.arg("--config").arg(&cfg);
     let mut p = Proc::spawn(cmd, dir.path());
     let sock = dir.path().join("run/w.sock");
     wait_for(&sock);
-    RawClient::hello(&sock);
+    let actions = |c: &mut RawClient| -> Vec<String> {
+        c.call(9, "actions.list", json!({}))["result"]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(actions(&mut RawClient::hello(&sock)).is_empty());
+    let wait_log = |p: &Proc, line: &str, count: usize| {
+        let deadline = Instant::now() + PATIENCE;
+        while p.log().matches(line).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no `{line}` in the log: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    write_config(
+        dir.path(),
+        &format!(
+            "{listener}[[action]]\nname = \"look\"\nargv = [\"/bin/true\"]\n\
+             tier = \"read_only\"\nmutating = false\ntimeout_s = 5\n"
+        ),
+    );
     p.signal("HUP");
-    let deadline = Instant::now() + PATIENCE;
-    while !p.log().contains("SIGHUP ignored") {
-        assert!(Instant::now() < deadline, "no SIGHUP log line: {}", p.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    RawClient::hello(&sock);
+    wait_log(&p, "configuration reloaded", 1);
+    assert_eq!(actions(&mut RawClient::hello(&sock)), ["look"]);
+    // A broken file: logged, and the running policy stays.
+    write_config(dir.path(), &format!("{listener}[[action]]\nname = 7\n"));
+    p.signal("HUP");
+    wait_log(&p, "reload failed", 1);
+    assert!(
+        p.log().contains("warden.toml:"),
+        "names the file and line: {}",
+        p.log()
+    );
+    assert_eq!(actions(&mut RawClient::hello(&sock)), ["look"]);
     p.signal("TERM");
     assert_eq!(p.wait(), Some(0));
 }

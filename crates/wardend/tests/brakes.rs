@@ -183,3 +183,72 @@ async fn switching_an_op_off_stops_its_jobs_and_refuses_new_ones() {
     drop(c);
     d.stop();
 }
+
+/// Pins: `policy.reload` puts a changed file's actions and new ops toggles in force at once,
+/// names what only a restart can change (and keeps it), and a broken file changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_file_and_names_what_needs_a_restart() {
+    if !warden_testkit::root_or_skip("a_reload_applies_the_file_and_names_what_needs_a_restart") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let path = dir.path().join("warden.toml");
+    let write = |extra: &str, mode: &str| {
+        let text = format!(
+            "[daemon]\nruntime_dir = \"{{dir}}/run\"\nstate_dir = \"{{dir}}/state\"\n\
+             [[listener]]\npath = \"{{dir}}/run/admin.sock\"\nmode = \"{mode}\"\n{extra}"
+        );
+        std::fs::write(&path, warden_testkit::config(&text, dir.path())).unwrap();
+    };
+    write("", "0600");
+    let settings = Settings::system(&path, true).unwrap();
+    let d = Daemon::spawn_thread(settings).unwrap();
+    let mut c = admin(dir.path()).await;
+    assert!(c.actions().await.unwrap().actions.is_empty());
+
+    write(
+        "[ops]\nnetwork = false\n[[action]]\nname = \"look\"\nargv = [\"/bin/true\"]\n\
+         tier = \"read_only\"\nmutating = false\ntimeout_s = 5\n",
+        "0660",
+    );
+    let r: Value = c
+        .call("policy.reload", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r["needs_restart"], serde_json::json!(["[[listener]]"]));
+    let names: Vec<String> = c
+        .actions()
+        .await
+        .unwrap()
+        .actions
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["look"]);
+    assert_eq!(c.ops().await.unwrap().ops.get("network"), Some(&false));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("run/admin.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the socket keeps its mode until a restart"
+    );
+
+    write("[[action]]\nname = 7\n", "0600");
+    let err = c
+        .call::<_, Value>("policy.reload", &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::BadRequest));
+    assert!(err.to_string().contains("warden.toml:"), "{err}");
+    assert_eq!(
+        c.actions().await.unwrap().actions.len(),
+        1,
+        "the running policy stays"
+    );
+    drop(c);
+    d.stop();
+}

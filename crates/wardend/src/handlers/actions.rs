@@ -20,10 +20,14 @@ pub(super) fn list(shared: &Shared, s: &Session) -> ActionList {
     };
     ActionList {
         actions: shared
-            .policy
+            .policy()
             .actions
             .values()
-            .filter(|a| shared.policy.could_start(&s.peer, &s.listener, a, &runtime))
+            .filter(|a| {
+                shared
+                    .policy()
+                    .could_start(&s.peer, &s.listener, a, &runtime)
+            })
             .map(|a| a.info())
             .collect(),
     }
@@ -32,7 +36,7 @@ pub(super) fn list(shared: &Shared, s: &Session) -> ActionList {
 pub(super) fn describe(shared: &Shared, p: &ActionParams) -> Result<ActionInfo, Failure> {
     // The gate already hid actions the caller could not start.
     shared
-        .policy
+        .policy()
         .actions
         .get(&p.action)
         .map(|a| a.info())

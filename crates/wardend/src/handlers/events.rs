@@ -26,7 +26,11 @@ pub(super) async fn subscribe(
             format!("no topic `{bad}`; topics are {}", TOPICS.join(", ")),
         ));
     }
-    let all_jobs = shared.policy.effective(&caller.peer, &caller.listener).tier >= Tier::Operator;
+    let all_jobs = shared
+        .policy()
+        .effective(&caller.peer, &caller.listener)
+        .tier
+        >= Tier::Operator;
     let uid = caller.peer.uid.0;
     // Subscribed before saying so: nothing published after the first notification is missed.
     let mut rx = shared.bus.subscribe();

@@ -15,7 +15,7 @@ use crate::dispatch::Session;
 use crate::server::Shared;
 
 pub(super) fn whoami(shared: &Shared, s: &Session) -> WhoamiResult {
-    let effective = shared.policy.effective(&s.peer, &s.listener);
+    let effective = shared.policy().effective(&s.peer, &s.listener);
     // A uid without a passwd entry is shown as such, not as an error: the name is not needed here.
     let user = warden_sys::users::user_name(s.peer.uid.0).ok().flatten();
     WhoamiResult {

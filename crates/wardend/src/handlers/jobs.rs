@@ -60,10 +60,11 @@ async fn start(
     caller: &Caller,
     p: JobStartParams,
 ) -> Result<Reply<'static>, Failure> {
-    let action =
-        shared.policy.actions.get(&p.action).ok_or_else(|| {
-            Failure::new(ErrorKind::NotFound, format!("no action `{}`", p.action))
-        })?;
+    let policy = shared.policy();
+    let action = policy
+        .actions
+        .get(&p.action)
+        .ok_or_else(|| Failure::new(ErrorKind::NotFound, format!("no action `{}`", p.action)))?;
     let checked = action
         .check_params(&p.params)
         .map_err(|e| bad(e.to_string()))?;

@@ -16,7 +16,8 @@ use warden_policy::PeerIdentity;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
     AlertsResult, AuditQueryResult, AuditVerifyResult, HealthResult, HelloResult, ListenerInfo,
-    LockdownInfo, LockdownResult, OpsResult, PeerInfo, VersionResult, WhoamiResult,
+    LockdownInfo, LockdownResult, OpsResult, PeerInfo, PolicyReloadResult, VersionResult,
+    WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -43,6 +44,7 @@ pub(crate) enum Reply<'a> {
     Ops(OpsResult),
     Lockdown(LockdownResult),
     Alerts(AlertsResult),
+    Reloaded(PolicyReloadResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
@@ -63,6 +65,7 @@ pub(crate) fn runs_later(request: &Request) -> bool {
             | Request::LockdownEngage(_)
             | Request::LockdownRelease
             | Request::EventsSubscribe(_)
+            | Request::PolicyReload
     )
 }
 
@@ -80,6 +83,16 @@ pub(crate) async fn run_later(
         Request::LockdownEngage(p) => brakes::engage(&shared, &caller, p),
         Request::LockdownRelease => brakes::release(&shared, &caller),
         Request::EventsSubscribe(p) => events::subscribe(&shared, &caller, p, &out).await,
+        Request::PolicyReload => match shared.reload() {
+            Ok(r) => Ok(Reply::Reloaded(PolicyReloadResult {
+                needs_restart: r.needs_restart,
+                warnings: r.warnings,
+            })),
+            Err(e) => Err(Failure::new(
+                warden_proto::ErrorKind::BadRequest,
+                format!("the running policy stays: {e}"),
+            )),
+        },
         request => jobs::run(shared, caller, request, out).await,
     }
 }
@@ -115,7 +128,8 @@ pub(crate) fn handle<'a>(
         | Request::OpsSet(_)
         | Request::LockdownEngage(_)
         | Request::LockdownRelease
-        | Request::EventsSubscribe(_) => {
+        | Request::EventsSubscribe(_)
+        | Request::PolicyReload => {
             return Err(Failure::internal(
                 "a request that runs on its own task reached the inline handlers",
             ));
