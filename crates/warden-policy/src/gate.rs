@@ -98,6 +98,18 @@ pub enum Decision {
     },
 }
 
+/// The steps of a decision, written down only when someone asks (`policy.explain`): the gate
+/// decides the same way either way, and the hot path formats nothing.
+struct Trace(Option<Vec<String>>);
+
+impl Trace {
+    fn note(&mut self, step: impl FnOnce() -> String) {
+        if let Some(steps) = &mut self.0 {
+            steps.push(step());
+        }
+    }
+}
+
 impl Policy {
     /// Decides `request` from `peer` arriving on `listener`.
     pub fn authorize(
@@ -106,6 +118,30 @@ impl Policy {
         listener: &ListenerPolicy,
         request: &Request,
         runtime: &Runtime<'_>,
+    ) -> Decision {
+        self.authorize_traced(peer, listener, request, runtime, &mut Trace(None))
+    }
+
+    /// [`Policy::authorize`]'s decision and every step that led to it, in words.
+    pub fn explain(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        request: &Request,
+        runtime: &Runtime<'_>,
+    ) -> (Decision, Vec<String>) {
+        let mut trace = Trace(Some(Vec::new()));
+        let decision = self.authorize_traced(peer, listener, request, runtime, &mut trace);
+        (decision, trace.0.unwrap_or_default())
+    }
+
+    fn authorize_traced(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        request: &Request,
+        runtime: &Runtime<'_>,
+        trace: &mut Trace,
     ) -> Decision {
         let mut need = endpoints::spec(request.method()).requirement();
         if let Request::JobList(p) = request
@@ -128,7 +164,7 @@ impl Policy {
                 }
             }
         }
-        let tier = match self.decide(peer, listener, &need, runtime) {
+        let tier = match self.decide_traced(peer, listener, &need, runtime, trace) {
             Decision::Allow { tier } => tier,
             deny => return deny,
         };
@@ -140,9 +176,10 @@ impl Policy {
         match request {
             Request::JobStart(p) => {
                 let Some(action) = self.actions.get(&p.action) else {
+                    trace.note(|| format!("no action `{}` is declared", p.action));
                     return not_found(format!("no action `{}`", p.action));
                 };
-                return self.decide(peer, listener, &action.requirement(), runtime);
+                return self.decide_traced(peer, listener, &action.requirement(), runtime, trace);
             }
             // Actions a caller could not start are hidden from it, as if they did not exist.
             Request::ActionsDescribe(p)
@@ -162,6 +199,16 @@ impl Policy {
                 Target::Job { owner: Some(owner) } => owner == peer.uid || tier == Tier::Admin,
                 Target::Job { owner: None } | Target::Nothing => false,
             };
+            trace.note(|| {
+                format!(
+                    "the job is {}",
+                    if visible {
+                        "the caller's own (or the caller is admin)"
+                    } else {
+                        "someone else's or missing: answered as missing"
+                    }
+                )
+            });
             if !visible {
                 return not_found("no such job".to_owned());
             }
@@ -191,7 +238,37 @@ impl Policy {
         need: &Requirement<'_>,
         runtime: &Runtime<'_>,
     ) -> Decision {
-        let tier = self.effective(peer, listener).tier;
+        self.decide_traced(peer, listener, need, runtime, &mut Trace(None))
+    }
+
+    fn decide_traced(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        need: &Requirement<'_>,
+        runtime: &Runtime<'_>,
+        trace: &mut Trace,
+    ) -> Decision {
+        let effective = self.effective(peer, listener);
+        let tier = effective.tier;
+        trace.note(|| {
+            format!(
+                "{} needs tier {}{}{}",
+                need.what,
+                need.tier,
+                if need.ops.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ops {}", need.ops.join(", "))
+                },
+                if need.mutating {
+                    ", and changes state"
+                } else {
+                    ""
+                }
+            )
+        });
+        trace.note(|| format!("the caller has tier {}", effective.reason(peer, listener)));
         let deny = |kind, reason: String| Decision::Deny { tier, kind, reason };
         if tier < need.tier {
             return deny(
@@ -200,12 +277,20 @@ impl Policy {
             );
         }
         for op in &need.ops {
-            if !runtime.ops.get(*op).copied().unwrap_or(false) {
+            let on = runtime.ops.get(*op).copied().unwrap_or(false);
+            trace.note(|| format!("ops `{op}` is {}", if on { "on" } else { "off" }));
+            if !on {
                 return deny(
                     ErrorKind::Forbidden,
                     format!("{} needs ops `{op}`, which is switched off", need.what),
                 );
             }
+        }
+        if need.mutating {
+            trace.note(|| match runtime.lockdown {
+                Some(l) => format!("a lockdown is engaged (by uid {}): {}", l.by_uid, l.reason),
+                None => "no lockdown is engaged".to_owned(),
+            });
         }
         if need.mutating
             && let Some(l) = runtime.lockdown
@@ -219,6 +304,20 @@ impl Policy {
             );
         }
         if need.mutating {
+            trace.note(
+                || match (&self.guards.mutating_uids, &self.guards.mutating_exes) {
+                    (None, None) => "no [guards] are set".to_owned(),
+                    (uids, exes) => format!(
+                        "[guards]: mutating_uids {}, mutating_exes {}",
+                        if uids.is_some() { "set" } else { "unset" },
+                        if exes.is_some() {
+                            "set (the caller's verified executable must match)"
+                        } else {
+                            "unset"
+                        }
+                    ),
+                },
+            );
             if let Some(uids) = &self.guards.mutating_uids
                 && !uids.contains(&peer.uid)
             {
@@ -515,6 +614,68 @@ ops = ["storage"]
             params: Default::default(),
             idempotency_key: None,
         })
+    }
+
+    /// Pins: `explain` gives the gate's own decision for a table of callers, listeners,
+    /// requests, toggles and a lockdown, and says why in steps.
+    #[test]
+    fn explain_decides_exactly_as_the_gate() {
+        let p = load(JOBS).unwrap().policy;
+        let lockdown = Lockdown {
+            reason: "drill".into(),
+            by_uid: 0,
+            since: "2026-11-29T23:00:00Z".into(),
+        };
+        let all_on = ops(&[("system", true), ("storage", true)]);
+        let requests = [
+            start("report"),
+            start("restart"),
+            start("format"),
+            start("missing"),
+            Request::Status,
+            Request::Version,
+        ];
+        let peers = [
+            peer(0, &[]),
+            peer(1100, &[1400]),
+            peer(1200, &[1500]),
+            peer(54321, &[]),
+        ];
+        let mut cases = 0;
+        for lock in [None, Some(&lockdown)] {
+            for o in [&p.ops, &all_on] {
+                let runtime = Runtime {
+                    ops: o,
+                    lockdown: lock,
+                    target: Target::Nothing,
+                };
+                for listener in &p.listeners {
+                    for who in &peers {
+                        for request in &requests {
+                            let (decision, steps) = p.explain(who, listener, request, &runtime);
+                            assert_eq!(decision, p.authorize(who, listener, request, &runtime));
+                            assert!(!steps.is_empty(), "{request:?}");
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 2 * 2 * 2 * 4 * 6);
+        let runtime = Runtime {
+            ops: &p.ops,
+            lockdown: None,
+            target: Target::Nothing,
+        };
+        let (_, steps) = p.explain(
+            &peer(1200, &[1500]),
+            &p.listeners[0],
+            &start("format"),
+            &runtime,
+        );
+        let text = steps.join("; ");
+        assert!(text.contains("as a member of group"), "{text}");
+        assert!(text.contains("ops `storage` is off"), "{text}");
     }
 
     /// Pins: job.start meets the action's own tier and ops; unknown actions are not found.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ErrorKind;
 use crate::ids::{Gid, Pid, Uid};
 use crate::limits::Limits;
 use crate::tier::Tier;
@@ -103,6 +104,24 @@ pub struct LockdownResult {
     /// Running jobs that change state, asked to stop by the engagement.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopping: Vec<crate::JobId>,
+}
+
+/// Answer to `policy.explain`: the gate's decision and every step that led to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainResult {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The caller's tier on that listener.
+    pub tier: Tier,
+    /// For a denial: its error kind and reason, as the caller would get them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub steps: Vec<String>,
+    /// For an allowed `job.start` with `params`: `ok`, or why the values would be refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
 }
 
 /// Answer to `policy.reload`.

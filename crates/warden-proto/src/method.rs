@@ -29,10 +29,11 @@ pub enum Method {
     AlertsList,
     EventsSubscribe,
     PolicyReload,
+    PolicyExplain,
 }
 
 impl Method {
-    pub const ALL: [Method; 23] = [
+    pub const ALL: [Method; 24] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -56,6 +57,7 @@ impl Method {
         Method::AlertsList,
         Method::EventsSubscribe,
         Method::PolicyReload,
+        Method::PolicyExplain,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +85,7 @@ impl Method {
             Method::AlertsList => "alerts.list",
             Method::EventsSubscribe => "events.subscribe",
             Method::PolicyReload => "policy.reload",
+            Method::PolicyExplain => "policy.explain",
         }
     }
 

@@ -42,6 +42,7 @@ pub enum Request {
     AlertsList(AlertsParams),
     EventsSubscribe(SubscribeParams),
     PolicyReload,
+    PolicyExplain(ExplainParams),
 }
 
 /// Longest idempotency key, in bytes.
@@ -119,6 +120,27 @@ pub struct OpsSetParams {
 #[serde(deny_unknown_fields)]
 pub struct SubscribeParams {
     pub topics: Vec<String>,
+}
+
+/// `policy.explain {uid | user, listener, method, action, params}`: how the gate would decide a
+/// request from that caller on that listener (the first configured when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainParams {
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// A listener's socket path.
+    #[serde(default)]
+    pub listener: Option<String>,
+    pub method: String,
+    /// For `job.start`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// For `job.start`: the values to check against the action's declaration.
+    #[serde(default)]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `alerts.list {limit}`
@@ -319,6 +341,7 @@ impl Request {
             Method::AlertsList => Request::AlertsList(typed(method, raw)?),
             Method::EventsSubscribe => Request::EventsSubscribe(typed(method, raw)?),
             Method::PolicyReload => none(method, raw, Request::PolicyReload)?,
+            Method::PolicyExplain => Request::PolicyExplain(typed(method, raw)?),
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -404,6 +427,7 @@ impl Request {
             Request::AlertsList(_) => Method::AlertsList,
             Request::EventsSubscribe(_) => Method::EventsSubscribe,
             Request::PolicyReload => Method::PolicyReload,
+            Request::PolicyExplain(_) => Method::PolicyExplain,
         }
     }
 }

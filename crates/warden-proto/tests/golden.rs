@@ -184,6 +184,11 @@ fn requests_match_their_fixtures_and_parse_back() {
         ),
         ("request.policy_reload", Method::PolicyReload, json!({})),
         (
+            "request.policy_explain",
+            Method::PolicyExplain,
+            json!({"user": "alice", "method": "job.start", "action": "restart-unit", "params": {"unit": "nginx.service"}}),
+        ),
+        (
             "request.events_subscribe",
             Method::EventsSubscribe,
             json!({"topics": ["job", "lockdown", "alert"]}),
@@ -256,6 +261,22 @@ fn results_match_their_fixtures() {
             warnings: vec![
                 "/etc/warden/warden.toml:12: warning: group `wheel` does not exist; its operator mapping has no effect".into(),
             ],
+        }),
+    );
+    check(
+        "result.policy_explain",
+        ok(&ExplainResult {
+            decision: "deny".into(),
+            tier: Tier::ReadOnly,
+            kind: Some(ErrorKind::Forbidden),
+            reason: Some("action restart-unit needs tier operator; you have read_only".into()),
+            steps: vec![
+                "job.start needs tier read_only".into(),
+                "the caller has tier read_only as a member of group warden (998)".into(),
+                "action restart-unit needs tier operator, ops system, and changes state".into(),
+                "the caller has tier read_only as a member of group warden (998)".into(),
+            ],
+            params: None,
         }),
     );
     check(

@@ -140,6 +140,20 @@ enum Command {
 enum PolicyCommand {
     /// Read the configuration file again and put it in force (as SIGHUP does).
     Reload,
+    /// How the gate would decide a request from a user: METHOD, or `run ACTION key=value…`.
+    Explain {
+        #[arg(long, conflicts_with = "uid", required_unless_present = "uid")]
+        user: Option<String>,
+        #[arg(long)]
+        uid: Option<u32>,
+        /// A listener's socket path (the first configured when absent).
+        #[arg(long)]
+        listener: Option<String>,
+        /// A method name, or `run` for job.start.
+        method: String,
+        /// For `run`: the action, then its values as key=value.
+        rest: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +284,47 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
         Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
         Command::Events { topics } => return events(&mut client, topics, json).await,
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    user,
+                    uid,
+                    listener,
+                    method,
+                    rest,
+                },
+        } => {
+            let (method, action, params) = if method == "run" {
+                let Some((action, pairs)) = rest.split_first() else {
+                    eprintln!("warden: `run` needs an action");
+                    return ExitCode::from(exit::USAGE);
+                };
+                let mut params = serde_json::Map::new();
+                for pair in pairs {
+                    let Some((k, v)) = pair.split_once('=') else {
+                        eprintln!("warden: `{pair}` is not key=value");
+                        return ExitCode::from(exit::USAGE);
+                    };
+                    // Numbers and booleans as such, the rest as text.
+                    let value = serde_json::from_str::<serde_json::Value>(v)
+                        .ok()
+                        .filter(|v| v.is_number() || v.is_boolean())
+                        .unwrap_or_else(|| serde_json::Value::from(v));
+                    params.insert(k.to_owned(), value);
+                }
+                ("job.start".to_owned(), Some(action.clone()), Some(params))
+            } else {
+                (method, None, None)
+            };
+            let p = serde_json::json!({
+                "user": user, "uid": uid, "listener": listener,
+                "method": method, "action": action, "params": params,
+            });
+            client
+                .call::<_, warden_proto::messages::ExplainResult>("policy.explain", &p)
+                .await
+                .map(|r| show(json, &r, render::explained))
+        }
         Command::Policy {
             command: PolicyCommand::Reload,
         } => client

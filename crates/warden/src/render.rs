@@ -3,8 +3,8 @@
 use std::fmt::Write;
 
 use warden_proto::messages::{
-    AlertsResult, AuditVerifyResult, GrantSource, LockdownResult, OpsResult, PolicyReloadResult,
-    StatusResult, WhoamiResult,
+    AlertsResult, AuditVerifyResult, ExplainResult, GrantSource, LockdownResult, OpsResult,
+    PolicyReloadResult, StatusResult, WhoamiResult,
 };
 
 /// `3d 4h`, `5m 12s`, `42s`.
@@ -162,6 +162,25 @@ pub fn alerts(a: &AlertsResult) -> String {
     let mut out = String::new();
     for alert in &a.alerts {
         let _ = writeln!(out, "{} {:<20} {}", alert.ts, alert.kind, alert.message);
+    }
+    out
+}
+
+pub fn explained(r: &ExplainResult) -> String {
+    let mut out = String::new();
+    for step in &r.steps {
+        let _ = writeln!(out, "  {step}");
+    }
+    match (&r.kind, &r.reason) {
+        (Some(kind), Some(reason)) => {
+            let _ = writeln!(out, "deny ({kind}): {reason}");
+        }
+        _ => {
+            let _ = writeln!(out, "allow at tier {}", r.tier);
+        }
+    }
+    if let Some(p) = &r.params {
+        let _ = writeln!(out, "params: {p}");
     }
     out
 }

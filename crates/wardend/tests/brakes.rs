@@ -252,3 +252,65 @@ async fn a_reload_applies_the_file_and_names_what_needs_a_restart() {
     drop(c);
     d.stop();
 }
+
+/// Pins: `policy.explain` answers as the gate decides a real request: a refused caller gets the
+/// very reason the real request gets, the steps name the ops toggle, and values are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_answers_as_the_gate_decides() {
+    if !warden_testkit::root_or_skip("explain_answers_as_the_gate_decides") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let d = daemon(dir.path());
+    let mut c = admin(dir.path()).await;
+    let ask = |p: Value| p;
+    let r: Value = c
+        .call(
+            "policy.explain",
+            &ask(serde_json::json!({"uid": 0, "method": "job.start", "action": "hold", "params": {}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["decision"], "allow", "{r}");
+    assert_eq!(r["params"], "ok");
+    assert!(
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "ops `storage` is on"),
+        "{r}"
+    );
+    // Root on the read-only socket, as explained and as it really goes.
+    let ro = dir.path().join("run/ro.sock").display().to_string();
+    let r: Value = c
+        .call(
+            "policy.explain",
+            &serde_json::json!({"uid": 0, "listener": ro, "method": "audit.verify"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["decision"], "deny");
+    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
+        .await
+        .unwrap();
+    let real = viewer.audit_verify().await.unwrap_err();
+    match real {
+        ClientError::Rpc(e) => {
+            assert_eq!(r["kind"], e.kind().as_str());
+            assert_eq!(r["reason"], e.message.as_str());
+        }
+        other => panic!("{other}"),
+    }
+    // Non-admins may not ask.
+    let err = viewer
+        .call::<_, Value>(
+            "policy.explain",
+            &serde_json::json!({"uid": 0, "method": "status"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Forbidden));
+    drop((c, viewer));
+    d.stop();
+}

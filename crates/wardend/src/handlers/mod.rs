@@ -5,6 +5,7 @@ mod actions;
 mod audit;
 mod brakes;
 mod events;
+mod explain;
 mod introspect;
 pub(crate) mod jobs;
 mod session;
@@ -15,9 +16,9 @@ use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
-    AlertsResult, AuditQueryResult, AuditVerifyResult, HealthResult, HelloResult, ListenerInfo,
-    LockdownInfo, LockdownResult, OpsResult, PeerInfo, PolicyReloadResult, VersionResult,
-    WhoamiResult,
+    AlertsResult, AuditQueryResult, AuditVerifyResult, ExplainResult, HealthResult, HelloResult,
+    ListenerInfo, LockdownInfo, LockdownResult, OpsResult, PeerInfo, PolicyReloadResult,
+    VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -45,6 +46,7 @@ pub(crate) enum Reply<'a> {
     Lockdown(LockdownResult),
     Alerts(AlertsResult),
     Reloaded(PolicyReloadResult),
+    Explained(ExplainResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
@@ -113,6 +115,7 @@ pub(crate) fn handle<'a>(
         Request::ActionsList => Reply::Actions(actions::list(shared, s)),
         Request::ActionsDescribe(p) => Reply::Action(actions::describe(shared, &p)?),
         Request::OpsGet => Reply::Ops(brakes::get(shared)),
+        Request::PolicyExplain(p) => return explain::explain(shared, &p),
         Request::AlertsList(p) => Reply::Alerts(AlertsResult {
             alerts: shared.alerts.list(p.limit.unwrap_or(50) as usize),
         }),
