@@ -35,7 +35,7 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::AlertsList => (Tier::Operator, &[], false),
         Method::EventsSubscribe => (Tier::ReadOnly, &[], false),
         Method::PolicyReload => (Tier::Admin, &[], true),
-        Method::PolicyExplain => (Tier::Admin, &[], false),
+        Method::PolicyExplain | Method::Doctor => (Tier::Admin, &[], false),
         Method::OpsSet => (Tier::Admin, &[], true),
         // The brakes themselves must work while engaged: not mutating, so a lockdown never
         // refuses its own release.

@@ -106,6 +106,23 @@ pub struct LockdownResult {
     pub stopping: Vec<crate::JobId>,
 }
 
+/// One finding of `doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorFinding {
+    /// `ok`, `warning` or `error`.
+    pub severity: String,
+    pub what: String,
+    /// How to put it right; empty when ok.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fix: String,
+}
+
+/// Answer to `doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorResult {
+    pub findings: Vec<DoctorFinding>,
+}
+
 /// Answer to `policy.explain`: the gate's decision and every step that led to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainResult {

@@ -30,10 +30,11 @@ pub enum Method {
     EventsSubscribe,
     PolicyReload,
     PolicyExplain,
+    Doctor,
 }
 
 impl Method {
-    pub const ALL: [Method; 24] = [
+    pub const ALL: [Method; 25] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -58,6 +59,7 @@ impl Method {
         Method::EventsSubscribe,
         Method::PolicyReload,
         Method::PolicyExplain,
+        Method::Doctor,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +88,7 @@ impl Method {
             Method::EventsSubscribe => "events.subscribe",
             Method::PolicyReload => "policy.reload",
             Method::PolicyExplain => "policy.explain",
+            Method::Doctor => "doctor",
         }
     }
 

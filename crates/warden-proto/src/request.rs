@@ -43,6 +43,7 @@ pub enum Request {
     EventsSubscribe(SubscribeParams),
     PolicyReload,
     PolicyExplain(ExplainParams),
+    Doctor,
 }
 
 /// Longest idempotency key, in bytes.
@@ -342,6 +343,7 @@ impl Request {
             Method::EventsSubscribe => Request::EventsSubscribe(typed(method, raw)?),
             Method::PolicyReload => none(method, raw, Request::PolicyReload)?,
             Method::PolicyExplain => Request::PolicyExplain(typed(method, raw)?),
+            Method::Doctor => none(method, raw, Request::Doctor)?,
             Method::ActionsDescribe => Request::ActionsDescribe(typed(method, raw)?),
             Method::JobStart => {
                 let p: JobStartParams = typed(method, raw)?;
@@ -428,6 +430,7 @@ impl Request {
             Request::EventsSubscribe(_) => Method::EventsSubscribe,
             Request::PolicyReload => Method::PolicyReload,
             Request::PolicyExplain(_) => Method::PolicyExplain,
+            Request::Doctor => Method::Doctor,
         }
     }
 }

@@ -183,6 +183,7 @@ fn requests_match_their_fixtures_and_parse_back() {
             json!({"limit": 20}),
         ),
         ("request.policy_reload", Method::PolicyReload, json!({})),
+        ("request.doctor", Method::Doctor, json!({})),
         (
             "request.policy_explain",
             Method::PolicyExplain,
@@ -277,6 +278,23 @@ fn results_match_their_fixtures() {
                 "the caller has tier read_only as a member of group warden (998)".into(),
             ],
             params: None,
+        }),
+    );
+    check(
+        "result.doctor",
+        ok(&DoctorResult {
+            findings: vec![
+                DoctorFinding {
+                    severity: "ok".into(),
+                    what: "audit log intact: 1204 records".into(),
+                    fix: String::new(),
+                },
+                DoctorFinding {
+                    severity: "error".into(),
+                    what: "state directory /var/lib/warden is owned by uid 0 with mode 0755".into(),
+                    fix: "chown root:root /var/lib/warden && chmod 0700 /var/lib/warden".into(),
+                },
+            ],
         }),
     );
     check(

@@ -100,6 +100,8 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Check the installation's security posture through the daemon (admin); exits 1 on errors.
+    Doctor,
     /// Show the newest alerts (operator).
     Alerts {
         /// How many.
@@ -334,6 +336,17 @@ async fn run(cli: Cli) -> ExitCode {
             )
             .await
             .map(|r| show(json, &r, render::reloaded)),
+        Command::Doctor => client
+            .call::<_, warden_proto::messages::DoctorResult>("doctor", &serde_json::json!({}))
+            .await
+            .map(|d| {
+                let code = show(json, &d, render::doctor);
+                if d.findings.iter().any(|f| f.severity == "error") {
+                    ExitCode::from(exit::ERROR)
+                } else {
+                    code
+                }
+            }),
         Command::Alerts { lines } => client
             .alerts(Some(lines))
             .await

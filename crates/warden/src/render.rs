@@ -3,8 +3,8 @@
 use std::fmt::Write;
 
 use warden_proto::messages::{
-    AlertsResult, AuditVerifyResult, ExplainResult, GrantSource, LockdownResult, OpsResult,
-    PolicyReloadResult, StatusResult, WhoamiResult,
+    AlertsResult, AuditVerifyResult, DoctorResult, ExplainResult, GrantSource, LockdownResult,
+    OpsResult, PolicyReloadResult, StatusResult, WhoamiResult,
 };
 
 /// `3d 4h`, `5m 12s`, `42s`.
@@ -162,6 +162,17 @@ pub fn alerts(a: &AlertsResult) -> String {
     let mut out = String::new();
     for alert in &a.alerts {
         let _ = writeln!(out, "{} {:<20} {}", alert.ts, alert.kind, alert.message);
+    }
+    out
+}
+
+pub fn doctor(d: &DoctorResult) -> String {
+    let mut out = String::new();
+    for f in &d.findings {
+        let _ = writeln!(out, "{:<7} {}", f.severity, f.what);
+        if !f.fix.is_empty() {
+            let _ = writeln!(out, "        fix: {}", f.fix);
+        }
     }
     out
 }

@@ -314,3 +314,37 @@ async fn explain_answers_as_the_gate_decides() {
     drop((c, viewer));
     d.stop();
 }
+
+/// Pins: `doctor` through the API runs the daemon's own checks for admins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_through_the_api_is_for_admins() {
+    if !warden_testkit::root_or_skip("doctor_through_the_api_is_for_admins") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let d = daemon(dir.path());
+    let mut c = admin(dir.path()).await;
+    let r: Value = c.call("doctor", &serde_json::json!({})).await.unwrap();
+    let whats: Vec<&str> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "ok")
+        .map(|f| f["what"].as_str().unwrap())
+        .collect();
+    assert!(
+        whats.iter().any(|w| w.starts_with("audit log intact")),
+        "{r}"
+    );
+    assert!(whats.contains(&"ledger integrity check passes"), "{r}");
+    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
+        .await
+        .unwrap();
+    let err = viewer
+        .call::<_, Value>("doctor", &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(kind(&err), Some(ErrorKind::Forbidden));
+    drop((c, viewer));
+    d.stop();
+}

@@ -16,9 +16,9 @@ use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
-    AlertsResult, AuditQueryResult, AuditVerifyResult, ExplainResult, HealthResult, HelloResult,
-    ListenerInfo, LockdownInfo, LockdownResult, OpsResult, PeerInfo, PolicyReloadResult,
-    VersionResult, WhoamiResult,
+    AlertsResult, AuditQueryResult, AuditVerifyResult, DoctorFinding, DoctorResult, ExplainResult,
+    HealthResult, HelloResult, ListenerInfo, LockdownInfo, LockdownResult, OpsResult, PeerInfo,
+    PolicyReloadResult, VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -47,6 +47,7 @@ pub(crate) enum Reply<'a> {
     Alerts(AlertsResult),
     Reloaded(PolicyReloadResult),
     Explained(ExplainResult),
+    Doctor(DoctorResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
@@ -68,6 +69,7 @@ pub(crate) fn runs_later(request: &Request) -> bool {
             | Request::LockdownRelease
             | Request::EventsSubscribe(_)
             | Request::PolicyReload
+            | Request::Doctor
     )
 }
 
@@ -85,6 +87,28 @@ pub(crate) async fn run_later(
         Request::LockdownEngage(p) => brakes::engage(&shared, &caller, p),
         Request::LockdownRelease => brakes::release(&shared, &caller),
         Request::EventsSubscribe(p) => events::subscribe(&shared, &caller, p, &out).await,
+        Request::Doctor => {
+            let config = shared
+                .config_path
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from("(built-in configuration)"));
+            let policy = shared.policy();
+            // Reads files and the whole audit log: off the runtime's threads.
+            let findings =
+                tokio::task::spawn_blocking(move || crate::doctor::run(&config, &policy))
+                    .await
+                    .map_err(|e| Failure::internal(e.to_string()))?;
+            Ok(Reply::Doctor(DoctorResult {
+                findings: findings
+                    .into_iter()
+                    .map(|f| DoctorFinding {
+                        severity: f.severity.as_str().to_owned(),
+                        what: f.what,
+                        fix: f.fix,
+                    })
+                    .collect(),
+            }))
+        }
         Request::PolicyReload => match shared.reload() {
             Ok(r) => Ok(Reply::Reloaded(PolicyReloadResult {
                 needs_restart: r.needs_restart,
@@ -132,7 +156,8 @@ pub(crate) fn handle<'a>(
         | Request::LockdownEngage(_)
         | Request::LockdownRelease
         | Request::EventsSubscribe(_)
-        | Request::PolicyReload => {
+        | Request::PolicyReload
+        | Request::Doctor => {
             return Err(Failure::internal(
                 "a request that runs on its own task reached the inline handlers",
             ));
