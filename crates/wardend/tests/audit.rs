@@ -53,11 +53,33 @@ async fn jobs_are_recorded_in_an_intact_chain_without_secrets() {
     }
     let dir = warden_testkit::safe_tempdir();
     let d = daemon(dir.path());
+    // A subscriber to everything an admin may see, to search for the secret too.
+    let mut events = warden_testkit::raw::RawClient::hello(d.socket());
+    events.send(
+        2,
+        "events.subscribe",
+        json!({"topics": ["job", "ops", "lockdown", "alert", "audit"]}),
+    );
+    assert_eq!(events.recv()["params"]["topic"], "subscribed");
     let mut c = Client::connect(d.socket(), "audit-test").await.unwrap();
     let params: Map<String, Value> = json!({ "token": SECRET }).as_object().unwrap().clone();
     let id = c.start("login", &params, None).await.unwrap().job_id;
     let r = c.wait(id.as_str(), 30_000).await.unwrap();
     assert_eq!(r.state, JobState::Succeeded);
+    // Until the job's end has been published: nothing on the way carries the secret.
+    loop {
+        let frame = events.recv().to_string();
+        assert!(
+            !frame.contains(SECRET),
+            "an event carried the secret: {frame}"
+        );
+        if frame.contains("\"succeeded\"") && frame.contains("\"topic\":\"job\"") {
+            break;
+        }
+    }
+    let log = std::fs::read_to_string(dir.path().join(format!("state/jobs/{}.log", id.as_str())))
+        .unwrap();
+    assert!(log.contains("signed in with <redacted>"), "{log}");
     let v = c.audit_verify().await.unwrap();
     assert!(v.intact, "{v:?}");
     assert_eq!(v.records, v.head_seq);
