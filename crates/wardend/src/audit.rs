@@ -117,6 +117,44 @@ enum Op {
     Flush(oneshot::Sender<Result<Head, AuditError>>),
 }
 
+/// The live log is closed and a new one begun once it reaches this size; the chain goes on
+/// across files.
+pub(crate) const ROTATE_AT: u64 = 64 << 20;
+
+/// Closed segments beside `live` (`audit.<last seq, 12 digits>.log`), oldest first.
+fn segments(live: &Path) -> io::Result<Vec<PathBuf>> {
+    let Some(dir) = live.parent() else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("audit.") && n.ends_with(".log") && n != FILE)
+            })
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    out.sort();
+    Ok(out)
+}
+
+/// The closed segments beside the live file at `live`, oldest first (none if unreadable).
+pub(crate) fn closed_segments(live: &Path) -> Vec<PathBuf> {
+    segments(live).unwrap_or_default()
+}
+
+/// Every file of the log, oldest first: the closed segments, then the live file.
+fn log_files(live: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = segments(live)?;
+    files.push(live.to_owned());
+    Ok(files)
+}
+
 /// Records between seals.
 pub(crate) const SEAL_EVERY: u64 = 1000;
 
@@ -211,6 +249,16 @@ impl AuditLog {
     /// without its newline was cut off by a crash mid-write; it was never acknowledged (records
     /// are acknowledged only once flushed whole), so it is removed.
     pub(crate) fn open(dir: &Path, seals: Seals, bus: Bus) -> io::Result<AuditLog> {
+        Self::open_rotating(dir, seals, bus, ROTATE_AT)
+    }
+
+    /// [`AuditLog::open`], closing the live file at `rotate_at` bytes.
+    pub(crate) fn open_rotating(
+        dir: &Path,
+        seals: Seals,
+        bus: Bus,
+        rotate_at: u64,
+    ) -> io::Result<AuditLog> {
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -224,6 +272,17 @@ impl AuditLog {
             .mode(0o600)
             .open(&path)?;
         let mut head = recover(&mut file)?;
+        if head.seq == 0
+            && let Some(last) = segments(&path)?.pop()
+        {
+            // The live file was begun by a rotation and holds nothing yet.
+            head = recover(
+                &mut std::fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(last)?,
+            )?;
+        }
         // A log behind its last seal was cut short while the daemon was stopped. The chain goes
         // on from the seal, so the gap stays visible to `verify` instead of being written over.
         if let Some(last) = seals.all()?.pop()
@@ -243,7 +302,10 @@ impl AuditLog {
         let sealer = Arc::clone(&seals);
         let thread = std::thread::Builder::new()
             .name("warden-audit".into())
-            .spawn(move || serve(file, head, &rx, &counted, &sealer, &bus))?;
+            .spawn({
+                let path = path.clone();
+                move || serve(file, &path, rotate_at, head, &rx, &counted, &sealer, &bus)
+            })?;
         Ok(AuditLog {
             path,
             seals,
@@ -393,8 +455,11 @@ fn now_text() -> String {
 
 /// The writer thread: takes what is queued, writes it in one go, flushes once if anyone waits,
 /// then answers.
+#[allow(clippy::too_many_arguments)]
 fn serve(
     mut file: File,
+    live: &Path,
+    rotate_at: u64,
     mut head: Head,
     rx: &mpsc::Receiver<Op>,
     syncs: &AtomicU64,
@@ -462,6 +527,12 @@ fn serve(
                 head = before;
             }
         }
+        if written.is_ok()
+            && file.metadata().is_ok_and(|m| m.len() >= rotate_at)
+            && let Err(e) = rotate(&mut file, live, head.seq)
+        {
+            tracing::error!(error = %e, "cannot close the audit log's segment; writing on");
+        }
         for (op, place) in batch.into_iter().zip(placed) {
             let (ack, at) = match op {
                 Op::Write(Entry {
@@ -483,6 +554,23 @@ fn serve(
         Ok(()) => {}
         Err(e) => tracing::error!(error = %e, "cannot flush the audit log at close"),
     }
+}
+
+/// Closes the live file as the segment ending at `last_seq` and begins a new live file.
+fn rotate(file: &mut File, live: &Path, last_seq: u64) -> io::Result<()> {
+    file.sync_data()?;
+    let closed = live.with_file_name(format!("audit.{last_seq:012}.log"));
+    std::fs::rename(live, &closed)?;
+    *file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(live)?;
+    if let Some(dir) = live.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Appends `buf` whole or not at all (a failed write is cut back off), flushing if `sync`.
@@ -629,11 +717,14 @@ struct ReadLine {
 /// Checks the chain of the log at `path`. `head` is the last record the daemon knows it wrote,
 /// `seals` what was sealed (both make a changed last record and a cut-off end detectable too).
 pub(crate) fn verify(path: &Path, head: Option<&Head>, seals: &[Head]) -> io::Result<Verdict> {
-    let data = match std::fs::read(path) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let mut data = Vec::new();
+    for file in log_files(path)? {
+        match std::fs::read(&file) {
+            Ok(d) => data.extend_from_slice(&d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
     let lines: Vec<ReadLine> = data
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -738,21 +829,23 @@ impl Filter {
 
 /// The newest `limit` records of the log at `path` that match `filter`, oldest first.
 pub(crate) fn query(path: &Path, filter: &Filter, limit: usize) -> io::Result<Vec<Value>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut kept = std::collections::VecDeque::with_capacity(limit.min(1024));
-    for line in io::BufRead::split(io::BufReader::new(file), b'\n') {
-        let Ok(record) = serde_json::from_slice::<Value>(&line?) else {
-            continue;
+    for path in log_files(path)? {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
-        if filter.matches(&record) {
-            if kept.len() == limit {
-                kept.pop_front();
+        for line in io::BufRead::split(io::BufReader::new(file), b'\n') {
+            let Ok(record) = serde_json::from_slice::<Value>(&line?) else {
+                continue;
+            };
+            if filter.matches(&record) {
+                if kept.len() == limit {
+                    kept.pop_front();
+                }
+                kept.push_back(record);
             }
-            kept.push_back(record);
         }
     }
     Ok(kept.into())
@@ -1105,6 +1198,65 @@ mod tests {
             4
         );
         assert_eq!(head.seq, 4);
+    }
+
+    /// Pins: the live file is closed into segments as it fills; verify and query read across
+    /// them as one chain; a restart on a freshly begun (empty) live file goes on from the last
+    /// segment.
+    #[tokio::test]
+    async fn the_chain_goes_on_across_rotated_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            AuditLog::open_rotating(
+                &dir.path().join("audit"),
+                Seals::open(&dir.path().join("ledger.db")).unwrap(),
+                Bus::default(),
+                4096,
+            )
+            .unwrap()
+        };
+        let log = open();
+        for i in 0..200 {
+            log.record_durable(event(i)).await.unwrap();
+        }
+        let path = log.path().to_owned();
+        log.close();
+        drop(log);
+        let segs = segments(&path).unwrap();
+        assert!(segs.len() > 3, "{segs:?}");
+        use std::os::unix::fs::PermissionsExt;
+        for s in &segs {
+            let mode = std::fs::metadata(s).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", s.display());
+        }
+        let seals = Seals::open(&dir.path().join("ledger.db"))
+            .unwrap()
+            .all()
+            .unwrap();
+        assert_eq!(
+            verify(&path, None, &seals).unwrap(),
+            Verdict::Intact { records: 200 }
+        );
+        assert_eq!(query(&path, &Filter::default(), 1000).unwrap().len(), 200);
+
+        // As if the daemon stopped right after closing a segment.
+        let last = lines(&path).len() as u64;
+        let closed = path.with_file_name(format!("audit.{:012}.log", 200));
+        std::fs::rename(&path, &closed).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert!(last > 0);
+        let log = open();
+        let head = log.record_durable(event(201)).await.unwrap();
+        assert_eq!(head.seq, 201);
+        log.close();
+        let seals = Seals::open(&dir.path().join("ledger.db"))
+            .unwrap()
+            .all()
+            .unwrap();
+        assert_eq!(
+            verify(&path, Some(&head), &seals).unwrap(),
+            Verdict::Intact { records: 201 }
+        );
     }
 
     /// Pins: a uid gets DENIALS_RECORDED denial records per window, the rest are counted into

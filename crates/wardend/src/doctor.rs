@@ -112,6 +112,9 @@ pub fn run(config: &Path, policy: &Policy) -> Vec<Finding> {
         ] {
             owned_by_root(&mut out, &state.join(name), mode, "state");
         }
+        for segment in audit::closed_segments(&state.join("audit").join(audit::FILE)) {
+            owned_by_root(&mut out, &segment, 0o600, "state");
+        }
     } else {
         out.push(bad(
             Severity::Warning,
