@@ -127,3 +127,13 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     );
     bin
 }
+
+/// This process's resident memory, in KiB (`VmRSS`), for tests that bound memory growth.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}

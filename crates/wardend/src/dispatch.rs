@@ -344,21 +344,25 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         caller,
     } = later;
     let method = request.method();
+    // Every error answer of this request: logged under its correlation id, framed.
+    let fail = |f: &Failure| {
+        failed_for(
+            &shared,
+            &caller.peer,
+            &caller.listener,
+            &caller.span,
+            Some(&id),
+            Some(method),
+            f,
+        )
+    };
     let target = match request.job() {
         None => Target::Nothing,
         Some(job) => match shared.jobs.owner(job).await {
             Ok(owner) => Target::Job { owner },
             Err(e) => {
                 let f = Failure::internal(format!("looking up {job}: {e}"));
-                return failed_for(
-                    &shared,
-                    &caller.peer,
-                    &caller.listener,
-                    &caller.span,
-                    Some(&id),
-                    Some(method),
-                    &f,
-                );
+                return fail(&f);
             }
         },
     };
@@ -386,15 +390,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
                 kind,
                 reason,
             );
-            return failed_for(
-                &shared,
-                &caller.peer,
-                &caller.listener,
-                &caller.span,
-                Some(&id),
-                Some(method),
-                &f,
-            );
+            return fail(&f);
         }
     }
     // A request that changes something is on disk, decided, before anything happens.
@@ -407,15 +403,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             "the audit log cannot be written; nothing was done",
         );
         f.detail = Some(e.to_string());
-        return failed_for(
-            &shared,
-            &caller.peer,
-            &caller.listener,
-            &caller.span,
-            Some(&id),
-            Some(method),
-            &f,
-        );
+        return fail(&f);
     }
     // On a task of its own so a panic in the handler is caught and answered.
     let handler = tokio::spawn(handlers::run_later(
@@ -450,15 +438,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
     }
     match result {
         Ok(reply) => encoded(envelope::result_frame(&id, &reply)),
-        Err(f) => failed_for(
-            &shared,
-            &caller.peer,
-            &caller.listener,
-            &caller.span,
-            Some(&id),
-            Some(method),
-            &f,
-        ),
+        Err(f) => fail(&f),
     }
 }
 

@@ -113,15 +113,6 @@ async fn a_subscriber_hears_jobs_ops_and_audit_as_they_happen() {
     d.stop();
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Pins: a subscriber that never reads while 100,000 events are published costs bounded
 /// memory, is told how many events it lost once it reads, and other callers are served all
 /// along.
@@ -138,7 +129,7 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory() {
     c.wait(id.as_str(), 30_000).await.unwrap();
     let mut sleeper = RawClient::hello(&admin_sock);
     sleeper.send(2, "events.subscribe", json!({"topics": ["audit"]}));
-    let before = rss_kib();
+    let before = warden_testkit::rss_kib();
     // Each job.cancel (of a finished job: cheap) publishes two audit records.
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -163,7 +154,7 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory() {
     for t in tasks {
         t.await.unwrap();
     }
-    let grew = rss_kib().saturating_sub(before);
+    let grew = warden_testkit::rss_kib().saturating_sub(before);
     assert!(grew < 64 * 1024, "memory grew by {grew} KiB");
     // Reading at last: the ring's worth of events, then word of what was lost.
     let mut lagged = None;

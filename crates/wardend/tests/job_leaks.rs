@@ -27,15 +27,6 @@ fn children() -> usize {
         .sum()
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// Pins: a thousand jobs in a row leave no descriptor, process or growing memory behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_jobs_leave_nothing_behind() {
@@ -52,11 +43,11 @@ async fn a_thousand_jobs_leave_nothing_behind() {
         }
     };
     run(150).await;
-    let (fds, kids, rss) = (fd_count(), children(), rss_kib());
+    let (fds, kids, rss) = (fd_count(), children(), warden_testkit::rss_kib());
     run(850).await;
     assert_eq!(fd_count(), fds, "descriptors leaked");
     assert_eq!(children(), kids, "processes left behind");
     assert_eq!(kids, 0);
-    let grew = rss_kib().saturating_sub(rss);
+    let grew = warden_testkit::rss_kib().saturating_sub(rss);
     assert!(grew < 4096, "memory grew by {grew} KiB over 850 jobs");
 }
