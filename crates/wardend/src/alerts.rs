@@ -1,5 +1,6 @@
 //! Alerts: things an administrator should look at now (a flood of denials or protocol
-//! violations from one uid, a lockdown, an ops switch, a broken audit chain), in a bounded ring
+//! violations from one uid, a connection closed for them, a lockdown, an ops switch, a broken
+//! audit chain), in a bounded ring
 //! that `alerts.list` reads. A flood raises one alert per source and minute, not one per event.
 
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +28,12 @@ struct State {
     next_id: u64,
     /// When each throttled source last raised one.
     last: HashMap<String, Instant>,
+    /// Protocol violations per uid in the current minute: (minute began, count).
+    violations: HashMap<u32, (Instant, u32)>,
 }
+
+/// Protocol violations from one uid within a minute that raise an alert.
+const VIOLATIONS: u32 = 10;
 
 impl Alerts {
     /// Alerts published on `bus` too (topic `alert`).
@@ -87,6 +93,33 @@ impl Alerts {
         self.raise(kind, message, uid);
     }
 
+    /// Counts a protocol violation (a bad frame, a timeout, a missing hello, invalid JSON-RPC)
+    /// by `uid`; the VIOLATIONS-th within a minute raises one `protocol_violations` alert.
+    pub(crate) fn violation(&self, uid: u32) {
+        let now = Instant::now();
+        let count = {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let w = st.violations.entry(uid).or_insert((now, 0));
+            if now.duration_since(w.0) >= QUIET {
+                *w = (now, 0);
+            }
+            w.1 += 1;
+            let count = w.1;
+            if st.violations.len() > 4096 {
+                st.violations.retain(|_, w| now.duration_since(w.0) < QUIET);
+            }
+            count
+        };
+        if count == VIOLATIONS {
+            self.raise_once_a_minute(
+                &format!("violations of uid {uid}"),
+                "protocol_violations",
+                format!("uid {uid} broke the protocol {VIOLATIONS} times within a minute"),
+                Some(uid),
+            );
+        }
+    }
+
     /// The newest `limit`, oldest first.
     pub(crate) fn list(&self, limit: usize) -> Vec<Alert> {
         let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -116,5 +149,12 @@ mod tests {
         }
         b.raise_once_a_minute("uid 1001", "denial_flood", "flood".into(), Some(1001));
         assert_eq!(b.list(100).len(), 2);
+        let c = Alerts::default();
+        for _ in 0..(VIOLATIONS * 5) {
+            c.violation(1000);
+        }
+        let raised = c.list(100);
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].kind, "protocol_violations");
     }
 }

@@ -366,6 +366,7 @@ impl Connection {
 
     /// Answers a framing violation with one error frame (best effort, never blocking) and counts it.
     fn refuse(&mut self, v: Violation) {
+        self.shared.alerts.violation(self.session.peer.uid.0);
         let stats = &self.shared.stats;
         let limits = &self.shared.policy().limits;
         let message = match v {

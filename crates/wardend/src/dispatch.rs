@@ -185,6 +185,7 @@ pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome 
         Ok(env) => env,
         Err(e) => {
             shared.stats.invalid_jsonrpc.inc();
+            shared.alerts.violation(s.peer.uid.0);
             s.invalid_frames = s.invalid_frames.saturating_add(1);
             let last = s.invalid_frames >= MAX_INVALID_FRAMES;
             let mut message = e.to_string();

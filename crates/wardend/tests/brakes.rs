@@ -348,3 +348,34 @@ async fn doctor_through_the_api_is_for_admins() {
     drop((c, viewer));
     d.stop();
 }
+
+/// Pins: ten protocol violations from one uid within a minute (here zero-length frames, each
+/// on a connection of its own) raise one `protocol_violations` alert naming the uid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_protocol_violations_raises_one_alert() {
+    if !warden_testkit::root_or_skip("a_flood_of_protocol_violations_raises_one_alert") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let d = daemon(dir.path());
+    let sock = dir.path().join("run/admin.sock");
+    for _ in 0..15 {
+        let mut c = warden_testkit::raw::RawClient::connect(&sock);
+        c.write(&0u32.to_be_bytes());
+        assert_eq!(
+            warden_testkit::raw::error_kind(&c.recv()),
+            Some("bad_request")
+        );
+        assert!(c.is_closed());
+    }
+    let mut c = admin(dir.path()).await;
+    let alerts = c.alerts(None).await.unwrap().alerts;
+    let violations: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.kind == "protocol_violations")
+        .collect();
+    assert_eq!(violations.len(), 1, "{alerts:?}");
+    assert_eq!(violations[0].uid, Some(0));
+    drop(c);
+    d.stop();
+}
