@@ -124,7 +124,7 @@ impl Connection {
         };
         tracing::debug!(parent: &span, groups = ?peer.groups, exe = ?peer.exe, listener = %listener.path.display(), "connected");
         let now = Instant::now();
-        let limits = &shared.policy().limits;
+        let limits = &shared.limits;
         let session = Session {
             span,
             peer: Arc::new(peer),
@@ -265,7 +265,7 @@ impl Connection {
     }
 
     async fn next_frame(&mut self) -> Next {
-        let frame_timeout = Duration::from_millis(self.shared.policy().limits.frame_timeout_ms);
+        let frame_timeout = Duration::from_millis(self.shared.limits.frame_timeout_ms);
         let mut frame_deadline: Option<Instant> = None;
         loop {
             match self.decoder.decode(&mut self.buf) {
@@ -349,7 +349,7 @@ impl Connection {
         let Some(frame) = frame else {
             return false;
         };
-        let limit = Duration::from_millis(self.shared.policy().limits.frame_timeout_ms);
+        let limit = Duration::from_millis(self.shared.limits.frame_timeout_ms);
         match tokio::time::timeout(limit, self.stream.write_all(&frame)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -368,7 +368,7 @@ impl Connection {
     fn refuse(&mut self, v: Violation) {
         self.shared.alerts.violation(self.session.peer.uid.0);
         let stats = &self.shared.stats;
-        let limits = &self.shared.policy().limits;
+        let limits = &self.shared.limits;
         let message = match v {
             Violation::Length(e) => {
                 match e {

@@ -244,7 +244,7 @@ fn prepare(
     before_hello: bool,
 ) -> Result<Request, Failure> {
     let now = Instant::now();
-    let limits = &shared.policy().limits;
+    let limits = &shared.limits;
     if let Err(wait) = s.bucket.try_take(now) {
         shared.stats.rate_limited_connection.inc();
         return Err(Failure::rate_limited(

@@ -40,6 +40,9 @@ use crate::stats::Stats;
 pub(crate) struct Shared {
     /// The policy in force; `policy.reload` and SIGHUP swap it whole.
     policy: std::sync::RwLock<Arc<Policy>>,
+    /// The limits in force, which only a restart changes: read on every frame, without the
+    /// policy's lock.
+    pub limits: warden_proto::Limits,
     /// The file the policy came from; `None` for a built-in configuration.
     pub config_path: Option<PathBuf>,
     /// Ops toggles and the lockdown in force.
@@ -282,6 +285,7 @@ impl Daemon {
             bus,
             brakes: Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?,
             admission: Admission::new(policy.limits.clone()),
+            limits: policy.limits.clone(),
             policy: std::sync::RwLock::new(Arc::new(policy)),
             config_path,
             mode,

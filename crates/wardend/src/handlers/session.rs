@@ -49,7 +49,7 @@ pub(super) fn hello(
         protocol: PROTOCOL_VERSION,
         daemon_version: DAEMON_VERSION.into(),
         features,
-        max_frame: shared.policy().limits.max_frame,
+        max_frame: shared.limits.max_frame,
         peer: peer_info(&s.peer),
         tier,
         ops: shared.brakes.ops().clone(),
