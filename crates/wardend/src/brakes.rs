@@ -17,6 +17,9 @@ pub(crate) struct Brakes {
     dir: PathBuf,
     ops: RwLock<BTreeMap<String, bool>>,
     lockdown: RwLock<Option<Lockdown>>,
+    /// Held while a change is saved: one change at a time, and the read locks every request
+    /// takes are held only for the swap, never while a file is flushed.
+    saving: std::sync::Mutex<()>,
 }
 
 const OPS: &str = "ops.json";
@@ -86,12 +89,14 @@ impl Brakes {
             dir: state_dir.to_owned(),
             ops: RwLock::new(ops),
             lockdown: RwLock::new(lockdown),
+            saving: std::sync::Mutex::new(()),
         })
     }
 
     /// After a reload: toggles the configuration newly declares come in at their defaults,
     /// dropped ones go, the others keep their state.
     pub(crate) fn reconfigure(&self, declared: &BTreeMap<String, bool>) {
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         let mut ops = self.ops.write().unwrap_or_else(PoisonError::into_inner);
         ops.retain(|name, _| declared.contains_key(name));
         for (name, on) in declared {
@@ -113,36 +118,38 @@ impl Brakes {
         name: &str,
         on: bool,
     ) -> io::Result<Option<BTreeMap<String, bool>>> {
-        let mut ops = self.ops.write().unwrap_or_else(PoisonError::into_inner);
-        if !ops.contains_key(name) {
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = self.ops().clone();
+        if !next.contains_key(name) {
             return Ok(None);
         }
-        let mut next = ops.clone();
         next.insert(name.to_owned(), on);
         write_atomic(&self.dir, OPS, &serde_json::to_vec_pretty(&next)?)?;
+        let mut ops = self.ops.write().unwrap_or_else(PoisonError::into_inner);
         *ops = next;
         Ok(Some(ops.clone()))
     }
 
     /// Engages the lockdown (replacing one in force), saved before it takes effect.
     pub(crate) fn engage(&self, lockdown: Lockdown) -> io::Result<()> {
-        let mut slot = self
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        write_atomic(&self.dir, LOCKDOWN, &serde_json::to_vec_pretty(&lockdown)?)?;
+        *self
             .lockdown
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        write_atomic(&self.dir, LOCKDOWN, &serde_json::to_vec_pretty(&lockdown)?)?;
-        *slot = Some(lockdown);
+            .unwrap_or_else(PoisonError::into_inner) = Some(lockdown);
         Ok(())
     }
 
     /// Releases the lockdown; the previous one, if any.
     pub(crate) fn release(&self) -> io::Result<Option<Lockdown>> {
-        let mut slot = self
+        let _saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        remove_durably(&self.dir, LOCKDOWN)?;
+        Ok(self
             .lockdown
             .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        remove_durably(&self.dir, LOCKDOWN)?;
-        Ok(slot.take())
+            .unwrap_or_else(PoisonError::into_inner)
+            .take())
     }
 }
 
