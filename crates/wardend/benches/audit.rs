@@ -30,8 +30,12 @@ const RECORD: [u8; 200] = [b'x'; 200];
 struct Daemon(Child);
 
 impl Drop for Daemon {
+    /// A clean stop (SIGTERM), so the daemon removes what it made (its cgroup directory).
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let _ = self.0.wait();
     }
 }

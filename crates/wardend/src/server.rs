@@ -274,7 +274,19 @@ impl Daemon {
             bus.clone(),
         )
         .await?;
-        let bound = listener::bind_all(&policy, activated, trusted_uid)?;
+        let bound = match listener::bind_all(&policy, activated, trusted_uid) {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing ran: undo what the start made, and say in the log why it ends here.
+                jobs.abandon();
+                audit.record(Event {
+                    reason: Some(format!("start failed: {e}")),
+                    ..Event::new("daemon.stop")
+                });
+                audit.close();
+                return Err(e.into());
+            }
+        };
         jobs.recover(lost, &policy);
         let shared = Arc::new(Shared {
             static_status,

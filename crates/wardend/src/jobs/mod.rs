@@ -684,6 +684,14 @@ impl Jobs {
         self.ledger.close();
     }
 
+    /// Undoes what opening made, for a daemon whose start failed after it (before any job ran):
+    /// the cgroup directory.
+    pub(crate) fn abandon(&self) {
+        if let Ok(tree) = &self.cgroups {
+            tree.remove_root();
+        }
+    }
+
     /// Runs the `reconcile` of each lost job whose action declares one (in the background).
     pub(crate) fn recover(self: &Arc<Self>, lost: Vec<JobRecord>, policy: &Policy) {
         for record in lost {
