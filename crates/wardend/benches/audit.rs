@@ -12,33 +12,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
-use warden_client::Client;
+use support::Daemon;
 
 const CLIENTS: usize = 64;
 const FLOOD: Duration = Duration::from_secs(3);
 const RECORD: [u8; 200] = [b'x'; 200];
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    /// A clean stop (SIGTERM), so the daemon removes what it made (its cgroup directory).
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
 
 /// Records per second of `batch` 200-byte writes per `fdatasync`, for `n` records.
 fn fsync_loop(path: &Path, batch: usize, n: usize) -> f64 {
@@ -75,7 +63,8 @@ fn main() {
     let per_record = fsync_loop(&dir.path().join("fsync-each.bin"), 1, 2_000);
     let per_64 = fsync_loop(&dir.path().join("fsync-64.bin"), 64, 64 * 400);
 
-    let text = warden_testkit::config(
+    let daemon = Daemon::start(
+        dir.path(),
         r#"[daemon]
 runtime_dir = "{dir}/run"
 state_dir = "{dir}/state"
@@ -96,35 +85,14 @@ argv = ["/bin/true"]
 tier = "read_only"
 mutating = true
 "#,
-        dir.path(),
     );
-    let config = dir.path().join("bench.toml");
-    std::fs::write(&config, text).unwrap();
-    let daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_wardend"))
-            .arg("--config")
-            .arg(&config)
-            .env("WARDEN_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    let socket = dir.path().join("run/w.sock");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let (answered, ticks, elapsed, verify) = rt.block_on(async {
-        let connect = || async {
-            for _ in 0..500 {
-                if let Ok(c) = Client::connect(&socket, "bench").await {
-                    return c;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            panic!("wardend did not come up")
-        };
-        let mut first = connect().await;
+        let mut first = daemon.connect().await;
         let id = first.start("true", &Map::new(), None).await.unwrap().job_id;
         first.wait(id.as_str(), 30_000).await.unwrap();
         let id = id.to_string();
@@ -133,9 +101,9 @@ mutating = true
         let answered = Arc::new(AtomicU64::new(0));
         let mut clients = Vec::new();
         for _ in 0..CLIENTS {
-            clients.push(connect().await);
+            clients.push(daemon.connect().await);
         }
-        let ticks_before = cpu_ticks(daemon.0.id());
+        let ticks_before = cpu_ticks(daemon.pid());
         let started = Instant::now();
         let tasks: Vec<_> = clients
             .into_iter()
@@ -155,7 +123,7 @@ mutating = true
             t.await.unwrap();
         }
         let elapsed = started.elapsed();
-        let ticks = cpu_ticks(daemon.0.id()) - ticks_before;
+        let ticks = cpu_ticks(daemon.pid()) - ticks_before;
         let t = Instant::now();
         let v = first.audit_verify().await.unwrap();
         assert!(v.intact);

@@ -16,12 +16,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
-use warden_client::Client;
+use support::Daemon;
 use warden_proto::jobs::JobState;
 
 const ROUNDS: usize = 5;
@@ -86,26 +88,14 @@ fn warden_cli() -> PathBuf {
     cli
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    /// A clean stop (SIGTERM), so the daemon removes what it made (its cgroup directory).
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let warden = warden_cli();
     let dir = warden_testkit::safe_tempdir();
-    let text = warden_testkit::config(
+    let daemon = Daemon::start(
+        dir.path(),
         r#"[daemon]
 runtime_dir = "{dir}/run"
 state_dir = "{dir}/state"
@@ -126,32 +116,13 @@ argv = ["/bin/true"]
 tier = "read_only"
 mutating = false
 "#,
-        dir.path(),
     );
-    let config = dir.path().join("bench.toml");
-    std::fs::write(&config, text).unwrap();
-    let _daemon = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_wardend"))
-            .arg("--config")
-            .arg(&config)
-            .env("WARDEN_LOG", "warn")
-            .spawn()
-            .unwrap(),
-    );
-    let socket = dir.path().join("run/w.sock");
+    let socket = daemon.socket.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut client = rt.block_on(async {
-        for _ in 0..500 {
-            if let Ok(c) = Client::connect(&socket, "bench").await {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("wardend did not come up")
-    });
+    let mut client = rt.block_on(daemon.connect());
     let mut through_warden = || {
         rt.block_on(async {
             let id = client

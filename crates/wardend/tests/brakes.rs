@@ -51,6 +51,13 @@ async fn admin(dir: &Path) -> Client {
         .unwrap()
 }
 
+/// A client on the read-only socket: root there is a viewer.
+async fn viewer(dir: &Path) -> Client {
+    Client::connect(&dir.join("run/ro.sock"), "brakes-test")
+        .await
+        .unwrap()
+}
+
 fn none() -> Map<String, Value> {
     Map::new()
 }
@@ -106,9 +113,7 @@ async fn a_lockdown_refuses_changes_from_everyone_until_released() {
     let err = c.start("hold", &none(), None).await.unwrap_err();
     assert_eq!(kind(&err), Some(ErrorKind::LockedDown));
     // Only an admin may lift it.
-    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
-        .await
-        .unwrap();
+    let mut viewer = viewer(dir.path()).await;
     assert_eq!(
         kind(&viewer.lockdown_release().await.unwrap_err()),
         Some(ErrorKind::Forbidden)
@@ -144,9 +149,7 @@ async fn switching_an_op_off_stops_its_jobs_and_refuses_new_ones() {
     let d = daemon(dir.path());
     let mut c = admin(dir.path()).await;
     let held = c.start("hold", &none(), None).await.unwrap().job_id;
-    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
-        .await
-        .unwrap();
+    let mut viewer = viewer(dir.path()).await;
     let err = viewer.set_op("storage", false, "try").await.unwrap_err();
     assert_eq!(kind(&err), Some(ErrorKind::Forbidden));
     assert!(viewer.ops().await.unwrap().ops["storage"]);
@@ -291,9 +294,7 @@ async fn explain_answers_as_the_gate_decides() {
         .await
         .unwrap();
     assert_eq!(r["decision"], "deny");
-    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
-        .await
-        .unwrap();
+    let mut viewer = viewer(dir.path()).await;
     let real = viewer.audit_verify().await.unwrap_err();
     match real {
         ClientError::Rpc(e) => {
@@ -337,9 +338,7 @@ async fn doctor_through_the_api_is_for_admins() {
         "{r}"
     );
     assert!(whats.contains(&"ledger integrity check passes"), "{r}");
-    let mut viewer = Client::connect(&dir.path().join("run/ro.sock"), "brakes-test")
-        .await
-        .unwrap();
+    let mut viewer = viewer(dir.path()).await;
     let err = viewer
         .call::<_, Value>("doctor", &serde_json::json!({}))
         .await

@@ -1,0 +1,63 @@
+//! What the benchmarks share: the real `wardend` binary started on a configuration in a safe
+//! temporary directory, stopped cleanly, and a client that waits for it to listen.
+
+// Each benchmark uses a part of this.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use warden_client::Client;
+
+/// A running `wardend`; dropping it stops it with SIGTERM, so it removes what it made (its
+/// cgroup directory).
+pub struct Daemon {
+    child: Child,
+    /// Its one socket.
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `wardend` on `config` (`{dir}` replaced by `dir`), which must declare one
+    /// listener at `{dir}/run/w.sock`.
+    pub fn start(dir: &Path, config: &str) -> Daemon {
+        let path = dir.join("bench.toml");
+        std::fs::write(&path, warden_testkit::config(config, dir)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wardend"))
+            .arg("--config")
+            .arg(&path)
+            .env("WARDEN_LOG", "warn")
+            .spawn()
+            .unwrap();
+        Daemon {
+            child,
+            socket: dir.join("run/w.sock"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client, once the daemon listens.
+    pub async fn connect(&self) -> Client {
+        for _ in 0..500 {
+            if let Ok(c) = Client::connect(&self.socket, "bench").await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("wardend did not come up")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
