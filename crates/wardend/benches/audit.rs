@@ -9,6 +9,8 @@
 //! 2. 64 clients sending `job.cancel` of one finished job (allowed, mutating, cheap: what is
 //!    measured is the request path and its durable audit record) to the real `wardend` binary.
 //! 3. The daemon's CPU time per request during (2), and `audit.verify` over the log (2) left.
+//! 4. The ceiling of the socket itself: the same 64 clients against a raw Unix-socket echo of a
+//!    `job.cancel`-sized frame, which does no work and writes nothing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -55,7 +57,70 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+const HELLO: &[u8] =
+    br#"{"jsonrpc":"2.0","id":1,"method":"hello","params":{"protocol":1,"client":"bench"}}"#;
+
+async fn round_trip(s: &mut tokio::net::UnixStream, frame: &[u8], back: &mut Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(frame).await.unwrap();
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).await.unwrap();
+    back.resize(u32::from_be_bytes(header) as usize, 0);
+    s.read_exact(back).await.unwrap();
+}
+
+/// Answers per second of `CLIENTS` concurrent clients each sending `body` over and over, and
+/// how many were answered. The client is the same lean one for the daemon and the echo: a
+/// prepared frame out, one frame back, so what differs is only the server. Against wardend
+/// (`hello`), each answer is checked to be a result, not an error.
+async fn flood(socket: &Path, hello: bool, body: &[u8]) -> (f64, u64) {
+    let frame_of = |body: &[u8]| {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut streams = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+        if hello {
+            round_trip(&mut s, &frame_of(HELLO), &mut Vec::new()).await;
+        }
+        streams.push(s);
+    }
+    let frame = Arc::new(frame_of(body));
+    let started = Instant::now();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            let (stop, answered, frame) = (stop.clone(), answered.clone(), frame.clone());
+            tokio::spawn(async move {
+                let mut back = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    round_trip(&mut s, &frame, &mut back).await;
+                    if hello {
+                        let v: serde_json::Value = serde_json::from_slice(&back).unwrap();
+                        assert!(v.get("result").is_some(), "wardend answered {v}");
+                    }
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(FLOOD).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = answered.load(Ordering::Relaxed);
+    (n as f64 / started.elapsed().as_secs_f64(), n)
+}
+
 fn main() {
+    if let Some(socket) = std::env::var_os("WARDEN_BENCH_ECHO") {
+        return support::echo_server(Path::new(&socket));
+    }
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -91,48 +156,42 @@ mutating = true
         .enable_all()
         .build()
         .unwrap();
-    let (answered, ticks, elapsed, verify) = rt.block_on(async {
+    let (through, answered, ticks, verify, cancel, unaudited) = rt.block_on(async {
         let mut first = daemon.connect().await;
         let id = first.start("true", &Map::new(), None).await.unwrap().job_id;
         first.wait(id.as_str(), 30_000).await.unwrap();
         let id = id.to_string();
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let mut clients = Vec::new();
-        for _ in 0..CLIENTS {
-            clients.push(daemon.connect().await);
-        }
+        let cancel = format!(
+            r#"{{"jsonrpc":"2.0","id":12345,"method":"job.cancel","params":{{"job_id":"{id}"}}}}"#
+        );
         let ticks_before = cpu_ticks(daemon.pid());
-        let started = Instant::now();
-        let tasks: Vec<_> = clients
-            .into_iter()
-            .map(|mut c| {
-                let (stop, answered, id) = (stop.clone(), answered.clone(), id.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        c.cancel(&id).await.unwrap();
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        tokio::time::sleep(FLOOD).await;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let elapsed = started.elapsed();
+        let (through, answered) = flood(&daemon.socket, true, cancel.as_bytes()).await;
         let ticks = cpu_ticks(daemon.pid()) - ticks_before;
+        let get = format!(
+            r#"{{"jsonrpc":"2.0","id":12345,"method":"job.get","params":{{"job_id":"{id}"}}}}"#
+        );
+        let (unaudited, _) = flood(&daemon.socket, true, get.as_bytes()).await;
         let t = Instant::now();
         let v = first.audit_verify().await.unwrap();
         assert!(v.intact);
         let verify = v.records as f64 / t.elapsed().as_secs_f64();
-        (answered.load(Ordering::Relaxed), ticks, elapsed, verify)
+        (through, answered, ticks, verify, cancel, unaudited)
     });
     drop(daemon);
 
-    let through = answered as f64 / elapsed.as_secs_f64();
+    let echo_socket = dir.path().join("echo.sock");
+    let mut echo = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("WARDEN_BENCH_ECHO", &echo_socket)
+        .spawn()
+        .unwrap();
+    while std::os::unix::net::UnixStream::connect(&echo_socket).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (echoed, _) = rt.block_on(flood(&echo_socket, false, cancel.as_bytes()));
+    let _ = echo.kill();
+    let _ = echo.wait();
+
     let tick = 1e6 / 100.0; // µs per clock tick (USER_HZ = 100)
     println!("warden audit benchmark (same machine, same disk, same run)");
     println!(
@@ -149,11 +208,21 @@ mutating = true
         through
     );
     println!(
+        "{:<58} {:>12.0}",
+        format!("wardend, {CLIENTS} clients, job.get (no audit record)/s"),
+        unaudited
+    );
+    println!(
         "{:<58} {:>12.1}",
         "wardend CPU per request (user + system), µs",
         ticks as f64 * tick / answered as f64
     );
     println!("{:<58} {:>12.0}", "audit.verify, records/s", verify);
+    println!(
+        "{:<58} {:>12.0}",
+        format!("raw Unix-socket echo, {CLIENTS} clients, round trips/s"),
+        echoed
+    );
     println!();
     println!(
         "durable requests / fsync-per-record loop:  {:.1}  (target >= 10)",
@@ -162,5 +231,17 @@ mutating = true
     println!(
         "durable requests / 64-per-fsync loop:      {:.2}  (target >= 0.5)",
         through / per_64
+    );
+    println!(
+        "durable requests / raw echo:               {:.2}",
+        through / echoed
+    );
+    println!(
+        "job.get, no record / 64-per-fsync loop:    {:.2}  (the same path with nothing to write)",
+        unaudited / per_64
+    );
+    println!(
+        "the >= 0.5 target / raw echo:              {:.2}  (a server that does nothing reaches 1)",
+        0.5 * per_64 / echoed
     );
 }

@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,7 @@ const IDLE: usize = 10_000;
 
 fn main() {
     if std::env::var_os("WARDEN_BENCH_ECHO").is_some() {
-        return echo_server(Path::new(&std::env::var("WARDEN_BENCH_ECHO").unwrap()));
+        return support::echo_server(Path::new(&std::env::var("WARDEN_BENCH_ECHO").unwrap()));
     }
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -420,38 +422,4 @@ fn idle_memory(s: &Server) -> f64 {
     let after = s.rss_bytes();
     drop(conns);
     (after - before) / IDLE as f64
-}
-
-/// The baseline: a tokio echo server for length-prefixed frames.
-fn echo_server(socket: &Path) {
-    let _ = warden_sys::process::raise_nofile_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::UnixListener::bind(socket).unwrap();
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut body = Vec::new();
-                loop {
-                    let mut header = [0u8; 4];
-                    if stream.read_exact(&mut header).await.is_err() {
-                        return;
-                    }
-                    body.resize(u32::from_be_bytes(header) as usize, 0);
-                    if stream.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let mut out = header.to_vec();
-                    out.extend_from_slice(&body);
-                    if stream.write_all(&out).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
 }

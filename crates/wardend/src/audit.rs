@@ -78,11 +78,10 @@ impl Event {
     }
 }
 
-/// A record as written: its place in the chain (`seq`, `ts`, `prev`), then the event's fields.
-/// Spliced by hand: `#[serde(flatten)]` goes through a map serializer, which showed in profiles
-/// of the write path.
-fn encode(seq: u64, ts: &str, prev: &str, event: &Event) -> serde_json::Result<Vec<u8>> {
-    let body = serde_json::to_vec(event)?;
+/// A record as written: its place in the chain (`seq`, `ts`, `prev`), then the fields of the
+/// event `body` (the event as JSON). Spliced by hand: `#[serde(flatten)]` goes through a map
+/// serializer, which showed in profiles of the write path.
+fn encode(seq: u64, ts: &str, prev: &str, body: &[u8]) -> serde_json::Result<Vec<u8>> {
     let mut line = Vec::with_capacity(body.len() + 128);
     line.extend_from_slice(format!("{{\"seq\":{seq},\"ts\":").as_bytes());
     serde_json::to_writer(&mut line, ts)?;
@@ -112,7 +111,9 @@ pub(crate) enum AuditError {
 }
 
 struct Entry {
-    event: Box<Event>,
+    /// The event as JSON, encoded by the caller: the writer thread is the one place records
+    /// go through one at a time, so it does only what must be done in order.
+    body: Vec<u8>,
     /// Answered once the record is on disk; `None` for records that need not wait.
     durable: Option<oneshot::Sender<Result<Head, AuditError>>>,
 }
@@ -349,10 +350,12 @@ impl AuditLog {
 
     /// Appends `event`; it reaches the disk with the next flush.
     pub(crate) fn record(&self, event: Event) {
-        if let Err(e) = self.send(Op::Write(Entry {
-            event: Box::new(event),
-            durable: None,
-        })) {
+        if let Err(e) = body_of(&event).and_then(|body| {
+            self.send(Op::Write(Entry {
+                body,
+                durable: None,
+            }))
+        }) {
             tracing::error!(error = %e, "an audit record was lost");
         }
     }
@@ -361,7 +364,7 @@ impl AuditLog {
     pub(crate) async fn record_durable(&self, event: Event) -> Result<Head, AuditError> {
         let (ack, done) = oneshot::channel();
         self.send(Op::Write(Entry {
-            event: Box::new(event),
+            body: body_of(&event)?,
             durable: Some(ack),
         }))?;
         done.await.map_err(|_| AuditError::Closed)?
@@ -389,6 +392,11 @@ impl AuditLog {
             let _ = t.join();
         }
     }
+}
+
+/// `event` as JSON, for [`encode`]: an object with at least `event`.
+fn body_of(event: &Event) -> Result<Vec<u8>, AuditError> {
+    serde_json::to_vec(event).map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))
 }
 
 impl Drop for AuditLog {
@@ -478,10 +486,14 @@ fn serve(
             tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
         }
     };
+    // The live file's length, kept here rather than asked of the kernel twice a batch.
+    let mut len = file.metadata().map_or(0, |m| m.len());
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
         let before = head.clone();
+        // One batch is written at one moment.
+        let ts = now_text();
         let mut buf = Vec::new();
         let mut sync = false;
         // Where each write landed, to answer it with its own place in the chain.
@@ -491,9 +503,8 @@ fn serve(
             placed.push(None);
             match op {
                 Op::Write(entry) => {
-                    // An Event always serializes; should it not, the record is skipped whole.
-                    let Ok(line) = encode(head.seq + 1, &now_text(), &head.hash, &entry.event)
-                    else {
+                    // A body always splices; should it not, the record is skipped whole.
+                    let Ok(line) = encode(head.seq + 1, &ts, &head.hash, &entry.body) else {
                         continue;
                     };
                     head = Head {
@@ -514,7 +525,13 @@ fn serve(
             }
         }
         // A seal may only name records that are on disk.
-        let written = append(&mut file, &buf, sync || !to_seal.is_empty(), syncs);
+        let written = append(
+            &mut file,
+            &mut len,
+            &buf,
+            sync || !to_seal.is_empty(),
+            syncs,
+        );
         if written.is_ok() && bus.listened() {
             for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 if let Ok(record) = serde_json::from_slice::<Value>(line) {
@@ -529,11 +546,12 @@ fn serve(
                 head = before;
             }
         }
-        if written.is_ok()
-            && file.metadata().is_ok_and(|m| m.len() >= rotate_at)
-            && let Err(e) = rotate(&mut file, live, head.seq)
-        {
-            tracing::error!(error = %e, "cannot close the audit log's segment; writing on");
+        if written.is_ok() && len >= rotate_at {
+            if let Err(e) = rotate(&mut file, live, head.seq) {
+                tracing::error!(error = %e, "cannot close the audit log's segment; writing on");
+            }
+            // Whichever file a rotation left live, half done or not.
+            len = file.metadata().map_or(len, |m| m.len());
         }
         for (op, place) in batch.into_iter().zip(placed) {
             let (ack, at) = match op {
@@ -575,9 +593,15 @@ fn rotate(file: &mut File, live: &Path, last_seq: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Appends `buf` whole or not at all (a failed write is cut back off), flushing if `sync`.
-fn append(file: &mut File, buf: &[u8], sync: bool, syncs: &AtomicU64) -> io::Result<()> {
-    let len = file.metadata()?.len();
+/// Appends `buf` whole or not at all (a failed write is cut back off to `len`, the file's
+/// length, which is moved on by what was written), flushing if `sync`.
+fn append(
+    file: &mut File,
+    len: &mut u64,
+    buf: &[u8],
+    sync: bool,
+    syncs: &AtomicU64,
+) -> io::Result<()> {
     let result = file.write_all(buf).and_then(|()| {
         if !sync {
             return Ok(());
@@ -585,8 +609,13 @@ fn append(file: &mut File, buf: &[u8], sync: bool, syncs: &AtomicU64) -> io::Res
         syncs.fetch_add(1, Ordering::Relaxed);
         file.sync_data()
     });
-    if result.is_err() {
-        let _ = file.set_len(len);
+    match result {
+        Ok(()) => *len += buf.len() as u64,
+        Err(_) => {
+            let _ = file.set_len(*len);
+            // Should even the cut fail, go on from what the file holds.
+            *len = file.metadata().map_or(*len, |m| m.len());
+        }
     }
     result
 }
@@ -908,7 +937,8 @@ mod tests {
     /// Pins: a record's line is the event's fields after seq, ts and prev, as one JSON object.
     #[test]
     fn a_record_is_one_object_seq_first() {
-        let line = encode(7, "2026-11-29T23:00:00.000Z", GENESIS, &event(3)).unwrap();
+        let body = body_of(&event(3)).unwrap();
+        let line = encode(7, "2026-11-29T23:00:00.000Z", GENESIS, &body).unwrap();
         let text = String::from_utf8(line).unwrap();
         assert!(
             text.starts_with("{\"seq\":7,\"ts\":\"2026-11-29T23:00:00.000Z\",\"prev\":\"000"),

@@ -61,3 +61,37 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The baseline: a tokio echo server for length-prefixed frames.
+pub fn echo_server(socket: &Path) {
+    let _ = warden_sys::process::raise_nofile_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut body = Vec::new();
+                loop {
+                    let mut header = [0u8; 4];
+                    if stream.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    body.resize(u32::from_be_bytes(header) as usize, 0);
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let mut out = header.to_vec();
+                    out.extend_from_slice(&body);
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
