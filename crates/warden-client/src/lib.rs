@@ -287,6 +287,53 @@ impl Client {
         self.call("lockdown.release", &serde_json::json!({})).await
     }
 
+    /// Makes a resource of `kind` called `name`. `owner` counts only from root: anyone else
+    /// owns what they create.
+    pub async fn resource_create(
+        &mut self,
+        kind: &str,
+        name: &str,
+        owner: Option<warden_proto::request::OwnerRef>,
+    ) -> Result<warden_proto::messages::ResourceInfo, ClientError> {
+        let p = warden_proto::request::ResourceCreateParams {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            owner,
+        };
+        self.call("resource.create", &p).await
+    }
+
+    /// Deletes one of your resources (any, for an admin).
+    pub async fn resource_delete(
+        &mut self,
+        kind: &str,
+        name: &str,
+    ) -> Result<warden_proto::messages::ResourceInfo, ClientError> {
+        let p = serde_json::json!({ "kind": kind, "name": name });
+        self.call("resource.delete", &p).await
+    }
+
+    /// One of your resources (any, for an admin).
+    pub async fn resource_get(
+        &mut self,
+        kind: &str,
+        name: &str,
+    ) -> Result<warden_proto::messages::ResourceInfo, ClientError> {
+        let p = serde_json::json!({ "kind": kind, "name": name });
+        self.call("resource.get", &p).await
+    }
+
+    /// Your resources (everyone's, for an admin), of one kind if given.
+    pub async fn resources(
+        &mut self,
+        kind: Option<&str>,
+    ) -> Result<warden_proto::messages::ResourceList, ClientError> {
+        let p = warden_proto::request::ResourceListParams {
+            kind: kind.map(str::to_owned),
+        };
+        self.call("resource.list", &p).await
+    }
+
     /// Reads audit records (admin).
     pub async fn audit_query(
         &mut self,

@@ -11,6 +11,7 @@ use warden_proto::{ActionName, Gid, Limits, Tier, Uid};
 
 use crate::actions::{self, ActionSpec};
 use crate::config::{self, ConfigError, ConfigFile, Problem, line_of};
+use crate::resources::{self, ResourceKind};
 
 /// Longest socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -93,6 +94,8 @@ pub struct Policy {
     pub jobs: JobSettings,
     /// Declared actions, by name.
     pub actions: BTreeMap<ActionName, ActionSpec>,
+    /// Declared kinds of owned resources, by kind.
+    pub resources: BTreeMap<String, ResourceKind>,
 }
 
 /// A policy and the warnings found while building it.
@@ -250,6 +253,7 @@ fn compile(
         .collect();
     let declared_ops: BTreeSet<String> = ops.keys().cloned().collect();
     let actions = actions::compile_actions(&file.actions, &declared_ops, text, dir, &mut errors);
+    let resources = resources::compile_resources(&file.resources, &actions, text, &mut errors);
     let jobs = JobSettings {
         log_cap_bytes: file.jobs.log_cap_bytes.0,
         keep_finished: file.jobs.keep_finished.0 as usize,
@@ -290,6 +294,7 @@ fn compile(
             guards,
             jobs,
             actions,
+            resources,
         },
         warnings,
     })

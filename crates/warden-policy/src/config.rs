@@ -104,6 +104,35 @@ pub struct ConfigFile {
     pub jobs: JobsSection,
     #[serde(default, rename = "action")]
     pub actions: Vec<Spanned<ActionSection>>,
+    #[serde(default, rename = "resource")]
+    pub resources: Vec<Spanned<ResourceSection>>,
+}
+
+/// One `[[resource]]`: a kind of directory users own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSection {
+    pub kind: Spanned<String>,
+    /// Where the directories are made; root's, and not writable by anyone else.
+    pub base_dir: Spanned<AbsPath>,
+    #[serde(default = "default_resource_mode")]
+    pub mode: Mode,
+    #[serde(default)]
+    pub name_pattern: Option<Spanned<String>>,
+    /// Resources of this kind one uid may own.
+    pub max_per_uid: Ranged<1, 1_000_000>,
+    /// The tier needed to create one.
+    pub tier: Tier,
+    /// Declared actions run with the resource's `kind`, `name`, `owner`, `uid` and `path` as
+    /// parameters (those the action declares).
+    #[serde(default)]
+    pub on_create: Option<Spanned<String>>,
+    #[serde(default)]
+    pub on_delete: Option<Spanned<String>>,
+}
+
+fn default_resource_mode() -> Mode {
+    Mode(0o700)
 }
 
 /// `[jobs]`: how jobs are kept.

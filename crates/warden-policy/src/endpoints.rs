@@ -51,6 +51,11 @@ pub fn spec(method: Method) -> EndpointSpec {
         Method::JobWait => (Tier::ReadOnly, &[], false),
         Method::JobLogs => (Tier::ReadOnly, &[], false),
         Method::JobWatch => (Tier::ReadOnly, &[], false),
+        // The kind's own tier applies on top.
+        Method::ResourceCreate => (Tier::ReadOnly, &[], true),
+        // Ownership decides who may: the owner or an admin.
+        Method::ResourceDelete => (Tier::ReadOnly, &[], true),
+        Method::ResourceList | Method::ResourceGet => (Tier::ReadOnly, &[], false),
     };
     EndpointSpec {
         method,

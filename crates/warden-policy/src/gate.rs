@@ -68,6 +68,8 @@ pub enum Target {
     Nothing,
     /// The request names a job; `owner` is its requester, `None` if there is no such job.
     Job { owner: Option<Uid> },
+    /// The request names a resource; `owner` is its owner, `None` if there is no such resource.
+    Resource { owner: Option<Uid> },
 }
 
 impl ActionSpec {
@@ -181,6 +183,13 @@ impl Policy {
                 };
                 return self.decide_traced(peer, listener, &action.requirement(), runtime, trace);
             }
+            Request::ResourceCreate(p) => {
+                let Some(kind) = self.resources.get(&p.kind) else {
+                    trace.note(|| format!("no resource kind `{}` is declared", p.kind));
+                    return not_found(format!("no resource kind `{}`", p.kind.escape_debug()));
+                };
+                return self.decide_traced(peer, listener, &kind.requirement(), runtime, trace);
+            }
             // Actions a caller could not start are hidden from it, as if they did not exist.
             Request::ActionsDescribe(p)
                 if !self
@@ -197,7 +206,7 @@ impl Policy {
             // message does not even repeat the id asked for).
             let visible = match runtime.target {
                 Target::Job { owner: Some(owner) } => owner == peer.uid || tier == Tier::Admin,
-                Target::Job { owner: None } | Target::Nothing => false,
+                _ => false,
             };
             trace.note(|| {
                 format!(
@@ -211,6 +220,26 @@ impl Policy {
             });
             if !visible {
                 return not_found("no such job".to_owned());
+            }
+        }
+        if request.resource().is_some() {
+            // Someone else's resource gets exactly the answer a name nobody has gets.
+            let visible = match runtime.target {
+                Target::Resource { owner: Some(owner) } => owner == peer.uid || tier == Tier::Admin,
+                _ => false,
+            };
+            trace.note(|| {
+                format!(
+                    "the resource is {}",
+                    if visible {
+                        "the caller's own (or the caller is admin)"
+                    } else {
+                        "someone else's or missing: answered as missing"
+                    }
+                )
+            });
+            if !visible {
+                return not_found("no such resource".to_owned());
             }
         }
         Decision::Allow { tier }
@@ -814,5 +843,139 @@ ops = ["storage"]
         let reader = peer(1100, &[1400]);
         assert!(!allowed(p.authorize(&reader, main, &all, &rt(&o))));
         assert!(allowed(p.authorize(&alice, main, &all, &rt(&o))));
+    }
+
+    const RESOURCES: &str = r#"
+[tiers]
+read_only_groups = ["wro"]
+operator_groups = ["wops"]
+admin_groups = ["wadm"]
+[[listener]]
+path = "/run/w/main.sock"
+[[resource]]
+kind = "workspace"
+base_dir = "/srv/ws"
+max_per_uid = 2
+tier = "read_only"
+[[resource]]
+kind = "vm"
+base_dir = "/srv/vm"
+max_per_uid = 2
+tier = "operator"
+"#;
+
+    fn named(kind: &str) -> warden_proto::request::ResourceParams {
+        warden_proto::request::ResourceParams {
+            kind: kind.into(),
+            name: "ws1".into(),
+        }
+    }
+
+    /// Pins: creating needs the kind's tier and is refused under a lockdown; get and delete
+    /// reach only the owner and admins, and a stranger's answer equals the one for no resource.
+    #[test]
+    fn resources_belong_to_their_owner_and_to_admins() {
+        let p = load(RESOURCES).unwrap().policy;
+        let o = BTreeMap::new();
+        let main = &p.listeners[0];
+        let (alice, bob) = (peer(1200, &[1400]), peer(1201, &[1400]));
+        let (operator, admin) = (peer(1300, &[1500]), peer(1301, &[1600]));
+        let create = |kind: &str| {
+            Request::ResourceCreate(warden_proto::request::ResourceCreateParams {
+                kind: kind.into(),
+                name: "ws1".into(),
+                owner: None,
+            })
+        };
+        assert!(allowed(p.authorize(
+            &alice,
+            main,
+            &create("workspace"),
+            &rt(&o)
+        )));
+        assert!(!allowed(p.authorize(&alice, main, &create("vm"), &rt(&o))));
+        assert!(allowed(p.authorize(
+            &operator,
+            main,
+            &create("vm"),
+            &rt(&o)
+        )));
+        assert!(matches!(
+            p.authorize(&alice, main, &create("nope"), &rt(&o)),
+            Decision::Deny {
+                kind: ErrorKind::NotFound,
+                ..
+            }
+        ));
+        let lockdown = Lockdown {
+            reason: "incident".into(),
+            by_uid: 0,
+            since: "now".into(),
+        };
+        let locked = Runtime {
+            ops: &o,
+            lockdown: Some(&lockdown),
+            target: Target::Resource {
+                owner: Some(Uid(1200)),
+            },
+        };
+        for request in [
+            create("workspace"),
+            Request::ResourceDelete(named("workspace")),
+        ] {
+            assert!(matches!(
+                p.authorize(&admin, main, &request, &locked),
+                Decision::Deny {
+                    kind: ErrorKind::LockedDown,
+                    ..
+                }
+            ));
+        }
+
+        let owned_by = |uid| Runtime {
+            ops: &o,
+            lockdown: None,
+            target: Target::Resource {
+                owner: Some(Uid(uid)),
+            },
+        };
+        let missing = Runtime {
+            ops: &o,
+            lockdown: None,
+            target: Target::Resource { owner: None },
+        };
+        for request in [
+            Request::ResourceGet(named("workspace")),
+            Request::ResourceDelete(named("workspace")),
+        ] {
+            assert!(allowed(p.authorize(
+                &alice,
+                main,
+                &request,
+                &owned_by(1200)
+            )));
+            assert!(allowed(p.authorize(
+                &admin,
+                main,
+                &request,
+                &owned_by(1200)
+            )));
+            let foreign = p.authorize(&bob, main, &request, &owned_by(1200));
+            assert_eq!(foreign, p.authorize(&bob, main, &request, &missing));
+            assert!(
+                matches!(&foreign, Decision::Deny { kind: ErrorKind::NotFound, reason, .. }
+                if reason == "no such resource")
+            );
+            // An operator is no owner, and without a lookup the gate fails closed.
+            assert!(!allowed(p.authorize(
+                &operator,
+                main,
+                &request,
+                &owned_by(1200)
+            )));
+            assert!(!allowed(p.authorize(&alice, main, &request, &rt(&o))));
+        }
+        let list = Request::ResourceList(Default::default());
+        assert!(allowed(p.authorize(&alice, main, &list, &rt(&o))));
     }
 }

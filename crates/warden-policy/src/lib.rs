@@ -11,6 +11,7 @@ pub mod compile;
 pub mod config;
 pub mod endpoints;
 pub mod gate;
+pub mod resources;
 pub mod tiers;
 
 pub use actions::{ActionSpec, Checked, ParamError};
@@ -18,4 +19,5 @@ pub use compile::{Directory, JobSettings, ListenerPolicy, Loaded, Policy};
 pub use config::{ConfigError, Problem};
 pub use endpoints::EndpointSpec;
 pub use gate::{Decision, Lockdown, PeerIdentity, Runtime};
+pub use resources::ResourceKind;
 pub use tiers::Effective;

@@ -300,3 +300,30 @@ pub struct StatusResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lockdown: Option<LockdownInfo>,
 }
+
+/// One owned resource: `resource.create`, `resource.get`, `resource.delete` (what was removed)
+/// and each entry of `resource.list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceInfo {
+    pub kind: String,
+    pub name: String,
+    /// The owner as the kernel reported the caller (or as root named them).
+    pub owner_uid: Uid,
+    /// The owner's user name from the passwd database at creation.
+    pub owner: String,
+    /// The directory.
+    pub path: String,
+    /// Its permission bits, octal (`"0700"`).
+    pub mode: String,
+    /// RFC 3339.
+    pub created: String,
+    /// The job of the kind's `on_create` (for create) or `on_delete` (for delete) hook, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_job: Option<crate::ids::JobId>,
+}
+
+/// `resource.list`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceList {
+    pub resources: Vec<ResourceInfo>,
+}

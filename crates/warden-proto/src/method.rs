@@ -31,10 +31,14 @@ pub enum Method {
     PolicyReload,
     PolicyExplain,
     Doctor,
+    ResourceCreate,
+    ResourceDelete,
+    ResourceList,
+    ResourceGet,
 }
 
 impl Method {
-    pub const ALL: [Method; 25] = [
+    pub const ALL: [Method; 29] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -60,6 +64,10 @@ impl Method {
         Method::PolicyReload,
         Method::PolicyExplain,
         Method::Doctor,
+        Method::ResourceCreate,
+        Method::ResourceDelete,
+        Method::ResourceList,
+        Method::ResourceGet,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +97,10 @@ impl Method {
             Method::PolicyReload => "policy.reload",
             Method::PolicyExplain => "policy.explain",
             Method::Doctor => "doctor",
+            Method::ResourceCreate => "resource.create",
+            Method::ResourceDelete => "resource.delete",
+            Method::ResourceList => "resource.list",
+            Method::ResourceGet => "resource.get",
         }
     }
 

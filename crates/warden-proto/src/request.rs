@@ -44,6 +44,10 @@ pub enum Request {
     PolicyReload,
     PolicyExplain(ExplainParams),
     Doctor,
+    ResourceCreate(ResourceCreateParams),
+    ResourceDelete(ResourceParams),
+    ResourceList(ResourceListParams),
+    ResourceGet(ResourceParams),
 }
 
 /// Longest idempotency key, in bytes.
@@ -191,6 +195,54 @@ pub struct AuditQueryParams {
     /// At most [`MAX_AUDIT_RECORDS`]; 100 when absent.
     #[serde(default)]
     pub limit: Option<u32>,
+}
+
+/// Longest resource kind or name accepted at the edge, in bytes (a file name's limit). Each
+/// kind's own pattern narrows names further.
+pub const MAX_RESOURCE_NAME: usize = 255;
+
+/// Who a resource is made for: a user name or a uid. Only root may name one; from anyone else
+/// it is ignored (and the audit record says so).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OwnerRef {
+    Uid(u32),
+    Name(String),
+}
+
+impl std::fmt::Display for OwnerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OwnerRef::Uid(uid) => write!(f, "uid {uid}"),
+            OwnerRef::Name(name) => write!(f, "`{}`", name.escape_debug()),
+        }
+    }
+}
+
+/// `resource.create {kind, name, owner?}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceCreateParams {
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub owner: Option<OwnerRef>,
+}
+
+/// `resource.delete` and `resource.get`: `{kind, name}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceParams {
+    pub kind: String,
+    pub name: String,
+}
+
+/// `resource.list {kind?}`: the caller's own resources (an admin's answer holds everyone's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceListParams {
+    #[serde(default)]
+    pub kind: Option<String>,
 }
 
 /// `job.wait {job_id, timeout_ms}`
@@ -391,7 +443,40 @@ impl Request {
             }
             Method::JobLogs => Request::JobLogs(typed(method, raw)?),
             Method::JobWatch => Request::JobWatch(typed(method, raw)?),
+            Method::ResourceCreate => {
+                let p: ResourceCreateParams = typed(method, raw)?;
+                resource_sizes(method, &p.kind, &p.name)?;
+                if let Some(OwnerRef::Name(n)) = &p.owner
+                    && n.len() > MAX_RESOURCE_NAME
+                {
+                    return Err(ParamsError {
+                        method,
+                        reason: format!("`owner` must be at most {MAX_RESOURCE_NAME} bytes"),
+                    });
+                }
+                Request::ResourceCreate(p)
+            }
+            Method::ResourceDelete => {
+                let p: ResourceParams = typed(method, raw)?;
+                resource_sizes(method, &p.kind, &p.name)?;
+                Request::ResourceDelete(p)
+            }
+            Method::ResourceGet => {
+                let p: ResourceParams = typed(method, raw)?;
+                resource_sizes(method, &p.kind, &p.name)?;
+                Request::ResourceGet(p)
+            }
+            Method::ResourceList => Request::ResourceList(typed(method, raw)?),
         })
+    }
+
+    /// The resource (kind, name) this request is about, if it names an existing one: the gate
+    /// decides ownership from it.
+    pub fn resource(&self) -> Option<(&str, &str)> {
+        match self {
+            Request::ResourceDelete(p) | Request::ResourceGet(p) => Some((&p.kind, &p.name)),
+            _ => None,
+        }
     }
 
     /// The job this request is about, if any: the gate decides ownership from it.
@@ -431,6 +516,10 @@ impl Request {
             Request::PolicyReload => Method::PolicyReload,
             Request::PolicyExplain(_) => Method::PolicyExplain,
             Request::Doctor => Method::Doctor,
+            Request::ResourceCreate(_) => Method::ResourceCreate,
+            Request::ResourceDelete(_) => Method::ResourceDelete,
+            Request::ResourceList(_) => Method::ResourceList,
+            Request::ResourceGet(_) => Method::ResourceGet,
         }
     }
 }
@@ -440,6 +529,17 @@ fn typed<T: DeserializeOwned>(method: Method, raw: &str) -> Result<T, ParamsErro
         method,
         reason: e.to_string(),
     })
+}
+
+/// Kind and name within [`MAX_RESOURCE_NAME`] bytes: what a kind's own rules then check.
+fn resource_sizes(method: Method, kind: &str, name: &str) -> Result<(), ParamsError> {
+    if kind.is_empty() || kind.len() > MAX_RESOURCE_NAME || name.len() > MAX_RESOURCE_NAME {
+        return Err(ParamsError {
+            method,
+            reason: format!("`kind` and `name` must be at most {MAX_RESOURCE_NAME} bytes"),
+        });
+    }
+    Ok(())
 }
 
 fn none(method: Method, raw: &str, request: Request) -> Result<Request, ParamsError> {

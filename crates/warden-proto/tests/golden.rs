@@ -210,6 +210,26 @@ fn requests_match_their_fixtures_and_parse_back() {
             json!({}),
         ),
         (
+            "request.resource_create",
+            Method::ResourceCreate,
+            json!({"kind": "workspace", "name": "ws1", "owner": "alice"}),
+        ),
+        (
+            "request.resource_delete",
+            Method::ResourceDelete,
+            json!({"kind": "workspace", "name": "ws1"}),
+        ),
+        (
+            "request.resource_get",
+            Method::ResourceGet,
+            json!({"kind": "workspace", "name": "ws1"}),
+        ),
+        (
+            "request.resource_list",
+            Method::ResourceList,
+            json!({"kind": "workspace"}),
+        ),
+        (
             "request.audit_query",
             Method::AuditQuery,
             json!({"since": "2026-11-29T00:00:00Z", "uid": 1000, "decision": "deny", "limit": 50}),
@@ -314,6 +334,26 @@ fn results_match_their_fixtures() {
         ok(&LockdownResult {
             lockdown: Some(lockdown),
             stopping: vec![],
+        }),
+    );
+    let ws1 = ResourceInfo {
+        kind: "workspace".into(),
+        name: "ws1".into(),
+        owner_uid: Uid(1000),
+        owner: "alice".into(),
+        path: "/srv/workspaces/ws1".into(),
+        mode: "0700".into(),
+        created: "2026-11-30T00:00:00Z".into(),
+        hook_job: Some(JobId::try_from("job_3f2a9c0d5e7b8a61".to_owned()).unwrap()),
+    };
+    check("result.resource", ok(&ws1));
+    check(
+        "result.resource_list",
+        ok(&ResourceList {
+            resources: vec![ResourceInfo {
+                hook_job: None,
+                ..ws1
+            }],
         }),
     );
     check(

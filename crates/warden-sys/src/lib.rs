@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod fs;
+pub mod owned;
 pub mod peer;
 pub mod process;
 pub mod spawn;

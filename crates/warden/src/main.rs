@@ -89,9 +89,10 @@ enum Command {
         #[command(subcommand)]
         command: Option<OpsCommand>,
     },
-    /// Print events as they happen (Ctrl-C stops): job, ops and lockdown unless --topic says.
+    /// Print events as they happen (Ctrl-C stops): job, resource, ops and lockdown unless
+    /// --topic says.
     Events {
-        /// job, ops, lockdown, alert (operator) or audit (admin); repeat for more.
+        /// job, resource, ops, lockdown, alert (operator) or audit (admin); repeat for more.
         #[arg(long = "topic")]
         topics: Vec<String>,
     },
@@ -112,6 +113,11 @@ enum Command {
     Lockdown {
         #[command(subcommand)]
         command: LockdownCommand,
+    },
+    /// Directories you own, made and removed by the daemon: workspaces, shares, mailboxes.
+    Resource {
+        #[command(subcommand)]
+        command: ResourceCommand,
     },
     /// The audit log (admin).
     Audit {
@@ -153,7 +159,8 @@ enum PolicyCommand {
         listener: Option<String>,
         /// A method name, or `run` for job.start.
         method: String,
-        /// For `run`: the action, then its values as key=value.
+        /// For `run`: the action, then its values as key=value; for a method: its params as
+        /// key=value (e.g. `resource.create kind=workspace name=ws1`).
         rest: Vec<String>,
     },
 }
@@ -168,6 +175,28 @@ enum OpsCommand {
         /// Why, for the audit log.
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ResourceCommand {
+    /// Make a resource of KIND called NAME, owned by you.
+    Create {
+        kind: String,
+        name: String,
+        /// Root only: the user (name or uid) to make it for.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Delete one of your resources and everything in it.
+    Delete { kind: String, name: String },
+    /// Show one of your resources.
+    Get { kind: String, name: String },
+    /// List your resources (an admin sees everyone's).
+    List {
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
     },
 }
 
@@ -296,11 +325,16 @@ async fn run(cli: Cli) -> ExitCode {
                     rest,
                 },
         } => {
-            let (method, action, params) = if method == "run" {
+            let (action, pairs) = if method == "run" {
                 let Some((action, pairs)) = rest.split_first() else {
                     eprintln!("warden: `run` needs an action");
                     return ExitCode::from(exit::USAGE);
                 };
+                (Some(action.clone()), pairs)
+            } else {
+                (None, &rest[..])
+            };
+            let params = {
                 let mut params = serde_json::Map::new();
                 for pair in pairs {
                     let Some((k, v)) = pair.split_once('=') else {
@@ -314,9 +348,12 @@ async fn run(cli: Cli) -> ExitCode {
                         .unwrap_or_else(|| serde_json::Value::from(v));
                     params.insert(k.to_owned(), value);
                 }
-                ("job.start".to_owned(), Some(action.clone()), Some(params))
+                (!params.is_empty() || action.is_some()).then_some(params)
+            };
+            let method = if action.is_some() {
+                "job.start".to_owned()
             } else {
-                (method, None, None)
+                method
             };
             let p = serde_json::json!({
                 "user": user, "uid": uid, "listener": listener,
@@ -369,6 +406,36 @@ async fn run(cli: Cli) -> ExitCode {
             .lockdown_engage(&reason)
             .await
             .map(|l| show(json, &l, render::lockdown)),
+        Command::Resource {
+            command: ResourceCommand::Create { kind, name, owner },
+        } => {
+            let owner = owner.map(|o| match o.parse::<u32>() {
+                Ok(uid) => warden_proto::request::OwnerRef::Uid(uid),
+                Err(_) => warden_proto::request::OwnerRef::Name(o),
+            });
+            client
+                .resource_create(&kind, &name, owner)
+                .await
+                .map(|r| show(json, &r, render::resource))
+        }
+        Command::Resource {
+            command: ResourceCommand::Delete { kind, name },
+        } => client
+            .resource_delete(&kind, &name)
+            .await
+            .map(|r| show(json, &r, render::resource_deleted)),
+        Command::Resource {
+            command: ResourceCommand::Get { kind, name },
+        } => client
+            .resource_get(&kind, &name)
+            .await
+            .map(|r| show(json, &r, render::resource)),
+        Command::Resource {
+            command: ResourceCommand::List { kind },
+        } => client
+            .resources(kind.as_deref())
+            .await
+            .map(|r| show(json, &r, render::resources)),
         Command::Lockdown {
             command: LockdownCommand::Release,
         } => client
@@ -413,7 +480,12 @@ async fn run(cli: Cli) -> ExitCode {
 /// `warden events`: subscribes and prints each event on a line until Ctrl-C or the stream ends.
 async fn events(client: &mut Client, topics: Vec<String>, json: bool) -> ExitCode {
     let topics = if topics.is_empty() {
-        vec!["job".to_owned(), "ops".to_owned(), "lockdown".to_owned()]
+        vec![
+            "job".to_owned(),
+            "resource".to_owned(),
+            "ops".to_owned(),
+            "lockdown".to_owned(),
+        ]
     } else {
         topics
     };

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use warden_proto::messages::{
     AlertsResult, AuditVerifyResult, DoctorResult, ExplainResult, GrantSource, LockdownResult,
-    OpsResult, PolicyReloadResult, StatusResult, WhoamiResult,
+    OpsResult, PolicyReloadResult, ResourceInfo, ResourceList, StatusResult, WhoamiResult,
 };
 
 /// `3d 4h`, `5m 12s`, `42s`.
@@ -250,6 +250,14 @@ pub fn audit_record(r: &serde_json::Value) -> String {
         if !s(key).is_empty() {
             let _ = write!(line, " {}", s(key));
         }
+        // A resource's records name it in their params.
+        if let (true, Some(kind), Some(name)) = (
+            key == "action",
+            r["params"]["kind"].as_str(),
+            r["params"]["name"].as_str(),
+        ) {
+            let _ = write!(line, " {kind}/{name}");
+        }
     }
     if !s("reason").is_empty() {
         let _ = write!(line, " ({})", s("reason"));
@@ -265,6 +273,36 @@ pub fn audit_verify(v: &AuditVerifyResult) -> String {
         ),
         _ => format!("audit log intact: {} records\n", v.records),
     }
+}
+
+pub fn resource(r: &ResourceInfo) -> String {
+    let mut out = format!(
+        "{}/{}  {}  owner {} ({})  mode {}  created {}\n",
+        r.kind, r.name, r.path, r.owner, r.owner_uid, r.mode, r.created
+    );
+    if let Some(job) = &r.hook_job {
+        let _ = writeln!(out, "hook job {job}");
+    }
+    out
+}
+
+pub fn resource_deleted(r: &ResourceInfo) -> String {
+    format!("deleted {}/{} ({})\n", r.kind, r.name, r.path)
+}
+
+pub fn resources(l: &ResourceList) -> String {
+    if l.resources.is_empty() {
+        return "no resources\n".to_owned();
+    }
+    let mut out = String::new();
+    for r in &l.resources {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<24} {:<12} {}",
+            r.kind, r.name, r.owner, r.path
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -4,53 +4,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Output;
 
 use serde_json::{Map, Value, json};
-use tempfile::TempDir;
 use warden_client::Client;
 use warden_proto::jobs::JobState;
-use warden_proto::messages::DaemonMode;
 use warden_testkit::users::{TestGroup, TestUser};
-use wardend::{Daemon, DaemonThread, Settings};
 
-struct Env {
-    daemon: DaemonThread,
-    warden: PathBuf,
-    _dir: TempDir,
-}
+use common::Env;
 
-impl Env {
-    fn start(template: &str) -> Env {
-        let dir = warden_testkit::safe_tempdir();
-        let text = format!(
-            "[daemon]\nruntime_dir = \"{{dir}}/run\"\nstate_dir = \"{{dir}}/state\"\n\
-             [[listener]]\npath = \"{{dir}}/run/warden.sock\"\nmode = \"0666\"\n{template}"
-        );
-        let text = warden_testkit::config(&text, dir.path());
-        let settings = Settings::from_toml(&text, "test", DaemonMode::System).unwrap();
-        let daemon = Daemon::spawn_thread(settings).unwrap();
-        let warden =
-            warden_testkit::runnable_copy(Path::new(env!("CARGO_BIN_EXE_warden")), dir.path());
-        Env {
-            daemon,
-            warden,
-            _dir: dir,
-        }
-    }
-
-    fn as_user(&self, user: &TestUser, args: &[&str]) -> Output {
-        let mut cmd = user.command(&self.warden);
-        cmd.arg("--socket").arg(self.daemon.socket()).args(args);
-        cmd.env_remove("WARDEN_SOCKET").output().unwrap()
-    }
-
-    async fn root(&self) -> Client {
-        Client::connect(self.daemon.socket(), "root-test")
-            .await
-            .unwrap()
-    }
+/// The root client of `env`'s daemon.
+async fn root(env: &Env) -> Client {
+    Client::connect(env.socket(), "root-test").await.unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -88,7 +55,7 @@ user = "{u}"
 "#,
         u = runner.name
     ));
-    let mut c = env.root().await;
+    let mut c = root(&env).await;
     let run = async |c: &mut Client, action: &str| {
         let id = c
             .start(action, &Map::new(), None)

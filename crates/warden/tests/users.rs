@@ -4,62 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
-use warden_proto::messages::DaemonMode;
 use warden_testkit::raw::{PATIENCE, RawClient};
 use warden_testkit::users::{Groups, TestGroup, TestUser, as_ids};
-use wardend::{Daemon, DaemonThread, Settings};
 
-/// A daemon in this process (running as root) and a copy of the CLI any user can run.
-struct Env {
-    daemon: DaemonThread,
-    warden: PathBuf,
-    /// Removed after the daemon stops (fields drop in order).
-    _dir: TempDir,
-}
-
-impl Env {
-    /// `template` is the configuration after `[daemon]`; `{dir}` is the test's directory. A
-    /// socket anyone may open is added unless the template declares listeners.
-    fn start(template: &str) -> Env {
-        let dir = warden_testkit::safe_tempdir();
-        let mut text = format!(
-            "[daemon]\nruntime_dir = \"{{dir}}/run\"\nstate_dir = \"{{dir}}/state\"\n{template}"
-        );
-        if !template.contains("[[listener]]") {
-            text.push_str("\n[[listener]]\npath = \"{dir}/run/warden.sock\"\nmode = \"0666\"\n");
-        }
-        let text = warden_testkit::config(&text, dir.path());
-        let settings = Settings::from_toml(&text, "test", DaemonMode::System).unwrap();
-        let daemon = Daemon::spawn_thread(settings).unwrap();
-        let warden =
-            warden_testkit::runnable_copy(Path::new(env!("CARGO_BIN_EXE_warden")), dir.path());
-        Env {
-            daemon,
-            warden,
-            _dir: dir,
-        }
-    }
-
-    fn socket(&self) -> &Path {
-        self.daemon.socket()
-    }
-
-    /// The CLI as `user`, with the groups /etc/group gives it.
-    fn as_user(&self, user: &TestUser, args: &[&str]) -> Output {
-        self.run(user.command(&self.warden), args)
-    }
-
-    fn run(&self, mut cmd: Command, args: &[&str]) -> Output {
-        cmd.arg("--socket").arg(self.socket()).args(args);
-        cmd.env_remove("WARDEN_SOCKET").output().unwrap()
-    }
-}
+use common::Env;
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout)

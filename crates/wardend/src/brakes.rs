@@ -4,12 +4,13 @@
 //! survives a restart.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use warden_policy::Lockdown;
+
+use crate::files::{read_json, remove_durably, write_atomic};
 
 /// Ops toggles and lockdown in force.
 #[derive(Debug)]
@@ -24,44 +25,6 @@ pub(crate) struct Brakes {
 
 const OPS: &str = "ops.json";
 const LOCKDOWN: &str = "lockdown.json";
-
-/// Writes `bytes` to `dir/name` (mode 0600) so that a crash leaves the old file or the new one:
-/// a temporary file, flushed, renamed over, then the directory flushed.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Removes `dir/name` durably; a missing file is fine.
-fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
-    match std::fs::remove_file(dir.join(name)) {
-        Ok(()) => std::fs::File::open(dir)?.sync_all(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
 
 impl Brakes {
     /// The configured toggles with the changes saved in `state_dir` on top (a saved toggle the

@@ -22,6 +22,8 @@ use warden_proto::error::code;
 use warden_proto::request::ClientName;
 use warden_proto::{ErrorKind, Method, Request, RpcError, Tier, Uid};
 
+use serde_json::Value;
+
 use crate::audit;
 use crate::handlers::{self, Reply};
 use crate::limits::{TokenBucket, retry_ms};
@@ -357,15 +359,18 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             f,
         )
     };
-    let target = match request.job() {
-        None => Target::Nothing,
-        Some(job) => match shared.jobs.owner(job).await {
+    let target = match (request.job(), request.resource()) {
+        (Some(job), _) => match shared.jobs.owner(job).await {
             Ok(owner) => Target::Job { owner },
             Err(e) => {
                 let f = Failure::internal(format!("looking up {job}: {e}"));
                 return fail(&f);
             }
         },
+        (None, Some((kind, name))) => Target::Resource {
+            owner: shared.resources.owner(kind, name),
+        },
+        (None, None) => Target::Nothing,
     };
     // The read guards end with this block: nothing here waits while holding them.
     let decision = {
@@ -380,8 +385,8 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             .policy()
             .authorize(&caller.peer, &caller.listener, &request, &runtime)
     };
-    match decision {
-        Decision::Allow { .. } => {}
+    let tier = match decision {
+        Decision::Allow { tier } => tier,
         Decision::Deny { kind, reason, .. } => {
             let f = denied(
                 &shared,
@@ -393,7 +398,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             );
             return fail(&f);
         }
-    }
+    };
     // A request that changes something is on disk, decided, before anything happens.
     let audited = audited(&shared, &caller, &request);
     if let Some(event) = &audited
@@ -412,6 +417,8 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         Arc::clone(&caller),
         request,
         out,
+        tier,
+        target,
     ));
     let result = match handler.await {
         Ok(r) => r,
@@ -429,6 +436,15 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
                 event.job_id = Some(s.job_id.to_string());
             }
             Ok(handlers::Reply::Job(r)) => event.outcome = Some(r.state.as_str().into()),
+            // Who owns it, as decided: for a create, the caller unless root named someone.
+            Ok(handlers::Reply::Resource(r)) => {
+                event.outcome = Some("ok".into());
+                if let Some(Value::Object(params)) = &mut event.params {
+                    params.insert("owner_uid".into(), Value::from(r.owner_uid.0));
+                    params.insert("owner".into(), Value::from(r.owner.clone()));
+                }
+                event.job_id = r.hook_job.as_ref().map(ToString::to_string);
+            }
             Ok(_) => event.outcome = Some("ok".into()),
             Err(f) => {
                 event.outcome = Some(f.kind.as_str().into());
@@ -480,6 +496,24 @@ fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit:
             event.reason = Some(p.reason.clone());
         }
         Request::LockdownEngage(p) => event.reason = Some(p.reason.clone()),
+        Request::ResourceCreate(p) => {
+            let mut params = serde_json::Map::new();
+            params.insert("kind".into(), Value::from(p.kind.clone()));
+            params.insert("name".into(), Value::from(p.name.clone()));
+            // Only root may name an owner; from anyone else it is ignored, and said so here.
+            if let Some(asked) = &p.owner {
+                let asked = serde_json::to_value(asked).unwrap_or(Value::Null);
+                if caller.peer.uid.0 == 0 {
+                    params.insert("owner_asked".into(), asked);
+                } else {
+                    params.insert("owner_ignored".into(), asked);
+                }
+            }
+            event.params = Some(Value::Object(params));
+        }
+        Request::ResourceDelete(p) => {
+            event.params = Some(serde_json::json!({ "kind": p.kind, "name": p.name }));
+        }
         Request::LockdownRelease | Request::PolicyReload => {}
         _ => return None,
     }

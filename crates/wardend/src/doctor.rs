@@ -106,6 +106,7 @@ pub fn run(config: &Path, policy: &Policy) -> Vec<Finding> {
             ("ledger.db", 0o600),
             ("ops.json", 0o600),
             ("lockdown.json", 0o600),
+            (crate::resources::FILE, 0o600),
             ("audit", 0o700),
             ("audit/audit.log", 0o600),
             ("jobs", 0o700),
@@ -121,6 +122,16 @@ pub fn run(config: &Path, policy: &Policy) -> Vec<Finding> {
             format!("state directory {} does not exist yet", state.display()),
             "start wardend once; it creates it root's, mode 0700".into(),
         ));
+    }
+
+    // Another user able to write a base directory could swap names between the daemon's steps.
+    for kind in policy.resources.values() {
+        owned_by_root(
+            &mut out,
+            &kind.base_dir,
+            0o755,
+            &format!("base_dir of resource kind {}", kind.kind),
+        );
     }
 
     for l in &policy.listeners {

@@ -12,13 +12,14 @@ use tokio::sync::broadcast;
 pub(crate) const RING: usize = 1024;
 
 /// The topics a subscriber may ask for.
-pub(crate) const TOPICS: [&str; 5] = ["job", "ops", "lockdown", "alert", "audit"];
+pub(crate) const TOPICS: [&str; 6] = ["job", "resource", "ops", "lockdown", "alert", "audit"];
 
 /// One event.
 #[derive(Debug)]
 pub(crate) struct Event {
     pub topic: &'static str,
-    /// For job events: the job's requester (others see it only as operators or admins).
+    /// For job and resource events: the requester or owner (others see it only as operators or
+    /// admins).
     pub owner: Option<u32>,
     pub payload: Value,
 }

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub alerts: Alerts,
     /// Events for `events.subscribe`.
     pub bus: Bus,
+    /// Owned resources and the one lock of their changes.
+    pub resources: Arc<crate::resources::Registry>,
     /// Keeps peer-caused log lines from flooding the log.
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
@@ -169,6 +171,8 @@ pub enum StartError {
     Audit(std::io::Error),
     #[error("cannot read the saved ops toggles or lockdown: {0}")]
     Brakes(std::io::Error),
+    #[error("cannot read the resource registry: {0}")]
+    Resources(std::io::Error),
 }
 
 /// A daemon on its own runtime in a background thread (for tests and embedding). Stopped, with
@@ -267,6 +271,10 @@ impl Daemon {
             })
             .await
             .map_err(|e| StartError::Audit(std::io::Error::other(e.to_string())))?;
+        let resources = Arc::new(
+            crate::resources::Registry::open(&policy.state_dir, &policy.resources)
+                .map_err(StartError::Resources)?,
+        );
         let (jobs, lost) = Jobs::open(
             &policy.state_dir,
             policy.jobs.clone(),
@@ -295,6 +303,7 @@ impl Daemon {
             denials: Denials::default(),
             alerts: Alerts::new(bus.clone()),
             bus,
+            resources,
             brakes: Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?,
             admission: Admission::new(policy.limits.clone()),
             limits: policy.limits.clone(),

@@ -363,6 +363,12 @@ concurrency_group = "demo"
 type = "string"
 max_len = 32
 pattern = "[a-z0-9][a-z0-9-]*"
+
+[[resource]]
+kind = "workspace"
+base_dir = {workspaces}
+max_per_uid = 8
+tier = "read_only"
 "#,
         runtime = quoted(runtime),
         state = quoted(state),
@@ -370,6 +376,7 @@ pattern = "[a-z0-9][a-z0-9-]*"
         progress = quoted_str(DEMO_PROGRESS),
         commit = quoted_str(DEMO_COMMIT),
         demo_dir = quoted_str(&literal_arg(&demo_dir)),
+        workspaces = quoted(&state.join("workspaces")),
         demo_file = quoted_str(&format!("{}/{{name}}", literal_arg(&demo_dir))),
     )
 }
@@ -397,6 +404,10 @@ mod tests {
         assert_eq!(s.policy.ops.get("storage"), Some(&true));
         let names: Vec<&str> = s.policy.actions.keys().map(|a| a.as_str()).collect();
         assert_eq!(names, ["demo-commit", "demo-progress", "disk-usage"]);
+        assert_eq!(
+            s.policy.resources["workspace"].base_dir,
+            PathBuf::from("/run/user/4242/warden/state/workspaces")
+        );
         let commit = s
             .policy
             .actions

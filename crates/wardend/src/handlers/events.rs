@@ -46,7 +46,7 @@ pub(super) async fn subscribe(
                 if !p.topics.iter().any(|t| t == ev.topic) {
                     continue;
                 }
-                if ev.topic == "job" && !all_jobs && ev.owner != Some(uid) {
+                if matches!(ev.topic, "job" | "resource") && !all_jobs && ev.owner != Some(uid) {
                     continue;
                 }
                 send(

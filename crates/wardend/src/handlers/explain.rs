@@ -77,12 +77,16 @@ pub(super) fn explain(shared: &Shared, p: &ExplainParams) -> Result<Reply<'stati
                 idempotency_key: None,
             })
         }
-        m => Request::parse(m, None).map_err(|e| {
-            bad(format!(
-                "{e}; explain takes no params for `{}` (only job.start's)",
-                p.method
-            ))
-        })?,
+        m => {
+            let raw = p
+                .params
+                .as_ref()
+                .map(serde_json::value::to_raw_value)
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?;
+            Request::parse(m, raw.as_deref())
+                .map_err(|e| bad(format!("{e}; give the method's params in `params`")))?
+        }
     };
     let (decision, mut steps) = {
         let ops = shared.brakes.ops();
@@ -96,6 +100,11 @@ pub(super) fn explain(shared: &Shared, p: &ExplainParams) -> Result<Reply<'stati
     };
     if request.job().is_some() {
         steps.push("(explain looks up no job: a real request reaches only its own jobs)".into());
+    }
+    if request.resource().is_some() {
+        steps.push(
+            "(explain looks up no resource: a real request reaches only the owner's own)".into(),
+        );
     }
     let params = match (&decision, &request) {
         (Decision::Allow { .. }, Request::JobStart(start)) if p.params.is_some() => policy

@@ -55,7 +55,7 @@ fn bad(message: String) -> Failure {
     Failure::new(ErrorKind::BadRequest, message)
 }
 
-async fn start(
+pub(super) async fn start(
     shared: &Shared,
     caller: &Caller,
     p: JobStartParams,

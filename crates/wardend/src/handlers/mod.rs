@@ -8,17 +8,19 @@ mod events;
 mod explain;
 mod introspect;
 pub(crate) mod jobs;
+mod resources;
 mod session;
 
 pub(crate) use introspect::StaticStatus;
 
 use serde::Serialize;
 use warden_policy::PeerIdentity;
+use warden_policy::gate::Target;
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
     AlertsResult, AuditQueryResult, AuditVerifyResult, DoctorFinding, DoctorResult, ExplainResult,
     HealthResult, HelloResult, ListenerInfo, LockdownInfo, LockdownResult, OpsResult, PeerInfo,
-    PolicyReloadResult, VersionResult, WhoamiResult,
+    PolicyReloadResult, ResourceInfo, ResourceList, VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -48,10 +50,13 @@ pub(crate) enum Reply<'a> {
     Reloaded(PolicyReloadResult),
     Explained(ExplainResult),
     Doctor(DoctorResult),
+    Resource(ResourceInfo),
+    Resources(ResourceList),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
-/// which may need the ledger before the gate and may take long, and reading the audit log.
+/// which may need the ledger before the gate and may take long, reading the audit log, and
+/// resources (their owner is looked up before the gate; their changes touch the disk).
 pub(crate) fn runs_later(request: &Request) -> bool {
     matches!(
         request,
@@ -70,17 +75,33 @@ pub(crate) fn runs_later(request: &Request) -> bool {
             | Request::EventsSubscribe(_)
             | Request::PolicyReload
             | Request::Doctor
+            | Request::ResourceCreate(_)
+            | Request::ResourceDelete(_)
+            | Request::ResourceList(_)
+            | Request::ResourceGet(_)
     )
 }
 
-/// Runs a request that [`runs_later`], on its own task.
+/// Runs a request that [`runs_later`], on its own task. `tier` and `target` are what the gate
+/// decided with: the caller's tier, and the owner of what the request names as the gate saw it.
 pub(crate) async fn run_later(
     shared: std::sync::Arc<Shared>,
     caller: std::sync::Arc<crate::dispatch::Caller>,
     request: Request,
     out: crate::dispatch::Outbound,
+    tier: Tier,
+    target: Target,
 ) -> Result<Reply<'static>, Failure> {
+    // The owner the gate allowed: a resource that changed hands since is answered as missing.
+    let seen = match target {
+        Target::Resource { owner } => owner,
+        _ => None,
+    };
     match request {
+        Request::ResourceCreate(p) => resources::create(&shared, &caller, p).await,
+        Request::ResourceDelete(p) => resources::delete(&shared, &caller, p, seen).await,
+        Request::ResourceGet(p) => resources::get(&shared, &p, seen),
+        Request::ResourceList(p) => Ok(resources::list(&shared, &caller, tier, &p)),
         Request::AuditVerify => audit::verify(&shared).await,
         Request::AuditQuery(p) => audit::query(&shared, p).await,
         Request::OpsSet(p) => brakes::set_op(&shared, &caller, p),
@@ -157,7 +178,11 @@ pub(crate) fn handle<'a>(
         | Request::LockdownRelease
         | Request::EventsSubscribe(_)
         | Request::PolicyReload
-        | Request::Doctor => {
+        | Request::Doctor
+        | Request::ResourceCreate(_)
+        | Request::ResourceDelete(_)
+        | Request::ResourceList(_)
+        | Request::ResourceGet(_) => {
             return Err(Failure::internal(
                 "a request that runs on its own task reached the inline handlers",
             ));
