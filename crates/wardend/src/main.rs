@@ -216,6 +216,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mode = settings.mode;
     let origin = settings.origin.clone();
     let admin = settings.trusted_uid;
+    // Before the first socket is served: a SIGTERM that arrives as soon as a client (or
+    // systemd) sees the daemon must stop it gracefully, not kill it by the default action.
+    let signals = StopSignals::install()?;
     let daemon = Daemon::start(settings).await?;
     let sockets: Vec<String> = daemon
         .socket_paths()
@@ -230,7 +233,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
     notify::spawn_watchdog(stop_watchdog.clone());
 
-    wait_for_stop_signal(&daemon).await?;
+    signals.wait(&daemon).await;
     notify::stopping();
     tracing::info!("shutting down: no new connections; answering what was received");
     daemon.shutdown().await;
@@ -251,25 +254,39 @@ fn announce_dev(sockets: &[String], admin: u32) {
     tracing::warn!(socket, "running in dev mode with the demo configuration");
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads the configuration file meanwhile.
-async fn wait_for_stop_signal(daemon: &wardend::Daemon) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match daemon.reload() {
-                Ok(r) => {
-                    for w in &r.warnings {
-                        tracing::warn!("{w}");
+/// The signals the daemon acts on, caught from before it serves until it stops.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; SIGHUP reloads the configuration file meanwhile.
+    async fn wait(mut self, daemon: &wardend::Daemon) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match daemon.reload() {
+                    Ok(r) => {
+                        for w in &r.warnings {
+                            tracing::warn!("{w}");
+                        }
+                        tracing::info!(needs_restart = ?r.needs_restart, "configuration reloaded");
                     }
-                    tracing::info!(needs_restart = ?r.needs_restart, "configuration reloaded");
-                }
-                Err(e) => tracing::error!("reload failed; the running policy stays: {e}"),
-            },
+                    Err(e) => tracing::error!("reload failed; the running policy stays: {e}"),
+                },
+            }
         }
     }
 }
