@@ -60,6 +60,7 @@ fn start(group: &TestGroup) -> Env {
 
 /// What these tests ask of their daemon.
 trait Resources {
+    fn call_raw(&self, user: &TestUser, method: &str, params: &Value) -> String;
     fn call(&self, user: &TestUser, method: &str, params: &Value) -> Value;
     fn root(&self) -> RawClient;
     fn path(&self, rel: &str) -> PathBuf;
@@ -69,16 +70,16 @@ trait Resources {
 }
 
 impl Resources for Env {
-    /// `method` with `params` as `user`, the raw answer parsed.
-    fn call(&self, user: &TestUser, method: &str, params: &Value) -> Value {
+    /// `method` with `params` as `user`: the answer's bytes as the daemon sent them.
+    fn call_raw(&self, user: &TestUser, method: &str, params: &Value) -> String {
         let out = self.as_user(user, &["call", method, &params.to_string()]);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "{method}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
+    }
+
+    /// [`Resources::call_raw`], parsed.
+    fn call(&self, user: &TestUser, method: &str, params: &Value) -> Value {
+        let raw = self.call_raw(user, method, params);
+        serde_json::from_str(&raw).unwrap_or_else(|_| panic!("{method}: {raw}"))
     }
 
     fn root(&self) -> RawClient {
@@ -137,13 +138,15 @@ fn message(answer: &Value) -> &str {
     answer["error"]["message"].as_str().unwrap_or("")
 }
 
-/// An answer with its per-request parts blanked, as text.
-fn blanked(mut v: Value) -> String {
-    v["id"] = Value::Null;
-    if v["error"]["data"].get("correlation_id").is_some() {
-        v["error"]["data"]["correlation_id"] = Value::Null;
+/// An answer's bytes with its per-request parts (the JSON-RPC `id` and the correlation id)
+/// replaced, everything else (field order included) as sent.
+fn blanked(raw: &str) -> String {
+    let v: Value = serde_json::from_str(raw).unwrap();
+    let mut out = raw.replacen(&format!("\"id\":{}", v["id"]), "\"id\":ID", 1);
+    if let Some(cid) = v["error"]["data"]["correlation_id"].as_str() {
+        out = out.replacen(cid, "CID", 1);
     }
-    serde_json::to_string(&v).unwrap()
+    out
 }
 
 /// Pins: the owner is the caller as the kernel reports it, whatever owner the request names; the
@@ -200,14 +203,19 @@ async fn the_owner_comes_from_the_kernel_and_strangers_learn_nothing() {
 
     // Bob's delete and get of alice's ws1 answer exactly as for a name nobody has.
     for method in ["resource.delete", "resource.get"] {
-        let theirs = env.call(&bob, method, &json!({"kind": "workspace", "name": "ws1"}));
-        let nobodys = env.call(
+        let theirs = env.call_raw(&bob, method, &json!({"kind": "workspace", "name": "ws1"}));
+        let nobodys = env.call_raw(
             &bob,
             method,
             &json!({"kind": "workspace", "name": "no-such-name"}),
         );
-        assert_eq!(kind(&theirs), "not_found", "{theirs}");
-        let (theirs, nobodys) = (blanked(theirs), blanked(nobodys));
+        let parsed: Value = serde_json::from_str(&theirs).unwrap();
+        assert_eq!(kind(&parsed), "not_found", "{theirs}");
+        let (theirs, nobodys) = (blanked(&theirs), blanked(&nobodys));
+        assert!(
+            theirs.contains("\"id\":ID") && theirs.contains("CID"),
+            "{theirs}"
+        );
         assert_eq!(theirs, nobodys, "{method} tells bob that ws1 exists");
         for word in [
             "owner",

@@ -338,6 +338,26 @@ fn panicked(method: Method, panic: &(dyn std::any::Any + Send)) -> Failure {
     Failure::internal(format!("{method} handler panicked: {what}"))
 }
 
+/// Polls a future, turning a panic into `Err` with its payload: a bug in a handler costs one
+/// request, not the daemon, without a task of its own for every request.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 /// Runs a request handed over by [`handle`]: looks up its target, asks the gate, runs the
 /// handler. Returns the final answer (notifications along the way go to `out`).
 pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> Option<Vec<u8>> {
@@ -411,22 +431,18 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         f.detail = Some(e.to_string());
         return fail(&f);
     }
-    // On a task of its own so a panic in the handler is caught and answered.
-    let handler = tokio::spawn(handlers::run_later(
+    // A panic in the handler is caught and answered.
+    let handler = CatchUnwind(Box::pin(handlers::run_later(
         Arc::clone(&shared),
         Arc::clone(&caller),
         request,
         out,
         tier,
         target,
-    ));
+    )));
     let result = match handler.await {
         Ok(r) => r,
-        Err(e) if e.is_panic() => Err(panicked(method, e.into_panic().as_ref())),
-        Err(_) => Err(Failure::new(
-            ErrorKind::Unavailable,
-            "the daemon is shutting down",
-        )),
+        Err(panic) => Err(panicked(method, panic.as_ref())),
     };
     if let Some(mut event) = audited {
         event.event = "request.outcome".into();
@@ -686,6 +702,31 @@ pub(crate) fn framed_error(id: Option<&Id<'_>>, err: &RpcError) -> Option<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pins: a handler that panics, at once or after waiting, becomes an answer naming the
+    /// panic, and one that finishes comes through unchanged.
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_an_error_not_a_lost_request() {
+        let at_once = CatchUnwind(Box::pin(async {
+            if std::hint::black_box(true) {
+                panic!("boom at once");
+            }
+            1u8
+        }))
+        .await;
+        let f = panicked(Method::JobGet, at_once.unwrap_err().as_ref());
+        assert!(f.detail.unwrap().contains("boom at once"));
+        let later = CatchUnwind(Box::pin(async {
+            tokio::task::yield_now().await;
+            if std::hint::black_box(true) {
+                panic!("boom later");
+            }
+            2u8
+        }))
+        .await;
+        assert!(later.is_err());
+        assert_eq!(CatchUnwind(Box::pin(async { 3u8 })).await.unwrap(), 3);
+    }
 
     #[test]
     fn correlation_ids_are_16_hex_digits_and_differ() {
