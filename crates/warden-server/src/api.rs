@@ -1,0 +1,364 @@
+//! The HTTP API under `/v1`: JSON bodies of at most 64 KiB, errors as
+//! `{"error": {"kind", "message", "correlation_id"}}`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::db::Db;
+use crate::enroll::{self, EnrollRequest, Gate, Outcome};
+use crate::keys::Verifier;
+use crate::limiter::Limiter;
+use crate::store::StoreError;
+
+/// Largest request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A network and prefix length, for `--trusted-proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}` is not an address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (a, b, bits) = match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (
+                u128::from(u32::from(a)) << 96,
+                u128::from(u32::from(b)) << 96,
+                self.prefix,
+            ),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), self.prefix),
+            _ => return false,
+        };
+        if bits == 0 {
+            return true;
+        }
+        let mask = u128::MAX << (128 - u32::from(bits));
+        a & mask == b & mask
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub db: Db,
+    pub verifier: Verifier,
+    pub limiter: Limiter,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+}
+
+/// `{"error": {"kind", "message", "correlation_id"}}`, in that order.
+#[derive(Debug, serde::Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorInner<'a>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ErrorInner<'a> {
+    kind: &'a str,
+    message: &'a str,
+    correlation_id: &'a str,
+}
+
+/// An enrollment's answer: `machine_key` only when one was issued.
+#[derive(Debug, serde::Serialize)]
+struct Enrolled<'a> {
+    machine_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine_key: Option<String>,
+    state: &'static str,
+    disposition: &'static str,
+}
+
+fn correlation_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let cid = correlation_id();
+        if self.status.is_server_error() {
+            tracing::warn!(correlation_id = %cid, kind = self.kind, "{}", self.message);
+        }
+        let body = ErrorBody {
+            error: ErrorInner {
+                kind: self.kind,
+                message: &self.message,
+                correlation_id: &cid,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            StoreError::Db(e) => {
+                tracing::error!(error = %e, "database error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+            StoreError::Other(e) => {
+                tracing::error!(error = %e, "server error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+fn bad_json(e: &JsonRejection) -> ApiError {
+    ApiError::new(e.status(), "bad_request", e.body_text())
+}
+
+/// The client's address: the peer's, or when the peer is a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/agent/whoami", get(agent_whoami))
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn enroll(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(r) = body.map_err(|e| bad_json(&e))?;
+    enroll::validate(&r)?;
+    let source = client_addr(peer.ip(), &headers, &state.trusted_proxies);
+    let gate = Gate {
+        db: &state.db,
+        verifier: &state.verifier,
+        limiter: &state.limiter,
+    };
+    let outcome = gate.enroll(&r, source).await?;
+    let id = r.machine_id.as_str();
+    Ok(match outcome {
+        Outcome::New { machine_key } => (
+            StatusCode::CREATED,
+            Json(Enrolled {
+                machine_id: id,
+                machine_key: Some(machine_key),
+                state: "active",
+                disposition: "new",
+            }),
+        )
+            .into_response(),
+        Outcome::Reuse { machine_key } => (
+            StatusCode::OK,
+            Json(Enrolled {
+                machine_id: id,
+                machine_key: Some(machine_key),
+                state: "active",
+                disposition: "reuse",
+            }),
+        )
+            .into_response(),
+        Outcome::Pending => (
+            StatusCode::ACCEPTED,
+            Json(Enrolled {
+                machine_id: id,
+                machine_key: None,
+                state: "pending",
+                disposition: "pending",
+            }),
+        )
+            .into_response(),
+        Outcome::Rejected => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "enroll_rejected",
+                "enrollment rejected: check the site code and enrollment key",
+            ));
+        }
+        Outcome::SiteConflict => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "enroll_site_conflict",
+                "this machine is enrolled at another site; an operator must remove it there first",
+            ));
+        }
+        Outcome::Banned => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this machine may not enroll",
+            ));
+        }
+        Outcome::RateLimited(wait) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many failed enrollments from this address for this site",
+            )
+            .retry_after(wait.as_secs()));
+        }
+        Outcome::Busy => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is busy checking enrollments; try again shortly",
+            )
+            .retry_after(1));
+        }
+    })
+}
+
+/// The machine a `Bearer wmk_…` key belongs to.
+async fn agent_whoami(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let unauthorized = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a live machine key is required",
+        )
+    };
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    let machine = state
+        .db
+        .machine_by_key(key)
+        .await?
+        .ok_or_else(unauthorized)?;
+    Ok(Json(machine).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins: X-Forwarded-For counts only from a trusted proxy, and then its last untrusted
+    /// address is the client.
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7, 10.1.1.1".parse().unwrap(),
+        );
+        let proxy: IpAddr = "10.2.3.4".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            client_addr(proxy, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_addr(stranger, &h, &trusted), stranger);
+        assert_eq!(client_addr(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!(!trusted[0].contains("11.0.0.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,354 @@
+//! The enrollment decision: who gets a machine key, who waits for an operator, who is turned
+//! away, and what each costs the server.
+//!
+//! Every rejection for a bad site or key (unknown site, no active key, wrong or rotated key)
+//! answers the same body and runs exactly one Argon2id verification (against a dummy hash when
+//! there is nothing real), so neither the answer nor the work tells them apart. Failures are
+//! charged to (site code, source address); successes never are.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::db::{Db, is_unique_violation, now_ms};
+use crate::keys::{self, PoolFull, Verifier};
+use crate::limiter::Limiter;
+use crate::store::{StoreError, TENANT};
+
+/// A machine seen this recently under another hostname is a clone until approved.
+pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
+/// Attempts at a first enrollment that lost a race to a concurrent one.
+const RETRIES: usize = 3;
+
+/// `POST /v1/enroll`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub site_code: String,
+    pub enrollment_key: String,
+    pub machine_id: String,
+    pub hostname: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// What the host says about itself, for operators to filter by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Labels {
+    #[serde(default)]
+    pub company: Option<String>,
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub department: Option<String>,
+    #[serde(default)]
+    pub device_type: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Longest label value and most tags.
+pub const MAX_LABEL: usize = 64;
+pub const MAX_TAGS: usize = 16;
+
+/// How an enrollment ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A machine first seen: 201.
+    New { machine_key: String },
+    /// The same machine again at its site: 200, older keys revoked.
+    Reuse { machine_key: String },
+    /// A likely clone: 202, no key until approved.
+    Pending,
+    /// Unknown site, no active key, wrong or rotated key: 401, one body for all.
+    Rejected,
+    /// Bound to another site: 409.
+    SiteConflict,
+    /// Banned machine id: 403.
+    Banned,
+    /// Too many failures from this address for this site: 429.
+    RateLimited(Duration),
+    /// The verification pool is full: 503.
+    Busy,
+}
+
+impl Outcome {
+    /// The event kind recorded for it.
+    pub fn event_kind(&self) -> &'static str {
+        match self {
+            Outcome::New { .. } => "enroll.new",
+            Outcome::Reuse { .. } => "enroll.reuse",
+            Outcome::Pending => "enroll.pending",
+            Outcome::Rejected => "enroll.rejected",
+            Outcome::SiteConflict => "enroll.site_conflict",
+            Outcome::Banned => "enroll.banned",
+            Outcome::RateLimited(_) => "enroll.rate_limited",
+            Outcome::Busy => "enroll.busy",
+        }
+    }
+
+    fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Rejected | Outcome::SiteConflict | Outcome::Banned
+        )
+    }
+}
+
+fn bad(message: impl Into<String>) -> StoreError {
+    StoreError::BadRequest(message.into())
+}
+
+/// `muid_` and 64 lowercase hex digits.
+pub fn valid_machine_id(id: &str) -> bool {
+    keys::well_formed(id, "muid_")
+}
+
+/// A hostname: 1 to 253 of letters, digits, `-` and `.`.
+fn valid_hostname(h: &str) -> bool {
+    (1..=253).contains(&h.len())
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn check_label(what: &str, v: &str) -> Result<(), StoreError> {
+    if v.chars().count() > MAX_LABEL || v.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "label {what} must be at most {MAX_LABEL} characters, without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks everything about a request that needs no database.
+pub fn validate(r: &EnrollRequest) -> Result<(), StoreError> {
+    if !crate::store::valid_site_code(&r.site_code) {
+        return Err(bad("site_code is not a site code"));
+    }
+    if r.enrollment_key.len() > 128 {
+        return Err(bad("enrollment_key is too long"));
+    }
+    if !valid_machine_id(&r.machine_id) {
+        return Err(bad("machine_id must match ^muid_[0-9a-f]{64}$"));
+    }
+    if !valid_hostname(&r.hostname) {
+        return Err(bad(
+            "hostname must be 1 to 253 of letters, digits, `-` and `.`",
+        ));
+    }
+    let l = &r.labels;
+    for (what, v) in [
+        ("company", &l.company),
+        ("site", &l.site),
+        ("department", &l.department),
+        ("device_type", &l.device_type),
+    ] {
+        if let Some(v) = v {
+            check_label(what, v)?;
+        }
+    }
+    if l.tags.len() > MAX_TAGS {
+        return Err(bad(format!("at most {MAX_TAGS} tags")));
+    }
+    for t in &l.tags {
+        check_label("tag", t)?;
+    }
+    Ok(())
+}
+
+/// What the decision needs besides the database.
+#[derive(Debug)]
+pub struct Gate<'a> {
+    pub db: &'a Db,
+    pub verifier: &'a Verifier,
+    pub limiter: &'a Limiter,
+}
+
+impl Gate<'_> {
+    /// Decides `r` from `source` and records the outcome as an event. The request must have
+    /// passed [`validate`].
+    pub async fn enroll(&self, r: &EnrollRequest, source: IpAddr) -> Result<Outcome, StoreError> {
+        let outcome = self.decide(r, source).await?;
+        if outcome.is_failure() {
+            self.limiter.fail(&r.site_code, source, Instant::now());
+        }
+        let detail = match &outcome {
+            Outcome::RateLimited(d) => format!("retry after {} s", d.as_secs()),
+            _ => format!("hostname {}", r.hostname),
+        };
+        self.db
+            .event(
+                outcome.event_kind(),
+                &format!("machine {}", r.machine_id),
+                &format!("site {}", r.site_code),
+                &source.to_string(),
+                &detail,
+            )
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn decide(&self, r: &EnrollRequest, source: IpAddr) -> Result<Outcome, StoreError> {
+        if let Some(wait) = self.limiter.locked(&r.site_code, source, Instant::now()) {
+            return Ok(Outcome::RateLimited(wait));
+        }
+        let row = sqlx::query(
+            "SELECT s.id, k.hash, k.version FROM sites s
+             LEFT JOIN enrollment_keys k ON k.site_id = s.id AND k.active = 1
+             WHERE s.tenant = $1 AND s.site_code = $2",
+        )
+        .bind(TENANT)
+        .bind(&r.site_code)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let (site_id, hash, version) = match &row {
+            Some(row) => (
+                Some(row.try_get::<i64, _>("id")?),
+                row.try_get::<Option<String>, _>("hash")?,
+                row.try_get::<Option<i64>, _>("version")?,
+            ),
+            None => (None, None, None),
+        };
+        // Exactly one verification on every path, real or against the dummy.
+        let ok = match self
+            .verifier
+            .verify(&r.enrollment_key, hash.as_deref())
+            .await
+        {
+            Ok(ok) => ok,
+            Err(PoolFull) => return Ok(Outcome::Busy),
+        };
+        let (Some(site_id), Some(version), true) = (site_id, version, ok) else {
+            return Ok(Outcome::Rejected);
+        };
+        let banned = sqlx::query("SELECT machine_id FROM bans WHERE machine_id = $1")
+            .bind(&r.machine_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        if banned.is_some() {
+            return Ok(Outcome::Banned);
+        }
+        for _ in 0..RETRIES {
+            match self.place(r, site_id, version).await {
+                Err(StoreError::Db(e)) if is_unique_violation(&e) => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Conflict(
+            "concurrent enrollments of this machine; try again".into(),
+        ))
+    }
+
+    /// Creates or updates the machine row and issues its key, in one transaction.
+    async fn place(
+        &self,
+        r: &EnrollRequest,
+        site_id: i64,
+        version: i64,
+    ) -> Result<Outcome, StoreError> {
+        let now = now_ms();
+        let labels = serde_json::to_string(&r.labels).map_err(|e| bad(e.to_string()))?;
+        let mut tx = self.db.pool.begin().await?;
+        // A write first: it locks the machine's row (or, in SQLite, the database) until commit.
+        let existing = sqlx::query(
+            "UPDATE machines SET last_seen_ms = last_seen_ms WHERE machine_id = $1
+             RETURNING id, site_id, hostname, state, last_seen_ms, pending_hostname,
+             approved_hostname",
+        )
+        .bind(&r.machine_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let key = keys::new_machine_key();
+        let (row_id, outcome) = match existing {
+            None => {
+                let row = sqlx::query(
+                    "INSERT INTO machines (machine_id, site_id, hostname, labels, state,
+                     key_version, created_ms, last_seen_ms)
+                     VALUES ($1, $2, $3, $4, 'active', $5, $6, $6) RETURNING id",
+                )
+                .bind(&r.machine_id)
+                .bind(site_id)
+                .bind(&r.hostname)
+                .bind(&labels)
+                .bind(version)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                (
+                    row.try_get::<i64, _>("id")?,
+                    Outcome::New {
+                        machine_key: key.clone(),
+                    },
+                )
+            }
+            Some(m) => {
+                let id: i64 = m.try_get("id")?;
+                if m.try_get::<i64, _>("site_id")? != site_id {
+                    return Ok(Outcome::SiteConflict);
+                }
+                let state: String = m.try_get("state")?;
+                let hostname: String = m.try_get("hostname")?;
+                let last_seen: i64 = m.try_get("last_seen_ms")?;
+                let approved: Option<String> = m.try_get("approved_hostname")?;
+                let recent = now - last_seen < CLONE_WINDOW_MS;
+                let is_clone = state != "removed"
+                    && hostname != r.hostname
+                    && recent
+                    && approved.as_deref() != Some(r.hostname.as_str());
+                if state == "pending" || is_clone {
+                    if state != "pending" {
+                        sqlx::query(
+                            "UPDATE machines SET state = 'pending', pending_hostname = $1
+                             WHERE id = $2",
+                        )
+                        .bind(&r.hostname)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                    }
+                    return Ok(Outcome::Pending);
+                }
+                // Re-imaged or re-installed, or approved, or removed and back: a new key, the
+                // old ones revoked.
+                sqlx::query(
+                    "UPDATE machines SET hostname = $1, labels = $2, state = 'active',
+                     key_version = $3, last_seen_ms = $4, approved_hostname = NULL,
+                     pending_hostname = NULL WHERE id = $5",
+                )
+                .bind(&r.hostname)
+                .bind(&labels)
+                .bind(version)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE machine_keys SET revoked_ms = $1
+                     WHERE machine_row = $2 AND revoked_ms IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                (
+                    id,
+                    Outcome::Reuse {
+                        machine_key: key.clone(),
+                    },
+                )
+            }
+        };
+        sqlx::query("INSERT INTO machine_keys (machine_row, hash, created_ms) VALUES ($1, $2, $3)")
+            .bind(row_id)
+            .bind(keys::machine_key_hash(&key))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,220 @@
+//! What the server's tests share: a server on a loopback port over a fresh database (SQLite
+//! always; PostgreSQL too when `WARDEN_TEST_DATABASE_URL` is set, each server in a schema of its
+//! own), and a plain HTTP/1.1 client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warden_server::{Config, Running};
+
+/// The databases every test runs against.
+pub fn backends() -> Vec<Option<String>> {
+    let mut v = vec![None];
+    match std::env::var("WARDEN_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => v.push(Some(url)),
+        // CI always provides PostgreSQL: a run that would skip it fails instead.
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI must set WARDEN_TEST_DATABASE_URL so the PostgreSQL tests run")
+        }
+        _ => eprintln!("WARDEN_TEST_DATABASE_URL is not set: PostgreSQL tests skipped"),
+    }
+    v
+}
+
+fn hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom_fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn getrandom_fill(b: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(b))
+        .expect("/dev/urandom");
+}
+
+/// A server and what it was made on.
+pub struct TestServer {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+    /// `None` for SQLite.
+    pub url: Option<String>,
+}
+
+/// A fresh schema of its own in the database at `base`, as a URL that uses it.
+async fn fresh_schema(base: &str) -> String {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let schema = format!("t_{}", hex(6));
+    let mut c = sqlx::AnyConnection::connect(base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+impl TestServer {
+    pub async fn start(url: Option<&str>) -> TestServer {
+        TestServer::start_with(url, |_| {}).await
+    }
+
+    pub async fn start_with(url: Option<&str>, tune: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match url {
+            Some(base) => Some(fresh_schema(base).await),
+            None => None,
+        };
+        let mut config = Config::new(dir.path().join("data"));
+        config.database_url = url.clone();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        tune(&mut config);
+        let running = warden_server::start(&config).await.unwrap();
+        TestServer { running, dir, url }
+    }
+
+    pub fn db(&self) -> &warden_server::db::Db {
+        &self.running.state.db
+    }
+
+    pub fn name(&self) -> &'static str {
+        if self.url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// `method path` with `body`, optional extra headers; the status, headers and JSON body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        http(
+            self.running.addr,
+            method,
+            path,
+            body.map(|b| b.to_string()),
+            headers,
+        )
+        .await
+    }
+
+    pub async fn enroll(&self, body: &Value) -> Response {
+        self.request("POST", "/v1/enroll", Some(body), &[]).await
+    }
+}
+
+/// One answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// The body as sent.
+    pub raw: String,
+    pub json: Value,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn kind(&self) -> &str {
+        self.json["error"]["kind"].as_str().unwrap_or("")
+    }
+}
+
+/// A plain HTTP/1.1 exchange on a fresh connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let raw = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    let json = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    Response {
+        status,
+        headers,
+        raw,
+        json,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A machine id nobody else uses.
+pub fn machine_id() -> String {
+    format!("muid_{}", hex(32))
+}
+
+/// An enrollment body.
+pub fn body(site: &str, key: &str, machine: &str, hostname: &str) -> Value {
+    serde_json::json!({
+        "site_code": site,
+        "enrollment_key": key,
+        "machine_id": machine,
+        "hostname": hostname,
+        "labels": {"company": "acme", "site": site, "department": "it", "device_type": "laptop", "tags": ["a"]}
+    })
+}
