@@ -76,7 +76,11 @@ impl Cidr {
 pub struct AppState {
     pub db: Db,
     pub verifier: Verifier,
+    /// Failed enrollments per (site code, address).
     pub limiter: Limiter,
+    /// Failed logins per operator name and per address.
+    pub login_limiter: Limiter,
+    pub signing: crate::auth::SigningKey,
     pub trusted_proxies: Vec<Cidr>,
 }
 
@@ -99,7 +103,7 @@ impl ApiError {
         }
     }
 
-    fn retry_after(mut self, secs: u64) -> ApiError {
+    pub fn with_retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs.max(1));
         self
     }
@@ -217,6 +221,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             "/v1/health",
             get(|| async { Json(json!({"status": "ok"})) }),
         )
+        .merge(crate::admin::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -298,7 +303,7 @@ async fn enroll(
                 "rate_limited",
                 "too many failed enrollments from this address for this site",
             )
-            .retry_after(wait.as_secs()));
+            .with_retry_after(wait.as_secs()));
         }
         Outcome::Busy => {
             return Err(ApiError::new(
@@ -306,7 +311,7 @@ async fn enroll(
                 "unavailable",
                 "the server is busy checking enrollments; try again shortly",
             )
-            .retry_after(1));
+            .with_retry_after(1));
         }
     })
 }

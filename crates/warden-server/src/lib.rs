@@ -5,7 +5,9 @@
 //! Key material is never stored: enrollment keys as Argon2id hashes, machine keys as SHA-256.
 //! This crate is never linked into the root daemon.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod db;
 pub mod enroll;
 pub mod keys;
@@ -78,6 +80,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         db,
         verifier: Verifier::new(config.verify_slots, config.verify_queue)?,
         limiter: limiter::Limiter::default(),
+        login_limiter: limiter::Limiter::default(),
+        signing: auth::SigningKey::load_or_create(&config.data_dir)?,
         trusted_proxies: config.trusted_proxies.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen).await?;

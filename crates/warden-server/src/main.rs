@@ -40,6 +40,11 @@ enum Command {
         #[arg(long = "trusted-proxy")]
         trusted_proxies: Vec<Cidr>,
     },
+    /// Operator accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Sites and their enrollment keys.
     Site {
         #[command(subcommand)]
@@ -57,6 +62,20 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         limit: i64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add an operator; the password is asked for (or read from stdin).
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +201,56 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let done = |e: StoreError| anyhow::anyhow!("{e}");
     match cli.command {
         Command::Serve { .. } => {}
+        Command::User { command } => match command {
+            UserCommand::Add {
+                name,
+                role,
+                password_stdin,
+            } => {
+                let password = if password_stdin {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\n', '\r']).to_owned()
+                } else {
+                    let first = rpassword::prompt_password(format!("password for {name}: "))?;
+                    let again = rpassword::prompt_password("again: ")?;
+                    anyhow::ensure!(first == again, "the passwords differ; nothing was changed");
+                    first
+                };
+                let role = role.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                let op = db
+                    .add_operator(&name, role, &password)
+                    .await
+                    .map_err(done)?;
+                db.event(
+                    "user.add",
+                    "cli",
+                    &format!("operator {name}"),
+                    "local",
+                    role.as_str(),
+                )
+                .await
+                .map_err(done)?;
+                print(json, &op, |o| {
+                    format!("operator {} added ({})\n", o.name, o.role.as_str())
+                });
+            }
+            UserCommand::List => {
+                let ops = db.operators().await.map_err(done)?;
+                print(json, &ops, |ops| {
+                    ops.iter()
+                        .map(|o| {
+                            format!(
+                                "{:<24} {:<9} since {}\n",
+                                o.name,
+                                o.role.as_str(),
+                                ms(o.created_ms)
+                            )
+                        })
+                        .collect()
+                });
+            }
+        },
         Command::Site { command } => match command {
             SiteCommand::Add {
                 code,

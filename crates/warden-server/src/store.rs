@@ -471,3 +471,102 @@ fn machine_of(r: &sqlx::any::AnyRow) -> Result<Machine> {
         last_seen_ms: r.try_get("last_seen_ms")?,
     })
 }
+
+/// A machine key's record, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineKey {
+    pub id: i64,
+    pub created_ms: i64,
+    pub revoked: bool,
+}
+
+/// What a bulk removal did with one id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Removal {
+    Invalid,
+    NotFound,
+    Removed,
+    AlreadyRemoved,
+    Failed,
+}
+
+/// Most ids one bulk removal takes.
+pub const MAX_BULK: usize = 500;
+
+impl Db {
+    pub async fn site_by_id(&self, id: i64) -> Result<Site> {
+        let row = sqlx::query(
+            "SELECT id, site_code, display_name, company, key_version FROM sites
+             WHERE tenant = $1 AND id = $2",
+        )
+        .bind(TENANT)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no site {id}")))?;
+        site_of(&row)
+    }
+
+    /// A machine's keys, newest first.
+    pub async fn machine_keys(&self, machine_id: &str) -> Result<Vec<MachineKey>> {
+        self.machine(machine_id).await?;
+        let rows = sqlx::query(
+            "SELECT k.id, k.created_ms, k.revoked_ms FROM machine_keys k
+             JOIN machines m ON m.id = k.machine_row WHERE m.machine_id = $1 ORDER BY k.id DESC",
+        )
+        .bind(machine_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MachineKey {
+                    id: r.try_get("id")?,
+                    created_ms: r.try_get("created_ms")?,
+                    revoked: r.try_get::<Option<i64>, _>("revoked_ms")?.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes one of a machine's keys. `Ok(false)`: it was revoked already.
+    pub async fn revoke_machine_key(&self, machine_id: &str, key_id: i64) -> Result<bool> {
+        let keys = self.machine_keys(machine_id).await?;
+        let Some(key) = keys.iter().find(|k| k.id == key_id) else {
+            return Err(StoreError::NotFound(format!(
+                "machine `{machine_id}` has no key {key_id}"
+            )));
+        };
+        if key.revoked {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE machine_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
+            .bind(now_ms())
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(true)
+    }
+
+    /// Removes each of `ids` on its own: one bad id does not stop the others.
+    pub async fn bulk_remove(&self, ids: &[String]) -> Vec<(String, Removal)> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let result = if !crate::enroll::valid_machine_id(id) {
+                Removal::Invalid
+            } else {
+                match self.remove(id).await {
+                    Ok(true) => Removal::Removed,
+                    Ok(false) => Removal::AlreadyRemoved,
+                    Err(StoreError::NotFound(_)) => Removal::NotFound,
+                    Err(e) => {
+                        tracing::error!(machine_id = %id, error = %e, "bulk removal of one machine failed");
+                        Removal::Failed
+                    }
+                }
+            };
+            out.push((id.clone(), result));
+        }
+        out
+    }
+}

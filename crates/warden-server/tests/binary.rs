@@ -49,6 +49,31 @@ async fn the_admin_commands_and_serve_work_together_and_log_no_keys() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     admin(&data, &["site", "add", "hq", "--name", "Headquarters"]);
+    let mut add = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--json",
+            "user",
+            "add",
+            "root",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ])
+        .env_remove("WARDEN_SERVER_DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(add.stdin.as_mut().unwrap(), b"a long enough password\n").unwrap();
+    assert!(add.wait_with_output().unwrap().status.success());
+    assert_eq!(admin(&data, &["user", "list"])[0]["role"], "admin");
+    let key_file = std::fs::metadata(data.join("signing.key"));
+    assert!(
+        key_file.is_err(),
+        "the admin commands make no signing key; serve does"
+    );
     let first = admin(&data, &["site", "rotate-key", "hq"]);
     let key = admin(&data, &["site", "rotate-key", "hq"]);
     let key_text = key["key"].as_str().unwrap().to_owned();
@@ -117,6 +142,16 @@ async fn the_admin_commands_and_serve_work_together_and_log_no_keys() {
         .await;
         assert_eq!(who.status, 200);
     }
+    let login = common::http(
+        addr,
+        "POST",
+        "/v1/login",
+        Some(r#"{"name": "root", "password": "a long enough password"}"#.to_owned()),
+        &[],
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.raw);
+    issued.push(login.json["token"].as_str().unwrap().to_owned());
     let rejected = common::http(
         addr,
         "POST",
@@ -134,9 +169,16 @@ async fn the_admin_commands_and_serve_work_together_and_log_no_keys() {
     let events = admin(&data, &["events", "--kind", "enroll.new"]);
     assert_eq!(events.as_array().unwrap().len(), 3);
 
+    let signing = std::fs::metadata(data.join("signing.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&signing.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(signing.len(), 32);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("warden-server serving"), "{text}");
     for secret in &issued {
-        assert!(!text.contains(&secret[4..]), "the log holds a key");
+        assert!(!text.contains(&secret[4..]), "the log holds a key or token");
     }
+    assert!(!text.contains("a long enough password"));
 }

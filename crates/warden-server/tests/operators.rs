@@ -1,0 +1,402 @@
+//! Operators through the real HTTP API, on SQLite and on PostgreSQL: login and logout, API
+//! tokens, roles, the two credential planes kept apart, the admin endpoints and their events.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Response, TestServer, backends, body, machine_id};
+use serde_json::{Value, json};
+use warden_server::auth::Role;
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn login(s: &TestServer, name: &str, password: &str) -> Response {
+    s.request(
+        "POST",
+        "/v1/login",
+        Some(&json!({"name": name, "password": password})),
+        &[],
+    )
+    .await
+}
+
+async fn as_bearer(
+    s: &TestServer,
+    token: &str,
+    method: &str,
+    path: &str,
+    b: Option<&Value>,
+) -> Response {
+    s.request(
+        method,
+        path,
+        b,
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+/// A server with an admin and a viewer, the admin logged in, and site `hq` with a key.
+async fn setup(url: Option<&str>) -> (TestServer, String, String) {
+    let s = TestServer::start(url).await;
+    s.db()
+        .add_operator("root", Role::Admin, PASSWORD)
+        .await
+        .unwrap();
+    s.db()
+        .add_operator("vera", Role::Viewer, PASSWORD)
+        .await
+        .unwrap();
+    let admin = login(&s, "root", PASSWORD).await.json["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let site = as_bearer(
+        &s,
+        &admin,
+        "POST",
+        "/v1/sites",
+        Some(&json!({"site_code": "hq", "display_name": "HQ", "company": "Acme"})),
+    )
+    .await;
+    assert_eq!(site.status, 201, "{}", site.raw);
+    let id = site.json["id"].as_i64().unwrap();
+    let key = as_bearer(
+        &s,
+        &admin,
+        "POST",
+        &format!("/v1/sites/{id}/enrollment-key/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(key.status, 200, "{}", key.raw);
+    (s, admin, key.json["key"].as_str().unwrap().to_owned())
+}
+
+/// Pins: a wrong password and an unknown name answer alike after one verification each; a
+/// login token works until logout and not a moment after; API tokens carry at most their
+/// owner's role, and a revoked one stops at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_tokens_work_until_revoked() {
+    for url in backends() {
+        let (s, admin, _) = setup(url.as_deref()).await;
+        let db = s.name();
+        let mut bodies = Vec::new();
+        for (name, pw) in [("root", "wrong password!"), ("nobody", PASSWORD)] {
+            let before = s.running.state.verifier.runs();
+            let r = login(&s, name, pw).await;
+            assert_eq!(s.running.state.verifier.runs() - before, 1, "{db}: {name}");
+            assert_eq!(r.status, 401, "{db}: {}", r.raw);
+            let cid = r.json["error"]["correlation_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            bodies.push(r.raw.replacen(&cid, "CID", 1));
+        }
+        assert_eq!(bodies[0], bodies[1], "{db}");
+
+        let viewer = login(&s, "vera", PASSWORD).await;
+        assert_eq!(viewer.json["role"], "viewer");
+        let viewer = viewer.json["token"].as_str().unwrap().to_owned();
+        assert_eq!(
+            as_bearer(&s, &viewer, "GET", "/v1/sites", None)
+                .await
+                .status,
+            200
+        );
+        let denied = as_bearer(&s, &viewer, "GET", "/v1/machines", None).await;
+        assert_eq!(denied.status, 403, "{db}: {}", denied.raw);
+        let too_much = as_bearer(
+            &s,
+            &viewer,
+            "POST",
+            "/v1/tokens",
+            Some(&json!({"name": "ci", "role": "admin", "expires_in_s": 3600})),
+        )
+        .await;
+        assert_eq!(too_much.status, 400, "{db}: {}", too_much.raw);
+
+        // An API token scoped below its owner: reads machines, may not rotate keys.
+        let made = as_bearer(
+            &s,
+            &admin,
+            "POST",
+            "/v1/tokens",
+            Some(&json!({"name": "dashboard", "role": "operator", "expires_in_s": 3600})),
+        )
+        .await;
+        assert_eq!(made.status, 201, "{db}: {}", made.raw);
+        let api = made.json["token"].as_str().unwrap().to_owned();
+        assert!(api.starts_with("wat_"));
+        let id = made.json["id"].as_i64().unwrap();
+        assert_eq!(
+            as_bearer(&s, &api, "GET", "/v1/machines", None)
+                .await
+                .status,
+            200
+        );
+        let rotate = as_bearer(&s, &api, "POST", "/v1/sites/1/enrollment-key/rotate", None).await;
+        assert_eq!(rotate.status, 403, "{db}: {}", rotate.raw);
+        let listed = as_bearer(&s, &admin, "GET", "/v1/tokens", None).await;
+        assert_eq!(listed.json["tokens"][0]["name"], "dashboard");
+        assert!(!listed.raw.contains(&api[4..]), "{db}: the token is listed");
+        let revoked = as_bearer(&s, &admin, "DELETE", &format!("/v1/tokens/{id}"), None).await;
+        assert_eq!(revoked.status, 204, "{db}: {}", revoked.raw);
+        assert_eq!(
+            as_bearer(&s, &api, "GET", "/v1/machines", None)
+                .await
+                .status,
+            401
+        );
+
+        // Logout: the same token is refused at once.
+        assert_eq!(
+            as_bearer(&s, &viewer, "POST", "/v1/logout", None)
+                .await
+                .status,
+            204
+        );
+        assert_eq!(
+            as_bearer(&s, &viewer, "GET", "/v1/sites", None)
+                .await
+                .status,
+            401
+        );
+        // A token whose signature does not match.
+        let forged = format!("{}0", &admin[..admin.len() - 1]);
+        assert_eq!(
+            as_bearer(&s, &forged, "GET", "/v1/sites", None)
+                .await
+                .status,
+            401
+        );
+
+        let events = as_bearer(&s, &admin, "GET", "/v1/events?limit=1000", None).await;
+        let kinds: Vec<&str> = events.json["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        for kind in [
+            "login.success",
+            "login.failure",
+            "token.create",
+            "token.revoke",
+            "key.rotate",
+            "site.add",
+            "logout",
+        ] {
+            assert!(kinds.contains(&kind), "{db}: no {kind} in {kinds:?}");
+        }
+        assert!(!events.raw.contains(&api[4..]) && !events.raw.contains(PASSWORD));
+        s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: a machine key is refused on every operator endpoint, and login and API tokens are
+/// refused on the agent endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_and_operator_credentials_stay_on_their_planes() {
+    let (s, admin, key) = setup(None).await;
+    let m = machine_id();
+    let enrolled = s.enroll(&body("hq", &key, &m, "pc-1")).await;
+    let machine_key = enrolled.json["machine_key"].as_str().unwrap().to_owned();
+    for (method, path) in [
+        ("GET", "/v1/sites"),
+        ("GET", "/v1/machines"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/tokens"),
+        ("POST", "/v1/sites/1/enrollment-key/rotate"),
+        ("POST", "/v1/logout"),
+    ] {
+        let r = as_bearer(&s, &machine_key, method, path, None).await;
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.raw);
+    }
+    let api = as_bearer(
+        &s,
+        &admin,
+        "POST",
+        "/v1/tokens",
+        Some(&json!({"name": "x", "expires_in_s": 60})),
+    )
+    .await
+    .json["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for token in [&admin, &api] {
+        let r = as_bearer(&s, token, "GET", "/v1/agent/whoami", None).await;
+        assert_eq!(r.status, 401, "{}", r.raw);
+    }
+    assert_eq!(
+        as_bearer(&s, &machine_key, "GET", "/v1/agent/whoami", None)
+            .await
+            .status,
+        200
+    );
+    s.running.stop().await.unwrap();
+}
+
+/// Pins: the machine endpoints: filters, approve, idempotent remove, ban, key listing and
+/// revocation (the agent is refused at once), and a bulk removal whose ids each get their own
+/// result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_are_managed_over_http() {
+    for url in backends() {
+        let (s, admin, key) = setup(url.as_deref()).await;
+        let db = s.name();
+        let (a, b, c) = (machine_id(), machine_id(), machine_id());
+        let ka = s.enroll(&body("hq", &key, &a, "alpha")).await.json["machine_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        s.enroll(&body("hq", &key, &b, "beta")).await;
+        s.enroll(&body("hq", &key, &c, "gamma")).await;
+        let pending = s.enroll(&body("hq", &key, &c, "gamma-clone")).await;
+        assert_eq!(pending.status, 202);
+
+        let get = |path: String| {
+            let (s, admin) = (&s, &admin);
+            async move { as_bearer(s, admin, "GET", &path, None).await }
+        };
+        assert_eq!(
+            get("/v1/machines".into()).await.json["machines"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        let by_text = get("/v1/machines?text=alph".into()).await;
+        assert_eq!(
+            by_text.json["machines"][0]["machine_id"],
+            a.as_str(),
+            "{db}"
+        );
+        let by_state = get("/v1/machines?state=pending".into()).await;
+        assert_eq!(
+            by_state.json["machines"][0]["machine_id"],
+            c.as_str(),
+            "{db}"
+        );
+        assert_eq!(
+            get(format!("/v1/machines/{a}")).await.json["hostname"],
+            "alpha"
+        );
+        let approved = as_bearer(
+            &s,
+            &admin,
+            "POST",
+            &format!("/v1/machines/{c}/approve"),
+            None,
+        )
+        .await;
+        assert_eq!(approved.status, 200, "{db}: {}", approved.raw);
+
+        let keys = get(format!("/v1/machines/{a}/keys")).await;
+        let key_id = keys.json["keys"][0]["id"].as_i64().unwrap();
+        assert!(!keys.raw.contains(&ka[4..]));
+        let revoke = as_bearer(
+            &s,
+            &admin,
+            "DELETE",
+            &format!("/v1/machines/{a}/keys/{key_id}"),
+            None,
+        )
+        .await;
+        assert_eq!(revoke.status, 204, "{db}: {}", revoke.raw);
+        assert_eq!(
+            as_bearer(&s, &ka, "GET", "/v1/agent/whoami", None)
+                .await
+                .status,
+            401,
+            "{db}"
+        );
+
+        let removed = as_bearer(&s, &admin, "DELETE", &format!("/v1/machines/{b}"), None).await;
+        assert_eq!(removed.json["result"], "removed", "{db}: {}", removed.raw);
+        let again = as_bearer(&s, &admin, "DELETE", &format!("/v1/machines/{b}"), None).await;
+        assert_eq!(again.json["result"], "already_removed");
+        let banned = as_bearer(&s, &admin, "POST", &format!("/v1/machines/{b}/ban"), None).await;
+        assert_eq!(banned.status, 204);
+        assert_eq!(s.enroll(&body("hq", &key, &b, "beta")).await.status, 403);
+
+        let unknown = machine_id();
+        let bulk = as_bearer(
+            &s,
+            &admin,
+            "POST",
+            "/v1/machines/bulk-remove",
+            Some(&json!({"ids": [a, b, unknown, "muid_nope"]})),
+        )
+        .await;
+        let results: Vec<(String, String)> = bulk.json["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["machine_id"].as_str().unwrap().to_owned(),
+                    r["result"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            results,
+            vec![
+                (a.clone(), "removed".into()),
+                (b.clone(), "already_removed".into()),
+                (unknown, "not_found".into()),
+                ("muid_nope".into(), "invalid".into()),
+            ],
+            "{db}"
+        );
+        let too_many: Vec<String> = (0..501).map(|_| machine_id()).collect();
+        let refused = as_bearer(
+            &s,
+            &admin,
+            "POST",
+            "/v1/machines/bulk-remove",
+            Some(&json!({ "ids": too_many })),
+        )
+        .await;
+        assert_eq!(refused.status, 400);
+        s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: 20 failed logins for one name lock it out (even with the right password) with a
+/// Retry-After, while another operator logs in as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_limited_per_name() {
+    let s = TestServer::start_with(None, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    s.db()
+        .add_operator("root", Role::Admin, PASSWORD)
+        .await
+        .unwrap();
+    s.db()
+        .add_operator("ops", Role::Operator, PASSWORD)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let addr = format!("198.51.100.{i}");
+        let r = s
+            .request(
+                "POST",
+                "/v1/login",
+                Some(&json!({"name": "root", "password": "not the password"})),
+                &[("X-Forwarded-For", &addr)],
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let locked = login(&s, "root", PASSWORD).await;
+    assert_eq!(locked.status, 429, "{}", locked.raw);
+    assert!(locked.header("retry-after").is_some());
+    assert_eq!(login(&s, "ops", PASSWORD).await.status, 200);
+    s.running.stop().await.unwrap();
+}
