@@ -31,6 +31,8 @@ pub struct Config {
     pub database_url: Option<String>,
     pub listen: SocketAddr,
     pub trusted_proxies: Vec<Cidr>,
+    /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Concurrent Argon2id verifications (default: the number of CPUs).
     pub verify_slots: usize,
     pub verify_queue: usize,
@@ -43,6 +45,7 @@ impl Config {
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             trusted_proxies: Vec::new(),
+            tls: None,
             verify_slots: std::thread::available_parallelism().map_or(2, usize::from),
             verify_queue: VERIFY_QUEUE,
         }
@@ -88,13 +91,39 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let app = api::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
+    let task = match &config.tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        }),
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot use {} and {} for TLS: {e}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
                 let _ = rx.await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            let listener = listener.into_std()?;
+            tokio::spawn(async move {
+                axum_server::from_tcp_rustls(listener, tls)?
+                    .handle(handle)
+                    .serve(app)
+                    .await
             })
-            .await
-    });
+        }
+    };
     Ok(Running {
         addr,
         state,

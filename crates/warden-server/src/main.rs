@@ -39,6 +39,12 @@ enum Command {
         /// A proxy (address or CIDR) whose X-Forwarded-For is believed; repeat for more.
         #[arg(long = "trusted-proxy")]
         trusted_proxies: Vec<Cidr>,
+        /// PEM certificate chain: serve HTTPS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Operator accounts.
     User {
@@ -180,14 +186,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve {
         listen,
         trusted_proxies,
+        tls_cert,
+        tls_key,
     } = cli.command
     {
         let mut config = warden_server::Config::new(cli.data_dir);
         config.database_url = cli.database_url;
         config.listen = listen;
         config.trusted_proxies = trusted_proxies;
+        config.tls = tls_cert.zip(tls_key);
         let mut running = warden_server::start(&config).await?;
-        tracing::info!(listen = %running.addr, "warden-server serving");
+        tracing::info!(listen = %running.addr, tls = config.tls.is_some(), "warden-server serving");
         tokio::select! {
             r = running.wait() => r?,
             _ = tokio::signal::ctrl_c() => {

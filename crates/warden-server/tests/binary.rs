@@ -182,3 +182,53 @@ async fn the_admin_commands_and_serve_work_together_and_log_no_keys() {
     }
     assert!(!text.contains("a long enough password"));
 }
+
+/// Pins: given a certificate and key, the server speaks HTTPS (a client trusting that
+/// certificate gets its answer) and nothing in plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_server_speaks_tls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut config = warden_server::Config::new(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.tls = Some((cert.clone(), key));
+    let running = warden_server::start(&config).await.unwrap();
+    let url = format!("https://{}/v1/health", running.addr);
+    let curl = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "--max-time", "10", "--cacert"])
+            .arg(&cert)
+            .arg(&url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(curl.status.success(), "{curl:?}");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), r#"{"status":"ok"}"#);
+    let plain = common::http(running.addr, "GET", "/v1/health", None, &[]).await;
+    assert_ne!(plain.status, 200, "plain HTTP was answered: {}", plain.raw);
+    running.stop().await.unwrap();
+}
