@@ -12,9 +12,10 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::{ApiError, AppState, client_addr};
 use crate::auth::{Operator, Role};
@@ -72,29 +73,27 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))
 }
 
-/// The operator routes, to merge into the API's router.
-pub fn routes() -> axum::Router<Arc<AppState>> {
-    axum::Router::new()
-        .route("/v1/login", post(login))
-        .route("/v1/logout", post(logout))
-        .route("/v1/tokens", post(create_token).get(list_tokens))
-        .route("/v1/tokens/{id}", delete(revoke_token))
-        .route("/v1/sites", post(add_site).get(list_sites))
-        .route("/v1/sites/{id}/enrollment-key", get(site_key))
-        .route("/v1/sites/{id}/enrollment-key/rotate", post(rotate_key))
-        .route("/v1/sites/{id}/enrollment-key/usage", get(key_usage))
-        .route("/v1/machines", get(list_machines))
-        .route("/v1/machines/bulk-remove", post(bulk_remove))
-        .route("/v1/machines/{id}", get(get_machine).delete(remove_machine))
-        .route("/v1/machines/{id}/approve", post(approve))
-        .route("/v1/machines/{id}/ban", post(ban))
-        .route("/v1/machines/{id}/unban", post(unban))
-        .route("/v1/machines/{id}/keys", get(machine_keys))
-        .route(
-            "/v1/machines/{id}/keys/{key_id}",
-            delete(revoke_machine_key),
-        )
-        .route("/v1/events", get(events))
+/// The operator routes, each registered with its OpenAPI description, to merge into the API's
+/// router.
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(add_site, list_sites))
+        .routes(routes!(site_key))
+        .routes(routes!(rotate_key))
+        .routes(routes!(key_usage))
+        .routes(routes!(list_machines))
+        .routes(routes!(bulk_remove))
+        .routes(routes!(get_machine, remove_machine))
+        .routes(routes!(approve))
+        .routes(routes!(ban))
+        .routes(routes!(unban))
+        .routes(routes!(machine_keys))
+        .routes(routes!(revoke_machine_key))
+        .routes(routes!(events))
 }
 
 async fn event(s: &AppState, kind: &str, actor: &str, target: &str, source: &str) {
@@ -103,7 +102,7 @@ async fn event(s: &AppState, kind: &str, actor: &str, target: &str, source: &str
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     name: String,
@@ -111,6 +110,7 @@ struct Login {
 }
 
 /// Same answer for an unknown name and a wrong password, after the same single verification.
+#[utoipa::path(post, path = "/v1/login", tag = "operators", request_body = Login, responses((status = 200, description = "A login token (wop_), when it ends, and the role"), (status = 401, description = "Wrong name or password (one answer for both)"), (status = 429, description = "Too many failed logins for this name or address")))]
 async fn login(
     State(s): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -188,6 +188,7 @@ async fn login(
     Ok(Json(json!({"token": token, "expires_ms": expires_ms, "role": op.role})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/logout", tag = "operators", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", responses((status = 204, description = "The session is over"), (status = 401, description = "Not logged in")))]
 async fn logout(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
     let Some(session) = &op.session else {
         return Err(ApiError::new(
@@ -201,7 +202,7 @@ async fn logout(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
@@ -211,6 +212,7 @@ struct NewToken {
     expires_in_s: i64,
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "operators", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", request_body = NewToken, responses((status = 201, description = "The API token (wat_), shown once"), (status = 400, description = "A role above the caller's, or a bad lifetime")))]
 async fn create_token(
     State(s): Shared,
     op: Operator,
@@ -241,11 +243,13 @@ async fn create_token(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/v1/tokens", tag = "operators", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", responses((status = 200, description = "The caller's API tokens (an admin's: everyone's), without the tokens")))]
 async fn list_tokens(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
     let whose = (op.role < Role::Admin).then_some(op.id);
     Ok(Json(json!({"tokens": s.db.tokens(whose).await?})).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "operators", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = i64, Path, description = "The token's id")), responses((status = 204, description = "Revoked"), (status = 404, description = "No live token of yours with that id")))]
 async fn revoke_token(
     State(s): Shared,
     op: Operator,
@@ -266,7 +270,7 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSite {
     site_code: String,
@@ -275,6 +279,7 @@ struct NewSite {
     company: String,
 }
 
+#[utoipa::path(post, path = "/v1/sites", tag = "sites", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", request_body = NewSite, responses((status = 201, description = "The site"), (status = 409, description = "The site code is taken")))]
 async fn add_site(
     State(s): Shared,
     op: Operator,
@@ -296,11 +301,13 @@ async fn add_site(
     Ok((StatusCode::CREATED, Json(site)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/sites", tag = "sites", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", responses((status = 200, description = "Every site (viewer)")))]
 async fn list_sites(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
     require(&op, Role::Viewer)?;
     Ok(Json(json!({"sites": s.db.sites().await?})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/sites/{id}/enrollment-key/rotate", tag = "sites", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = i64, Path, description = "The site's id")), responses((status = 200, description = "The new key (wek_), shown once, with its version and fingerprint; the previous key stops working")))]
 async fn rotate_key(
     State(s): Shared,
     op: Operator,
@@ -324,6 +331,7 @@ async fn rotate_key(
     Ok(Json(key).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/sites/{id}/enrollment-key", tag = "sites", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = i64, Path, description = "The site's id")), responses((status = 200, description = "The active key's version and fingerprint, never the key")))]
 async fn site_key(
     State(s): Shared,
     op: Operator,
@@ -334,6 +342,7 @@ async fn site_key(
     Ok(Json(s.db.active_key(&site.site_code).await?).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/sites/{id}/enrollment-key/usage", tag = "sites", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = i64, Path, description = "The site's id")), responses((status = 200, description = "Machines per key version")))]
 async fn key_usage(
     State(s): Shared,
     op: Operator,
@@ -350,7 +359,8 @@ async fn key_usage(
     Ok(Json(json!({"usage": usage})).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct MachineFilter {
     #[serde(default)]
@@ -363,6 +373,7 @@ struct MachineFilter {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/machines", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(MachineFilter), responses((status = 200, description = "Machines (operator)")))]
 async fn list_machines(
     State(s): Shared,
     op: Operator,
@@ -381,6 +392,7 @@ async fn list_machines(
     Ok(Json(json!({"machines": machines})).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/machines/{id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine (operator)"), (status = 404, description = "No such machine")))]
 async fn get_machine(
     State(s): Shared,
     op: Operator,
@@ -403,6 +415,7 @@ async fn machine_change(s: &AppState, op: &Operator, kind: &str, id: &str) -> Re
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/machines/{id}/approve", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "Approved: the clone's next enrollment gets a key"), (status = 409, description = "Not pending")))]
 async fn approve(
     State(s): Shared,
     op: Operator,
@@ -414,6 +427,7 @@ async fn approve(
     Ok(Json(s.db.machine(&id).await?).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/machines/{id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "removed or already_removed: its keys stop working; it may enroll again")))]
 async fn remove_machine(
     State(s): Shared,
     op: Operator,
@@ -428,6 +442,7 @@ async fn remove_machine(
     .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/machines/{id}/ban", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 204, description = "Banned: it may not enroll; its keys stop working")))]
 async fn ban(State(s): Shared, op: Operator, Path(id): Path<String>) -> Result<Response, ApiError> {
     require(&op, Role::Admin)?;
     if !crate::enroll::valid_machine_id(&id) {
@@ -440,6 +455,7 @@ async fn ban(State(s): Shared, op: Operator, Path(id): Path<String>) -> Result<R
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(post, path = "/v1/machines/{id}/unban", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 204, description = "Unbanned")))]
 async fn unban(
     State(s): Shared,
     op: Operator,
@@ -451,12 +467,13 @@ async fn unban(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Bulk {
     ids: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/v1/machines/bulk-remove", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", request_body = Bulk, responses((status = 200, description = "One result per id: removed, already_removed, not_found, invalid or failed")))]
 async fn bulk_remove(
     State(s): Shared,
     op: Operator,
@@ -489,6 +506,7 @@ async fn bulk_remove(
     Ok(Json(json!({"results": results})).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/machines/{id}/keys", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine's keys, metadata only")))]
 async fn machine_keys(
     State(s): Shared,
     op: Operator,
@@ -498,6 +516,7 @@ async fn machine_keys(
     Ok(Json(json!({"keys": s.db.machine_keys(&id).await?})).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/machines/{id}/keys/{key_id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)"), ("key_id" = i64, Path, description = "The key's id")), responses((status = 204, description = "Revoked")))]
 async fn revoke_machine_key(
     State(s): Shared,
     op: Operator,
@@ -516,7 +535,8 @@ async fn revoke_machine_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventFilter {
     #[serde(default)]
@@ -528,6 +548,7 @@ struct EventFilter {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(EventFilter), responses((status = 200, description = "Audit events, newest first, and where the next page starts")))]
 async fn events(
     State(s): Shared,
     op: Operator,

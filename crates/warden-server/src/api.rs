@@ -9,8 +9,10 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::db::Db;
 use crate::enroll::{self, EnrollRequest, Gate, Outcome};
@@ -212,16 +214,32 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAdd
         .unwrap_or(peer)
 }
 
-/// The router.
+/// What the OpenAPI document says about the whole API.
+#[derive(utoipa::OpenApi)]
+#[openapi(info(
+    title = "warden-server",
+    description = "warden's fleet server: sites, enrollment keys, enrollment, machine credentials, operators and the audit trail. Errors are {\"error\": {\"kind\", \"message\", \"correlation_id\"}}."
+))]
+struct ApiDoc;
+
+/// The router, and the OpenAPI document made from its handlers (served at
+/// `/v1/openapi.json`).
 pub fn router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/enroll", post(enroll))
-        .route("/v1/agent/whoami", get(agent_whoami))
-        .route(
-            "/v1/health",
-            get(|| async { Json(json!({"status": "ok"})) }),
-        )
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(enroll))
+        .routes(routes!(agent_whoami))
+        .routes(routes!(health))
         .merge(crate::admin::routes())
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = Arc::clone(&doc);
+                async move { Json(doc) }
+            }),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -229,6 +247,28 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
+#[utoipa::path(get, path = "/v1/health", tag = "server", responses((status = 200, description = "{\"status\": \"ok\"}")))]
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/enroll",
+    tag = "enrollment",
+    request_body = EnrollRequest,
+    responses(
+        (status = 201, description = "A new machine and its key (wmk_), disposition new"),
+        (status = 200, description = "The same machine again: a new key, the old ones revoked, disposition reuse"),
+        (status = 202, description = "A likely clone: pending, no key until an operator approves"),
+        (status = 400, description = "A malformed request"),
+        (status = 401, description = "enroll_rejected: unknown site, no active key, wrong or rotated key (one answer for all)"),
+        (status = 403, description = "The machine id is banned"),
+        (status = 409, description = "enroll_site_conflict: the machine belongs to another site"),
+        (status = 429, description = "Too many failures from this address for this site (Retry-After)"),
+        (status = 503, description = "Too many enrollments being checked (Retry-After)"),
+    )
+)]
 async fn enroll(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -317,6 +357,16 @@ async fn enroll(
 }
 
 /// The machine a `Bearer wmk_…` key belongs to.
+#[utoipa::path(
+    get,
+    path = "/v1/agent/whoami",
+    tag = "agent",
+    description = "Needs a machine key (wmk_) as `Authorization: Bearer`; nothing else is accepted here.",
+    responses(
+        (status = 200, description = "The machine the key belongs to"),
+        (status = 401, description = "No live machine key"),
+    )
+)]
 async fn agent_whoami(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -23,7 +23,7 @@ pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
 const RETRIES: usize = 3;
 
 /// `POST /v1/enroll`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub site_code: String,
@@ -35,7 +35,7 @@ pub struct EnrollRequest {
 }
 
 /// What the host says about itself, for operators to filter by.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Labels {
     #[serde(default)]
