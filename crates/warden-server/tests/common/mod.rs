@@ -46,7 +46,7 @@ pub struct TestServer {
 }
 
 /// A fresh schema of its own in the database at `base`, as a URL that uses it.
-async fn fresh_schema(base: &str) -> String {
+pub async fn fresh_schema(base: &str) -> String {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let schema = format!("t_{}", hex(6));
