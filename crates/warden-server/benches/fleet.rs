@@ -223,6 +223,7 @@ async fn measure(label: &str, url: Option<String>) -> Figures {
         name: op.name,
         role: Role::Admin,
         session: None,
+        source: String::new(),
     };
     let (token, _) = db
         .create_token(&operator, "bench", Role::Operator, 3_600_000)

@@ -44,11 +44,15 @@ impl FromRequestParts<Arc<AppState>> for Operator {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(unauthorized)?;
-        state
+        let mut op = state
             .db
             .authenticate(&state.signing, token)
             .await?
-            .ok_or_else(unauthorized)
+            .ok_or_else(unauthorized)?;
+        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            op.source = client_addr(peer.ip(), &parts.headers, &state.trusted_proxies).to_string();
+        }
+        Ok(op)
     }
 }
 
@@ -198,7 +202,14 @@ async fn logout(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
         ));
     };
     s.db.close_session(session).await?;
-    event(&s, "logout", &format!("operator {}", op.name), "", "").await;
+    event(
+        &s,
+        "logout",
+        &format!("operator {}", op.name),
+        "",
+        &op.source,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -233,7 +244,7 @@ async fn create_token(
         "token.create",
         &format!("operator {}", op.name),
         &format!("token {}", info.id),
-        "",
+        &op.source,
     )
     .await;
     Ok((
@@ -264,7 +275,7 @@ async fn revoke_token(
         "token.revoke",
         &format!("operator {}", op.name),
         &format!("token {id}"),
-        "",
+        &op.source,
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -295,7 +306,7 @@ async fn add_site(
         "site.add",
         &format!("operator {}", op.name),
         &format!("site {}", site.site_code),
-        "",
+        &op.source,
     )
     .await;
     Ok((StatusCode::CREATED, Json(site)).into_response())
@@ -321,7 +332,7 @@ async fn rotate_key(
             "key.rotate",
             &format!("operator {}", op.name),
             &format!("site {}", site.site_code),
-            "",
+            &op.source,
             &key.fingerprint_label,
         )
         .await
@@ -409,7 +420,7 @@ async fn machine_change(s: &AppState, op: &Operator, kind: &str, id: &str) -> Re
         kind,
         &format!("operator {}", op.name),
         &format!("machine {id}"),
-        "",
+        &op.source,
     )
     .await;
     Ok(())
@@ -494,7 +505,7 @@ async fn bulk_remove(
                 "machine.remove",
                 &format!("operator {}", op.name),
                 &format!("machine {id}"),
-                "",
+                &op.source,
             )
             .await;
         }
@@ -529,7 +540,7 @@ async fn revoke_machine_key(
         "machine.key_revoke",
         &format!("operator {}", op.name),
         &format!("machine {id} key {key_id}"),
-        "",
+        &op.source,
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())

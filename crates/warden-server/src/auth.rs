@@ -68,6 +68,8 @@ pub struct Operator {
     pub role: Role,
     /// The session behind a login token, to log out.
     pub session: Option<String>,
+    /// Where the request came from (set by the HTTP layer), for the audit trail.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,6 +336,7 @@ impl Db {
                 name: r.try_get("name")?,
                 role: role_of(&r.try_get::<String, _>("role")?)?,
                 session: Some(sid.to_owned()),
+                source: String::new(),
             }));
         }
         if !keys::well_formed(token, API_PREFIX) {
@@ -360,6 +363,7 @@ impl Db {
             name: r.try_get("name")?,
             role: own.min(scoped),
             session: None,
+            source: String::new(),
         }))
     }
 

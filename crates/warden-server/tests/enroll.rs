@@ -260,86 +260,90 @@ async fn concurrent_rotations_and_first_enrollments_converge() {
 /// proxy says which address).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_lock_out_one_address_and_successes_never_do() {
-    let s = TestServer::start_with(None, |c| {
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-    })
-    .await;
-    s.db().add_site("hq", "HQ", "Acme").await.unwrap();
-    let key = s.db().rotate_key("hq").await.unwrap().key;
-    let wrong = warden_server::keys::new_enrollment_key();
-    let from = |addr: &'static str, b: serde_json::Value| {
-        let s = &s;
-        async move {
-            s.request("POST", "/v1/enroll", Some(&b), &[("X-Forwarded-For", addr)])
-                .await
-        }
-    };
-    // A whole office behind one address enrolls 30 machines: never throttled.
-    for i in 0..30 {
-        let r = from(
-            "203.0.113.5",
-            body("hq", &key, &machine_id(), &format!("pc-{i}")),
-        )
+    for url in backends() {
+        let s = TestServer::start_with(url.as_deref(), |c| {
+            c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        })
         .await;
-        assert_eq!(r.status, 201, "{}", r.raw);
+        s.db().add_site("hq", "HQ", "Acme").await.unwrap();
+        let key = s.db().rotate_key("hq").await.unwrap().key;
+        let wrong = warden_server::keys::new_enrollment_key();
+        let from = |addr: &'static str, b: serde_json::Value| {
+            let s = &s;
+            async move {
+                s.request("POST", "/v1/enroll", Some(&b), &[("X-Forwarded-For", addr)])
+                    .await
+            }
+        };
+        // A whole office behind one address enrolls 30 machines: never throttled.
+        for i in 0..30 {
+            let r = from(
+                "203.0.113.5",
+                body("hq", &key, &machine_id(), &format!("pc-{i}")),
+            )
+            .await;
+            assert_eq!(r.status, 201, "{}", r.raw);
+        }
+        for _ in 0..20 {
+            let r = from("198.51.100.9", body("hq", &wrong, &machine_id(), "x")).await;
+            assert_eq!(r.status, 401);
+        }
+        let locked = from("198.51.100.9", body("hq", &key, &machine_id(), "x")).await;
+        assert_eq!(locked.status, 429, "{}", locked.raw);
+        let retry: u64 = locked.header("retry-after").unwrap().parse().unwrap();
+        assert!((800..=900).contains(&retry), "{retry}");
+        // The office is untouched, and the lockout itself is in the trail.
+        let ok = from("203.0.113.5", body("hq", &key, &machine_id(), "late")).await;
+        assert_eq!(ok.status, 201);
+        let limited = s
+            .db()
+            .events(Some("enroll.rate_limited"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(limited[0].source, "198.51.100.9");
+        s.running.stop().await.unwrap();
     }
-    for _ in 0..20 {
-        let r = from("198.51.100.9", body("hq", &wrong, &machine_id(), "x")).await;
-        assert_eq!(r.status, 401);
-    }
-    let locked = from("198.51.100.9", body("hq", &key, &machine_id(), "x")).await;
-    assert_eq!(locked.status, 429, "{}", locked.raw);
-    let retry: u64 = locked.header("retry-after").unwrap().parse().unwrap();
-    assert!((800..=900).contains(&retry), "{retry}");
-    // The office is untouched, and the lockout itself is in the trail.
-    let ok = from("203.0.113.5", body("hq", &key, &machine_id(), "late")).await;
-    assert_eq!(ok.status, 201);
-    let limited = s
-        .db()
-        .events(Some("enroll.rate_limited"), None, 10)
-        .await
-        .unwrap();
-    assert_eq!(limited[0].source, "198.51.100.9");
-    s.running.stop().await.unwrap();
 }
 
 /// Pins: with every verification slot busy and the queue full, enrollments are turned away at
 /// once with 503 and Retry-After, and the server takes them again once the flood is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_verification_pool_answers_503_and_recovers() {
-    let s = TestServer::start_with(None, |c| {
-        c.verify_slots = 1;
-        c.verify_queue = 1;
-    })
-    .await;
-    s.db().add_site("hq", "HQ", "Acme").await.unwrap();
-    let key = s.db().rotate_key("hq").await.unwrap().key;
-    let addr = s.running.addr;
-    let tasks: Vec<_> = (0..24)
-        .map(|i| {
-            let b = body("hq", &key, &machine_id(), &format!("pc-{i}")).to_string();
-            tokio::spawn(
-                async move { common::http(addr, "POST", "/v1/enroll", Some(b), &[]).await },
-            )
+    for url in backends() {
+        let s = TestServer::start_with(url.as_deref(), |c| {
+            c.verify_slots = 1;
+            c.verify_queue = 1;
         })
-        .collect();
-    let mut busy = 0;
-    for t in tasks {
-        let r = t.await.unwrap();
-        match r.status {
-            201 => {}
-            503 => {
-                busy += 1;
-                assert_eq!(r.header("retry-after"), Some("1"));
-                assert_eq!(r.kind(), "unavailable");
+        .await;
+        s.db().add_site("hq", "HQ", "Acme").await.unwrap();
+        let key = s.db().rotate_key("hq").await.unwrap().key;
+        let addr = s.running.addr;
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let b = body("hq", &key, &machine_id(), &format!("pc-{i}")).to_string();
+                tokio::spawn(
+                    async move { common::http(addr, "POST", "/v1/enroll", Some(b), &[]).await },
+                )
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tasks {
+            let r = t.await.unwrap();
+            match r.status {
+                201 => {}
+                503 => {
+                    busy += 1;
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                    assert_eq!(r.kind(), "unavailable");
+                }
+                other => panic!("{other}: {}", r.raw),
             }
-            other => panic!("{other}: {}", r.raw),
         }
+        assert!(busy > 0, "the pool never filled");
+        let after = s.enroll(&body("hq", &key, &machine_id(), "calm")).await;
+        assert_eq!(after.status, 201, "{}", after.raw);
+        s.running.stop().await.unwrap();
     }
-    assert!(busy > 0, "the pool never filled");
-    let after = s.enroll(&body("hq", &key, &machine_id(), "calm")).await;
-    assert_eq!(after.status, 201, "{}", after.raw);
-    s.running.stop().await.unwrap();
 }
 
 /// Pins: after enrolling and rotating, no enrollment key or machine key issued is anywhere in

@@ -191,6 +191,14 @@ async fn logins_and_tokens_work_until_revoked() {
             assert!(kinds.contains(&kind), "{db}: no {kind} in {kinds:?}");
         }
         assert!(!events.raw.contains(&api[4..]) && !events.raw.contains(PASSWORD));
+        let created = events.json["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "token.create")
+            .unwrap();
+        assert_eq!(created["source"], "127.0.0.1", "{db}: {created}");
+        assert_eq!(created["actor"], "operator root");
         s.running.stop().await.unwrap();
     }
 }
@@ -199,44 +207,46 @@ async fn logins_and_tokens_work_until_revoked() {
 /// refused on the agent endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_and_operator_credentials_stay_on_their_planes() {
-    let (s, admin, key) = setup(None).await;
-    let m = machine_id();
-    let enrolled = s.enroll(&body("hq", &key, &m, "pc-1")).await;
-    let machine_key = enrolled.json["machine_key"].as_str().unwrap().to_owned();
-    for (method, path) in [
-        ("GET", "/v1/sites"),
-        ("GET", "/v1/machines"),
-        ("GET", "/v1/events"),
-        ("GET", "/v1/tokens"),
-        ("POST", "/v1/sites/1/enrollment-key/rotate"),
-        ("POST", "/v1/logout"),
-    ] {
-        let r = as_bearer(&s, &machine_key, method, path, None).await;
-        assert_eq!(r.status, 401, "{method} {path}: {}", r.raw);
+    for url in backends() {
+        let (s, admin, key) = setup(url.as_deref()).await;
+        let m = machine_id();
+        let enrolled = s.enroll(&body("hq", &key, &m, "pc-1")).await;
+        let machine_key = enrolled.json["machine_key"].as_str().unwrap().to_owned();
+        for (method, path) in [
+            ("GET", "/v1/sites"),
+            ("GET", "/v1/machines"),
+            ("GET", "/v1/events"),
+            ("GET", "/v1/tokens"),
+            ("POST", "/v1/sites/1/enrollment-key/rotate"),
+            ("POST", "/v1/logout"),
+        ] {
+            let r = as_bearer(&s, &machine_key, method, path, None).await;
+            assert_eq!(r.status, 401, "{method} {path}: {}", r.raw);
+        }
+        let api = as_bearer(
+            &s,
+            &admin,
+            "POST",
+            "/v1/tokens",
+            Some(&json!({"name": "x", "expires_in_s": 60})),
+        )
+        .await
+        .json["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for token in [&admin, &api] {
+            let r = as_bearer(&s, token, "GET", "/v1/agent/whoami", None).await;
+            assert_eq!(r.status, 401, "{}", r.raw);
+        }
+        assert_eq!(
+            as_bearer(&s, &machine_key, "GET", "/v1/agent/whoami", None)
+                .await
+                .status,
+            200
+        );
+        s.running.stop().await.unwrap();
     }
-    let api = as_bearer(
-        &s,
-        &admin,
-        "POST",
-        "/v1/tokens",
-        Some(&json!({"name": "x", "expires_in_s": 60})),
-    )
-    .await
-    .json["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for token in [&admin, &api] {
-        let r = as_bearer(&s, token, "GET", "/v1/agent/whoami", None).await;
-        assert_eq!(r.status, 401, "{}", r.raw);
-    }
-    assert_eq!(
-        as_bearer(&s, &machine_key, "GET", "/v1/agent/whoami", None)
-            .await
-            .status,
-        200
-    );
-    s.running.stop().await.unwrap();
 }
 
 /// Pins: the machine endpoints: filters, approve, idempotent remove, ban, key listing and
@@ -370,90 +380,94 @@ async fn machines_are_managed_over_http() {
 /// Retry-After, while another operator logs in as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_limited_per_name() {
-    let s = TestServer::start_with(None, |c| {
-        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-    })
-    .await;
-    s.db()
-        .add_operator("root", Role::Admin, PASSWORD)
-        .await
-        .unwrap();
-    s.db()
-        .add_operator("ops", Role::Operator, PASSWORD)
-        .await
-        .unwrap();
-    for i in 0..20 {
-        let addr = format!("198.51.100.{i}");
-        let r = s
-            .request(
-                "POST",
-                "/v1/login",
-                Some(&json!({"name": "root", "password": "not the password"})),
-                &[("X-Forwarded-For", &addr)],
-            )
-            .await;
-        assert_eq!(r.status, 401);
+    for url in backends() {
+        let s = TestServer::start_with(url.as_deref(), |c| {
+            c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        })
+        .await;
+        s.db()
+            .add_operator("root", Role::Admin, PASSWORD)
+            .await
+            .unwrap();
+        s.db()
+            .add_operator("ops", Role::Operator, PASSWORD)
+            .await
+            .unwrap();
+        for i in 0..20 {
+            let addr = format!("198.51.100.{i}");
+            let r = s
+                .request(
+                    "POST",
+                    "/v1/login",
+                    Some(&json!({"name": "root", "password": "not the password"})),
+                    &[("X-Forwarded-For", &addr)],
+                )
+                .await;
+            assert_eq!(r.status, 401);
+        }
+        let locked = login(&s, "root", PASSWORD).await;
+        assert_eq!(locked.status, 429, "{}", locked.raw);
+        assert!(locked.header("retry-after").is_some());
+        assert_eq!(login(&s, "ops", PASSWORD).await.status, 200);
+        s.running.stop().await.unwrap();
     }
-    let locked = login(&s, "root", PASSWORD).await;
-    assert_eq!(locked.status, 429, "{}", locked.raw);
-    assert!(locked.header("retry-after").is_some());
-    assert_eq!(login(&s, "ops", PASSWORD).await.status, 200);
-    s.running.stop().await.unwrap();
 }
 
 /// Pins: the OpenAPI document is generated from the handlers: it lists every endpoint with its
 /// method, and every endpoint it lists is served (none falls through to "no such endpoint").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_lists_exactly_what_is_served() {
-    let s = TestServer::start(None).await;
-    let doc = s.request("GET", "/v1/openapi.json", None, &[]).await;
-    assert_eq!(doc.status, 200);
-    assert!(doc.json["openapi"].as_str().unwrap().starts_with("3."));
-    let paths = doc.json["paths"].as_object().unwrap();
-    let mut listed: Vec<String> = Vec::new();
-    for (path, item) in paths {
-        for method in item.as_object().unwrap().keys() {
-            if ["get", "post", "delete", "put", "patch"].contains(&method.as_str()) {
-                listed.push(format!("{} {path}", method.to_uppercase()));
+    for url in backends() {
+        let s = TestServer::start(url.as_deref()).await;
+        let doc = s.request("GET", "/v1/openapi.json", None, &[]).await;
+        assert_eq!(doc.status, 200);
+        assert!(doc.json["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc.json["paths"].as_object().unwrap();
+        let mut listed: Vec<String> = Vec::new();
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "delete", "put", "patch"].contains(&method.as_str()) {
+                    listed.push(format!("{} {path}", method.to_uppercase()));
+                }
             }
         }
+        listed.sort();
+        let mut expected = vec![
+            "POST /v1/enroll",
+            "GET /v1/agent/whoami",
+            "GET /v1/health",
+            "POST /v1/login",
+            "POST /v1/logout",
+            "POST /v1/tokens",
+            "GET /v1/tokens",
+            "DELETE /v1/tokens/{id}",
+            "POST /v1/sites",
+            "GET /v1/sites",
+            "GET /v1/sites/{id}/enrollment-key",
+            "POST /v1/sites/{id}/enrollment-key/rotate",
+            "GET /v1/sites/{id}/enrollment-key/usage",
+            "GET /v1/machines",
+            "POST /v1/machines/bulk-remove",
+            "GET /v1/machines/{id}",
+            "DELETE /v1/machines/{id}",
+            "POST /v1/machines/{id}/approve",
+            "POST /v1/machines/{id}/ban",
+            "POST /v1/machines/{id}/unban",
+            "GET /v1/machines/{id}/keys",
+            "DELETE /v1/machines/{id}/keys/{key_id}",
+            "GET /v1/events",
+        ];
+        expected.sort();
+        assert_eq!(listed, expected);
+        for entry in &listed {
+            let (method, path) = entry.split_once(' ').unwrap();
+            let concrete = path.replace("{id}", "1").replace("{key_id}", "1");
+            let r = s.request(method, &concrete, None, &[]).await;
+            assert_ne!(
+                r.json["error"]["message"], "no such endpoint",
+                "{entry} is documented but not served"
+            );
+        }
+        s.running.stop().await.unwrap();
     }
-    listed.sort();
-    let mut expected = vec![
-        "POST /v1/enroll",
-        "GET /v1/agent/whoami",
-        "GET /v1/health",
-        "POST /v1/login",
-        "POST /v1/logout",
-        "POST /v1/tokens",
-        "GET /v1/tokens",
-        "DELETE /v1/tokens/{id}",
-        "POST /v1/sites",
-        "GET /v1/sites",
-        "GET /v1/sites/{id}/enrollment-key",
-        "POST /v1/sites/{id}/enrollment-key/rotate",
-        "GET /v1/sites/{id}/enrollment-key/usage",
-        "GET /v1/machines",
-        "POST /v1/machines/bulk-remove",
-        "GET /v1/machines/{id}",
-        "DELETE /v1/machines/{id}",
-        "POST /v1/machines/{id}/approve",
-        "POST /v1/machines/{id}/ban",
-        "POST /v1/machines/{id}/unban",
-        "GET /v1/machines/{id}/keys",
-        "DELETE /v1/machines/{id}/keys/{key_id}",
-        "GET /v1/events",
-    ];
-    expected.sort();
-    assert_eq!(listed, expected);
-    for entry in &listed {
-        let (method, path) = entry.split_once(' ').unwrap();
-        let concrete = path.replace("{id}", "1").replace("{key_id}", "1");
-        let r = s.request(method, &concrete, None, &[]).await;
-        assert_ne!(
-            r.json["error"]["message"], "no such endpoint",
-            "{entry} is documented but not served"
-        );
-    }
-    s.running.stop().await.unwrap();
 }
