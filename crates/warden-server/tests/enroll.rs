@@ -346,8 +346,8 @@ async fn a_full_verification_pool_answers_503_and_recovers() {
     }
 }
 
-/// Pins: after enrolling and rotating, no enrollment key or machine key issued is anywhere in
-/// the SQLite database files, in any form.
+/// Pins: after enrolling, rotating and logging in, no enrollment key, machine key, login token,
+/// API token or password is anywhere in the SQLite database files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_material_is_at_rest() {
     let (s, key) = with_site(None).await;
@@ -370,7 +370,18 @@ async fn no_key_material_is_at_rest() {
         let hex_part = &secret[4..];
         for f in &files {
             let hay = String::from_utf8_lossy(f);
-            assert!(!hay.contains(hex_part), "a key is stored in plaintext");
+            assert!(!hay.contains(hex_part), "a secret is stored in plaintext");
         }
     }
+}
+
+/// Pins: a request body over 64 KiB is refused (413) before it is read as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_64_kib_are_refused() {
+    let s = TestServer::start(None).await;
+    let mut b = body("hq", "wek_x", &machine_id(), "pc");
+    b["labels"]["tags"] = serde_json::json!(["x".repeat(70 * 1024)]);
+    let r = s.enroll(&b).await;
+    assert_eq!(r.status, 413, "{}", &r.raw[..r.raw.len().min(200)]);
+    s.running.stop().await.unwrap();
 }
