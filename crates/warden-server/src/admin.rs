@@ -126,6 +126,8 @@ async fn login(
     let now = Instant::now();
     let user_key = format!("login:{}", b.name);
     let any = std::net::IpAddr::from([0, 0, 0, 0]);
+    // The name as the caller typed it, cut and escaped: it goes into the audit trail.
+    let shown: String = b.name.chars().take(64).collect::<String>().escape_debug().to_string();
     let wait = s
         .login_limiter
         .locked(&user_key, any, now)
@@ -134,7 +136,7 @@ async fn login(
         event(
             &s,
             "login.rate_limited",
-            &format!("operator {}", b.name),
+            &format!("operator {shown}"),
             "",
             &source.to_string(),
         )
@@ -169,7 +171,7 @@ async fn login(
         event(
             &s,
             "login.failure",
-            &format!("operator {}", b.name),
+            &format!("operator {shown}"),
             "",
             &source.to_string(),
         )
