@@ -127,7 +127,13 @@ async fn login(
     let user_key = format!("login:{}", b.name);
     let any = std::net::IpAddr::from([0, 0, 0, 0]);
     // The name as the caller typed it, cut and escaped: it goes into the audit trail.
-    let shown: String = b.name.chars().take(64).collect::<String>().escape_debug().to_string();
+    let shown: String = b
+        .name
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
     let wait = s
         .login_limiter
         .locked(&user_key, any, now)

@@ -22,6 +22,8 @@ use crate::store::{Result, StoreError};
 pub const SESSION_PREFIX: &str = "wop_";
 /// Prefix of an API token.
 pub const API_PREFIX: &str = "wat_";
+/// What a login token is for, signed into it: a token signed for anything else is refused.
+pub const PURPOSE: &str = "operator";
 /// How long a login lasts.
 pub const SESSION_MS: i64 = 60 * 60 * 1000;
 /// Longest an API token may live.
@@ -290,7 +292,10 @@ impl Db {
         .bind(expires)
         .execute(&self.pool)
         .await?;
-        Ok((key.sign(&format!("{id}:{operator}:{expires}")), expires))
+        Ok((
+            key.sign(&format!("{PURPOSE}:{id}:{operator}:{expires}")),
+            expires,
+        ))
     }
 
     pub async fn close_session(&self, session: &str) -> Result<()> {
@@ -310,9 +315,13 @@ impl Db {
                 return Ok(None);
             };
             let mut parts = payload.split(':');
-            let (Some(sid), Some(op), Some(exp), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(PURPOSE), Some(sid), Some(op), Some(exp), None) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
                 return Ok(None);
             };
             let (Ok(op), Ok(exp)) = (op.parse::<i64>(), exp.parse::<i64>()) else {
