@@ -268,7 +268,30 @@ impl Drop for TempDir {
     }
 }
 
-/// Pins: `systemd-analyze verify` accepts the three units without a complaint (unknown keys and
+/// Pins: the fleet server's unit runs it as a user of its own with no capability at all, its
+/// data private.
+#[test]
+fn the_server_unit_runs_without_privilege() {
+    let unit = assignments(&dist("warden-server.service"));
+    let last = |key: &str| {
+        unit.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(last("DynamicUser"), Some("yes"));
+    assert_eq!(last("CapabilityBoundingSet"), Some(""));
+    assert_eq!(last("StateDirectoryMode"), Some("0700"));
+    assert_eq!(last("NoNewPrivileges"), Some("yes"));
+    assert_eq!(last("ProtectSystem"), Some("strict"));
+    assert!(
+        last("ExecStart")
+            .unwrap()
+            .contains("--data-dir /var/lib/warden-server")
+    );
+}
+
+/// Pins: `systemd-analyze verify` accepts the four units without a complaint (unknown keys and
 /// bad values included), where systemd-analyze is installed.
 #[test]
 fn the_units_pass_systemd_analyze_verify() {
@@ -279,10 +302,17 @@ fn the_units_pass_systemd_analyze_verify() {
     assert!(out.status.success());
     let dir = TempDir(std::env::temp_dir().join(format!("warden-dist-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
-    let units = ["wardend.service", "wardend.socket", "wardend-ro.socket"];
+    let units = [
+        "wardend.service",
+        "wardend.socket",
+        "wardend-ro.socket",
+        "warden-server.service",
+    ];
     for name in units {
-        // verify checks that ExecStart= names an executable; wardend is not installed here.
-        let text = dist(name).replace("ExecStart=/usr/bin/wardend ", "ExecStart=/bin/sh ");
+        // verify checks that ExecStart= names an executable; neither is installed here.
+        let text = dist(name)
+            .replace("ExecStart=/usr/bin/wardend ", "ExecStart=/bin/sh ")
+            .replace("ExecStart=/usr/bin/warden-server ", "ExecStart=/bin/sh ");
         std::fs::write(dir.0.join(name), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
