@@ -268,8 +268,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Pins: the fleet server's unit runs it as a user of its own with no capability at all, its
-/// data private.
+/// Pins: the fleet server's unit runs it as its own unprivileged user with no capability at all,
+/// its data private.
 #[test]
 fn the_server_unit_runs_without_privilege() {
     let unit = assignments(&dist("warden-server.service"));
@@ -279,7 +279,7 @@ fn the_server_unit_runs_without_privilege() {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     };
-    assert_eq!(last("DynamicUser"), Some("yes"));
+    assert_eq!(last("User"), Some("warden-server"));
     assert_eq!(last("CapabilityBoundingSet"), Some(""));
     assert_eq!(last("StateDirectoryMode"), Some("0700"));
     assert_eq!(last("NoNewPrivileges"), Some("yes"));
