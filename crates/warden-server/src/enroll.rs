@@ -172,22 +172,34 @@ impl Gate<'_> {
     /// passed [`validate`].
     pub async fn enroll(&self, r: &EnrollRequest, source: IpAddr) -> Result<Outcome, StoreError> {
         let outcome = self.decide(r, source).await?;
-        if outcome.is_failure() {
-            self.limiter.fail(&r.site_code, source, Instant::now());
-        }
-        let detail = match &outcome {
-            Outcome::RateLimited(d) => format!("retry after {} s", d.as_secs()),
-            _ => format!("hostname {}", r.hostname),
+        let (actor, target, from) = (
+            format!("machine {}", r.machine_id),
+            format!("site {}", r.site_code),
+            source.to_string(),
+        );
+        let record = |kind: &'static str, detail: String| {
+            let (actor, target, from) = (&actor, &target, &from);
+            async move { self.db.event(kind, actor, target, from, &detail).await }
         };
-        self.db
-            .event(
-                outcome.event_kind(),
-                &format!("machine {}", r.machine_id),
-                &format!("site {}", r.site_code),
-                &source.to_string(),
-                &detail,
+        match &outcome {
+            // Refused before any work: recorded once, when the lockout began (below), and not
+            // for every knock on it, nor for a full pool, so neither grows the trail at the
+            // rate of a flood.
+            Outcome::RateLimited(_) | Outcome::Busy => {}
+            _ => record(outcome.event_kind(), format!("hostname {}", r.hostname)).await?,
+        }
+        if outcome.is_failure()
+            && let Some(lockout) = self.limiter.fail(&r.site_code, source, Instant::now())
+        {
+            record(
+                Outcome::RateLimited(lockout).event_kind(),
+                format!(
+                    "locked out for {} s after repeated failures",
+                    lockout.as_secs()
+                ),
             )
             .await?;
+        }
         Ok(outcome)
     }
 

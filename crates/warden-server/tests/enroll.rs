@@ -295,11 +295,17 @@ async fn failures_lock_out_one_address_and_successes_never_do() {
         // The office is untouched, and the lockout itself is in the trail.
         let ok = from("203.0.113.5", body("hq", &key, &machine_id(), "late")).await;
         assert_eq!(ok.status, 201);
+        // Knocking on the lockout does not grow the trail: one event, when it began.
+        for _ in 0..10 {
+            let r = from("198.51.100.9", body("hq", &wrong, &machine_id(), "x")).await;
+            assert_eq!(r.status, 429);
+        }
         let limited = s
             .db()
             .events(Some("enroll.rate_limited"), None, 10)
             .await
             .unwrap();
+        assert_eq!(limited.len(), 1, "{limited:?}");
         assert_eq!(limited[0].source, "198.51.100.9");
         s.running.stop().await.unwrap();
     }
