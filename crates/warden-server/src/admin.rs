@@ -139,14 +139,7 @@ async fn login(
         .locked(&user_key, any, now)
         .or_else(|| s.login_limiter.locked("login", source, now));
     if let Some(wait) = wait {
-        event(
-            &s,
-            "login.rate_limited",
-            &format!("operator {shown}"),
-            "",
-            &source.to_string(),
-        )
-        .await;
+        // Recorded once, when the lockout began (below), not for every knock on it.
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -172,8 +165,18 @@ async fn login(
             .with_retry_after(1)
         })?;
     let (Some((op, _)), true) = (found, ok) else {
-        s.login_limiter.fail(&user_key, any, now);
-        s.login_limiter.fail("login", source, now);
+        let by_name = s.login_limiter.fail(&user_key, any, now);
+        let by_address = s.login_limiter.fail("login", source, now);
+        if by_name.is_some() || by_address.is_some() {
+            event(
+                &s,
+                "login.rate_limited",
+                &format!("operator {shown}"),
+                "",
+                &source.to_string(),
+            )
+            .await;
+        }
         event(
             &s,
             "login.failure",

@@ -410,6 +410,19 @@ async fn failed_logins_are_limited_per_name() {
         assert_eq!(locked.status, 429, "{}", locked.raw);
         assert!(locked.header("retry-after").is_some());
         assert_eq!(login(&s, "ops", PASSWORD).await.status, 200);
+        for _ in 0..5 {
+            assert_eq!(login(&s, "root", PASSWORD).await.status, 429);
+        }
+        let limited = s
+            .db()
+            .events(Some("login.rate_limited"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            limited.len(),
+            1,
+            "one event when the lockout began: {limited:?}"
+        );
         s.running.stop().await.unwrap();
     }
 }
