@@ -100,6 +100,18 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(events))
 }
 
+/// Records what operator `op` did to `target`, from where.
+async fn audit(s: &AppState, op: &Operator, kind: &str, target: &str) {
+    event(
+        s,
+        kind,
+        &format!("operator {}", op.name),
+        target,
+        &op.source,
+    )
+    .await;
+}
+
 async fn event(s: &AppState, kind: &str, actor: &str, target: &str, source: &str) {
     if let Err(e) = s.db.event(kind, actor, target, source, "").await {
         tracing::error!(kind, error = %e, "cannot record an event");
@@ -213,14 +225,7 @@ async fn logout(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
         ));
     };
     s.db.close_session(session).await?;
-    event(
-        &s,
-        "logout",
-        &format!("operator {}", op.name),
-        "",
-        &op.source,
-    )
-    .await;
+    audit(&s, &op, "logout", "").await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -250,14 +255,7 @@ async fn create_token(
     let (token, info) =
         s.db.create_token(&op, &b.name, role, b.expires_in_s.saturating_mul(1000))
             .await?;
-    event(
-        &s,
-        "token.create",
-        &format!("operator {}", op.name),
-        &format!("token {}", info.id),
-        &op.source,
-    )
-    .await;
+    audit(&s, &op, "token.create", &format!("token {}", info.id)).await;
     Ok((
         StatusCode::CREATED,
         Json(json!({"token": token, "id": info.id, "name": info.name, "role": info.role, "expires_ms": info.expires_ms})),
@@ -281,14 +279,7 @@ async fn revoke_token(
     if !s.db.revoke_token(id, whose).await? {
         return Err(StoreError::NotFound(format!("no live token {id} of yours")).into());
     }
-    event(
-        &s,
-        "token.revoke",
-        &format!("operator {}", op.name),
-        &format!("token {id}"),
-        &op.source,
-    )
-    .await;
+    audit(&s, &op, "token.revoke", &format!("token {id}")).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -312,14 +303,7 @@ async fn add_site(
     let site =
         s.db.add_site(&b.site_code, &b.display_name, &b.company)
             .await?;
-    event(
-        &s,
-        "site.add",
-        &format!("operator {}", op.name),
-        &format!("site {}", site.site_code),
-        &op.source,
-    )
-    .await;
+    audit(&s, &op, "site.add", &format!("site {}", site.site_code)).await;
     Ok((StatusCode::CREATED, Json(site)).into_response())
 }
 
@@ -426,14 +410,7 @@ async fn get_machine(
 
 async fn machine_change(s: &AppState, op: &Operator, kind: &str, id: &str) -> Result<(), ApiError> {
     require(op, Role::Admin)?;
-    event(
-        s,
-        kind,
-        &format!("operator {}", op.name),
-        &format!("machine {id}"),
-        &op.source,
-    )
-    .await;
+    audit(s, op, kind, &format!("machine {id}")).await;
     Ok(())
 }
 
@@ -511,14 +488,7 @@ async fn bulk_remove(
     let results = s.db.bulk_remove(&b.ids).await;
     for (id, r) in &results {
         if *r == crate::store::Removal::Removed {
-            event(
-                &s,
-                "machine.remove",
-                &format!("operator {}", op.name),
-                &format!("machine {id}"),
-                &op.source,
-            )
-            .await;
+            audit(&s, &op, "machine.remove", &format!("machine {id}")).await;
         }
     }
     let results: Vec<_> = results
@@ -546,12 +516,11 @@ async fn revoke_machine_key(
 ) -> Result<Response, ApiError> {
     require(&op, Role::Admin)?;
     s.db.revoke_machine_key(&id, key_id).await?;
-    event(
+    audit(
         &s,
+        &op,
         "machine.key_revoke",
-        &format!("operator {}", op.name),
         &format!("machine {id} key {key_id}"),
-        &op.source,
     )
     .await;
     Ok(StatusCode::NO_CONTENT.into_response())
