@@ -485,3 +485,69 @@ async fn the_openapi_document_lists_exactly_what_is_served() {
         s.running.stop().await.unwrap();
     }
 }
+
+/// Pins: a login outlives a restart of the server (its signing key is kept in the data
+/// directory, mode 0600), and a logout before the restart still holds after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_outlive_a_restart_and_logouts_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = warden_server::Config::new(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let first = warden_server::start(&config).await.unwrap();
+    first
+        .state
+        .db
+        .add_operator("root", Role::Admin, PASSWORD)
+        .await
+        .unwrap();
+    let login_at = |addr| async move {
+        common::http(
+            addr,
+            "POST",
+            "/v1/login",
+            Some(json!({"name": "root", "password": PASSWORD}).to_string()),
+            &[],
+        )
+        .await
+        .json["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let kept = login_at(first.addr).await;
+    let ended = login_at(first.addr).await;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let out = common::http(
+        first.addr,
+        "POST",
+        "/v1/logout",
+        None,
+        &[("Authorization", &bearer(&ended))],
+    )
+    .await;
+    assert_eq!(out.status, 204);
+    first.stop().await.unwrap();
+    let second = warden_server::start(&config).await.unwrap();
+    let sites = |t: String| {
+        let addr = second.addr;
+        async move {
+            common::http(
+                addr,
+                "GET",
+                "/v1/sites",
+                None,
+                &[("Authorization", &format!("Bearer {t}"))],
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(sites(kept).await, 200);
+    assert_eq!(sites(ended).await, 401);
+    let key = std::fs::metadata(dir.path().join("data/signing.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
+    second.stop().await.unwrap();
+}
