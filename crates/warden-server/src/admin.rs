@@ -357,7 +357,7 @@ async fn key_usage(
     require(&op, Role::Admin)?;
     let site = s.db.site_by_id(id).await?;
     let usage: Vec<_> =
-        s.db.key_usage(&site.site_code)
+        s.db.key_usage(site.id)
             .await?
             .into_iter()
             .map(|(version, machines)| json!({"version": version, "machines": machines}))
@@ -408,12 +408,6 @@ async fn get_machine(
     Ok(Json(s.db.machine(&id).await?).into_response())
 }
 
-async fn machine_change(s: &AppState, op: &Operator, kind: &str, id: &str) -> Result<(), ApiError> {
-    require(op, Role::Admin)?;
-    audit(s, op, kind, &format!("machine {id}")).await;
-    Ok(())
-}
-
 #[utoipa::path(post, path = "/v1/machines/{id}/approve", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "Approved: the clone's next enrollment gets a key"), (status = 409, description = "Not pending")))]
 async fn approve(
     State(s): Shared,
@@ -422,7 +416,7 @@ async fn approve(
 ) -> Result<Response, ApiError> {
     require(&op, Role::Admin)?;
     s.db.approve(&id).await?;
-    machine_change(&s, &op, "machine.approve", &id).await?;
+    audit(&s, &op, "machine.approve", &format!("machine {id}")).await;
     Ok(Json(s.db.machine(&id).await?).into_response())
 }
 
@@ -434,7 +428,7 @@ async fn remove_machine(
 ) -> Result<Response, ApiError> {
     require(&op, Role::Admin)?;
     let removed = s.db.remove(&id).await?;
-    machine_change(&s, &op, "machine.remove", &id).await?;
+    audit(&s, &op, "machine.remove", &format!("machine {id}")).await;
     Ok(Json(
         json!({"machine_id": id, "result": if removed { "removed" } else { "already_removed" }}),
     )
@@ -450,7 +444,7 @@ async fn ban(State(s): Shared, op: Operator, Path(id): Path<String>) -> Result<R
         );
     }
     s.db.ban(&id).await?;
-    machine_change(&s, &op, "machine.ban", &id).await?;
+    audit(&s, &op, "machine.ban", &format!("machine {id}")).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -462,7 +456,7 @@ async fn unban(
 ) -> Result<Response, ApiError> {
     require(&op, Role::Admin)?;
     s.db.unban(&id).await?;
-    machine_change(&s, &op, "machine.unban", &id).await?;
+    audit(&s, &op, "machine.unban", &format!("machine {id}")).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -135,9 +135,7 @@ struct Enrolled<'a> {
 }
 
 fn correlation_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::keys::random_hex(8)
 }
 
 impl IntoResponse for ApiError {

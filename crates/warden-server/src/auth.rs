@@ -15,7 +15,7 @@ use sha2::Sha256;
 use sqlx::Row;
 
 use crate::db::{Db, is_unique_violation, now_ms};
-use crate::keys;
+use crate::keys::{self, hex, random_hex};
 use crate::store::{Result, StoreError};
 
 /// Prefix of a login session token.
@@ -162,10 +162,6 @@ impl SigningKey {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) || s.len() > 512 {
         return None;
@@ -174,12 +170,6 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).expect("the kernel's random source");
-    hex(&b)
 }
 
 fn role_of(s: &str) -> Result<Role> {
@@ -351,7 +341,7 @@ impl Db {
         if !keys::well_formed(token, API_PREFIX) {
             return Ok(None);
         }
-        let hash = keys::machine_key_hash(token);
+        let hash = keys::secret_hash(token);
         let row = sqlx::query(
             "SELECT t.hash, t.role AS token_role, o.id, o.name, o.role FROM api_tokens t
              JOIN operators o ON o.id = t.operator_id
@@ -410,7 +400,7 @@ impl Db {
         .bind(operator.id)
         .bind(name)
         .bind(role.as_str())
-        .bind(keys::machine_key_hash(&token))
+        .bind(keys::secret_hash(&token))
         .bind(now)
         .bind(now + lifetime_ms)
         .fetch_one(&self.pool)

@@ -356,7 +356,7 @@ impl Gate<'_> {
         };
         sqlx::query("INSERT INTO machine_keys (machine_row, hash, created_ms) VALUES ($1, $2, $3)")
             .bind(row_id)
-            .bind(keys::machine_key_hash(&key))
+            .bind(keys::secret_hash(&key))
             .bind(now)
             .execute(&mut *tx)
             .await?;

@@ -16,7 +16,8 @@ pub const ENROLLMENT_PREFIX: &str = "wek_";
 /// Prefix of a machine key.
 pub const MACHINE_PREFIX: &str = "wmk_";
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -26,11 +27,16 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Hex of `n` random bytes from the kernel.
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("the kernel's random source");
+    hex(&b)
+}
+
 /// `prefix` + 64 hex digits of 256 random bits.
 fn random_key(prefix: &str) -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the kernel's random source");
-    format!("{prefix}{}", hex(&b))
+    format!("{prefix}{}", random_hex(32))
 }
 
 pub fn new_enrollment_key() -> String {
@@ -54,8 +60,8 @@ pub fn fingerprint(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes())[..2]).to_uppercase()
 }
 
-/// Hex SHA-256 of a machine key, as stored.
-pub fn machine_key_hash(key: &str) -> String {
+/// Hex SHA-256 of a bearer secret (a machine key or an API token), as stored.
+pub fn secret_hash(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 

@@ -238,14 +238,13 @@ impl Db {
         })
     }
 
-    /// Machines per enrollment key version of a site.
-    pub async fn key_usage(&self, code: &str) -> Result<Vec<(i64, i64)>> {
-        let site = self.site(code).await?;
+    /// Machines per enrollment key version of site `site_id`.
+    pub async fn key_usage(&self, site_id: i64) -> Result<Vec<(i64, i64)>> {
         let rows = sqlx::query(
             "SELECT key_version, COUNT(*) AS n FROM machines
              WHERE site_id = $1 AND state <> 'removed' GROUP BY key_version ORDER BY key_version",
         )
-        .bind(site.id)
+        .bind(site_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -423,7 +422,7 @@ impl Db {
         if !keys::well_formed(key, keys::MACHINE_PREFIX) {
             return Ok(None);
         }
-        let hash = keys::machine_key_hash(key);
+        let hash = keys::secret_hash(key);
         let row = sqlx::query(
             "SELECT k.hash, m.machine_id FROM machine_keys k JOIN machines m ON m.id = k.machine_row
              WHERE k.hash = $1 AND k.revoked_ms IS NULL AND m.state <> 'removed'",

@@ -129,18 +129,10 @@ fn faulted(name: &str, fault: Fault) -> io::Result<()> {
     }
 }
 
+/// `prefix` and 16 random hex digits (uniqueness only: the base directory is not writable by
+/// others), made as a correlation id is.
 fn work_name(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    // Uniqueness only (the base directory is not writable by others); a clock does for a
-    // fallback.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64))
-        .to_le_bytes();
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{hex}")
+    format!("{prefix}{}", crate::dispatch::correlation_id())
 }
 
 fn io_failure(what: &str, e: &io::Error) -> ResourceError {

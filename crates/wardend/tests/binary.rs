@@ -181,24 +181,32 @@ fn check_config_of_a_missing_file_fails_and_usage_errors_exit_2() {
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
+/// wardend on one listener with a NOTIFY_SOCKET, once it has said READY=1; the notify socket
+/// for what it says next.
+fn ready_with_notify() -> (tempfile::TempDir, Proc, UnixDatagram) {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &notify_path);
+    let p = Proc::spawn(cmd, dir.path());
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    (dir, p, notify)
+}
+
 /// Pins: a SIGTERM sent the moment the daemon says it is ready (or serves its socket) stops it
 /// gracefully, exit 0: its handler is in place before anything is served.
 #[test]
 fn a_sigterm_right_at_readiness_is_a_graceful_stop() {
     for _ in 0..10 {
-        let dir = warden_testkit::safe_tempdir();
-        let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
-        let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut cmd = Command::new(WARDEND);
-        cmd.arg("--config")
-            .arg(&cfg)
-            .env("NOTIFY_SOCKET", &notify_path);
-        let mut p = Proc::spawn(cmd, dir.path());
-        let mut buf = [0u8; 512];
-        let n = notify.recv(&mut buf).unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+        let (_dir, mut p, _notify) = ready_with_notify();
         // Straight from this process, with no `kill` to start first: as soon as can be.
         let pidfd = warden_sys::process::pidfd_open(p.child.id() as i32).unwrap();
         let term = warden_sys::spawn::signal_number("SIGTERM").unwrap();
@@ -210,21 +218,8 @@ fn a_sigterm_right_at_readiness_is_a_graceful_stop() {
 
 #[test]
 fn sigterm_shuts_down_gracefully_and_tells_systemd_ready_and_stopping() {
-    let dir = warden_testkit::safe_tempdir();
-    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut cmd = Command::new(WARDEND);
-    cmd.arg("--config")
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &notify_path);
-    let mut p = Proc::spawn(cmd, dir.path());
-
+    let (dir, mut p, notify) = ready_with_notify();
     let mut buf = [0u8; 512];
-    let n = notify.recv(&mut buf).unwrap();
-    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
-    assert!(msg.contains("READY=1"), "{msg}");
     let sock = dir.path().join("run/w.sock");
     assert!(sock.exists(), "ready before the socket existed");
     let mut c = RawClient::hello(&sock);
