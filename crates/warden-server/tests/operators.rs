@@ -551,3 +551,41 @@ async fn logins_outlive_a_restart_and_logouts_too() {
     );
     second.stop().await.unwrap();
 }
+
+/// Pins: key usage counts a site's machines by the key version they enrolled with, and the
+/// active key is shown without its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_usage_counts_machines_per_version() {
+    for url in backends() {
+        let (s, admin, v1) = setup(url.as_deref()).await;
+        let db = s.name();
+        for i in 0..2 {
+            let r = s
+                .enroll(&body("hq", &v1, &machine_id(), &format!("a{i}")))
+                .await;
+            assert_eq!(r.status, 201, "{db}: {}", r.raw);
+        }
+        let v2 = as_bearer(
+            &s,
+            &admin,
+            "POST",
+            "/v1/sites/1/enrollment-key/rotate",
+            None,
+        )
+        .await;
+        let v2 = v2.json["key"].as_str().unwrap().to_owned();
+        let r = s.enroll(&body("hq", &v2, &machine_id(), "b0")).await;
+        assert_eq!(r.status, 201, "{db}: {}", r.raw);
+        let usage = as_bearer(&s, &admin, "GET", "/v1/sites/1/enrollment-key/usage", None).await;
+        assert_eq!(
+            usage.json["usage"],
+            json!([{"version": 1, "machines": 2}, {"version": 2, "machines": 1}]),
+            "{db}: {}",
+            usage.raw
+        );
+        let active = as_bearer(&s, &admin, "GET", "/v1/sites/1/enrollment-key", None).await;
+        assert_eq!(active.json["version"], 2, "{db}");
+        assert!(active.json.get("key").is_none() && !active.raw.contains(&v2[4..]));
+        s.running.stop().await.unwrap();
+    }
+}
