@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::time::{Instant, sleep_until};
@@ -27,20 +29,38 @@ use crate::server::Shared;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 1024;
-/// Requests one connection may have running on their own tasks at once.
+/// Requests one connection may have running at once.
 const MAX_IN_FLIGHT: usize = 16;
-/// Answers and notifications waiting to be written, per connection.
+/// Notifications waiting to be written, per connection.
 const OUTBOUND_QUEUE: usize = 64;
 
-/// What a connection needs once it has requests running on their own tasks. Made on the first
-/// such request, so a connection that only asks `status` does not pay for it.
+/// A request that waits for something (the ledger, the audit log, a job), polled by its
+/// connection's own task alongside the socket. No task of its own: spawning one per request,
+/// and handing its answer back through a channel, cost more than many requests themselves.
+struct Running {
+    /// To answer it if the connection ends first.
+    handle: dispatch::LaterHandle,
+    answer: std::pin::Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>,
+}
+
+impl Future for Running {
+    type Output = Option<Vec<u8>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.answer.as_mut().poll(cx)
+    }
+}
+
+/// What a connection needs once it has requests that wait. Made on the first such request, so
+/// a connection that only asks `status` does not pay for it.
 struct Tasks {
+    /// Where running requests send notifications (job output, events) on the way.
     tx: dispatch::Outbound,
     rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    /// One permit per request in flight.
-    permits: Arc<tokio::sync::Semaphore>,
-    /// Cancelled when the connection ends: its requests stop with it.
-    done: tokio_util::sync::CancellationToken,
+    running: FuturesUnordered<Running>,
 }
 
 /// A connection whose peer has been identified.
@@ -60,7 +80,7 @@ pub(crate) struct Connection {
     /// them all contend on its lock once per request.
     /// Registered once and polled in place for the whole connection.
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    /// Requests running on their own tasks, once there has been one.
+    /// Requests that wait, once there has been one.
     tasks: Option<Tasks>,
     /// Holds this connection's place under the connection caps.
     _slot: Slot,
@@ -69,7 +89,7 @@ pub(crate) struct Connection {
 /// What reading produced.
 enum Next {
     Frame(Bytes),
-    /// An answer or notification from a request running on its own task.
+    /// An answer or notification from a request that waited.
     Outbound(Vec<u8>),
     /// The peer closed between frames, or shutdown found nothing left to answer.
     Done,
@@ -197,68 +217,65 @@ impl Connection {
         tracing::debug!(parent: &self.session.span, "closed");
     }
 
-    /// Runs a request on its own task; returns a refusal to send instead when too many are
-    /// already running on this connection.
+    /// Runs a request that waits beside the others of this connection; returns a refusal to
+    /// send instead when too many are already running on it.
     fn start_task(&mut self, later: Later) -> Option<Vec<u8>> {
         let tasks = self.tasks.get_or_insert_with(|| {
             let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
             Tasks {
                 tx,
                 rx,
-                permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-                done: tokio_util::sync::CancellationToken::new(),
+                running: FuturesUnordered::new(),
             }
         });
-        let Ok(permit) = Arc::clone(&tasks.permits).try_acquire_owned() else {
-            return later.handle().refuse(
+        let handle = later.handle();
+        if tasks.running.len() >= MAX_IN_FLIGHT {
+            return handle.refuse(
                 &self.shared,
                 ErrorKind::Busy,
                 &format!("{MAX_IN_FLIGHT} requests are already running on this connection"),
                 Some(Duration::from_millis(100)),
             );
-        };
-        let shared = Arc::clone(&self.shared);
-        let out = tasks.tx.clone();
-        let done = tasks.done.clone();
-        let handle = later.handle();
-        tokio::spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                answer = dispatch::later(Arc::clone(&shared), later, out.clone()) => {
-                    if let Some(frame) = answer {
-                        let _ = out.send(frame).await;
-                    }
-                }
-                _ = done.cancelled() => {
-                    let refusal = handle.refuse(
-                        &shared,
-                        ErrorKind::Unavailable,
-                        "the connection or the daemon is closing",
-                        None,
-                    );
-                    if let Some(frame) = refusal {
-                        let _ = out.try_send(frame);
-                    }
-                }
-            }
+        }
+        let answer = dispatch::later(Arc::clone(&self.shared), later, tasks.tx.clone());
+        tasks.running.push(Running {
+            handle,
+            answer: Box::pin(answer),
         });
         None
     }
 
     /// Stops the connection's running requests; unless the peer has left, sends what they
-    /// answered (an `unavailable` error for each one that had not finished).
+    /// answered and the notifications still queued, then an `unavailable` error for each one
+    /// that had not finished.
     async fn end_tasks(&mut self, peer_gone: bool) {
         let Some(mut tasks) = self.tasks.take() else {
             return;
         };
-        tasks.done.cancel();
-        drop(tasks.tx);
         if peer_gone {
             return;
         }
+        let mut frames = Vec::new();
+        while let Ok(frame) = tasks.rx.try_recv() {
+            frames.push(frame);
+        }
+        // What is ready now is answered as it is; the rest is stopped where it stands.
+        while let Some(Some(answer)) = tasks.running.next().now_or_never() {
+            frames.extend(answer);
+        }
+        for running in tasks.running.iter() {
+            frames.extend(running.handle.refuse(
+                &self.shared,
+                ErrorKind::Unavailable,
+                "the connection or the daemon is closing",
+                None,
+            ));
+        }
+        drop(tasks);
         let deadline = Instant::now() + Duration::from_millis(200);
-        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, tasks.rx.recv()).await {
-            if !self.send(Some(frame)).await {
+        for frame in frames {
+            let write = tokio::time::timeout_at(deadline, self.stream.write_all(&frame));
+            if !matches!(write.await, Ok(Ok(()))) {
                 break;
             }
         }
@@ -295,7 +312,10 @@ impl Connection {
                 (Some(f), Some(h)) => Some(f.min(h)),
                 (f, h) => f.or(h),
             };
-            let outbound = self.tasks.as_mut().map(|t| &mut t.rx);
+            let (outbound, running) = match self.tasks.as_mut() {
+                Some(t) => (Some(&mut t.rx), Some(&mut t.running)),
+                None => (None, None),
+            };
             tokio::select! {
                 biased;
                 _ = &mut self.shutdown => {
@@ -303,6 +323,18 @@ impl Connection {
                 }
                 Some(frame) = async { match outbound { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                     return Next::Outbound(frame);
+                }
+                // A request that finished without an answer (it was a notification) has
+                // nothing to send; the loop goes on.
+                Some(answer) = async {
+                    match running {
+                        Some(r) if !r.is_empty() => r.next().await,
+                        _ => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(frame) = answer {
+                        return Next::Outbound(frame);
+                    }
                 }
                 ready = self.stream.readable() => {
                     if let Err(e) = ready {

@@ -313,3 +313,75 @@ fn live_answers_have_the_shapes_of_the_golden_fixtures() {
     let err = c.call(1, "status", json!({"x": 1}));
     assert_eq!(shape(&err), shape(&fixture("error.forbidden")));
 }
+
+/// A job that runs until it is cancelled, for requests that wait on it.
+const SLEEPER: &str = "[[action]]\nname = \"sleep\"\nargv = [\"/bin/sleep\", \"60\"]\n\
+                       tier = \"read_only\"\nmutating = false\n";
+
+/// Starts `sleep` on `c` and returns its job id.
+fn start_sleeper(c: &mut RawClient) -> String {
+    let r = c.call(2, "job.start", json!({"action": "sleep", "params": {}}));
+    r["result"]["job_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn sixteen_waiting_requests_run_on_one_connection_and_the_seventeenth_is_busy() {
+    let mut d = TestDaemon::start(SLEEPER);
+    let mut c = RawClient::hello(d.socket());
+    let job = start_sleeper(&mut c);
+    let mut wire = Vec::new();
+    for id in 100..117u64 {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "job.wait",
+                          "params": {"job_id": job, "timeout_ms": 30_000}})
+        .to_string();
+        wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        wire.extend_from_slice(body.as_bytes());
+    }
+    c.write(&wire);
+    let r = c.recv();
+    assert_eq!(r["id"], 116, "{r}");
+    assert_eq!(error_kind(&r), Some("busy"), "{r}");
+    // The connection still answers while its sixteen requests wait.
+    let r = c.call(3, "health", json!({}));
+    assert_eq!(r["result"]["status"], "ok", "{r}");
+    let mut other = RawClient::hello(d.socket());
+    let r = other.call(2, "job.cancel", json!({"job_id": job}));
+    assert!(r.get("result").is_some(), "{r}");
+    let mut ids: Vec<u64> = (0..16)
+        .map(|_| {
+            let r = c.recv();
+            assert_eq!(r["result"]["state"], "cancelled", "{r}");
+            r["id"].as_u64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (100..116).collect::<Vec<_>>());
+    d.stop();
+}
+
+#[test]
+fn a_request_still_waiting_at_shutdown_is_answered_before_the_connection_closes() {
+    let mut d = TestDaemon::start(SLEEPER);
+    let mut c = RawClient::hello(d.socket());
+    let job = start_sleeper(&mut c);
+    c.send(7, "job.wait", json!({"job_id": job, "timeout_ms": 30_000}));
+    // The daemon has the request once it answers the next one on the same connection.
+    let r = c.call(8, "health", json!({}));
+    assert_eq!(r["result"]["status"], "ok", "{r}");
+    d.stop();
+    let r = c.recv();
+    assert_eq!(r["id"], 7, "{r}");
+    // Refused as the connection closes, or answered with the job's end if that came first:
+    // never left without an answer, never a job that is still running.
+    match error_kind(&r) {
+        Some(kind) => {
+            assert_eq!(kind, "unavailable", "{r}");
+            assert!(
+                r["error"]["message"].as_str().unwrap().contains("closing"),
+                "{r}"
+            );
+        }
+        None => assert_eq!(r["result"]["state"], "cancelled", "{r}"),
+    }
+    assert!(c.is_closed());
+}
