@@ -1,5 +1,5 @@
 //! The wire protocol against a real daemon on a real socket: frame limits, deadlines, the
-//! handshake, pipelining, and what counts as a violation.
+//! handshake, pipelining, requests that wait, and what counts as a violation.
 
 #![allow(clippy::unwrap_used)]
 
