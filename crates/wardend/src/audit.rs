@@ -467,23 +467,46 @@ fn now_text() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-/// The writer thread: takes what is queued, writes it in one go, flushes once if anyone waits,
-/// then answers.
+/// A waiter's answer: the record's place in the chain once it is on disk.
+type Ack = oneshot::Sender<Result<Head, AuditError>>;
+
+/// What the flusher makes durable: every record written to `file` before it was handed over.
+struct Durable {
+    file: Arc<File>,
+    /// Who waits, and the place each is answered with.
+    acks: Vec<(Ack, Head)>,
+    /// Seals that may be stored once these records are on disk.
+    seals: Vec<Head>,
+}
+
+/// The writer thread: takes what is queued, writes it in one go, and hands whoever waits to
+/// the flusher. It does not wait for the disk itself, so the records of the next requests are
+/// encoded and written while the last ones are being flushed; each flush then covers all that
+/// was written while the one before it ran.
 #[allow(clippy::too_many_arguments)]
 fn serve(
-    mut file: File,
+    file: File,
     live: &Path,
     rotate_at: u64,
     mut head: Head,
     rx: &mpsc::Receiver<Op>,
-    syncs: &AtomicU64,
-    seals: &Mutex<Seals>,
+    syncs: &Arc<AtomicU64>,
+    seals: &Arc<Mutex<Seals>>,
     bus: &Bus,
 ) {
-    let seal = |head: &Head| {
-        let store = seals.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = store.put(head) {
-            tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
+    let mut file = Arc::new(file);
+    let (to_flusher, flusher_rx) = mpsc::channel::<Durable>();
+    let flusher = std::thread::Builder::new()
+        .name("warden-audit-sync".into())
+        .spawn({
+            let (syncs, seals) = (Arc::clone(syncs), Arc::clone(seals));
+            move || flush_loop(&flusher_rx, &syncs, &seals)
+        });
+    let flusher = match flusher {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the audit log's flusher; flushing in line");
+            None
         }
     };
     // The live file's length, kept here rather than asked of the kernel twice a batch.
@@ -495,93 +518,145 @@ fn serve(
         // One batch is written at one moment.
         let ts = now_text();
         let mut buf = Vec::new();
-        let mut sync = false;
-        // Where each write landed, to answer it with its own place in the chain.
-        let mut placed: Vec<Option<Head>> = Vec::with_capacity(batch.len());
-        let mut to_seal: Vec<Head> = Vec::new();
-        for op in &batch {
-            placed.push(None);
+        let mut durable = Durable {
+            file: Arc::clone(&file),
+            acks: Vec::new(),
+            seals: Vec::new(),
+        };
+        for op in batch {
             match op {
                 Op::Write(entry) => {
                     // A body always splices; should it not, the record is skipped whole.
                     let Ok(line) = encode(head.seq + 1, &ts, &head.hash, &entry.body) else {
+                        if let Some(ack) = entry.durable {
+                            let _ = ack.send(Err(AuditError::Io(
+                                "the record could not be encoded".into(),
+                            )));
+                        }
                         continue;
                     };
                     head = Head {
                         seq: head.seq + 1,
                         hash: hash(&line),
                     };
-                    if let Some(last) = placed.last_mut() {
-                        *last = Some(head.clone());
-                    }
                     if head.seq.is_multiple_of(SEAL_EVERY) {
-                        to_seal.push(head.clone());
+                        durable.seals.push(head.clone());
                     }
                     buf.extend_from_slice(&line);
                     buf.push(b'\n');
-                    sync |= entry.durable.is_some();
+                    if let Some(ack) = entry.durable {
+                        durable.acks.push((ack, head.clone()));
+                    }
                 }
-                Op::Flush(_) => sync = true,
+                // Answered with the head once everything before it is on disk.
+                Op::Flush(ack) => durable.acks.push((ack, head.clone())),
             }
         }
-        // A seal may only name records that are on disk.
-        let written = append(
-            &mut file,
-            &mut len,
-            &buf,
-            sync || !to_seal.is_empty(),
-            syncs,
-        );
-        if written.is_ok() && bus.listened() {
+        if let Err(e) = append(&file, &mut len, &buf) {
+            tracing::error!(error = %e, "cannot write the audit log; the records of this batch are lost");
+            head = before;
+            for (ack, _) in durable.acks {
+                let _ = ack.send(Err(AuditError::Io(e.to_string())));
+            }
+            continue;
+        }
+        if bus.listened() {
             for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 if let Ok(record) = serde_json::from_slice::<Value>(line) {
                     bus.publish("audit", None, record);
                 }
             }
         }
-        match &written {
-            Ok(()) => to_seal.iter().for_each(&seal),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the audit log; the records of this batch are lost");
-                head = before;
+        // A seal may only name records that are on disk: it goes with them to the flusher.
+        if !durable.acks.is_empty() || !durable.seals.is_empty() {
+            if flusher.is_some() {
+                if let Err(mpsc::SendError(d)) = to_flusher.send(durable) {
+                    flush(vec![d], syncs, seals);
+                }
+            } else {
+                flush(vec![durable], syncs, seals);
             }
         }
-        if written.is_ok() && len >= rotate_at {
-            if let Err(e) = rotate(&mut file, live, head.seq) {
-                tracing::error!(error = %e, "cannot close the audit log's segment; writing on");
+        if len >= rotate_at {
+            match rotate(&file, live, head.seq) {
+                Ok(next) => file = Arc::new(next),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot close the audit log's segment; writing on")
+                }
             }
             // Whichever file a rotation left live, half done or not.
             len = file.metadata().map_or(len, |m| m.len());
         }
-        for (op, place) in batch.into_iter().zip(placed) {
-            let (ack, at) = match op {
-                Op::Write(Entry {
-                    durable: Some(ack), ..
-                }) => (ack, place),
-                Op::Flush(ack) => (ack, Some(head.clone())),
-                Op::Write(_) => continue,
-            };
-            let answer = match (&written, at) {
-                (Ok(()), Some(at)) => Ok(at),
-                (Ok(()), None) => Err(AuditError::Io("the record could not be encoded".into())),
-                (Err(e), _) => Err(AuditError::Io(e.to_string())),
-            };
-            let _ = ack.send(answer);
-        }
+    }
+    // Whatever was handed over is flushed and answered before the last flush and seal.
+    drop(to_flusher);
+    if let Some(t) = flusher {
+        let _ = t.join();
     }
     match file.sync_data() {
-        Ok(()) if head.seq > 0 => seal(&head),
+        Ok(()) if head.seq > 0 => {
+            let store = seals.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = store.put(&head) {
+                tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
+            }
+        }
         Ok(()) => {}
         Err(e) => tracing::error!(error = %e, "cannot flush the audit log at close"),
     }
 }
 
-/// Closes the live file as the segment ending at `last_seq` and begins a new live file.
-fn rotate(file: &mut File, live: &Path, last_seq: u64) -> io::Result<()> {
+/// The flusher thread: one `fdatasync` for everything handed over while the last one ran
+/// (group commit), then the seals, then the answers.
+fn flush_loop(rx: &mpsc::Receiver<Durable>, syncs: &AtomicU64, seals: &Mutex<Seals>) {
+    while let Ok(first) = rx.recv() {
+        let mut work = vec![first];
+        work.extend(rx.try_iter());
+        flush(work, syncs, seals);
+    }
+}
+
+/// Flushes the files of `work` (one, unless a rotation came between), stores its seals and
+/// answers its waiters. A failed flush is answered as an error: the records stay in the file,
+/// but nothing that waited on them is acknowledged, so no request they name goes ahead.
+fn flush(work: Vec<Durable>, syncs: &AtomicU64, seals: &Mutex<Seals>) {
+    let mut flushed: Vec<&Arc<File>> = Vec::new();
+    let mut result = Ok(());
+    for d in &work {
+        if flushed.iter().any(|f| Arc::ptr_eq(f, &d.file)) {
+            continue;
+        }
+        flushed.push(&d.file);
+        syncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = d.file.sync_data() {
+            tracing::error!(error = %e, "cannot flush the audit log; the requests waiting on it are refused");
+            result = Err(e);
+        }
+    }
+    if result.is_ok() {
+        let store = seals.lock().unwrap_or_else(PoisonError::into_inner);
+        for head in work.iter().flat_map(|d| &d.seals) {
+            if let Err(e) = store.put(head) {
+                tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
+            }
+        }
+    }
+    for d in work {
+        for (ack, at) in d.acks {
+            let answer = match &result {
+                Ok(()) => Ok(at),
+                Err(e) => Err(AuditError::Io(e.to_string())),
+            };
+            let _ = ack.send(answer);
+        }
+    }
+}
+
+/// Closes the live file as the segment ending at `last_seq` and returns the new live file.
+fn rotate(file: &File, live: &Path, last_seq: u64) -> io::Result<File> {
     file.sync_data()?;
     let closed = live.with_file_name(format!("audit.{last_seq:012}.log"));
     std::fs::rename(live, &closed)?;
-    *file = std::fs::OpenOptions::new()
+    let next = std::fs::OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
@@ -590,25 +665,13 @@ fn rotate(file: &mut File, live: &Path, last_seq: u64) -> io::Result<()> {
     if let Some(dir) = live.parent() {
         File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(next)
 }
 
 /// Appends `buf` whole or not at all (a failed write is cut back off to `len`, the file's
-/// length, which is moved on by what was written), flushing if `sync`.
-fn append(
-    file: &mut File,
-    len: &mut u64,
-    buf: &[u8],
-    sync: bool,
-    syncs: &AtomicU64,
-) -> io::Result<()> {
-    let result = file.write_all(buf).and_then(|()| {
-        if !sync {
-            return Ok(());
-        }
-        syncs.fetch_add(1, Ordering::Relaxed);
-        file.sync_data()
-    });
+/// length, which is moved on by what was written). Reaching the disk is the flusher's part.
+fn append(mut file: &File, len: &mut u64, buf: &[u8]) -> io::Result<()> {
+    let result = file.write_all(buf);
     match result {
         Ok(()) => *len += buf.len() as u64,
         Err(_) => {
