@@ -3,12 +3,14 @@
 //! its place (`seq`, from 1) and the SHA-256 of the line before it (`prev`; the first names
 //! [`GENESIS`]), so a line that is changed, removed or moved breaks the chain where it was.
 //!
-//! It is a sink of its own, never a log level: one thread owns the file and writes records in
-//! the order they were handed over. A caller that must not answer before its record is on disk
-//! (a mutating request) waits for [`AuditLog::record_durable`]; records that queue up meanwhile
-//! go to disk with the same flush, so concurrent requests share one `fdatasync`
-//! (group commit). Records handed to [`AuditLog::record`] are written at once and reach the disk
-//! with the next flush.
+//! It is a sink of its own, never a log level. A caller chains its record under one lock (the
+//! order of the chain is the order of that lock) and leaves it in a buffer; one flusher thread
+//! writes what the buffer holds and, if anyone waits, flushes it with one `fdatasync`. A caller
+//! that must not answer before its record is on disk (a mutating request) waits for
+//! [`AuditLog::record_durable`]; records chained while a flush runs go to disk with the next
+//! one, so concurrent requests share one `fdatasync` (group commit), and no record costs a
+//! hand-off to another thread unless the flusher is idle. Records handed to
+//! [`AuditLog::record`] are written at once and reach the disk with the next flush.
 //!
 //! Secrets never reach it: callers pass parameters already redacted.
 
@@ -17,7 +19,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
@@ -110,18 +112,41 @@ pub(crate) enum AuditError {
     Closed,
 }
 
-struct Entry {
-    /// The event as JSON, encoded by the caller: the writer thread is the one place records
-    /// go through one at a time, so it does only what must be done in order.
-    body: Vec<u8>,
-    /// Answered once the record is on disk; `None` for records that need not wait.
-    durable: Option<oneshot::Sender<Result<Head, AuditError>>>,
+/// A waiter's answer: the record's place in the chain once it is on disk.
+type Ack = oneshot::Sender<Result<Head, AuditError>>;
+
+/// What is chained but not yet on disk, and who waits for it.
+struct Pending {
+    /// The last record chained (written or not).
+    head: Head,
+    /// Lines chained but not yet written, each ending in a newline.
+    lines: Vec<u8>,
+    /// Who waits, and the place each is answered with once it is on disk.
+    acks: Vec<(Ack, Head)>,
+    /// Heads to seal once they are on disk.
+    seals: Vec<Head>,
+    /// The flusher waits for work: the next record must wake it.
+    idle: bool,
+    /// No more records are taken; the flusher writes what is left and stops.
+    closed: bool,
 }
 
-enum Op {
-    Write(Entry),
-    /// Answered with the head once everything before it is on disk.
-    Flush(oneshot::Sender<Result<Head, AuditError>>),
+/// The chain shared by callers and the flusher.
+struct Chain {
+    pending: Mutex<Pending>,
+    work: Condvar,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain").finish_non_exhaustive()
+    }
+}
+
+impl Chain {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The live log is closed and a new one begun once it reaches this size; the chain goes on
@@ -227,16 +252,16 @@ impl Seals {
     }
 }
 
-/// Handle to the audit log's writer thread.
+/// Handle to the audit log and its flusher thread.
 #[derive(Debug)]
 pub(crate) struct AuditLog {
     path: PathBuf,
-    /// Shared with the writer, which adds to them.
+    /// Shared with the flusher, which adds to them.
     seals: Arc<Mutex<Seals>>,
     /// How many times the log was flushed to disk (group commit shows in it; read by tests).
     #[cfg_attr(not(test), allow(dead_code))]
     syncs: Arc<AtomicU64>,
-    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    chain: Arc<Chain>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -303,21 +328,39 @@ impl AuditLog {
             head = last;
         }
         let seals = Arc::new(Mutex::new(seals));
-        let (tx, rx) = mpsc::channel();
+        let chain = Arc::new(Chain {
+            pending: Mutex::new(Pending {
+                head: head.clone(),
+                lines: Vec::new(),
+                acks: Vec::new(),
+                seals: Vec::new(),
+                idle: false,
+                closed: false,
+            }),
+            work: Condvar::new(),
+        });
         let syncs = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&syncs);
-        let sealer = Arc::clone(&seals);
         let thread = std::thread::Builder::new()
             .name("warden-audit".into())
             .spawn({
-                let path = path.clone();
-                move || serve(file, &path, rotate_at, head, &rx, &counted, &sealer, &bus)
+                let flusher = Flusher {
+                    len: file.metadata()?.len(),
+                    file,
+                    live: path.clone(),
+                    rotate_at,
+                    written: head,
+                    syncs: Arc::clone(&syncs),
+                    seals: Arc::clone(&seals),
+                    bus,
+                };
+                let chain = Arc::clone(&chain);
+                move || flusher.run(&chain)
             })?;
         Ok(AuditLog {
             path,
             seals,
             syncs,
-            tx: Mutex::new(Some(tx)),
+            chain,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -340,49 +383,79 @@ impl AuditLog {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    fn send(&self, op: Op) -> Result<(), AuditError> {
-        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        tx.as_ref()
-            .ok_or(AuditError::Closed)?
-            .send(op)
-            .map_err(|_| AuditError::Closed)
+    /// Chains `body` (an event as JSON) onto the log; `ack` is answered once it is on disk.
+    /// Encoding is done before, outside the lock; under it only what fixes the order.
+    fn chain(&self, body: &[u8], ack: Option<Ack>) -> Result<(), AuditError> {
+        let mut p = self.chain.lock();
+        if p.closed {
+            return Err(AuditError::Closed);
+        }
+        let line = encode(p.head.seq + 1, &now_text(), &p.head.hash, body)
+            .map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))?;
+        p.head = Head {
+            seq: p.head.seq + 1,
+            hash: hash(&line),
+        };
+        if p.head.seq.is_multiple_of(SEAL_EVERY) {
+            let head = p.head.clone();
+            p.seals.push(head);
+        }
+        p.lines.extend_from_slice(&line);
+        p.lines.push(b'\n');
+        if let Some(ack) = ack {
+            let head = p.head.clone();
+            p.acks.push((ack, head));
+        }
+        self.wake(&mut p);
+        Ok(())
+    }
+
+    /// Wakes the flusher if it waits for work. While it writes or flushes it is not woken: it
+    /// looks for more before it waits.
+    fn wake(&self, p: &mut Pending) {
+        if p.idle {
+            p.idle = false;
+            self.chain.work.notify_one();
+        }
     }
 
     /// Appends `event`; it reaches the disk with the next flush.
     pub(crate) fn record(&self, event: Event) {
-        if let Err(e) = body_of(&event).and_then(|body| {
-            self.send(Op::Write(Entry {
-                body,
-                durable: None,
-            }))
-        }) {
+        if let Err(e) = body_of(&event).and_then(|body| self.chain(&body, None)) {
             tracing::error!(error = %e, "an audit record was lost");
         }
     }
 
     /// Appends `event` and returns once it is on disk, with its place in the chain.
     pub(crate) async fn record_durable(&self, event: Event) -> Result<Head, AuditError> {
+        let body = body_of(&event)?;
         let (ack, done) = oneshot::channel();
-        self.send(Op::Write(Entry {
-            body: body_of(&event)?,
-            durable: Some(ack),
-        }))?;
+        self.chain(&body, Some(ack))?;
         done.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Returns once every record handed over before is on disk, with the chain's head.
+    /// Returns once every record chained before is on disk, with the chain's head.
     pub(crate) async fn flush(&self) -> Result<Head, AuditError> {
         let (ack, done) = oneshot::channel();
-        self.send(Op::Flush(ack))?;
+        {
+            let mut p = self.chain.lock();
+            if p.closed {
+                return Err(AuditError::Closed);
+            }
+            let head = p.head.clone();
+            p.acks.push((ack, head));
+            self.wake(&mut p);
+        }
         done.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Writes and flushes what is queued, then stops the writer.
+    /// Writes and flushes what is chained, then stops the flusher.
     pub(crate) fn close(&self) {
-        self.tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        {
+            let mut p = self.chain.lock();
+            p.closed = true;
+            self.chain.work.notify_one();
+        }
         if let Some(t) = self
             .thread
             .lock()
@@ -467,190 +540,150 @@ fn now_text() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-/// A waiter's answer: the record's place in the chain once it is on disk.
-type Ack = oneshot::Sender<Result<Head, AuditError>>;
-
-/// What the flusher makes durable: every record written to `file` before it was handed over.
-struct Durable {
-    file: Arc<File>,
-    /// Who waits, and the place each is answered with.
-    acks: Vec<(Ack, Head)>,
-    /// Seals that may be stored once these records are on disk.
-    seals: Vec<Head>,
-}
-
-/// The writer thread: takes what is queued, writes it in one go, and hands whoever waits to
-/// the flusher. It does not wait for the disk itself, so the records of the next requests are
-/// encoded and written while the last ones are being flushed; each flush then covers all that
-/// was written while the one before it ran.
-#[allow(clippy::too_many_arguments)]
-fn serve(
+/// The flusher thread's own state: the file and what it holds.
+struct Flusher {
     file: File,
-    live: &Path,
+    live: PathBuf,
     rotate_at: u64,
-    mut head: Head,
-    rx: &mpsc::Receiver<Op>,
-    syncs: &Arc<AtomicU64>,
-    seals: &Arc<Mutex<Seals>>,
-    bus: &Bus,
-) {
-    let mut file = Arc::new(file);
-    let (to_flusher, flusher_rx) = mpsc::channel::<Durable>();
-    let flusher = std::thread::Builder::new()
-        .name("warden-audit-sync".into())
-        .spawn({
-            let (syncs, seals) = (Arc::clone(syncs), Arc::clone(seals));
-            move || flush_loop(&flusher_rx, &syncs, &seals)
-        });
-    let flusher = match flusher {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the audit log's flusher; flushing in line");
-            None
-        }
-    };
-    // The live file's length, kept here rather than asked of the kernel twice a batch.
-    let mut len = file.metadata().map_or(0, |m| m.len());
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
-        let before = head.clone();
-        // One batch is written at one moment.
-        let ts = now_text();
-        let mut buf = Vec::new();
-        let mut durable = Durable {
-            file: Arc::clone(&file),
-            acks: Vec::new(),
-            seals: Vec::new(),
-        };
-        for op in batch {
-            match op {
-                Op::Write(entry) => {
-                    // A body always splices; should it not, the record is skipped whole.
-                    let Ok(line) = encode(head.seq + 1, &ts, &head.hash, &entry.body) else {
-                        if let Some(ack) = entry.durable {
-                            let _ = ack.send(Err(AuditError::Io(
-                                "the record could not be encoded".into(),
-                            )));
-                        }
-                        continue;
-                    };
-                    head = Head {
-                        seq: head.seq + 1,
-                        hash: hash(&line),
-                    };
-                    if head.seq.is_multiple_of(SEAL_EVERY) {
-                        durable.seals.push(head.clone());
-                    }
-                    buf.extend_from_slice(&line);
-                    buf.push(b'\n');
-                    if let Some(ack) = entry.durable {
-                        durable.acks.push((ack, head.clone()));
-                    }
-                }
-                // Answered with the head once everything before it is on disk.
-                Op::Flush(ack) => durable.acks.push((ack, head.clone())),
-            }
-        }
-        if let Err(e) = append(&file, &mut len, &buf) {
-            tracing::error!(error = %e, "cannot write the audit log; the records of this batch are lost");
-            head = before;
-            for (ack, _) in durable.acks {
-                let _ = ack.send(Err(AuditError::Io(e.to_string())));
-            }
-            continue;
-        }
-        if bus.listened() {
-            for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                if let Ok(record) = serde_json::from_slice::<Value>(line) {
-                    bus.publish("audit", None, record);
-                }
-            }
-        }
-        // A seal may only name records that are on disk: it goes with them to the flusher.
-        if !durable.acks.is_empty() || !durable.seals.is_empty() {
-            if flusher.is_some() {
-                if let Err(mpsc::SendError(d)) = to_flusher.send(durable) {
-                    flush(vec![d], syncs, seals);
-                }
-            } else {
-                flush(vec![durable], syncs, seals);
-            }
-        }
-        if len >= rotate_at {
-            match rotate(&file, live, head.seq) {
-                Ok(next) => file = Arc::new(next),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot close the audit log's segment; writing on")
-                }
-            }
-            // Whichever file a rotation left live, half done or not.
-            len = file.metadata().map_or(len, |m| m.len());
-        }
-    }
-    // Whatever was handed over is flushed and answered before the last flush and seal.
-    drop(to_flusher);
-    if let Some(t) = flusher {
-        let _ = t.join();
-    }
-    match file.sync_data() {
-        Ok(()) if head.seq > 0 => {
-            let store = seals.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = store.put(&head) {
-                tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
-            }
-        }
-        Ok(()) => {}
-        Err(e) => tracing::error!(error = %e, "cannot flush the audit log at close"),
-    }
+    /// The live file's length, kept here rather than asked of the kernel every round.
+    len: u64,
+    /// The last record written to the file.
+    written: Head,
+    syncs: Arc<AtomicU64>,
+    seals: Arc<Mutex<Seals>>,
+    bus: Bus,
 }
 
-/// The flusher thread: one `fdatasync` for everything handed over while the last one ran
-/// (group commit), then the seals, then the answers.
-fn flush_loop(rx: &mpsc::Receiver<Durable>, syncs: &AtomicU64, seals: &Mutex<Seals>) {
-    while let Ok(first) = rx.recv() {
-        let mut work = vec![first];
-        work.extend(rx.try_iter());
-        flush(work, syncs, seals);
-    }
+/// One round of the flusher: what it took from the chain.
+struct Round {
+    lines: Vec<u8>,
+    acks: Vec<(Ack, Head)>,
+    seals: Vec<Head>,
+    /// The head of the chain when the round was taken: the last of `lines`.
+    head: Head,
+    closing: bool,
 }
 
-/// Flushes the files of `work` (one, unless a rotation came between), stores its seals and
-/// answers its waiters. A failed flush is answered as an error: the records stay in the file,
-/// but nothing that waited on them is acknowledged, so no request they name goes ahead.
-fn flush(work: Vec<Durable>, syncs: &AtomicU64, seals: &Mutex<Seals>) {
-    let mut flushed: Vec<&Arc<File>> = Vec::new();
-    let mut result = Ok(());
-    for d in &work {
-        if flushed.iter().any(|f| Arc::ptr_eq(f, &d.file)) {
-            continue;
-        }
-        flushed.push(&d.file);
-        syncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = d.file.sync_data() {
-            tracing::error!(error = %e, "cannot flush the audit log; the requests waiting on it are refused");
-            result = Err(e);
-        }
-    }
-    if result.is_ok() {
-        let store = seals.lock().unwrap_or_else(PoisonError::into_inner);
-        for head in work.iter().flat_map(|d| &d.seals) {
-            if let Err(e) = store.put(head) {
-                tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
-            }
-        }
-    }
-    for d in work {
-        for (ack, at) in d.acks {
-            let answer = match &result {
-                Ok(()) => Ok(at),
-                Err(e) => Err(AuditError::Io(e.to_string())),
+impl Flusher {
+    /// Takes what is chained, writes it in one go, flushes once if anyone waits, answers, and
+    /// goes round again; waits only when nothing is chained. Records chained meanwhile go with
+    /// the next round, so each flush covers all that came while the one before it ran.
+    fn run(mut self, chain: &Chain) {
+        // Reused round to round: the buffer keeps its capacity.
+        let mut spare = Vec::new();
+        loop {
+            let round = {
+                let mut p = chain.lock();
+                while p.lines.is_empty() && p.acks.is_empty() && !p.closed {
+                    p.idle = true;
+                    p = chain.work.wait(p).unwrap_or_else(PoisonError::into_inner);
+                }
+                p.idle = false;
+                spare.clear();
+                Round {
+                    lines: std::mem::replace(&mut p.lines, std::mem::take(&mut spare)),
+                    acks: std::mem::take(&mut p.acks),
+                    seals: std::mem::take(&mut p.seals),
+                    head: p.head.clone(),
+                    closing: p.closed,
+                }
             };
-            let _ = ack.send(answer);
+            let closing = round.closing;
+            spare = self.round(chain, round);
+            if closing {
+                break;
+            }
+        }
+        match self.file.sync_data() {
+            Ok(()) if self.written.seq > 0 => self.seal(&self.written),
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "cannot flush the audit log at close"),
+        }
+    }
+
+    /// Writes and flushes one round; returns its buffer for the next.
+    fn round(&mut self, chain: &Chain, round: Round) -> Vec<u8> {
+        let Round {
+            mut lines,
+            acks,
+            seals,
+            head,
+            ..
+        } = round;
+        if !lines.is_empty() {
+            if let Err(e) = self.append(&lines) {
+                // What this round chained is lost, and so is what was chained onto it since:
+                // the chain goes on from the last record the file holds.
+                let mut p = chain.lock();
+                let later = std::mem::take(&mut p.acks);
+                p.lines.clear();
+                p.seals.clear();
+                p.head = self.written.clone();
+                drop(p);
+                tracing::error!(error = %e, "cannot write the audit log; the records not yet written are lost");
+                for (ack, _) in acks.into_iter().chain(later) {
+                    let _ = ack.send(Err(AuditError::Io(e.to_string())));
+                }
+                lines.clear();
+                return lines;
+            }
+            self.written = head;
+            if self.bus.listened() {
+                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    if let Ok(record) = serde_json::from_slice::<Value>(line) {
+                        self.bus.publish("audit", None, record);
+                    }
+                }
+            }
+        }
+        // A seal may only name records that are on disk.
+        if !acks.is_empty() || !seals.is_empty() {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            let flushed = self.file.sync_data();
+            if let Err(e) = &flushed {
+                tracing::error!(error = %e, "cannot flush the audit log; the requests waiting on it are refused");
+            } else {
+                seals.iter().for_each(|h| self.seal(h));
+            }
+            // A failed flush is answered as an error: the records stay in the file, but
+            // nothing that waited on them is acknowledged, so no request they name goes ahead.
+            for (ack, at) in acks {
+                let answer = match &flushed {
+                    Ok(()) => Ok(at),
+                    Err(e) => Err(AuditError::Io(e.to_string())),
+                };
+                let _ = ack.send(answer);
+            }
+        }
+        if self.len >= self.rotate_at {
+            self.rotate();
+        }
+        lines
+    }
+
+    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        append(&self.file, &mut self.len, lines)
+    }
+
+    /// Closes the live file as a segment; on failure writes on where it is.
+    fn rotate(&mut self) {
+        match rotate(&self.file, &self.live, self.written.seq) {
+            Ok(next) => self.file = next,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot close the audit log's segment; writing on");
+            }
+        }
+        // Whichever file a rotation left live, half done or not.
+        self.len = self.file.metadata().map_or(self.len, |m| m.len());
+    }
+
+    fn seal(&self, head: &Head) {
+        let store = self.seals.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = store.put(head) {
+            tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
         }
     }
 }
-
 /// Closes the live file as the segment ending at `last_seq` and returns the new live file.
 fn rotate(file: &File, live: &Path, last_seq: u64) -> io::Result<File> {
     file.sync_data()?;
@@ -1023,6 +1056,30 @@ mod tests {
         assert_eq!(log.syncs(), 1, "acknowledged after exactly one flush");
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert_eq!(text.lines().count(), 2);
+        log.close();
+    }
+
+    /// Pins: records the disk refuses (every write fails with ENOSPC, every flush with EINVAL)
+    /// are answered with errors, never acknowledged, and the log goes on answering.
+    #[tokio::test]
+    async fn a_record_that_cannot_be_written_is_refused_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir.path().join("audit"))
+            .unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("audit").join(FILE)).unwrap();
+        let log = open_in(dir.path());
+        for n in 0..3 {
+            let refused = log.record_durable(event(n)).await;
+            assert!(matches!(refused, Err(AuditError::Io(_))), "{refused:?}");
+        }
+        log.record(event(3));
+        assert!(log.flush().await.is_err());
+        assert!(matches!(
+            log.record_durable(event(4)).await,
+            Err(AuditError::Io(_))
+        ));
         log.close();
     }
 
