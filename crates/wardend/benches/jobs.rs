@@ -23,17 +23,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
-use support::Daemon;
+use support::{Daemon, median};
 use warden_proto::jobs::JobState;
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 200;
 const CLI_PER_ROUND: usize = 40;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn quantile(samples: &mut [Duration], q: f64) -> f64 {
     samples.sort_unstable();

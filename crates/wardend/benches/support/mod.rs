@@ -62,6 +62,12 @@ impl Drop for Daemon {
     }
 }
 
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// The baseline: a tokio echo server for length-prefixed frames.
 pub fn echo_server(socket: &Path) {
     let _ = warden_sys::process::raise_nofile_limit();
