@@ -138,6 +138,7 @@ pub(super) async fn start(
             StartError::Busy(group).to_string(),
         )),
         Err(e @ StartError::TooMany(_)) => Err(Failure::new(ErrorKind::Busy, e.to_string())),
+        Err(e @ StartError::Stopping) => Err(Failure::new(ErrorKind::Unavailable, e.to_string())),
         Err(StartError::Ledger(e)) => Err(ledger_failure(e)),
     }
 }

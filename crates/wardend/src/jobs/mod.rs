@@ -120,6 +120,9 @@ struct Table {
     /// (requester, idempotency key) → the job it made.
     keys: HashMap<(Uid, String), (JobId, Instant)>,
     groups: HashMap<String, Group>,
+    /// Set when the daemon stops its jobs: from then on none is started, so none escapes the
+    /// stop (a request already past the gate may still ask).
+    closed: bool,
 }
 
 /// What `job.start` asks for, after the gate and the parameter checks.
@@ -144,6 +147,8 @@ pub(crate) enum StartError {
     Busy(String),
     #[error("you have {0} jobs queued or running, the most allowed; start more when one ends")]
     TooMany(usize),
+    #[error("the daemon is stopping; the job was not started")]
+    Stopping,
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
@@ -450,6 +455,9 @@ impl Jobs {
         let uid = job.owner;
         let id = &job.id;
         let mut t = self.table();
+        if t.closed {
+            return Err(StartError::Stopping);
+        }
         // A concurrent start with the same key may have won while the ledger was asked.
         if let Some(key) = &job.idempotency_key
             && let Some(existing) = known(&mut t, uid, key)
@@ -656,7 +664,12 @@ impl Jobs {
     /// the ledger.
     pub(crate) async fn shutdown(&self) {
         let deadline = Instant::now() + self.settings.shutdown_grace;
-        let live: Vec<Arc<Job>> = self.table().jobs.values().cloned().collect();
+        // Closed and listed under one lock: every job admitted is in the list and told to stop.
+        let live: Vec<Arc<Job>> = {
+            let mut t = self.table();
+            t.closed = true;
+            t.jobs.values().cloned().collect()
+        };
         for job in &live {
             if !job.record().state.is_terminal() {
                 let _ = job.control.try_send(Control::Shutdown { deadline });
