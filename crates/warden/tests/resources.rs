@@ -595,3 +595,120 @@ async fn resource_events_reach_their_owner_only() {
     assert_eq!(event["event"]["change"], "created");
     assert_eq!(event["event"]["owner_uid"], bob.uid);
 }
+
+/// Kinds whose hooks take a while: one fails after half a second, one runs until stopped.
+const SLOW_KINDS: &str = r#"
+[[action]]
+name = "refuse_late"
+argv = ["/bin/sh", "-c", "sleep 0.5; exit 1"]
+mutating = true
+[[action]]
+name = "stall"
+argv = ["/bin/sleep", "60"]
+mutating = true
+[[resource]]
+kind = "late"
+base_dir = "{dir}/late"
+max_per_uid = 5
+tier = "read_only"
+on_create = "refuse_late"
+[[resource]]
+kind = "stalled"
+base_dir = "{dir}/stalled"
+max_per_uid = 5
+tier = "read_only"
+on_create = "stall"
+"#;
+
+/// Waits (polling, at most 20 s) until `done` holds; fails naming `what` otherwise.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The `request.outcome` records in the audit log of `dir` for resources named `name`.
+fn outcomes(dir: &Path, name: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("state/audit/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["event"] == "request.outcome" && r["params"]["name"] == name)
+        .collect()
+}
+
+/// Pins: a create whose caller hangs up while its on_create hook runs is still run to its end:
+/// the hook's failure undoes it (nothing half made stays behind) and its outcome is audited.
+#[test]
+fn a_create_whose_caller_left_still_runs_to_its_end() {
+    if !warden_testkit::root_or_skip("a_create_whose_caller_left_still_runs_to_its_end") {
+        return;
+    }
+    let env = Env::start(SLOW_KINDS);
+    let mut c = env.root();
+    c.send(
+        1,
+        "resource.create",
+        json!({"kind": "late", "name": "left"}),
+    );
+    wait_until("the create registered while its hook runs", || {
+        env.registered().iter().any(|(_, name, _)| name == "left")
+    });
+    drop(c);
+    wait_until("the failed hook undoing the create", || {
+        env.registered().is_empty() && env.on_disk("late").is_empty()
+    });
+    wait_until("the create's outcome in the audit log", || {
+        !outcomes(env.dir.path(), "left").is_empty()
+    });
+    let outcome = &outcomes(env.dir.path(), "left")[0];
+    assert_eq!(outcome["outcome"], "internal", "{outcome}");
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .unwrap()
+            .contains("on_create action `refuse_late` ended failed"),
+        "{outcome}"
+    );
+}
+
+/// Pins: a create still waiting on its hook when the daemon stops is answered with what became
+/// of it (the stop cancelled the hook, so the create was undone), not with a bare `unavailable`
+/// while a half-made resource stays behind.
+#[test]
+fn a_create_running_when_the_daemon_stops_is_answered_with_what_became_of_it() {
+    if !warden_testkit::root_or_skip(
+        "a_create_running_when_the_daemon_stops_is_answered_with_what_became_of_it",
+    ) {
+        return;
+    }
+    let env = Env::start(SLOW_KINDS);
+    let mut c = env.root();
+    c.send(
+        1,
+        "resource.create",
+        json!({"kind": "stalled", "name": "cut"}),
+    );
+    wait_until("the create registered while its hook runs", || {
+        env.registered().iter().any(|(_, name, _)| name == "cut")
+    });
+    let registry = env.path("state/resources.json");
+    let base = env.path("stalled");
+    let Env { daemon, dir, .. } = env;
+    daemon.stop();
+
+    let answer = c.recv();
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(kind(&answer), "internal", "{answer}");
+    assert!(
+        message(&answer).contains("on_create action `stall` ended cancelled"),
+        "{answer}"
+    );
+    assert!(c.is_closed());
+    let left: Value = serde_json::from_slice(&std::fs::read(&registry).unwrap()).unwrap();
+    assert_eq!(left["resources"], json!([]), "{left}");
+    assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0);
+    assert_eq!(outcomes(dir.path(), "cut")[0]["outcome"], "internal");
+}

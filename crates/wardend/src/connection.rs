@@ -33,24 +33,34 @@ const READ_CHUNK: usize = 1024;
 const MAX_IN_FLIGHT: usize = 16;
 /// Notifications waiting to be written, per connection.
 const OUTBOUND_QUEUE: usize = 64;
+/// How long requests that may change something still get to finish once the daemon stops:
+/// less than the daemon's own grace for its connections, so their answers can still be sent.
+const FINISH_GRACE: Duration = Duration::from_secs(5);
 
 /// A request that waits for something (the ledger, the audit log, a job), polled by its
 /// connection's own task alongside the socket. No task of its own: spawning one per request,
 /// and handing its answer back through a channel, cost more than many requests themselves.
 struct Running {
-    /// To answer it if the connection ends first.
+    /// To answer it if the connection ends first, or if running it panics.
     handle: dispatch::LaterHandle,
-    answer: std::pin::Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>,
+    answer: dispatch::CatchUnwind<dyn Future<Output = Option<Vec<u8>>> + Send>,
+    shared: Arc<Shared>,
 }
 
 impl Future for Running {
     type Output = Option<Vec<u8>>;
 
+    /// A panic costs this request an `internal` answer, not its connection and the other
+    /// requests running on it. (One inside the handler is caught closer, so that its audit
+    /// record gets an outcome.) A request that panicked is finished: it is not polled again.
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        self.answer.as_mut().poll(cx)
+        self.answer.poll_unpin(cx).map(|answer| match answer {
+            Ok(answer) => answer,
+            Err(panic) => self.handle.panicked(&self.shared, &*panic),
+        })
     }
 }
 
@@ -240,22 +250,38 @@ impl Connection {
         let answer = dispatch::later(Arc::clone(&self.shared), later, tasks.tx.clone());
         tasks.running.push(Running {
             handle,
-            answer: Box::pin(answer),
+            answer: dispatch::CatchUnwind(Box::pin(answer)),
+            shared: Arc::clone(&self.shared),
         });
         None
     }
 
-    /// Stops the connection's running requests; unless the peer has left, sends what they
-    /// answered and the notifications still queued, then an `unavailable` error for each one
-    /// that had not finished.
+    /// Ends the connection's running requests. Those that may change something run to their
+    /// end first (see [`dispatch::changes_state`]), for a peer that left too, but once the
+    /// daemon stops only for [`FINISH_GRACE`]. The others are stopped where they stand. Unless
+    /// the peer has left, sends the notifications still queued and what the requests answered,
+    /// then an `unavailable` error for each one that had not finished.
     async fn end_tasks(&mut self, peer_gone: bool) {
         let Some(mut tasks) = self.tasks.take() else {
             return;
         };
+        let mut frames = Vec::new();
+        let stopping = self.shared.shutdown.clone();
+        let limit = async move {
+            stopping.cancelled().await;
+            tokio::time::sleep(FINISH_GRACE).await;
+        };
+        tokio::pin!(limit);
+        while tasks.running.iter().any(|r| r.handle.changes_state()) {
+            tokio::select! {
+                Some(frame) = tasks.rx.recv() => frames.push(frame),
+                Some(answer) = tasks.running.next() => frames.extend(answer),
+                () = &mut limit => break,
+            }
+        }
         if peer_gone {
             return;
         }
-        let mut frames = Vec::new();
         while let Ok(frame) = tasks.rx.try_recv() {
             frames.push(frame);
         }

@@ -110,6 +110,30 @@ pub(crate) struct LaterHandle {
 }
 
 impl LaterHandle {
+    /// Whether the request may change something (see [`changes_state`]).
+    pub(crate) fn changes_state(&self) -> bool {
+        changes_state(self.method)
+    }
+
+    /// The answer to the request when running it panicked outside its handler.
+    pub(crate) fn panicked(
+        &self,
+        shared: &Shared,
+        panic: &(dyn std::any::Any + Send),
+    ) -> Option<Vec<u8>> {
+        let f = panicked(self.method, panic);
+        let c = &self.caller;
+        failed_for(
+            shared,
+            &c.peer,
+            &c.listener,
+            &c.span,
+            Some(&self.id),
+            Some(self.method),
+            &f,
+        )
+    }
+
     /// An error answer to the request (logged like any other).
     pub(crate) fn refuse(
         &self,
@@ -340,9 +364,9 @@ fn panicked(method: Method, panic: &(dyn std::any::Any + Send)) -> Failure {
 
 /// Polls a future, turning a panic into `Err` with its payload: a bug in a handler costs one
 /// request, not the daemon, without a task of its own for every request.
-struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+pub(crate) struct CatchUnwind<F: ?Sized>(pub(crate) std::pin::Pin<Box<F>>);
 
-impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+impl<F: std::future::Future + ?Sized> std::future::Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(
@@ -486,10 +510,31 @@ fn audit_peer(peer: &PeerIdentity, client: Option<String>) -> audit::Peer {
     }
 }
 
+/// Whether a request of `method` may change something. Such a request is on disk before it
+/// runs, and once past the gate it runs to its end even if its caller leaves or the daemon
+/// starts to stop: dropped half way it could leave a change half made, unrecorded and answered
+/// as if nothing had happened.
+pub(crate) fn changes_state(method: Method) -> bool {
+    matches!(
+        method,
+        Method::JobStart
+            | Method::JobCancel
+            | Method::OpsSet
+            | Method::LockdownEngage
+            | Method::LockdownRelease
+            | Method::PolicyReload
+            | Method::ResourceCreate
+            | Method::ResourceDelete
+    )
+}
+
 /// The audit record of `request` if it changes something: starting a mutating action,
 /// cancelling a job, switching an ops toggle, engaging or releasing the lockdown. Parameters
 /// come redacted by the action's declaration.
 fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit::Event> {
+    if !changes_state(request.method()) {
+        return None;
+    }
     let mut event = audit::Event {
         peer: Some(audit_peer(&caller.peer, Some(caller.client.clone()))),
         method: Some(request.method().to_string()),
