@@ -629,6 +629,17 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// As root, asks for a `kind` resource named `name` and returns once the daemon has made it
+/// (its hook then runs), without reading the answer.
+fn create_with_hook(env: &Env, kind: &str, name: &str) -> RawClient {
+    let mut c = env.root();
+    c.send(1, "resource.create", json!({"kind": kind, "name": name}));
+    wait_until("the create registered while its hook runs", || {
+        env.registered().iter().any(|(_, n, _)| n == name)
+    });
+    c
+}
+
 /// The `request.outcome` records in the audit log of `dir` for resources named `name`.
 fn outcomes(dir: &Path, name: &str) -> Vec<Value> {
     std::fs::read_to_string(dir.join("state/audit/audit.log"))
@@ -647,16 +658,7 @@ fn a_create_whose_caller_left_still_runs_to_its_end() {
         return;
     }
     let env = Env::start(SLOW_KINDS);
-    let mut c = env.root();
-    c.send(
-        1,
-        "resource.create",
-        json!({"kind": "late", "name": "left"}),
-    );
-    wait_until("the create registered while its hook runs", || {
-        env.registered().iter().any(|(_, name, _)| name == "left")
-    });
-    drop(c);
+    drop(create_with_hook(&env, "late", "left"));
     wait_until("the failed hook undoing the create", || {
         env.registered().is_empty() && env.on_disk("late").is_empty()
     });
@@ -685,15 +687,7 @@ fn a_create_running_when_the_daemon_stops_is_answered_with_what_became_of_it() {
         return;
     }
     let env = Env::start(SLOW_KINDS);
-    let mut c = env.root();
-    c.send(
-        1,
-        "resource.create",
-        json!({"kind": "stalled", "name": "cut"}),
-    );
-    wait_until("the create registered while its hook runs", || {
-        env.registered().iter().any(|(_, name, _)| name == "cut")
-    });
+    let mut c = create_with_hook(&env, "stalled", "cut");
     let registry = env.path("state/resources.json");
     let base = env.path("stalled");
     let Env { daemon, dir, .. } = env;

@@ -121,17 +121,7 @@ impl LaterHandle {
         shared: &Shared,
         panic: &(dyn std::any::Any + Send),
     ) -> Option<Vec<u8>> {
-        let f = panicked(self.method, panic);
-        let c = &self.caller;
-        failed_for(
-            shared,
-            &c.peer,
-            &c.listener,
-            &c.span,
-            Some(&self.id),
-            Some(self.method),
-            &f,
-        )
+        self.fail(shared, &panicked(self.method, panic))
     }
 
     /// An error answer to the request (logged like any other).
@@ -144,6 +134,11 @@ impl LaterHandle {
     ) -> Option<Vec<u8>> {
         let mut f = Failure::new(kind, message);
         f.retry_after = retry;
+        self.fail(shared, &f)
+    }
+
+    /// `f` as this request's answer (logged like any other).
+    fn fail(&self, shared: &Shared, f: &Failure) -> Option<Vec<u8>> {
         let c = &self.caller;
         failed_for(
             shared,
@@ -152,7 +147,7 @@ impl LaterHandle {
             &c.span,
             Some(&self.id),
             Some(self.method),
-            &f,
+            f,
         )
     }
 }
