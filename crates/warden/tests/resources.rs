@@ -596,8 +596,15 @@ async fn resource_events_reach_their_owner_only() {
     assert_eq!(event["event"]["owner_uid"], bob.uid);
 }
 
-/// Kinds whose hooks take a while: one fails after half a second, one runs until stopped.
+/// Kinds whose hooks take a while: one fails after half a second, one runs until stopped, one
+/// passes its commit point and then holds on past what a stop waits for it.
 const SLOW_KINDS: &str = r#"
+[jobs]
+shutdown_grace_s = 7
+[[action]]
+name = "commit_and_hold"
+argv = ["/bin/sh", "-c", "echo commit >&\"$WARDEN_STATUS_FD\"; exec sleep 60"]
+mutating = true
 [[action]]
 name = "refuse_late"
 argv = ["/bin/sh", "-c", "sleep 0.5; exit 1"]
@@ -612,6 +619,12 @@ base_dir = "{dir}/late"
 max_per_uid = 5
 tier = "read_only"
 on_create = "refuse_late"
+[[resource]]
+kind = "held"
+base_dir = "{dir}/held"
+max_per_uid = 5
+tier = "read_only"
+on_create = "commit_and_hold"
 [[resource]]
 kind = "stalled"
 base_dir = "{dir}/stalled"
@@ -705,4 +718,38 @@ fn a_create_running_when_the_daemon_stops_is_answered_with_what_became_of_it() {
     assert_eq!(left["resources"], json!([]), "{left}");
     assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0);
     assert_eq!(outcomes(dir.path(), "cut")[0]["outcome"], "internal");
+}
+
+/// Pins: a create that is still running when the daemon stops and outlasts the five seconds it
+/// gets (its hook is past its commit point, so the stop lets the hook go on) is answered
+/// `unavailable`, and its audit record's outcome says it did not finish and may have left
+/// something behind: no accepted request is left without an outcome.
+#[test]
+fn a_create_cut_off_by_the_stop_is_audited_as_unfinished() {
+    if !warden_testkit::root_or_skip("a_create_cut_off_by_the_stop_is_audited_as_unfinished") {
+        return;
+    }
+    let env = Env::start(SLOW_KINDS);
+    let mut c = create_with_hook(&env, "held", "kept");
+    let mut watcher = env.root();
+    wait_until("the hook past its commit point", || {
+        let list = watcher.call(2, "job.list", json!({}));
+        let Some(id) = list["result"]["jobs"][0]["job_id"].as_str() else {
+            return false;
+        };
+        watcher.call(3, "job.get", json!({"job_id": id}))["result"]["committed"] == true
+    });
+    drop(watcher);
+    let Env { daemon, dir, .. } = env;
+    daemon.stop();
+
+    let answer = c.recv();
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(kind(&answer), "unavailable", "{answer}");
+    let outcome = &outcomes(dir.path(), "kept")[0];
+    assert_eq!(outcome["outcome"], "unfinished", "{outcome}");
+    assert!(
+        outcome["reason"].as_str().unwrap().contains("may remain"),
+        "{outcome}"
+    );
 }

@@ -427,8 +427,8 @@ impl AuditLog {
     }
 
     /// Appends `event` and returns once it is on disk, with its place in the chain.
-    pub(crate) async fn record_durable(&self, event: Event) -> Result<Head, AuditError> {
-        let body = body_of(&event)?;
+    pub(crate) async fn record_durable(&self, event: &Event) -> Result<Head, AuditError> {
+        let body = body_of(event)?;
         let (ack, done) = oneshot::channel();
         self.chain(&body, Some(ack))?;
         done.await.map_err(|_| AuditError::Closed)?
@@ -1010,7 +1010,7 @@ mod tests {
         for i in 1..n {
             log.record(event(i));
         }
-        let head = log.record_durable(event(n)).await.unwrap();
+        let head = log.record_durable(&event(n)).await.unwrap();
         let path = log.path().to_owned();
         log.close();
         (dir, path, head)
@@ -1052,7 +1052,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = open_in(dir.path());
         log.record(event(1));
-        log.record_durable(event(2)).await.unwrap();
+        log.record_durable(&event(2)).await.unwrap();
         assert_eq!(log.syncs(), 1, "acknowledged after exactly one flush");
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert_eq!(text.lines().count(), 2);
@@ -1071,13 +1071,13 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", dir.path().join("audit").join(FILE)).unwrap();
         let log = open_in(dir.path());
         for n in 0..3 {
-            let refused = log.record_durable(event(n)).await;
+            let refused = log.record_durable(&event(n)).await;
             assert!(matches!(refused, Err(AuditError::Io(_))), "{refused:?}");
         }
         log.record(event(3));
         assert!(log.flush().await.is_err());
         assert!(matches!(
-            log.record_durable(event(4)).await,
+            log.record_durable(&event(4)).await,
             Err(AuditError::Io(_))
         ));
         log.close();
@@ -1207,7 +1207,7 @@ mod tests {
         f.write_all(b"{\"seq\":4,\"ts\":\"2026").unwrap();
         drop(f);
         let log = open_in(dir.path());
-        let head = log.record_durable(event(4)).await.unwrap();
+        let head = log.record_durable(&event(4)).await.unwrap();
         log.close();
         assert_eq!(head.seq, 4);
         assert_eq!(
@@ -1228,7 +1228,7 @@ mod tests {
         for i in 0..2499 {
             log.record(event(i));
         }
-        log.record_durable(event(2499)).await.unwrap();
+        log.record_durable(&event(2499)).await.unwrap();
         let path = log.path().to_owned();
         log.close();
         drop(log);
@@ -1253,7 +1253,7 @@ mod tests {
             }
         );
         let log = open_in(dir.path());
-        let head = log.record_durable(event(9)).await.unwrap();
+        let head = log.record_durable(&event(9)).await.unwrap();
         assert_eq!(head.seq, 2501, "the chain goes on from the last seal");
         let seals = log.seals().unwrap();
         assert_eq!(
@@ -1286,7 +1286,7 @@ mod tests {
                 ..Event::new("request")
             });
         }
-        let head = log.record_durable(event(7)).await.unwrap();
+        let head = log.record_durable(&event(7)).await.unwrap();
         let path = log.path().to_owned();
         log.close();
         let seqs = |f: Filter, limit| -> Vec<u64> {
@@ -1384,7 +1384,7 @@ mod tests {
         };
         let log = open();
         for i in 0..200 {
-            log.record_durable(event(i)).await.unwrap();
+            log.record_durable(&event(i)).await.unwrap();
         }
         let path = log.path().to_owned();
         log.close();
@@ -1413,7 +1413,7 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         assert!(last > 0);
         let log = open();
-        let head = log.record_durable(event(201)).await.unwrap();
+        let head = log.record_durable(&event(201)).await.unwrap();
         assert_eq!(head.seq, 201);
         log.close();
         let seals = Seals::open(&dir.path().join("ledger.db"))
@@ -1471,7 +1471,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
-                tokio::spawn(async move { log.record_durable(event(i)).await.unwrap().seq })
+                tokio::spawn(async move { log.record_durable(&event(i)).await.unwrap().seq })
             })
             .collect();
         let mut seqs = Vec::new();

@@ -439,10 +439,16 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         }
     };
     // A request that changes something is on disk, decided, before anything happens.
-    let audited = audited(&shared, &caller, &request);
-    if let Some(event) = &audited
-        && let Err(e) = shared.audit.record_durable(event.clone()).await
+    let mut owed = audited(&shared, &caller, &request).map(|event| Owed {
+        audit: &shared.audit,
+        event: Some(event),
+    });
+    if let Some(o) = &mut owed
+        && let Some(event) = &o.event
+        && let Err(e) = shared.audit.record_durable(event).await
     {
+        // Not on disk: no request to give an outcome to.
+        o.event = None;
         let mut f = Failure::new(
             ErrorKind::Unavailable,
             "the audit log cannot be written; nothing was done",
@@ -463,7 +469,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         Ok(r) => r,
         Err(panic) => Err(panicked(method, panic.as_ref())),
     };
-    if let Some(mut event) = audited {
+    if let Some(mut event) = owed.as_mut().and_then(|o| o.event.take()) {
         event.event = "request.outcome".into();
         match &result {
             Ok(handlers::Reply::Started(s)) => {
@@ -491,6 +497,26 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
     match result {
         Ok(reply) => encoded(envelope::result_frame(&id, &reply)),
         Err(f) => fail(&f),
+    }
+}
+
+/// The outcome record an audited request owes once its record is on its way to disk. Should
+/// the request be dropped before it ends (the daemon stopped it past its grace), the outcome
+/// says it did not finish, so no accepted request is left without one.
+struct Owed<'a> {
+    audit: &'a audit::AuditLog,
+    /// The request's record; taken when its real outcome is recorded.
+    event: Option<audit::Event>,
+}
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.event = "request.outcome".into();
+            event.outcome = Some("unfinished".into());
+            event.reason = Some("stopped before it finished; what it had done may remain".into());
+            self.audit.record(event);
+        }
     }
 }
 

@@ -265,7 +265,7 @@ impl Daemon {
                 .map_err(StartError::Audit)?,
         );
         audit
-            .record_durable(Event {
+            .record_durable(&Event {
                 reason: Some(format!("wardend {}", env!("CARGO_PKG_VERSION"))),
                 ..Event::new("daemon.start")
             })
@@ -438,7 +438,7 @@ impl Daemon {
         if let Err(e) = self
             .shared
             .audit
-            .record_durable(Event::new("daemon.stop"))
+            .record_durable(&Event::new("daemon.stop"))
             .await
         {
             tracing::error!(error = %e, "cannot record the daemon's stop in the audit log");
