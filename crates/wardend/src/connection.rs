@@ -387,9 +387,29 @@ impl Connection {
         }
     }
 
+    /// Reads what the socket holds. A read that comes back short of what was asked for found
+    /// the socket empty: it is reported to the event loop as `WouldBlock` so that the loop waits
+    /// for the next event instead of asking the kernel once more only to hear that (one system
+    /// call in three per request). Data or a close arriving meanwhile is a new event, which this
+    /// does not clear, and a close already seen stays seen.
     fn try_read(&mut self) -> io::Result<usize> {
-        self.buf.reserve(READ_CHUNK);
-        self.stream.try_read_buf(&mut self.buf)
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut got = 0;
+        let fd = self.stream.as_fd();
+        let read = self.stream.try_io(tokio::io::Interest::READABLE, || {
+            got = warden_sys::peer::recv_now(fd, &mut chunk)?;
+            if got > 0 && got < READ_CHUNK {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(got)
+        });
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        self.buf.extend_from_slice(&chunk[..got]);
+        Ok(got)
     }
 
     /// Reads what the kernel holds for this connection now, whatever the event loop believes

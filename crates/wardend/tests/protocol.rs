@@ -242,6 +242,52 @@ fn five_pipelined_requests_get_five_answers_with_matching_ids() {
     }
 }
 
+/// A framed request body.
+fn framed(id: u64, method: &str, params: Value) -> Vec<u8> {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+    let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(body.as_bytes());
+    wire
+}
+
+/// Pins: a frame that arrives in pieces, with pauses between, is put together and answered: a
+/// read that empties the socket half way through a frame still wakes for the rest.
+#[test]
+fn a_frame_arriving_in_pieces_is_answered() {
+    let d = TestDaemon::start("");
+    let mut c = RawClient::hello(d.socket());
+    let wire = framed(5, "health", json!({}));
+    for piece in [
+        &wire[..2],
+        &wire[2..7],
+        &wire[7..wire.len() - 1],
+        &wire[wire.len() - 1..],
+    ] {
+        c.write(piece);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let r = c.recv();
+    assert_eq!(r["id"], 5, "{r}");
+    assert_eq!(r["result"]["status"], "ok", "{r}");
+}
+
+/// Pins: requests and a close that arrive together are all seen: each request is answered, then
+/// the close ends the connection (the read that takes the requests must not hide the close).
+#[test]
+fn requests_with_a_close_right_behind_them_are_answered_and_the_close_seen() {
+    let d = TestDaemon::start("");
+    for round in 0..50 {
+        let mut c = RawClient::connect(d.socket());
+        let mut wire = framed(1, "hello", json!({"protocol": 1, "client": "test"}));
+        wire.extend(framed(2, "health", json!({})));
+        c.write(&wire);
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(c.recv().get("result").is_some(), "round {round}");
+        assert_eq!(c.recv()["result"]["status"], "ok", "round {round}");
+        assert!(c.closes_within(Duration::from_secs(5)), "round {round}");
+    }
+}
+
 #[test]
 fn violations_are_counted_by_class_in_status() {
     let d = TestDaemon::start(SMALL_FRAMES);
