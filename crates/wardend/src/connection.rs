@@ -85,6 +85,9 @@ pub(crate) struct Connection {
     hello_deadline: Option<Instant>,
     /// Set at shutdown: answer only what the peer already sent, then close.
     draining: bool,
+    /// The last request waited for something (the ledger, the audit log, a job) before it
+    /// could be answered; see [`Connection::try_read`].
+    last_waited: bool,
     /// This connection's own view of the daemon's shutdown. A child token, so waiting on it
     /// takes only this connection's lock: every connection polling one shared token would make
     /// them all contend on its lock once per request.
@@ -176,6 +179,7 @@ impl Connection {
             buf: BytesMut::new(),
             session,
             draining: false,
+            last_waited: false,
             _slot: slot,
         })
     }
@@ -188,6 +192,7 @@ impl Connection {
                 Next::Frame(frame) => {
                     match dispatch::handle(&self.shared, &mut self.session, &frame) {
                         Outcome::Now { frame, close } => {
+                            self.last_waited = false;
                             if self.session.client.is_some() {
                                 self.hello_deadline = None;
                             }
@@ -196,6 +201,7 @@ impl Connection {
                             }
                         }
                         Outcome::Later(later) => {
+                            self.last_waited = true;
                             if let Some(refusal) = self.start_task(later)
                                 && !self.send(Some(refusal)).await
                             {
@@ -387,18 +393,25 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket holds. A read that comes back short of what was asked for found
-    /// the socket empty: it is reported to the event loop as `WouldBlock` so that the loop waits
-    /// for the next event instead of asking the kernel once more only to hear that (one system
-    /// call in three per request). Data or a close arriving meanwhile is a new event, which this
-    /// does not clear, and a close already seen stays seen.
+    /// Reads what the socket holds.
+    ///
+    /// Whether to read once more after a read that came back short (it found the socket empty)
+    /// depends on how this peer's last request went. After one answered at once, the peer has
+    /// often sent its next request by the time this task reads again (it runs between our
+    /// answer and that read), so reading again finds it without waiting for the event loop to
+    /// report it. After one that waited, reading again only hears "empty" (one system call in
+    /// three per request, and a turn of the loop): the short read is then reported to the event
+    /// loop as `WouldBlock`, which clears the socket's readiness. Nothing can be missed either
+    /// way: tokio clears readiness only if no event came since it read it, so data or a close
+    /// arriving meanwhile still wakes the loop, and a close already seen stays seen.
     fn try_read(&mut self) -> io::Result<usize> {
+        let settle = self.last_waited;
         let mut chunk = [0u8; READ_CHUNK];
         let mut got = 0;
         let fd = self.stream.as_fd();
         let read = self.stream.try_io(tokio::io::Interest::READABLE, || {
             got = warden_sys::peer::recv_now(fd, &mut chunk)?;
-            if got > 0 && got < READ_CHUNK {
+            if settle && got > 0 && got < READ_CHUNK {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             Ok(got)

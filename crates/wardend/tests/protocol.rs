@@ -250,40 +250,46 @@ fn framed(id: u64, method: &str, params: Value) -> Vec<u8> {
     wire
 }
 
-/// Pins: a frame that arrives in pieces, with pauses between, is put together and answered: a
-/// read that empties the socket half way through a frame still wakes for the rest.
+/// Pins: a frame that arrives in pieces, with pauses between, is put together and answered,
+/// after a request answered at once (`health`) and after one that waited (`job.list`, which
+/// reads the ledger): a read that empties the socket half way through a frame still wakes for
+/// the rest.
 #[test]
 fn a_frame_arriving_in_pieces_is_answered() {
     let d = TestDaemon::start("");
     let mut c = RawClient::hello(d.socket());
-    let wire = framed(5, "health", json!({}));
-    for piece in [
-        &wire[..2],
-        &wire[2..7],
-        &wire[7..wire.len() - 1],
-        &wire[wire.len() - 1..],
-    ] {
-        c.write(piece);
-        std::thread::sleep(Duration::from_millis(30));
+    for (id, before) in [(5, "health"), (6, "job.list")] {
+        assert!(c.call(id * 10, before, json!({})).get("result").is_some());
+        let wire = framed(id, "health", json!({}));
+        for piece in [
+            &wire[..2],
+            &wire[2..7],
+            &wire[7..wire.len() - 1],
+            &wire[wire.len() - 1..],
+        ] {
+            c.write(piece);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let r = c.recv();
+        assert_eq!(r["id"], id, "{r}");
+        assert_eq!(r["result"]["status"], "ok", "{r}");
     }
-    let r = c.recv();
-    assert_eq!(r["id"], 5, "{r}");
-    assert_eq!(r["result"]["status"], "ok", "{r}");
 }
 
-/// Pins: requests and a close that arrive together are all seen: each request is answered, then
-/// the close ends the connection (the read that takes the requests must not hide the close).
+/// Pins: a request and a close that arrive together are both seen, after a request answered at
+/// once and after one that waited: the request is answered, then the close ends the connection
+/// (the read that takes the request must not hide the close).
 #[test]
-fn requests_with_a_close_right_behind_them_are_answered_and_the_close_seen() {
-    let d = TestDaemon::start("");
+fn a_request_with_a_close_right_behind_it_is_answered_and_the_close_seen() {
+    let d = TestDaemon::start("[limits]\nuid_requests_per_second = 10000\nuid_burst = 10000\n");
     for round in 0..50 {
-        let mut c = RawClient::connect(d.socket());
-        let mut wire = framed(1, "hello", json!({"protocol": 1, "client": "test"}));
-        wire.extend(framed(2, "health", json!({})));
-        c.write(&wire);
+        let before = if round % 2 == 0 { "health" } else { "job.list" };
+        let mut c = RawClient::hello(d.socket());
+        assert!(c.call(2, before, json!({})).get("result").is_some());
+        c.write(&framed(3, "health", json!({})));
         c.stream.shutdown(std::net::Shutdown::Write).unwrap();
-        assert!(c.recv().get("result").is_some(), "round {round}");
-        assert_eq!(c.recv()["result"]["status"], "ok", "round {round}");
+        let r = c.recv();
+        assert_eq!(r["result"]["status"], "ok", "round {round}: {r}");
         assert!(c.closes_within(Duration::from_secs(5)), "round {round}");
     }
 }
