@@ -262,48 +262,56 @@ impl Connection {
         None
     }
 
-    /// Ends the connection's running requests. Those that may change something run to their
-    /// end first (see [`dispatch::changes_state`]), for a peer that left too, but once the
-    /// daemon stops only for [`FINISH_GRACE`]. The others are stopped where they stand. Unless
-    /// the peer has left, sends the notifications still queued and what the requests answered,
-    /// then an `unavailable` error for each one that had not finished.
+    /// Ends the connection's running requests. Those that only read or wait are stopped where
+    /// they stand (answered if their answer is ready, else refused `unavailable`). Those that may
+    /// change something run to their end (see [`dispatch::changes_state`]), for a peer that left
+    /// too, but once the daemon stops only for [`FINISH_GRACE`]. Unless the peer has left, then
+    /// sends the notifications already queued and every answer and refusal.
     async fn end_tasks(&mut self, peer_gone: bool) {
         let Some(mut tasks) = self.tasks.take() else {
             return;
         };
         let mut frames = Vec::new();
+        while let Ok(frame) = tasks.rx.try_recv() {
+            frames.push(frame);
+        }
+        // Stopped first, so nothing streams notifications (events, output) while the others
+        // finish: what this connection holds stays bounded however long they take.
+        let (finish, stop): (Vec<Running>, Vec<Running>) = std::mem::take(&mut tasks.running)
+            .into_iter()
+            .partition(|r| r.handle.changes_state());
+        for mut running in stop {
+            match (&mut running).now_or_never() {
+                Some(answer) => frames.extend(answer),
+                None if !peer_gone => frames.extend(self.closing(&running.handle)),
+                None => {}
+            }
+        }
+        drop(tasks);
+        let mut finish: FuturesUnordered<Running> = finish.into_iter().collect();
         let stopping = self.shared.shutdown.clone();
         let limit = async move {
             stopping.cancelled().await;
             tokio::time::sleep(FINISH_GRACE).await;
         };
         tokio::pin!(limit);
-        while tasks.running.iter().any(|r| r.handle.changes_state()) {
+        loop {
             tokio::select! {
-                Some(frame) = tasks.rx.recv() => frames.push(frame),
-                Some(answer) = tasks.running.next() => frames.extend(answer),
+                answer = finish.next() => match answer {
+                    Some(answer) => frames.extend(answer),
+                    None => break,
+                },
                 () = &mut limit => break,
             }
         }
+        // What is still running now is dropped where it stands (and audited as unfinished).
         if peer_gone {
             return;
         }
-        while let Ok(frame) = tasks.rx.try_recv() {
-            frames.push(frame);
+        for running in finish.iter() {
+            frames.extend(self.closing(&running.handle));
         }
-        // What is ready now is answered as it is; the rest is stopped where it stands.
-        while let Some(Some(answer)) = tasks.running.next().now_or_never() {
-            frames.extend(answer);
-        }
-        for running in tasks.running.iter() {
-            frames.extend(running.handle.refuse(
-                &self.shared,
-                ErrorKind::Unavailable,
-                "the connection or the daemon is closing",
-                None,
-            ));
-        }
-        drop(tasks);
+        drop(finish);
         let deadline = Instant::now() + Duration::from_millis(200);
         for frame in frames {
             let write = tokio::time::timeout_at(deadline, self.stream.write_all(&frame));
@@ -311,6 +319,16 @@ impl Connection {
                 break;
             }
         }
+    }
+
+    /// The refusal of a request still running when its connection ends.
+    fn closing(&self, handle: &dispatch::LaterHandle) -> Option<Vec<u8>> {
+        handle.refuse(
+            &self.shared,
+            ErrorKind::Unavailable,
+            "the connection or the daemon is closing",
+            None,
+        )
     }
 
     async fn next_frame(&mut self) -> Next {
