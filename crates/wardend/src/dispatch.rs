@@ -447,7 +447,8 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         && let Some(event) = &o.event
         && let Err(e) = shared.audit.record_durable(event).await
     {
-        // Not on disk: no request to give an outcome to.
+        // The log failed and nothing is done: the refusal is the outcome, and a log that
+        // cannot take the request's record is owed nothing more.
         o.event = None;
         let mut f = Failure::new(
             ErrorKind::Unavailable,
