@@ -48,6 +48,10 @@ pub struct ActionSpec {
     pub remote: bool,
     pub rollback: Option<Vec<ArgTemplate>>,
     pub reconcile: Option<Vec<ArgTemplate>>,
+    /// The resource kinds whose hook (`on_create`, `on_delete`) this action is. A hook's
+    /// parameters (`owner`, `uid`, `path`) must come from the kernel and the registry, never
+    /// from a caller, so only its kinds start it: `job.start` treats it as undeclared.
+    pub hook_for: Vec<String>,
 }
 
 /// The identity a job runs as.
@@ -775,6 +779,7 @@ fn compile_action(
         remote: a.remote,
         rollback: rollback.flatten(),
         reconcile: reconcile.flatten(),
+        hook_for: Vec::new(),
     })
 }
 
@@ -958,7 +963,7 @@ grace_s = 5
     fn spec(body: &str) -> ActionSpec {
         let text = format!("[[action]]\nname = \"a\"\n{body}");
         let p = load(&text).unwrap().policy;
-        p.actions.into_values().next().unwrap()
+        (*p.actions.into_values().next().unwrap()).clone()
     }
 
     fn given(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {

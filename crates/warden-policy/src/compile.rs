@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use warden_proto::{ActionName, Gid, Limits, Tier, Uid};
@@ -92,10 +93,11 @@ pub struct Policy {
     pub ops: BTreeMap<String, bool>,
     pub guards: Guards,
     pub jobs: JobSettings,
-    /// Declared actions, by name.
-    pub actions: BTreeMap<ActionName, ActionSpec>,
-    /// Declared kinds of owned resources, by kind.
-    pub resources: BTreeMap<String, ResourceKind>,
+    /// Declared actions, by name. Shared, so that what the gate judged is what a job runs
+    /// (the gate's `Allow` carries the spec) even if a reload swaps the policy meanwhile.
+    pub actions: BTreeMap<ActionName, Arc<ActionSpec>>,
+    /// Declared kinds of owned resources, by kind; shared for the same reason.
+    pub resources: BTreeMap<String, Arc<ResourceKind>>,
 }
 
 /// A policy and the warnings found while building it.
@@ -254,6 +256,21 @@ fn compile(
     let declared_ops: BTreeSet<String> = ops.keys().cloned().collect();
     let actions = actions::compile_actions(&file.actions, &declared_ops, text, dir, &mut errors);
     let resources = resources::compile_resources(&file.resources, &actions, text, &mut errors);
+    let mut actions = actions;
+    for kind in resources.values() {
+        for hook in [&kind.on_create, &kind.on_delete].into_iter().flatten() {
+            if let Some(a) = actions.get_mut(hook)
+                && !a.hook_for.contains(&kind.kind)
+            {
+                a.hook_for.push(kind.kind.clone());
+            }
+        }
+    }
+    let actions = actions.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+    let resources = resources
+        .into_iter()
+        .map(|(k, v)| (k, Arc::new(v)))
+        .collect();
     let jobs = JobSettings {
         log_cap_bytes: file.jobs.log_cap_bytes.0,
         keep_finished: file.jobs.keep_finished.0 as usize,

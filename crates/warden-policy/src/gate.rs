@@ -5,13 +5,15 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use warden_proto::request::Scope;
-use warden_proto::{ErrorKind, Gid, Pid, Request, Tier, Uid};
+use warden_proto::{ActionName, ErrorKind, Gid, Pid, Request, Tier, Uid};
 
 use crate::actions::ActionSpec;
 use crate::compile::{ListenerPolicy, Policy};
 use crate::endpoints::{self, Requirement};
+use crate::resources::ResourceKind;
 
 /// Who is calling, as the kernel reported it at connect. Built by the daemon from
 /// `SO_PEERCRED`/`SO_PEERGROUPS`/pidfd; built by hand in tests.
@@ -92,12 +94,72 @@ pub enum Decision {
     Allow {
         /// The caller's tier on this listener.
         tier: Tier,
+        /// What the gate judged the request against; the handler runs exactly this, never a
+        /// spec it reads again (a reload may have swapped the policy since).
+        judged: Judged,
     },
     Deny {
         tier: Tier,
         kind: ErrorKind,
         reason: String,
     },
+}
+
+/// The declarations an allowed request was judged against, handed on to its handler.
+#[derive(Debug, Clone)]
+pub enum Judged {
+    /// The request names no action or resource kind.
+    Nothing,
+    /// `job.start`: the action, as judged.
+    Action(Arc<ActionSpec>),
+    /// `resource.create`: the kind and its `on_create` hook, as judged.
+    Create {
+        kind: Arc<ResourceKind>,
+        hook: Option<Arc<ActionSpec>>,
+    },
+    /// `resource.delete`: the `on_delete` hook of the resource's kind, as judged (`None`: no
+    /// hook runs).
+    Delete { hook: Option<Arc<ActionSpec>> },
+}
+
+/// Two judgements are equal when they name the very same declarations (the same snapshot).
+impl PartialEq for Judged {
+    fn eq(&self, other: &Self) -> bool {
+        let same = |a: &Option<Arc<ActionSpec>>, b: &Option<Arc<ActionSpec>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        match (self, other) {
+            (Judged::Nothing, Judged::Nothing) => true,
+            (Judged::Action(a), Judged::Action(b)) => Arc::ptr_eq(a, b),
+            (Judged::Create { kind: k1, hook: h1 }, Judged::Create { kind: k2, hook: h2 }) => {
+                Arc::ptr_eq(k1, k2) && same(h1, h2)
+            }
+            (Judged::Delete { hook: h1 }, Judged::Delete { hook: h2 }) => same(h1, h2),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Judged {}
+
+impl Decision {
+    /// An `Allow` of `tier` that judged nothing in particular.
+    pub fn allow(tier: Tier) -> Decision {
+        Decision::Allow {
+            tier,
+            judged: Judged::Nothing,
+        }
+    }
+
+    /// The same decision, an `Allow` now carrying `judged`.
+    fn judging(self, judged: Judged) -> Decision {
+        match self {
+            Decision::Allow { tier, .. } => Decision::Allow { tier, judged },
+            deny => deny,
+        }
+    }
 }
 
 /// The steps of a decision, written down only when someone asks (`policy.explain`): the gate
@@ -167,7 +229,7 @@ impl Policy {
             }
         }
         let tier = match self.decide_traced(peer, listener, &need, runtime, trace) {
-            Decision::Allow { tier } => tier,
+            Decision::Allow { tier, .. } => tier,
             deny => return deny,
         };
         let not_found = |reason: String| Decision::Deny {
@@ -177,25 +239,62 @@ impl Policy {
         };
         match request {
             Request::JobStart(p) => {
-                let Some(action) = self.actions.get(&p.action) else {
-                    trace.note(|| format!("no action `{}` is declared", p.action));
+                // An action whose tier the caller lacks, or a hook only its kinds may start, is
+                // answered as undeclared: the same answer `actions.describe` gives, so the
+                // existence of an action is not revealed to a caller who could not start it.
+                let Some(action) = self
+                    .actions
+                    .get(&p.action)
+                    .filter(|a| self.visible(peer, listener, a))
+                else {
+                    trace.note(|| {
+                        format!(
+                            "no action `{}` is declared that this caller may see",
+                            p.action
+                        )
+                    });
                     return not_found(format!("no action `{}`", p.action));
                 };
-                return self.decide_traced(peer, listener, &action.requirement(), runtime, trace);
+                return self
+                    .decide_traced(peer, listener, &action.requirement(), runtime, trace)
+                    .judging(Judged::Action(Arc::clone(action)));
             }
             Request::ResourceCreate(p) => {
                 let Some(kind) = self.resources.get(&p.kind) else {
                     trace.note(|| format!("no resource kind `{}` is declared", p.kind));
                     return not_found(format!("no resource kind `{}`", p.kind.escape_debug()));
                 };
-                return self.decide_traced(peer, listener, &kind.requirement(), runtime, trace);
+                if let deny @ Decision::Deny { .. } =
+                    self.decide_traced(peer, listener, &kind.requirement(), runtime, trace)
+                {
+                    return deny;
+                }
+                let hook = match self.hook_decision(
+                    peer,
+                    listener,
+                    &kind.kind,
+                    "on_create",
+                    kind.on_create.as_ref(),
+                    runtime,
+                    trace,
+                ) {
+                    Ok(hook) => hook,
+                    Err(deny) => return deny,
+                };
+                return Decision::Allow {
+                    tier,
+                    judged: Judged::Create {
+                        kind: Arc::clone(kind),
+                        hook,
+                    },
+                };
             }
-            // Actions a caller could not start are hidden from it, as if they did not exist.
+            // Actions a caller could not see are hidden from it, as if they did not exist.
             Request::ActionsDescribe(p)
                 if !self
                     .actions
                     .get(&p.action)
-                    .is_some_and(|a| self.could_start(peer, listener, a, runtime)) =>
+                    .is_some_and(|a| self.visible(peer, listener, a)) =>
             {
                 return not_found(format!("no action `{}`", p.action));
             }
@@ -241,8 +340,79 @@ impl Policy {
             if !visible {
                 return not_found("no such resource".to_owned());
             }
+            if let Request::ResourceDelete(p) = request {
+                let kind = self.resources.get(&p.kind);
+                return match self.hook_decision(
+                    peer,
+                    listener,
+                    kind.map_or("", |k| k.kind.as_str()),
+                    "on_delete",
+                    kind.and_then(|k| k.on_delete.as_ref()),
+                    runtime,
+                    trace,
+                ) {
+                    Ok(hook) => Decision::Allow {
+                        tier,
+                        judged: Judged::Delete { hook },
+                    },
+                    Err(deny) => deny,
+                };
+            }
         }
-        Decision::Allow { tier }
+        Decision::allow(tier)
+    }
+
+    /// Whether `action` exists for `peer` at all: it is no hook, and the caller's tier on this
+    /// listener reaches the action's. Brakes (ops, lockdown, guards) do not hide an action: a
+    /// caller who may see it learns why it cannot start now.
+    pub fn visible(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        action: &ActionSpec,
+    ) -> bool {
+        action.hook_for.is_empty()
+            && self.effective(peer, listener).tier >= action.tier.max(Tier::ReadOnly)
+    }
+
+    /// A resource kind's hook, judged as a direct start of its action would be by its brakes:
+    /// its ops toggles, the lockdown if it changes state, and the guards. Not its tier: the
+    /// kind's tier is what allows it. `Ok(None)` when the kind has no such hook.
+    #[allow(clippy::too_many_arguments)]
+    fn hook_decision(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        kind: impl std::fmt::Display,
+        which: &str,
+        hook: Option<&ActionName>,
+        runtime: &Runtime<'_>,
+        trace: &mut Trace,
+    ) -> Result<Option<Arc<ActionSpec>>, Decision> {
+        let Some(name) = hook else {
+            return Ok(None);
+        };
+        let Some(action) = self.actions.get(name) else {
+            // compile() refuses a hook naming no action; a policy without it is not loaded.
+            return Err(Decision::Deny {
+                tier: self.effective(peer, listener).tier,
+                kind: ErrorKind::Internal,
+                reason: format!("the {which} action of resource kind {kind} is not declared"),
+            });
+        };
+        let need = Requirement {
+            what: Cow::Owned(format!(
+                "the {which} action {} of resource kind {kind}",
+                action.name
+            )),
+            tier: Tier::None,
+            ops: action.ops.iter().map(String::as_str).collect(),
+            mutating: action.mutating,
+        };
+        match self.decide_traced(peer, listener, &need, runtime, trace) {
+            Decision::Allow { .. } => Ok(Some(Arc::clone(action))),
+            deny => Err(deny),
+        }
     }
 
     /// Whether `peer` could start `action` now (what `actions.list` shows).
@@ -253,10 +423,11 @@ impl Policy {
         action: &ActionSpec,
         runtime: &Runtime<'_>,
     ) -> bool {
-        matches!(
-            self.decide(peer, listener, &action.requirement(), runtime),
-            Decision::Allow { .. }
-        )
+        self.visible(peer, listener, action)
+            && matches!(
+                self.decide(peer, listener, &action.requirement(), runtime),
+                Decision::Allow { .. }
+            )
     }
 
     /// The decision for one requirement; [`Policy::authorize`] finds the requirements.
@@ -380,7 +551,7 @@ impl Policy {
                 }
             }
         }
-        Decision::Allow { tier }
+        Decision::allow(tier)
     }
 }
 
@@ -468,9 +639,7 @@ max_tier = "read_only"
         assert_eq!(reason, "status needs tier read_only; you have none");
         assert_eq!(
             p.authorize(&root, ro, &Request::Status, &rt),
-            Decision::Allow {
-                tier: Tier::ReadOnly
-            }
+            Decision::allow(Tier::ReadOnly)
         );
     }
 
@@ -720,12 +889,20 @@ ops = ["storage"]
 
         assert!(allowed(p.authorize(&reader, main, &start("report"), &rt)));
         assert!(!allowed(p.authorize(&nobody, main, &start("report"), &rt)));
+        // Too low a tier: answered exactly as an action that does not exist.
         let d = p.authorize(&reader, main, &start("restart"), &rt);
-        assert!(
-            matches!(&d, Decision::Deny { kind: ErrorKind::Forbidden, reason, .. }
-            if reason == "action restart needs tier operator; you have read_only"),
-            "{d:?}"
+        assert_eq!(
+            d,
+            Decision::Deny {
+                tier: Tier::ReadOnly,
+                kind: ErrorKind::NotFound,
+                reason: "no action `restart`".into()
+            }
         );
+        let Decision::Deny { reason, .. } = p.authorize(&reader, main, &start("zzz"), &rt) else {
+            panic!("an undeclared action was allowed");
+        };
+        assert_eq!(reason, "no action `zzz`");
         assert!(allowed(p.authorize(
             &operator,
             main,
@@ -977,5 +1154,243 @@ tier = "operator"
         }
         let list = Request::ResourceList(Default::default());
         assert!(allowed(p.authorize(&alice, main, &list, &rt(&o))));
+    }
+
+    /// Pins: job.start and actions.describe agree on which actions exist for a caller: both hide
+    /// an action whose tier the caller lacks (on that listener) as `not_found`; one the caller
+    /// may see but that a brake stops is described, and its start gets the brake's refusal.
+    #[test]
+    fn start_and_describe_agree_on_what_exists() {
+        let p = load(JOBS).unwrap().policy;
+        let o = p.ops.clone();
+        let rt = rt(&o);
+        let (main, ro) = (&p.listeners[0], &p.listeners[1]);
+        let reader = peer(1100, &[1400]);
+        let operator = peer(1200, &[1500]);
+        let describe = |who: &PeerIdentity, l: &ListenerPolicy, a: &str| {
+            p.authorize(
+                who,
+                l,
+                &Request::ActionsDescribe(warden_proto::request::ActionParams {
+                    action: a.to_owned().try_into().unwrap(),
+                }),
+                &rt,
+            )
+        };
+        for (who, l, action) in [
+            (&reader, main, "restart"),
+            (&reader, main, "format"),
+            (&operator, ro, "restart"),
+            (&reader, main, "nope"),
+        ] {
+            let hidden = Decision::Deny {
+                tier: p.effective(who, l).tier,
+                kind: ErrorKind::NotFound,
+                reason: format!("no action `{action}`"),
+            };
+            assert_eq!(describe(who, l, action), hidden, "describe {action}");
+            assert_eq!(
+                p.authorize(who, l, &start(action), &rt),
+                hidden,
+                "start {action}"
+            );
+        }
+        // `format` needs ops `storage`, which is off: visible, and its start says why it fails.
+        assert!(allowed(describe(&operator, main, "format")));
+        let d = p.authorize(&operator, main, &start("format"), &rt);
+        assert!(
+            matches!(&d, Decision::Deny { kind: ErrorKind::Forbidden, reason, .. }
+                if reason.contains("ops `storage`")),
+            "{d:?}"
+        );
+    }
+
+    /// Pins: what the gate allowed is what it hands on: job.start's `Allow` carries the very
+    /// action spec of the policy it judged with, not a copy a handler would look up again.
+    #[test]
+    fn an_allowed_start_carries_the_judged_spec() {
+        let p = load(JOBS).unwrap().policy;
+        let o = p.ops.clone();
+        let d = p.authorize(
+            &peer(1100, &[1400]),
+            &p.listeners[0],
+            &start("report"),
+            &rt(&o),
+        );
+        let Decision::Allow {
+            tier,
+            judged: Judged::Action(spec),
+        } = d
+        else {
+            panic!("{d:?}");
+        };
+        assert_eq!(tier, Tier::ReadOnly);
+        let name: ActionName = "report".to_owned().try_into().unwrap();
+        assert!(Arc::ptr_eq(&spec, &p.actions[&name]));
+        // The same request judged against a policy loaded anew carries that policy's spec.
+        let q = load(JOBS).unwrap().policy;
+        let again = q.authorize(
+            &peer(1100, &[1400]),
+            &q.listeners[0],
+            &start("report"),
+            &rt(&o),
+        );
+        assert_ne!(again, d_of(&spec));
+        fn d_of(spec: &Arc<ActionSpec>) -> Decision {
+            Decision::Allow {
+                tier: Tier::ReadOnly,
+                judged: Judged::Action(Arc::clone(spec)),
+            }
+        }
+    }
+
+    const HOOKS: &str = r#"
+[tiers]
+read_only_groups = ["wro"]
+[ops]
+storage = true
+[[listener]]
+path = "/run/w/main.sock"
+[[action]]
+name = "provision"
+argv = ["/bin/true", "{path}"]
+ops = ["storage"]
+mutating = true
+params.path = { type = "string" }
+[[action]]
+name = "look"
+argv = ["/bin/true"]
+tier = "read_only"
+ops = ["storage"]
+mutating = false
+[[resource]]
+kind = "share"
+base_dir = "/srv/shares"
+max_per_uid = 3
+tier = "read_only"
+on_create = "provision"
+on_delete = "look"
+"#;
+
+    fn create(kind: &str) -> Request {
+        Request::ResourceCreate(
+            serde_json::from_value(serde_json::json!({"kind": kind, "name": "a"})).unwrap(),
+        )
+    }
+
+    fn delete(kind: &str) -> Request {
+        Request::ResourceDelete(
+            serde_json::from_value(serde_json::json!({"kind": kind, "name": "a"})).unwrap(),
+        )
+    }
+
+    /// Pins: a resource kind's hooks pass their actions' brakes in the gate: with the hook's ops
+    /// off, create and delete are refused naming the toggle; under a lockdown a create is
+    /// refused; allowed, the decision carries the kind and the hook it judged.
+    #[test]
+    fn hooks_meet_their_actions_ops_and_the_lockdown() {
+        let p = load(HOOKS).unwrap().policy;
+        let l = &p.listeners[0];
+        let user = peer(1100, &[1400]);
+        let on = ops(&[("storage", true)]);
+        let owned = Runtime {
+            ops: &on,
+            lockdown: None,
+            target: Target::Resource {
+                owner: Some(Uid(1100)),
+            },
+        };
+        let Decision::Allow {
+            judged: Judged::Create { kind, hook },
+            ..
+        } = p.authorize(&user, l, &create("share"), &rt(&on))
+        else {
+            panic!("a create with its brakes released was refused");
+        };
+        assert!(Arc::ptr_eq(&kind, &p.resources["share"]));
+        assert_eq!(hook.unwrap().name.as_str(), "provision");
+        let Decision::Allow {
+            judged: Judged::Delete { hook: Some(hook) },
+            ..
+        } = p.authorize(&user, l, &delete("share"), &owned)
+        else {
+            panic!("the owner's delete was refused");
+        };
+        assert_eq!(hook.name.as_str(), "look");
+
+        let off = ops(&[("storage", false)]);
+        for (request, target) in [
+            (create("share"), Target::Nothing),
+            (
+                delete("share"),
+                Target::Resource {
+                    owner: Some(Uid(1100)),
+                },
+            ),
+        ] {
+            let runtime = Runtime {
+                ops: &off,
+                lockdown: None,
+                target,
+            };
+            let d = p.authorize(&user, l, &request, &runtime);
+            assert!(
+                matches!(&d, Decision::Deny { kind: ErrorKind::Forbidden, reason, .. }
+                    if reason.contains("ops `storage`") && reason.contains("resource kind share")),
+                "{d:?}"
+            );
+        }
+        let lockdown = Lockdown {
+            reason: "incident".into(),
+            by_uid: 0,
+            since: "2026-12-05T00:00:00Z".into(),
+        };
+        let locked = Runtime {
+            ops: &on,
+            lockdown: Some(&lockdown),
+            target: Target::Nothing,
+        };
+        let d = p.authorize(&peer(0, &[]), l, &create("share"), &locked);
+        assert!(
+            matches!(
+                &d,
+                Decision::Deny {
+                    kind: ErrorKind::LockedDown,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    /// Pins: an action that is a resource kind's hook cannot be started directly, not even by
+    /// root, and is not described or listed: its `owner`, `uid` and `path` come only from the
+    /// kernel and the registry through its kind.
+    #[test]
+    fn hook_actions_start_only_through_their_kind() {
+        let p = load(HOOKS).unwrap().policy;
+        let l = &p.listeners[0];
+        let on = ops(&[("storage", true)]);
+        let root = peer(0, &[]);
+        for hook in ["provision", "look"] {
+            let d = p.authorize(&root, l, &start(hook), &rt(&on));
+            assert_eq!(
+                d,
+                Decision::Deny {
+                    tier: Tier::Admin,
+                    kind: ErrorKind::NotFound,
+                    reason: format!("no action `{hook}`"),
+                }
+            );
+            let name: ActionName = hook.to_owned().try_into().unwrap();
+            assert!(!p.could_start(&root, l, &p.actions[&name], &rt(&on)));
+        }
+        assert_eq!(
+            p.actions
+                .values()
+                .filter(|a| !a.hook_for.is_empty())
+                .count(),
+            2
+        );
     }
 }

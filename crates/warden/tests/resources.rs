@@ -19,6 +19,20 @@ use wardend::resources::{Fault, inject_fault};
 use common::Env;
 
 const KINDS: &str = r#"
+[ops]
+storage = true
+[[action]]
+name = "store"
+argv = ["/usr/bin/touch", "{path}/.stored"]
+ops = ["storage"]
+mutating = true
+params.path = { type = "string", max_len = 4096 }
+[[resource]]
+kind = "stored"
+base_dir = "{dir}/stored"
+max_per_uid = 2
+tier = "read_only"
+on_create = "store"
 [[action]]
 name = "provision"
 argv = ["/usr/bin/test", "-d", "{path}"]
@@ -701,6 +715,16 @@ fn a_create_running_when_the_daemon_stops_is_answered_with_what_became_of_it() {
     }
     let env = Env::start(SLOW_KINDS);
     let mut c = create_with_hook(&env, "stalled", "cut");
+    // The hook's program runs (a `sleep` child of this process, where the daemon runs): the
+    // stop must cancel it rather than refuse to start it.
+    wait_until("the hook's program running", || {
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat.split_whitespace().collect();
+            fields.get(1) == Some(&"(sleep)") && fields.get(3) == Some(&me.as_str())
+        })
+    });
     let registry = env.path("state/resources.json");
     let base = env.path("stalled");
     let Env { daemon, dir, .. } = env;
@@ -752,4 +776,96 @@ fn a_create_cut_off_by_the_stop_is_audited_as_unfinished() {
         outcome["reason"].as_str().unwrap().contains("may remain"),
         "{outcome}"
     );
+}
+
+/// Pins: a kind's hook meets its action's brakes: with the hook's ops toggle off, a user's
+/// create is refused naming the toggle, before anything is made or any hook runs; under a
+/// lockdown likewise; switched on again, the same create runs its hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_is_refused_when_its_ops_are_off_or_warden_is_locked_down() {
+    if !warden_testkit::root_or_skip(
+        "a_hook_is_refused_when_its_ops_are_off_or_warden_is_locked_down",
+    ) {
+        return;
+    }
+    let users = TestGroup::create();
+    let alice = TestUser::create(&[&users]);
+    let env = start(&users);
+    let mut root = env.root();
+    let off = root.call(
+        1,
+        "ops.set",
+        json!({"name": "storage", "enabled": false, "reason": "disk swap"}),
+    );
+    assert!(off["result"].is_object(), "{off}");
+    let refused = env.call(
+        &alice,
+        "resource.create",
+        &json!({"kind": "stored", "name": "data"}),
+    );
+    assert_eq!(kind(&refused), "forbidden", "{refused}");
+    assert!(message(&refused).contains("ops `storage`"), "{refused}");
+    assert!(
+        env.on_disk("stored").is_empty(),
+        "{:?}",
+        env.on_disk("stored")
+    );
+    assert!(env.registered().is_empty());
+
+    root.call(
+        2,
+        "ops.set",
+        json!({"name": "storage", "enabled": true, "reason": "done"}),
+    );
+    root.call(3, "lockdown.engage", json!({"reason": "incident 7"}));
+    let locked = env.call(
+        &alice,
+        "resource.create",
+        &json!({"kind": "stored", "name": "data"}),
+    );
+    assert_eq!(kind(&locked), "locked_down", "{locked}");
+    assert!(env.on_disk("stored").is_empty());
+    root.call(4, "lockdown.release", json!({}));
+
+    let made = env.call(
+        &alice,
+        "resource.create",
+        &json!({"kind": "stored", "name": "data"}),
+    );
+    assert!(made["result"]["hook_job"].is_string(), "{made}");
+    assert!(env.path("stored/data/.stored").exists());
+}
+
+/// Pins: an action that is a kind's hook cannot be started directly, not even by root with
+/// `owner`, `uid` or `path` of its choosing: the answer is exactly that of an undeclared action,
+/// and the hook does not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_action_cannot_be_started_directly() {
+    if !warden_testkit::root_or_skip("a_hook_action_cannot_be_started_directly") {
+        return;
+    }
+    let users = TestGroup::create();
+    let alice = TestUser::create(&[&users]);
+    let env = start(&users);
+    let target = env.path("planted");
+    std::fs::create_dir(&target).unwrap();
+    let mut root = env.root();
+    let direct = root.call(
+        1,
+        "job.start",
+        json!({"action": "store", "params": {"path": target.to_str().unwrap()}}),
+    );
+    assert_eq!(kind(&direct), "not_found", "{direct}");
+    assert_eq!(message(&direct), "no action `store`");
+    let described = root.call(2, "actions.describe", json!({"action": "store"}));
+    assert_eq!(kind(&described), "not_found", "{described}");
+    let listed = root.call(3, "actions.list", json!({}));
+    assert!(!listed.to_string().contains("\"store\""), "{listed}");
+    let by_user = env.call(
+        &alice,
+        "job.start",
+        &json!({"action": "provision", "params": {"path": "/etc"}}),
+    );
+    assert_eq!(kind(&by_user), "not_found", "{by_user}");
+    assert!(!target.join(".stored").exists());
 }

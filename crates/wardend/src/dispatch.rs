@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use warden_policy::{Decision, ListenerPolicy, PeerIdentity, Runtime, gate::Target};
+use warden_policy::gate::{Judged, Target};
+use warden_policy::{Decision, ListenerPolicy, PeerIdentity, Runtime};
 use warden_proto::envelope::{self, Envelope, Id};
 use warden_proto::error::code;
 use warden_proto::request::ClientName;
@@ -335,7 +336,7 @@ fn run_inline<'a>(
             .authorize(&s.peer, &s.listener, &request, &runtime)
     };
     let tier = match decision {
-        Decision::Allow { tier } => tier,
+        Decision::Allow { tier, .. } => tier,
         Decision::Deny { kind, reason, .. } => {
             let client = s.client.as_ref().map(|c| c.as_str().to_owned());
             return Err(denied(shared, &s.peer, client, &request, kind, reason));
@@ -411,6 +412,9 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         },
         (None, None) => Target::Nothing,
     };
+    // One snapshot of the policy judges the request; what it judged (the action spec, the
+    // kind and its hook) travels on in the decision, so a reload landing while the request's
+    // record is flushed cannot make it run something the gate never saw.
     // The read guards end with this block: nothing here waits while holding them.
     let decision = {
         let ops = shared.brakes.ops();
@@ -424,8 +428,8 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             .policy()
             .authorize(&caller.peer, &caller.listener, &request, &runtime)
     };
-    let tier = match decision {
-        Decision::Allow { tier } => tier,
+    let (tier, judged) = match decision {
+        Decision::Allow { tier, judged } => (tier, judged),
         Decision::Deny { kind, reason, .. } => {
             let f = denied(
                 &shared,
@@ -439,7 +443,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         }
     };
     // A request that changes something is on disk, decided, before anything happens.
-    let mut owed = audited(&shared, &caller, &request).map(|event| Owed {
+    let mut owed = audited(&caller, &request, &judged).map(|event| Owed {
         audit: &shared.audit,
         event: Some(event),
     });
@@ -465,6 +469,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         out,
         tier,
         target,
+        judged,
     )));
     let result = match handler.await {
         Ok(r) => r,
@@ -553,7 +558,7 @@ pub(crate) fn changes_state(method: Method) -> bool {
 /// The audit record of `request` if it changes something: starting a mutating action,
 /// cancelling a job, switching an ops toggle, engaging or releasing the lockdown. Parameters
 /// come redacted by the action's declaration.
-fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit::Event> {
+fn audited(caller: &Caller, request: &Request, judged: &Judged) -> Option<audit::Event> {
     if !changes_state(request.method()) {
         return None;
     }
@@ -565,8 +570,9 @@ fn audited(shared: &Shared, caller: &Caller, request: &Request) -> Option<audit:
     };
     match request {
         Request::JobStart(p) => {
-            let policy = shared.policy();
-            let action = policy.actions.get(&p.action)?;
+            let Judged::Action(action) = judged else {
+                return None;
+            };
             if !action.mutating {
                 return None;
             }

@@ -145,7 +145,7 @@ impl Registry {
     /// An unreadable registry is an error: who owns what cannot be guessed.
     pub(crate) fn open(
         state_dir: &Path,
-        kinds: &BTreeMap<String, ResourceKind>,
+        kinds: &BTreeMap<String, std::sync::Arc<ResourceKind>>,
     ) -> io::Result<Registry> {
         let saved: Saved = read_json(&state_dir.join(FILE))?.unwrap_or_default();
         let mut entries = BTreeMap::new();
@@ -364,7 +364,7 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn kinds(base: &Path) -> BTreeMap<String, ResourceKind> {
+    fn kinds(base: &Path) -> BTreeMap<String, std::sync::Arc<ResourceKind>> {
         let text = format!(
             "[[resource]]\nkind = \"ws\"\nbase_dir = \"{}\"\nmax_per_uid = 5\ntier = \"read_only\"\n",
             base.display()

@@ -378,3 +378,81 @@ async fn a_flood_of_protocol_violations_raises_one_alert() {
     drop(c);
     d.stop();
 }
+
+/// Pins: what the gate judged is what runs. A read_only caller starts an action while reloads
+/// flip its declaration between one it may start (touching `judged`) and one only an admin may
+/// start (touching `unjudged`); no start may run the declaration its gate never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_racing_starts_never_runs_an_unjudged_spec() {
+    if !warden_testkit::root_or_skip("a_reload_racing_starts_never_runs_an_unjudged_spec") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let path = dir.path().join("warden.toml");
+    let text = |tier: &str, mark: &str| {
+        warden_testkit::config(
+            &format!(
+                "[daemon]\nruntime_dir = \"{{dir}}/run\"\nstate_dir = \"{{dir}}/state\"\n\
+                 [limits]\nrequests_per_second = 100000\nburst = 100000\n\
+                 uid_requests_per_second = 100000\nuid_burst = 100000\n\
+                 [[listener]]\npath = \"{{dir}}/run/admin.sock\"\nmode = \"0600\"\n\
+                 [[listener]]\npath = \"{{dir}}/run/ro.sock\"\nmode = \"0600\"\nmax_tier = \"read_only\"\n\
+                 [[action]]\nname = \"flip\"\nargv = [\"/usr/bin/touch\", \"{{dir}}/{mark}\"]\n\
+                 tier = \"{tier}\"\nmutating = true\n"
+            ),
+            dir.path(),
+        )
+    };
+    let judged = text("read_only", "judged");
+    let unjudged = text("admin", "unjudged");
+    std::fs::write(&path, &judged).unwrap();
+    let d = Daemon::spawn_thread(Settings::system(&path, true).unwrap()).unwrap();
+    let mut admin = admin(dir.path()).await;
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut starters = Vec::new();
+    for _ in 0..4 {
+        let mut c = viewer(dir.path()).await;
+        let done = std::sync::Arc::clone(&done);
+        starters.push(tokio::spawn(async move {
+            let mut started = Vec::new();
+            // Bounded: at most 2,000 attempts each, whatever the reloads do.
+            for _ in 0..2_000 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if let Ok(s) = c.start("flip", &none(), None).await {
+                    started.push(s.job_id);
+                }
+            }
+            (c, started)
+        }));
+    }
+    let mut reloads = 0;
+    while reloads < 40 && !starters.iter().all(|s| s.is_finished()) {
+        let next = if reloads % 2 == 0 { &unjudged } else { &judged };
+        std::fs::write(&path, next).unwrap();
+        admin
+            .call::<_, Value>("policy.reload", &serde_json::json!({}))
+            .await
+            .unwrap();
+        reloads += 1;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ran = 0;
+    for s in starters {
+        let (mut c, started) = s.await.unwrap();
+        for id in started {
+            c.wait(id.as_str(), 30_000).await.unwrap();
+            ran += 1;
+        }
+    }
+    assert!(ran > 0 && reloads > 10, "{ran} jobs, {reloads} reloads");
+    assert!(
+        !dir.path().join("unjudged").exists(),
+        "a read_only caller ran the admin-only declaration"
+    );
+    assert!(dir.path().join("judged").exists());
+    drop(admin);
+    d.stop();
+}

@@ -117,7 +117,7 @@ pub(super) fn explain(shared: &Shared, p: &ExplainParams) -> Result<Reply<'stati
         _ => None,
     };
     Ok(Reply::Explained(match decision {
-        Decision::Allow { tier } => ExplainResult {
+        Decision::Allow { tier, .. } => ExplainResult {
             decision: "allow".into(),
             tier,
             kind: None,

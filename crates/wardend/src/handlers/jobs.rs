@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use warden_policy::Checked;
+use warden_policy::{ActionSpec, Checked};
 use warden_proto::jobs::{JobList, LogChunk, Requester, notification};
 use warden_proto::request::{
     JobListParams, JobLogsParams, JobParams, JobStartParams, JobWaitParams, Scope,
@@ -36,7 +36,6 @@ pub(crate) async fn run(
     out: Outbound,
 ) -> Result<Reply<'static>, Failure> {
     match request {
-        Request::JobStart(p) => start(&shared, &caller, p).await,
         Request::JobGet(p) => get(&shared, &p.job_id).await,
         Request::JobList(p) => list(&shared, &caller, p).await,
         Request::JobCancel(p) => cancel(&shared, &p).await,
@@ -55,16 +54,14 @@ fn bad(message: String) -> Failure {
     Failure::new(ErrorKind::BadRequest, message)
 }
 
+/// Starts `action`, the spec the gate judged this request against (never one looked up again:
+/// a reload may have changed the policy since).
 pub(super) async fn start(
     shared: &Shared,
     caller: &Caller,
     p: JobStartParams,
+    action: &Arc<ActionSpec>,
 ) -> Result<Reply<'static>, Failure> {
-    let policy = shared.policy();
-    let action = policy
-        .actions
-        .get(&p.action)
-        .ok_or_else(|| Failure::new(ErrorKind::NotFound, format!("no action `{}`", p.action)))?;
     let checked = action
         .check_params(&p.params)
         .map_err(|e| bad(e.to_string()))?;
@@ -112,7 +109,7 @@ pub(super) async fn start(
     let shown: BTreeMap<String, Value> = action.redact(&p.params);
     let peer = &caller.peer;
     let request = StartRequest {
-        action: Arc::new(action.clone()),
+        action: Arc::clone(action),
         values,
         shown,
         secrets,

@@ -15,7 +15,7 @@ pub(crate) use introspect::StaticStatus;
 
 use serde::Serialize;
 use warden_policy::PeerIdentity;
-use warden_policy::gate::Target;
+use warden_policy::gate::{Judged, Target};
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
     AlertsResult, AuditQueryResult, AuditVerifyResult, DoctorFinding, DoctorResult, ExplainResult,
@@ -82,8 +82,9 @@ pub(crate) fn runs_later(request: &Request) -> bool {
     )
 }
 
-/// Runs a request that [`runs_later`], on its own task. `tier` and `target` are what the gate
-/// decided with: the caller's tier, and the owner of what the request names as the gate saw it.
+/// Runs a request that [`runs_later`], on its own task. `tier`, `target` and `judged` are what
+/// the gate decided with: the caller's tier, the owner of what the request names as the gate
+/// saw it, and the declarations it judged (which run as judged, whatever a reload did since).
 pub(crate) async fn run_later(
     shared: std::sync::Arc<Shared>,
     caller: std::sync::Arc<crate::dispatch::Caller>,
@@ -91,15 +92,40 @@ pub(crate) async fn run_later(
     out: crate::dispatch::Outbound,
     tier: Tier,
     target: Target,
+    judged: Judged,
 ) -> Result<Reply<'static>, Failure> {
     // The owner the gate allowed: a resource that changed hands since is answered as missing.
     let seen = match target {
         Target::Resource { owner } => owner,
         _ => None,
     };
+    match (request, judged) {
+        (Request::ResourceCreate(p), Judged::Create { kind, hook }) => {
+            resources::create(&shared, &caller, p, &kind, hook.as_ref()).await
+        }
+        (Request::ResourceDelete(p), Judged::Delete { hook }) => {
+            resources::delete(&shared, &caller, p, seen, hook.as_ref()).await
+        }
+        (Request::JobStart(p), Judged::Action(action)) => {
+            jobs::start(&shared, &caller, p, &action).await
+        }
+        (Request::ResourceCreate(_) | Request::ResourceDelete(_) | Request::JobStart(_), _) => Err(
+            Failure::internal("the gate allowed a request without judging its declarations"),
+        ),
+        (request, _) => run_judged_nothing(shared, caller, request, out, tier, seen).await,
+    }
+}
+
+/// [`run_later`] for requests whose gate judged no declaration.
+async fn run_judged_nothing(
+    shared: std::sync::Arc<Shared>,
+    caller: std::sync::Arc<crate::dispatch::Caller>,
+    request: Request,
+    out: crate::dispatch::Outbound,
+    tier: Tier,
+    seen: Option<warden_proto::Uid>,
+) -> Result<Reply<'static>, Failure> {
     match request {
-        Request::ResourceCreate(p) => resources::create(&shared, &caller, p).await,
-        Request::ResourceDelete(p) => resources::delete(&shared, &caller, p, seen).await,
         Request::ResourceGet(p) => resources::get(&shared, &p, seen),
         Request::ResourceList(p) => Ok(resources::list(&shared, &caller, tier, &p)),
         Request::AuditVerify => audit::verify(&shared).await,

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use warden_policy::ResourceKind;
+use warden_policy::{ActionSpec, ResourceKind};
 use warden_proto::jobs::JobState;
 use warden_proto::messages::{ResourceInfo, ResourceList};
 use warden_proto::request::{
     JobStartParams, OwnerRef, ResourceCreateParams, ResourceListParams, ResourceParams,
 };
-use warden_proto::{ActionName, ErrorKind, JobId, Tier, Uid};
+use warden_proto::{ErrorKind, JobId, Tier, Uid};
 
 use super::Reply;
 use crate::dispatch::{Caller, Failure};
@@ -72,15 +72,6 @@ fn resolve_owner(caller_uid: u32, asked: Option<&OwnerRef>) -> Result<Owner, Fai
     Ok(Owner { uid, gid, name })
 }
 
-fn kind_of(shared: &Shared, kind: &str) -> Result<ResourceKind, Failure> {
-    shared.policy().resources.get(kind).cloned().ok_or_else(|| {
-        Failure::new(
-            ErrorKind::NotFound,
-            format!("no resource kind `{}`", kind.escape_debug()),
-        )
-    })
-}
-
 fn publish(shared: &Shared, change: &str, entry: &Entry, by: u32) {
     shared.bus.publish(
         "resource",
@@ -95,29 +86,18 @@ fn publish(shared: &Shared, change: &str, entry: &Entry, by: u32) {
     );
 }
 
-/// Runs a kind's hook action with the resource as its parameters and waits for its end.
-/// `Err` if it did not succeed, naming the job.
+/// Runs a kind's hook action (the spec the gate judged) with the resource as its parameters
+/// and waits for its end. `Err` if it did not succeed, naming the job.
 async fn run_hook(
     shared: &Arc<Shared>,
     caller: &Caller,
     which: &str,
-    action: &ActionName,
+    spec: &Arc<ActionSpec>,
     entry: &Entry,
 ) -> Result<JobId, Failure> {
-    let (declared, limit) = {
-        let policy = shared.policy();
-        let spec = policy.actions.get(action).ok_or_else(|| {
-            Failure::new(
-                ErrorKind::NotFound,
-                format!("{which} action `{action}` is no longer declared"),
-            )
-        })?;
-        let declared: Vec<String> = spec.params.keys().cloned().collect();
-        (
-            declared,
-            spec.timeout + spec.cancel_grace + Duration::from_secs(5),
-        )
-    };
+    let action = &spec.name;
+    let declared: Vec<String> = spec.params.keys().cloned().collect();
+    let limit = spec.timeout + spec.cancel_grace + Duration::from_secs(5);
     let values = [
         ("kind", Value::from(entry.kind.clone())),
         ("name", Value::from(entry.name.clone())),
@@ -147,6 +127,7 @@ async fn run_hook(
             params,
             idempotency_key: None,
         },
+        spec,
     )
     .await?;
     let Reply::Started(started) = started else {
@@ -170,23 +151,25 @@ async fn run_hook(
     }
 }
 
+/// Creates a resource of `kind` and runs `hook`, both as the gate judged them.
 pub(super) async fn create(
     shared: &Arc<Shared>,
     caller: &Caller,
     p: ResourceCreateParams,
+    kind: &Arc<ResourceKind>,
+    hook: Option<&Arc<ActionSpec>>,
 ) -> Result<Reply<'static>, Failure> {
-    let kind = kind_of(shared, &p.kind)?;
     kind.check_name(&p.name).map_err(bad)?;
     let caller_uid = caller.peer.uid.0;
     let registry = Arc::clone(&shared.resources);
-    let (name, asked, made_kind) = (p.name.clone(), p.owner.clone(), kind.clone());
+    let (name, asked, made_kind) = (p.name.clone(), p.owner.clone(), Arc::clone(kind));
     let entry = blocking(move || {
         let owner = resolve_owner(caller_uid, asked.as_ref())?;
         registry.create(&made_kind, &name, &owner).map_err(failure)
     })
     .await?;
     let mut hook_job = None;
-    if let Some(action) = &kind.on_create {
+    if let Some(action) = hook {
         match run_hook(shared, caller, "on_create", action, &entry).await {
             Ok(id) => hook_job = Some(id),
             Err(f) => {
@@ -222,20 +205,17 @@ fn seen_entry(shared: &Shared, p: &ResourceParams, seen: Option<Uid>) -> Result<
         .ok_or_else(missing)
 }
 
+/// Deletes the resource the gate allowed, running `hook`, the `on_delete` it judged.
 pub(super) async fn delete(
     shared: &Arc<Shared>,
     caller: &Caller,
     p: ResourceParams,
     seen: Option<Uid>,
+    hook: Option<&Arc<ActionSpec>>,
 ) -> Result<Reply<'static>, Failure> {
     let entry = seen_entry(shared, &p, seen)?;
-    let hook = shared
-        .policy()
-        .resources
-        .get(&p.kind)
-        .and_then(|k| k.on_delete.clone());
     // The hook runs first: if it fails, the resource stays whole.
-    let hook_job = match &hook {
+    let hook_job = match hook {
         Some(action) => Some(run_hook(shared, caller, "on_delete", action, &entry).await?),
         None => None,
     };

@@ -714,7 +714,7 @@ impl Jobs {
             };
             if action.reconcile.is_some() {
                 let jobs = Arc::clone(self);
-                let action = Arc::new(action.clone());
+                let action = Arc::clone(action);
                 self.tracker.spawn(jobs.reconcile(action, record));
             }
         }
