@@ -34,6 +34,38 @@ fn c_name(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))
 }
 
+/// The mode of a base directory (and of each parent) the daemon creates: owners must be able to
+/// reach their own directories inside it.
+pub const BASE_DIR_MODE: u32 = 0o755;
+
+/// Creates `path` and each missing parent with exactly `mode`. The mode is set after `mkdir`,
+/// because the daemon's umask (077) would otherwise narrow it to 0700 and lock every owner out
+/// of what they own. Directories that already exist are left as they are.
+fn make_missing(path: &Path, mode: u32) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(path);
+    while let Some(p) = at {
+        match std::fs::symlink_metadata(p) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(p),
+            Err(e) => return Err(e),
+        }
+        at = p.parent().filter(|p| !p.as_os_str().is_empty());
+    }
+    for dir in missing.into_iter().rev() {
+        match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {
+                // Opened without following a symlink, so the mode lands on what was just made.
+                let fd = rustix::fs::open(dir, dir_flags(), Mode::empty())?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+            }
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
@@ -43,11 +75,7 @@ impl BaseDir {
     /// this process's user and writable by nobody else; otherwise another user could swap
     /// names in it between the daemon's steps.
     pub fn open(path: &Path) -> io::Result<BaseDir> {
-        match std::fs::DirBuilder::new().recursive(true).create(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
+        make_missing(path, BASE_DIR_MODE)?;
         let fd = rustix::fs::open(path, dir_flags(), Mode::empty())?;
         let st = rustix::fs::fstat(&fd)?;
         let me = rustix::process::geteuid().as_raw();

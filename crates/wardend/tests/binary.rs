@@ -493,3 +493,50 @@ fn doctor_passes_a_sound_installation_and_names_what_is_wrong() {
         "{out}"
     );
 }
+
+/// Pins: a resource kind's missing base_dir (and its missing parents) is made mode 0755 by the
+/// real daemon, whose umask is 077, so a real owner can reach and write what they own in it.
+#[test]
+fn a_missing_base_dir_is_made_0755_so_owners_reach_their_resources() {
+    if !warden_testkit::root_or_skip(
+        "a_missing_base_dir_is_made_0755_so_owners_reach_their_resources",
+    ) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let alice = warden_testkit::users::TestUser::create(&[]);
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(
+        dir.path(),
+        "[[listener]]\npath = \"{dir}/run/w.sock\"\n\
+         [[resource]]\nkind = \"ws\"\nbase_dir = \"{dir}/srv/deep/ws\"\nmax_per_uid = 1\ntier = \"read_only\"\n",
+    );
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config").arg(&cfg);
+    let mut p = Proc::spawn(cmd, dir.path());
+    let sock = dir.path().join("run/w.sock");
+    wait_for(&sock);
+    let mut root = RawClient::hello(&sock);
+    let made = root.call(
+        2,
+        "resource.create",
+        json!({"kind": "ws", "name": "mine", "owner": alice.uid}),
+    );
+    assert_eq!(made["result"]["owner_uid"], alice.uid, "{made}");
+    for rel in ["srv", "srv/deep", "srv/deep/ws"] {
+        let mode = std::fs::metadata(dir.path().join(rel))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755, "{rel}");
+    }
+    let mine = dir.path().join("srv/deep/ws/mine");
+    let wrote = alice
+        .command(Path::new("/usr/bin/touch"))
+        .arg(mine.join("file"))
+        .status()
+        .unwrap();
+    assert!(wrote.success(), "the owner cannot reach {}", mine.display());
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+}
