@@ -75,6 +75,30 @@ pub enum Target {
 }
 
 impl ActionSpec {
+    /// The brake that stops this action now, in words, or `None`: one of its ops toggles off,
+    /// or the lockdown when it changes state. For work the daemon starts on its own (a lost
+    /// job's `reconcile`), which has no caller to judge but must stop at the same brakes.
+    pub fn braked(
+        &self,
+        ops: &BTreeMap<String, bool>,
+        lockdown: Option<&Lockdown>,
+    ) -> Option<String> {
+        if let Some(op) = self
+            .ops
+            .iter()
+            .find(|op| !ops.get(op.as_str()).copied().unwrap_or(false))
+        {
+            return Some(format!("ops `{op}` is switched off"));
+        }
+        match lockdown {
+            Some(l) if self.mutating => Some(format!(
+                "warden is locked down (by uid {} since {}): {}",
+                l.by_uid, l.since, l.reason
+            )),
+            _ => None,
+        }
+    }
+
     /// What starting this action needs. Never less than `read_only`: tier `none` may only greet.
     pub fn requirement(&self) -> Requirement<'_> {
         Requirement {

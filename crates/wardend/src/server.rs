@@ -295,7 +295,10 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        jobs.recover(lost, &policy);
+        // The brakes are read before any reconcile runs: a lockdown or an ops toggle that
+        // survived the restart defers the reconciles it stops.
+        let brakes = Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?;
+        jobs.recover(lost, &policy, &brakes.ops(), brakes.lockdown().as_ref());
         let shared = Arc::new(Shared {
             static_status,
             jobs,
@@ -304,7 +307,7 @@ impl Daemon {
             alerts: Alerts::new(bus.clone()),
             bus,
             resources,
-            brakes: Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?,
+            brakes,
             admission: Admission::new(policy.limits.clone()),
             limits: policy.limits.clone(),
             policy: std::sync::RwLock::new(Arc::new(policy)),

@@ -177,3 +177,122 @@ async fn jobs_of_a_killed_daemon_are_lost_reconciled_and_leave_nothing_running()
         .unwrap();
     assert!(daemon.wait().unwrap().success());
 }
+
+/// A daemon whose one action passes its commit point and then holds on, so neither a lockdown
+/// nor switching its ops toggle off can stop it, and whose reconcile leaves a mark.
+fn braked_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"[daemon]
+runtime_dir = "{d}/run"
+state_dir = "{d}/state"
+[[listener]]
+path = "{d}/run/w.sock"
+[ops]
+storage = true
+[[action]]
+name = "committed"
+argv = ["/bin/sh", "-c", "echo commit >&\"$WARDEN_STATUS_FD\"; exec sleep 300"]
+reconcile = ["/bin/sh", "-c", "echo reconciled > \"$1/reconciled-$WARDEN_JOB_ID\"", "reconcile", "{d}"]
+ops = ["storage"]
+mutating = true
+"#
+    )
+}
+
+/// The lost job's message once it names its reconcile (polled, at most 5 s).
+async fn reconcile_message(c: &mut Client, id: &str) -> String {
+    for _ in 0..500 {
+        if let Some(m) = c.job(id).await.unwrap().message
+            && m.contains("reconcile")
+        {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("job {id} never named its reconcile");
+}
+
+fn kill(daemon: &mut Child) {
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
+
+/// Pins: a lost job's reconcile waits for the brakes read at start: under a lockdown that
+/// survived the restart, or with its action's ops toggle off, it is deferred (the job says so)
+/// and does not run, also across another restart; once both brakes are released it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_jobs_reconcile_waits_for_the_lockdown_and_its_ops() {
+    if !warden_testkit::root_or_skip("a_lost_jobs_reconcile_waits_for_the_lockdown_and_its_ops") {
+        return;
+    }
+    let tmp = warden_testkit::safe_tempdir();
+    let dir = tmp.path();
+    std::fs::write(dir.join("warden.toml"), braked_config(dir)).unwrap();
+    let mut daemon = spawn(dir);
+    let mut c = connect(dir).await;
+    let id = c
+        .start("committed", &Map::new(), None)
+        .await
+        .unwrap()
+        .job_id
+        .to_string();
+    for _ in 0..500 {
+        if c.job(&id).await.unwrap().committed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(c.job(&id).await.unwrap().committed);
+    c.set_op("storage", false, "disk swap").await.unwrap();
+    c.lockdown_engage("incident 9").await.unwrap();
+    assert_eq!(c.job(&id).await.unwrap().state, JobState::Running);
+    drop(c);
+    kill(&mut daemon);
+
+    let mark = dir.join(format!("reconciled-{id}"));
+    for _ in 0..2 {
+        let mut daemon = spawn(dir);
+        let mut c = connect(dir).await;
+        let message = reconcile_message(&mut c, &id).await;
+        assert!(message.contains("reconcile deferred"), "{message}");
+        assert!(message.contains("ops `storage`"), "{message}");
+        assert!(!mark.exists(), "the reconcile ran past the brakes");
+        drop(c);
+        kill(&mut daemon);
+    }
+
+    let mut daemon = spawn(dir);
+    let mut c = connect(dir).await;
+    c.lockdown_release().await.unwrap();
+    // Still off: ops `storage`.
+    let message = reconcile_message(&mut c, &id).await;
+    assert!(message.contains("reconcile deferred"), "{message}");
+    c.set_op("storage", true, "done").await.unwrap();
+    for _ in 0..500 {
+        if mark.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(mark.exists(), "the reconcile never ran once released");
+    let mut message = reconcile_message(&mut c, &id).await;
+    for _ in 0..500 {
+        if message.ends_with("reconcile exited with status 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        message = reconcile_message(&mut c, &id).await;
+    }
+    assert!(
+        message.ends_with("reconcile exited with status 0"),
+        "{message}"
+    );
+    drop(c);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status()
+        .unwrap();
+    assert!(daemon.wait().unwrap().success());
+}

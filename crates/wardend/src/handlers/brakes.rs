@@ -73,6 +73,7 @@ pub(super) fn set_op(
         serde_json::json!({ "name": p.name, "enabled": p.enabled, "by_uid": caller.peer.uid.0 }),
     );
     let stopping = if p.enabled {
+        resume_reconciles(shared);
         Vec::new()
     } else {
         shared
@@ -80,6 +81,16 @@ pub(super) fn set_op(
             .cancel_where(|action| action.ops.contains(&p.name))
     };
     Ok(Reply::Ops(OpsResult { ops, stopping }))
+}
+
+/// Runs the lost jobs' reconciles that a brake held back and that no brake stops now.
+fn resume_reconciles(shared: &Arc<Shared>) {
+    let policy = shared.policy();
+    let ops = shared.brakes.ops().clone();
+    let lockdown = shared.brakes.lockdown().clone();
+    shared
+        .jobs
+        .resume_deferred(&policy, &ops, lockdown.as_ref());
 }
 
 /// Engages the lockdown: from now on every request that changes state is refused, and running
@@ -118,8 +129,9 @@ pub(super) fn engage(
     }))
 }
 
-pub(super) fn release(shared: &Shared, caller: &Caller) -> Result<Reply<'static>, Failure> {
+pub(super) fn release(shared: &Arc<Shared>, caller: &Caller) -> Result<Reply<'static>, Failure> {
     if shared.brakes.release().map_err(|e| saving(&e))?.is_some() {
+        resume_reconciles(shared);
         shared.alerts.raise(
             "lockdown",
             format!("lockdown released by uid {}", caller.peer.uid),

@@ -89,10 +89,19 @@ DROP INDEX IF EXISTS jobs_by_key;
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (requester_uid, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+-- Lost jobs whose reconcile has not run yet: kept until it has, so a reconcile a brake defers
+-- (lockdown, an ops toggle off) survives restarts and runs once the brake is released.
+CREATE TABLE IF NOT EXISTS reconcile_pending (id TEXT PRIMARY KEY);
 ";
 
-/// Jobs that were queued or running when the daemon stopped, now marked lost.
-pub(crate) type LostJobs = Vec<JobRecord>;
+/// What opening the ledger found owed from earlier runs.
+#[derive(Debug, Default)]
+pub(crate) struct LostJobs {
+    /// Jobs that were queued or running when the daemon stopped, now marked lost.
+    pub now: Vec<JobRecord>,
+    /// Lost jobs of earlier runs whose reconcile a brake deferred and has not run yet.
+    pub earlier: Vec<JobRecord>,
+}
 
 impl Ledger {
     /// Opens (creating, mode 0600) `path`, applies the schema, and marks every job that was left
@@ -172,6 +181,28 @@ impl Ledger {
     /// Records a job as it now stands.
     pub(crate) async fn put(&self, row: &Row) -> Result<(), LedgerError> {
         Ledger::with(&self.conn, |tx| put(tx, row))
+    }
+
+    /// Replaces the stored record of a job that has ended (a lost job's message).
+    pub(crate) async fn rewrite(&self, record: &JobRecord) -> Result<(), LedgerError> {
+        let text = serde_json::to_string(record)?;
+        let id = record.job_id.as_str().to_owned();
+        Ledger::with(&self.conn, move |tx| {
+            tx.execute(
+                "UPDATE jobs SET record = ?1 WHERE id = ?2",
+                params![text, id],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets that `id`'s reconcile is owed: it ran, or there is none to run.
+    pub(crate) async fn reconciled(&self, id: &JobId) -> Result<(), LedgerError> {
+        let id = id.as_str().to_owned();
+        Ledger::with(&self.conn, move |tx| {
+            tx.execute("DELETE FROM reconcile_pending WHERE id = ?1", params![id])?;
+            Ok(())
+        })
     }
 
     pub(crate) async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, LedgerError> {
@@ -282,9 +313,27 @@ fn mark_lost(
                 record.job_id.as_str()
             ],
         )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO reconcile_pending (id) VALUES (?1)",
+            params![record.job_id.as_str()],
+        )?;
+    }
+    // Earlier runs' lost jobs whose reconcile a brake deferred come back beside the new ones.
+    let mut earlier = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT record FROM jobs WHERE id IN (SELECT id FROM reconcile_pending) ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for text in rows {
+            let record = decode(text?)?;
+            if !lost.iter().any(|l| l.job_id == record.job_id) {
+                earlier.push(record);
+            }
+        }
     }
     tx.commit()?;
-    Ok(lost)
+    Ok(LostJobs { now: lost, earlier })
 }
 
 fn put(conn: &Connection, row: &Row) -> Result<(), LedgerError> {
@@ -400,7 +449,7 @@ mod tests {
         let path = dir.path().join("ledger.db");
         {
             let (l, lost) = Ledger::open(&path, 0, "t0", "m").unwrap();
-            assert!(lost.is_empty());
+            assert!(lost.now.is_empty() && lost.earlier.is_empty());
             l.put(&row(record(1, 1000, JobState::Running), 10, Some("k")))
                 .await
                 .unwrap();
@@ -437,12 +486,13 @@ mod tests {
         );
         assert_eq!(mode & 0o777, 0o600);
         let (l, lost) = Ledger::open(&path, 99, "t99", "daemon stopped").unwrap();
-        let mut ids: Vec<_> = lost.iter().map(|r| r.job_id.clone()).collect();
+        let mut ids: Vec<_> = lost.now.iter().map(|r| r.job_id.clone()).collect();
         ids.sort();
         assert_eq!(
             ids,
             [JobId::from_random([1; 8]), JobId::from_random([3; 8])]
         );
+        assert!(lost.earlier.is_empty());
         let r = l.get(&JobId::from_random([1; 8])).await.unwrap().unwrap();
         assert_eq!(
             (r.state, r.message.as_deref()),

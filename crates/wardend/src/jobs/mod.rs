@@ -24,12 +24,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use warden_policy::{ActionSpec, JobSettings, Policy};
+use warden_policy::{ActionSpec, JobSettings, Lockdown, Policy};
 use warden_proto::jobs::{JobRecord, JobStarted, JobState, JobSummary, Requester};
 use warden_proto::{JobId, Uid};
 
 use self::cgroup::CgroupTree;
 pub(crate) use self::ledger::LedgerError;
+pub(crate) use self::ledger::LostJobs;
 use self::ledger::{Ledger, ListQuery, Row};
 use self::output::Output;
 pub(crate) use self::supervise::{CancelRefused, Control};
@@ -207,6 +208,10 @@ pub(crate) struct Jobs {
     audit: Arc<AuditLog>,
     /// and published here.
     bus: Bus,
+    /// Lost jobs whose `reconcile` a brake holds back (lockdown, an ops toggle off), run by
+    /// [`Jobs::resume_deferred`] once the brakes allow. The ledger keeps them owed too, so a
+    /// restart does not forget them.
+    deferred: Mutex<Vec<JobRecord>>,
 }
 
 impl Jobs {
@@ -217,7 +222,7 @@ impl Jobs {
         settings: JobSettings,
         audit: Arc<AuditLog>,
         bus: Bus,
-    ) -> Result<(Arc<Jobs>, Vec<JobRecord>), JobsError> {
+    ) -> Result<(Arc<Jobs>, LostJobs), JobsError> {
         let logs = state_dir.join("jobs");
         match std::fs::DirBuilder::new().mode(0o700).create(&logs) {
             Ok(()) => {}
@@ -253,8 +258,9 @@ impl Jobs {
             tracker: TaskTracker::new(),
             audit,
             bus,
+            deferred: Mutex::new(Vec::new()),
         });
-        for record in &lost {
+        for record in &lost.now {
             jobs.audit_record(record);
         }
         jobs.prune().await;
@@ -705,19 +711,83 @@ impl Jobs {
         }
     }
 
-    /// Runs the `reconcile` of each lost job whose action declares one (in the background).
-    pub(crate) fn recover(self: &Arc<Self>, lost: Vec<JobRecord>, policy: &Policy) {
-        for record in lost {
+    /// Runs the `reconcile` of each lost job whose action declares one (in the background),
+    /// unless a brake stops that action now (`ops`, `lockdown`: read before anything runs).
+    /// Then the reconcile is deferred: the job's message says why, and it runs when
+    /// [`Jobs::resume_deferred`] finds the brakes released.
+    pub(crate) fn recover(
+        self: &Arc<Self>,
+        lost: LostJobs,
+        policy: &Policy,
+        ops: &BTreeMap<String, bool>,
+        lockdown: Option<&Lockdown>,
+    ) {
+        for record in lost.now {
             tracing::warn!(job = %record.job_id, action = %record.action, "job lost when the daemon stopped");
-            let Some(action) = policy.actions.get(&record.action) else {
-                continue;
-            };
-            if action.reconcile.is_some() {
-                let jobs = Arc::clone(self);
-                let action = Arc::clone(action);
-                self.tracker.spawn(jobs.reconcile(action, record));
-            }
+            self.reconcile_or_defer(record, policy, ops, lockdown);
         }
+        for record in lost.earlier {
+            self.reconcile_or_defer(record, policy, ops, lockdown);
+        }
+    }
+
+    /// Runs the reconciles [`Jobs::recover`] deferred whose action no brake stops now.
+    pub(crate) fn resume_deferred(
+        self: &Arc<Self>,
+        policy: &Policy,
+        ops: &BTreeMap<String, bool>,
+        lockdown: Option<&Lockdown>,
+    ) {
+        let waiting =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(PoisonError::into_inner));
+        for record in waiting {
+            self.reconcile_or_defer(record, policy, ops, lockdown);
+        }
+    }
+
+    fn reconcile_or_defer(
+        self: &Arc<Self>,
+        mut record: JobRecord,
+        policy: &Policy,
+        ops: &BTreeMap<String, bool>,
+        lockdown: Option<&Lockdown>,
+    ) {
+        let jobs = Arc::clone(self);
+        let Some(action) = policy
+            .actions
+            .get(&record.action)
+            .filter(|a| a.reconcile.is_some())
+        else {
+            // Nothing to run (or the action is no longer declared): nothing is owed.
+            self.tracker.spawn(async move {
+                if let Err(e) = jobs.ledger.reconciled(&record.job_id).await {
+                    tracing::error!(job = %record.job_id, error = %e, "cannot record a reconcile");
+                }
+            });
+            return;
+        };
+        let Some(brake) = action.braked(ops, lockdown) else {
+            self.tracker
+                .spawn(jobs.reconcile(Arc::clone(action), record));
+            return;
+        };
+        let message = format!(
+            "lost: the daemon stopped while the job was queued or running; reconcile deferred until released: {brake}"
+        );
+        if record.message.as_deref() != Some(message.as_str()) {
+            tracing::warn!(job = %record.job_id, action = %record.action, brake = %brake,
+                "reconcile of a lost job deferred by a brake");
+            record.message = Some(message);
+        }
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record.clone());
+        self.tracker.spawn(async move {
+            if let Err(e) = jobs.ledger.rewrite(&record).await {
+                tracing::error!(job = %record.job_id, error = %e, "cannot record a deferred reconcile");
+            }
+        });
     }
 }
 

@@ -671,5 +671,8 @@ impl Jobs {
             Ok(()) => self.audit_record(&row.record),
             Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record a reconcile"),
         }
+        if let Err(e) = self.ledger.reconciled(&job.id).await {
+            tracing::error!(job = %job.id, error = %e, "cannot record a reconcile");
+        }
     }
 }
