@@ -193,9 +193,10 @@ mutating = false
     assert_eq!(seen["state"], "running");
     assert_eq!(seen["requester"]["uid"], alice.uid);
     let out = env.as_user(&admin, &["--json", "job", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "a running job has not ended: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let out = env.as_user(&admin, &["--json", "cancel", &id]);
