@@ -208,6 +208,18 @@ pub async fn run(client: &mut Client, action: &str, pairs: &[String], o: RunOpti
                 Ok(p) => p,
                 Err(e) => return e.report(o.json),
             },
+            // The daemon hides an action from whoever could not start it now, for whatever
+            // reason: a lockdown, an ops toggle switched off, a missing tier. Only job.start
+            // says which (and with which kind), so ask it, with the values as given: the gate
+            // decides before the values are checked.
+            Err(ClientError::Rpc(e))
+                if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Forbidden) =>
+            {
+                match untyped_params(pairs) {
+                    Ok(p) => p,
+                    Err(e) => return e.report(o.json),
+                }
+            }
             Err(e) => return fail(&e, o.json),
         }
     };
