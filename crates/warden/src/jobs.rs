@@ -1,4 +1,5 @@
-//! `warden actions`, `run`, `jobs`, `job`, `cancel` and `logs`.
+//! `warden actions`, `run`, `jobs`, `job`, `cancel` and `logs`. What the daemon refuses is shown
+//! as the daemon said it (through `failure.rs`); `run` and `job` exit with the job's state.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -12,20 +13,8 @@ use warden_proto::ErrorKind;
 use warden_proto::envelope::Incoming;
 use warden_proto::jobs::{ActionInfo, JobRecord, JobState, LogChunk, ParamKind, notification};
 
-use crate::{exit, fail, print_json};
-
-/// The exit status that reports a job's final state.
-pub fn state_code(state: JobState) -> u8 {
-    match state {
-        JobState::Succeeded => 0,
-        JobState::Failed => exit::JOB_FAILED,
-        JobState::Cancelled => exit::JOB_CANCELLED,
-        JobState::TimedOut => exit::JOB_TIMED_OUT,
-        JobState::RolledBack => exit::JOB_ROLLED_BACK,
-        JobState::Lost => exit::JOB_LOST,
-        JobState::Queued | JobState::Running => exit::ERROR,
-    }
-}
+use crate::failure::{Failure, exit, fail, job_code};
+use crate::print_json;
 
 fn param_hint(kind: &ParamKind) -> String {
     match kind {
@@ -61,16 +50,33 @@ pub async fn actions(client: &mut Client, json: bool) -> Result<ExitCode, Client
     Ok(ExitCode::SUCCESS)
 }
 
+/// Turns `key=value` arguments into params without a declaration to follow: numbers and
+/// booleans as such, the rest as text. The daemon checks them against the action's own.
+pub fn untyped_params(pairs: &[String]) -> Result<Map<String, Value>, Failure> {
+    let mut out = Map::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(Failure::usage(format!("`{pair}` is not key=value")));
+        };
+        let value = serde_json::from_str::<Value>(value)
+            .ok()
+            .filter(|v| v.is_number() || v.is_boolean())
+            .unwrap_or_else(|| Value::from(value));
+        out.insert(key.to_owned(), value);
+    }
+    Ok(out)
+}
+
 /// Turns `key=value` arguments into typed params, following the action's declaration.
-fn parse_params(action: &ActionInfo, pairs: &[String]) -> Result<Map<String, Value>, String> {
+fn parse_params(action: &ActionInfo, pairs: &[String]) -> Result<Map<String, Value>, Failure> {
     let mut out = Map::new();
     for pair in pairs {
         let (key, value) = pair
             .split_once('=')
-            .ok_or_else(|| format!("`{pair}` is not key=value"))?;
+            .ok_or_else(|| Failure::usage(format!("`{pair}` is not key=value")))?;
         let Some(param) = action.params.get(key) else {
             let known: Vec<&str> = action.params.keys().map(String::as_str).collect();
-            return Err(format!(
+            return Err(Failure::usage(format!(
                 "action {} has no parameter `{key}`; it takes: {}",
                 action.name,
                 if known.is_empty() {
@@ -78,18 +84,20 @@ fn parse_params(action: &ActionInfo, pairs: &[String]) -> Result<Map<String, Val
                 } else {
                     known.join(", ")
                 }
-            ));
+            )));
         };
         let typed = match &param.kind {
             ParamKind::Int { .. } => Value::from(
                 value
                     .parse::<i64>()
-                    .map_err(|_| format!("`{key}` must be an integer"))?,
+                    .map_err(|_| Failure::usage(format!("`{key}` must be an integer")))?,
             ),
             ParamKind::Bool => Value::from(match value {
                 "true" | "yes" | "1" => true,
                 "false" | "no" | "0" => false,
-                _ => return Err(format!("`{key}` must be true or false")),
+                _ => {
+                    return Err(Failure::usage(format!("`{key}` must be true or false")));
+                }
             }),
             _ => Value::from(value),
         };
@@ -195,16 +203,24 @@ pub async fn run(client: &mut Client, action: &str, pairs: &[String], o: RunOpti
     let params = if pairs.is_empty() {
         Map::new()
     } else {
-        let info = match client.describe(action).await {
-            Ok(i) => i,
-            Err(e) => return fail(&e, o.json),
-        };
-        match parse_params(&info, pairs) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("warden: {e}");
-                return ExitCode::from(exit::USAGE);
+        match client.describe(action).await {
+            Ok(info) => match parse_params(&info, pairs) {
+                Ok(p) => p,
+                Err(e) => return e.report(o.json),
+            },
+            // The daemon hides an action from whoever could not start it now, for whatever
+            // reason: a lockdown, an ops toggle switched off, a missing tier. Only job.start
+            // says which (and with which kind), so ask it, with the values as given: the gate
+            // decides before the values are checked.
+            Err(ClientError::Rpc(e))
+                if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Forbidden) =>
+            {
+                match untyped_params(pairs) {
+                    Ok(p) => p,
+                    Err(e) => return e.report(o.json),
+                }
             }
+            Err(e) => return fail(&e, o.json),
         }
     };
     // Ctrl-C is caught from before the job starts: one that comes while the job is being
@@ -239,19 +255,28 @@ pub async fn run(client: &mut Client, action: &str, pairs: &[String], o: RunOpti
             } else {
                 summarize(&record);
             }
-            ExitCode::from(state_code(record.state))
+            ExitCode::from(job_code(record.state))
         }
-        Err(Interrupted) => {
+        Err(Stopped::Interrupted) => {
             eprintln!(
                 "warden: interrupted; {job_id} keeps running (warden cancel {job_id} stops it)"
             );
-            ExitCode::from(130)
+            ExitCode::from(exit::INTERRUPTED)
+        }
+        Err(Stopped::Failed(mut f)) => {
+            f.message = format!("lost track of {job_id}: {}", f.message);
+            f.report(o.json)
         }
     }
 }
 
-/// Ctrl-C when nobody can be asked whether to cancel.
-struct Interrupted;
+/// Why `run` stopped following a job before it ended.
+enum Stopped {
+    /// Ctrl-C when nobody can be asked whether to cancel.
+    Interrupted,
+    /// The connection broke or the daemon refused to watch the job.
+    Failed(Failure),
+}
 
 /// Watches the job until it is final, handling Ctrl-C.
 async fn follow(
@@ -259,21 +284,18 @@ async fn follow(
     job_id: &str,
     o: &RunOptions,
     mut interrupts: Signal,
-) -> Result<JobRecord, Interrupted> {
+) -> Result<JobRecord, Stopped> {
     let mut display = Display::new(o.json);
     let fail_with = |display: &Display, e: &ClientError| {
         display.finish();
-        eprintln!("warden: lost track of {job_id}: {e}");
+        Stopped::Failed(Failure::from(e))
     };
     let watch_id = match client
         .send("job.watch", &serde_json::json!({ "job_id": job_id }))
         .await
     {
         Ok(id) => id,
-        Err(e) => {
-            fail_with(&display, &e);
-            return Err(Interrupted);
-        }
+        Err(e) => return Err(fail_with(&display, &e)),
     };
     let mut cancel_id: Option<u64> = None;
     loop {
@@ -281,10 +303,7 @@ async fn follow(
             frame = client.receive() => {
                 let frame = match frame {
                     Ok(f) => f,
-                    Err(e) => {
-                        fail_with(&display, &e);
-                        return Err(Interrupted);
-                    }
+                    Err(e) => return Err(fail_with(&display, &e)),
                 };
                 match Incoming::parse(&frame) {
                     Ok(Incoming::Notification { method, params: Some(p) }) if method == notification::JOB_UPDATE => {
@@ -295,8 +314,8 @@ async fn follow(
                     Ok(Incoming::Response { id, outcome }) if id == watch_id => {
                         let record = match outcome {
                             Ok(raw) => serde_json::from_str::<JobRecord>(raw.get())
-                                .map_err(|e| format!("unexpected answer: {e}")),
-                            Err(e) => Err(format!("{}: {}", e.kind(), e.message)),
+                                .map_err(|e| ClientError::Protocol(format!("job.watch result: {e}"))),
+                            Err(e) => Err(ClientError::Rpc(e)),
                         };
                         match record {
                             Ok(r) => {
@@ -306,11 +325,7 @@ async fn follow(
                                 display.finish();
                                 return Ok(r);
                             }
-                            Err(e) => {
-                                display.finish();
-                                eprintln!("warden: {e}");
-                                return Err(Interrupted);
-                            }
+                            Err(e) => return Err(fail_with(&display, &e)),
                         }
                     }
                     Ok(Incoming::Response { id, outcome: Err(e) }) if Some(id.as_u64().unwrap_or(0)) == cancel_id => {
@@ -326,7 +341,7 @@ async fn follow(
                     || (std::io::stdin().is_terminal() && display.ask(&format!("Cancel {job_id}?")));
                 if !cancel && !std::io::stdin().is_terminal() {
                     display.finish();
-                    return Err(Interrupted);
+                    return Err(Stopped::Interrupted);
                 }
                 if cancel {
                     display.note(&format!("cancelling {job_id}"));
@@ -401,12 +416,13 @@ pub async fn list(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `warden job ID`
+/// `warden job ID`: exits with the job's outcome, or 10 while it has not ended.
 pub async fn show(client: &mut Client, id: &str, json: bool) -> Result<ExitCode, ClientError> {
     let r = client.job(id).await?;
+    let code = ExitCode::from(job_code(r.state));
     if json {
         print_json(&r);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("job        {}", r.job_id);
@@ -455,7 +471,7 @@ pub async fn show(client: &mut Client, id: &str, json: bool) -> Result<ExitCode,
     println!("created    {}", r.created_at);
     println!("started    {}", opt(&r.started_at));
     println!("ended      {}", opt(&r.ended_at));
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `warden cancel ID`
@@ -472,24 +488,90 @@ pub async fn cancel(client: &mut Client, id: &str, json: bool) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// `warden logs ID [-f]`
-pub async fn logs(client: &mut Client, id: &str, follow: bool) -> Result<ExitCode, ClientError> {
-    let mut out = std::io::stdout();
-    let mut from = 0u64;
-    if !follow {
-        loop {
-            let c: LogChunk = client
-                .call(
-                    "job.logs",
-                    &serde_json::json!({ "job_id": id, "from": from }),
-                )
-                .await?;
+/// Where `warden logs` puts the chunks it gets: the text as written, or with `--json` one merged
+/// chunk (one chunk per line when following).
+struct LogSink {
+    json: bool,
+    follow: bool,
+    /// The log offset up to which output was shown: a chunk from further on means output
+    /// between was not received.
+    seen: u64,
+    /// Without `--follow`, the chunks so far as one (`--json` prints it at the end).
+    merged: Option<LogChunk>,
+}
+
+impl LogSink {
+    fn put(&mut self, c: LogChunk) {
+        self.seen = self.seen.max(c.next);
+        if !self.json {
+            let mut out = std::io::stdout();
             let _ = out.write_all(c.data.as_bytes());
-            if c.next == from || c.ended {
-                break;
+            let _ = out.flush();
+        } else if self.follow {
+            match serde_json::to_string(&c) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("warden: cannot print the output: {e}"),
             }
-            from = c.next;
+        } else {
+            match &mut self.merged {
+                None => self.merged = Some(c),
+                Some(m) => {
+                    m.data.push_str(&c.data);
+                    m.next = c.next;
+                    m.truncated |= c.truncated;
+                    m.ended = c.ended;
+                }
+            }
         }
+    }
+
+    fn finish(self) {
+        if let Some(m) = &self.merged {
+            print_json(m);
+        }
+    }
+}
+
+/// Reads job `id`'s log from `from` to its end as it stands now, into `sink`.
+async fn read_log(
+    client: &mut Client,
+    id: &str,
+    mut from: u64,
+    sink: &mut LogSink,
+) -> Result<(), ClientError> {
+    loop {
+        let c: LogChunk = client
+            .call(
+                "job.logs",
+                &serde_json::json!({ "job_id": id, "from": from }),
+            )
+            .await?;
+        let (next, ended) = (c.next, c.ended);
+        sink.put(c);
+        if next == from || ended {
+            return Ok(());
+        }
+        from = next;
+    }
+}
+
+/// `warden logs ID [-f]`: the job's output as it wrote it. With `--json`, one [`LogChunk`] with
+/// all of it; when following, one compact chunk per line as output comes.
+pub async fn logs(
+    client: &mut Client,
+    id: &str,
+    follow: bool,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let mut sink = LogSink {
+        json,
+        follow,
+        seen: 0,
+        merged: None,
+    };
+    if !follow {
+        read_log(client, id, 0, &mut sink).await?;
+        sink.finish();
         return Ok(ExitCode::SUCCESS);
     }
     let req = client
@@ -506,14 +588,20 @@ pub async fn logs(client: &mut Client, id: &str, follow: bool) -> Result<ExitCod
                 params: Some(p),
             } if method == notification::JOB_OUTPUT => {
                 if let Ok(c) = serde_json::from_str::<LogChunk>(p.get()) {
-                    let _ = out.write_all(c.data.as_bytes());
-                    let _ = out.flush();
+                    sink.put(c);
                 }
             }
             Incoming::Response { id: got, outcome } if got == req => {
                 let raw = outcome.map_err(ClientError::Rpc)?;
-                if let Ok(c) = serde_json::from_str::<LogChunk>(raw.get()) {
-                    let _ = out.write_all(c.data.as_bytes());
+                let c = serde_json::from_str::<LogChunk>(raw.get())
+                    .map_err(|e| ClientError::Protocol(format!("job.logs result: {e}")))?;
+                if c.from > sink.seen {
+                    // The daemon may answer before the last output notification it queued
+                    // has reached us: read what is missing, to the end, instead.
+                    let from = sink.seen;
+                    read_log(client, id, from, &mut sink).await?;
+                } else {
+                    sink.put(c);
                 }
                 return Ok(ExitCode::SUCCESS);
             }

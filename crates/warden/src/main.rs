@@ -1,8 +1,9 @@
 //! `warden`: the command line for wardend. Short human output by default, `--json` for scripts.
 //!
-//! Exit status: 0 ok, 1 error, 2 usage, 3 forbidden (by the daemon's gate or the socket's
-//! permissions), 4 daemon unavailable.
+//! Exit statuses and the one shape of an error live in `failure.rs`: 0 ok, 1 error, 2 usage,
+//! 3 refused (forbidden or locked down), 4 daemon unavailable, 5 to 10 a job's state.
 
+mod failure;
 mod jobs;
 mod render;
 
@@ -12,9 +13,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use warden_client::{Client, ClientError};
-use warden_proto::ErrorKind;
 use warden_proto::envelope::Incoming;
 use warden_proto::jobs::JobState;
+
+use crate::failure::{Failure, exit, fail};
 
 /// The name this CLI gives in `hello`.
 const CLIENT_NAME: &str = "warden-cli";
@@ -24,9 +26,11 @@ const CLIENT_NAME: &str = "warden-cli";
     name = "warden",
     version,
     about = "Talk to wardend, warden's privilege broker",
-    after_help = "Exit status: 0 ok, 1 error, 2 usage, 3 forbidden (by the daemon or the \
-                  socket's permissions), 4 daemon not running; `run` reports its job's end with \
-                  5 failed, 6 cancelled, 7 timed out, 8 rolled back, 9 lost."
+    after_help = "Exit status: 0 ok, 1 error, 2 usage, 3 refused (forbidden by the daemon or the \
+                  socket's permissions, or locked down), 4 daemon not running; `run` and `job` \
+                  report the job's end with 5 failed, 6 cancelled, 7 timed out, 8 rolled back, \
+                  9 lost, and `job` one not ended yet with 10. With --json an error is \
+                  {\"error\": {\"kind\", \"message\", \"correlation_id\"}} on stdout."
 )]
 struct Cli {
     /// wardend's socket [default: /run/warden/warden.sock if it exists, else the --dev socket]
@@ -237,21 +241,11 @@ fn parse_state(s: &str) -> Result<JobState, String> {
     JobState::from_name(s).ok_or_else(|| format!("`{s}` is not a job state"))
 }
 
-/// Exit statuses, as documented in the README and `warden --help`.
-mod exit {
-    pub const ERROR: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const FORBIDDEN: u8 = 3;
-    pub const UNAVAILABLE: u8 = 4;
-    pub const JOB_FAILED: u8 = 5;
-    pub const JOB_CANCELLED: u8 = 6;
-    pub const JOB_TIMED_OUT: u8 = 7;
-    pub const JOB_ROLLED_BACK: u8 = 8;
-    pub const JOB_LOST: u8 = 9;
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -313,7 +307,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Job { id } => jobs::show(&mut client, &id, json).await,
         Command::Cancel { id } => jobs::cancel(&mut client, &id, json).await,
-        Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow).await,
+        Command::Logs { id, follow } => jobs::logs(&mut client, &id, follow, json).await,
         Command::Events { topics } => return events(&mut client, topics, json).await,
         Command::Policy {
             command:
@@ -327,28 +321,15 @@ async fn run(cli: Cli) -> ExitCode {
         } => {
             let (action, pairs) = if method == "run" {
                 let Some((action, pairs)) = rest.split_first() else {
-                    eprintln!("warden: `run` needs an action");
-                    return ExitCode::from(exit::USAGE);
+                    return Failure::usage("`run` needs an action").report(json);
                 };
                 (Some(action.clone()), pairs)
             } else {
                 (None, &rest[..])
             };
-            let params = {
-                let mut params = serde_json::Map::new();
-                for pair in pairs {
-                    let Some((k, v)) = pair.split_once('=') else {
-                        eprintln!("warden: `{pair}` is not key=value");
-                        return ExitCode::from(exit::USAGE);
-                    };
-                    // Numbers and booleans as such, the rest as text.
-                    let value = serde_json::from_str::<serde_json::Value>(v)
-                        .ok()
-                        .filter(|v| v.is_number() || v.is_boolean())
-                        .unwrap_or_else(|| serde_json::Value::from(v));
-                    params.insert(k.to_owned(), value);
-                }
-                (!params.is_empty() || action.is_some()).then_some(params)
+            let params = match jobs::untyped_params(pairs) {
+                Ok(params) => (!params.is_empty() || action.is_some()).then_some(params),
+                Err(e) => return e.report(json),
             };
             let method = if action.is_some() {
                 "job.start".to_owned()
@@ -606,13 +587,12 @@ async fn version(socket: &std::path::Path, json: bool) -> ExitCode {
     }
 }
 
+/// `warden call`: prints the raw answers. Its output is JSON with or without `--json`, so a
+/// failure before any answer is the one JSON error shape too.
 async fn call(client: &mut Client, method: &str, params: &str, repeat: usize) -> ExitCode {
     let params: serde_json::Value = match serde_json::from_str(params) {
         Ok(v @ serde_json::Value::Object(_)) => v,
-        _ => {
-            eprintln!("warden: params must be a JSON object, e.g. '{{}}'");
-            return ExitCode::from(exit::USAGE);
-        }
+        _ => return Failure::usage("params must be a JSON object, e.g. '{}'").report(true),
     };
     let answers = match client.pipeline(method, &params, repeat.max(1)).await {
         Ok(a) => a,
@@ -630,42 +610,29 @@ async fn call(client: &mut Client, method: &str, params: &str, repeat: usize) ->
                 outcome: Err(e), ..
             }) = Incoming::parse(frame)
         {
-            status = code_for(&ClientError::Rpc(e));
+            status = Failure::from(&ClientError::Rpc(e)).exit_code();
         }
     }
     ExitCode::from(status)
 }
 
-fn code_for(e: &ClientError) -> u8 {
-    match e {
-        ClientError::Unavailable { .. } => exit::UNAVAILABLE,
-        ClientError::PermissionDenied { .. } => exit::FORBIDDEN,
-        ClientError::Rpc(r) => match r.kind() {
-            ErrorKind::Forbidden => exit::FORBIDDEN,
-            ErrorKind::Unavailable => exit::UNAVAILABLE,
-            _ => exit::ERROR,
-        },
-        ClientError::Io(_) | ClientError::Protocol(_) => exit::ERROR,
+/// A command line clap refused. Help and version go to stdout as usual; an error is the one
+/// error shape on stdout under `--json`, clap's own message otherwise; both exit 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if json && !matches!(e.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+        let message = e.render().to_string();
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        return Failure::usage(message).report(true);
     }
-}
-
-fn fail(e: &ClientError, json: bool) -> ExitCode {
-    if json {
-        let v = match e {
-            ClientError::Rpc(r) => serde_json::json!({"error": r}),
-            other => serde_json::json!({"error": {"message": other.to_string()}}),
-        };
-        println!("{v:#}");
-    } else {
-        match e {
-            ClientError::Rpc(r) => eprintln!(
-                "warden: {}: {} (correlation id {})",
-                r.kind(),
-                r.message,
-                r.data.correlation_id
-            ),
-            other => eprintln!("warden: {other}"),
-        }
-    }
-    ExitCode::from(code_for(e))
+    let _ = e.print();
+    ExitCode::from(match e.kind() {
+        Clap::DisplayHelp | Clap::DisplayVersion => exit::OK,
+        _ => exit::USAGE,
+    })
 }

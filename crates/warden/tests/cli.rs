@@ -176,6 +176,11 @@ tier = "read_only"
 mutating = false
 [action.cancel]
 grace_s = 1
+[[action]]
+name = "greet"
+argv = ["/bin/sh", "-c", "echo hello; echo world"]
+tier = "read_only"
+mutating = false
 "#,
         dir,
     );
@@ -275,4 +280,188 @@ fn ctrl_c_with_cancel_on_interrupt_cancels_the_job() {
         "{}",
         text(&out.stdout)
     );
+}
+
+/// Starts `action` detached and returns its job id.
+fn detached(sock: &str, action: &str, params: &[&str]) -> String {
+    let mut args = vec!["--socket", sock, "run", action, "--detach"];
+    args.extend_from_slice(params);
+    let out = warden(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    assert!(id.starts_with("job_"), "{id}");
+    id
+}
+
+/// Waits until job `id` has ended.
+fn wait_for(sock: &str, id: &str) {
+    let params = format!("{{\"job_id\":\"{id}\",\"timeout_ms\":30000}}");
+    let out = warden(&["--socket", sock, "call", "job.wait", &params]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+/// The `error` object of a `--json` failure, checked to hold exactly the documented members.
+fn json_error(out: &Output) -> Value {
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: stdout {:?}", text(&out.stdout)));
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["error"], "{v}");
+    let mut keys: Vec<&str> = v["error"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["correlation_id", "kind", "message"], "{v}");
+    assert!(v["error"]["kind"].is_string() && v["error"]["message"].is_string());
+    v["error"].clone()
+}
+
+/// Pins: `warden job ID` exits with the job's outcome as the README says (0 succeeded,
+/// 5 failed, 6 cancelled), 10 while it has not ended, with and without --json.
+#[test]
+fn job_exits_with_the_jobs_state() {
+    let dir = warden_testkit::safe_tempdir();
+    let d = job_daemon(dir.path());
+    let sock = d.socket().to_str().unwrap().to_owned();
+
+    let ok = detached(&sock, "count", &["code=0"]);
+    let failed = detached(&sock, "count", &["code=3"]);
+    let sleepy = detached(&sock, "sleepy", &[]);
+    wait_for(&sock, &ok);
+    wait_for(&sock, &failed);
+    for (id, code, state) in [(&ok, 0, "succeeded"), (&failed, 5, "failed")] {
+        let out = warden(&["--socket", &sock, "job", id]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{state}: {}",
+            text(&out.stdout)
+        );
+        assert!(text(&out.stdout).contains(&format!("state      {state}")));
+        let out = warden(&["--socket", &sock, "--json", "job", id]);
+        assert_eq!(out.status.code(), Some(code), "{state} with --json");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["state"], state);
+    }
+    let out = warden(&["--socket", &sock, "job", &sleepy]);
+    assert_eq!(out.status.code(), Some(10), "a job not ended yet");
+    let out = warden(&["--socket", &sock, "cancel", &sleepy]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = warden(&["--socket", &sock, "--json", "job", &sleepy]);
+    assert_eq!(out.status.code(), Some(6), "a cancelled job");
+}
+
+/// Pins: `warden logs --json` prints the output as one JSON log chunk, and with --follow one
+/// chunk per line, instead of ignoring --json.
+#[test]
+fn logs_json_prints_chunks() {
+    let dir = warden_testkit::safe_tempdir();
+    let d = job_daemon(dir.path());
+    let sock = d.socket().to_str().unwrap().to_owned();
+    let id = detached(&sock, "greet", &[]);
+    wait_for(&sock, &id);
+
+    let out = warden(&["--socket", &sock, "logs", &id]);
+    assert_eq!(text(&out.stdout), "hello\nworld\n");
+    let out = warden(&["--socket", &sock, "--json", "logs", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", text(&out.stdout)));
+    assert_eq!(v["job_id"], id.as_str());
+    assert_eq!(v["data"], "hello\nworld\n");
+    assert_eq!(
+        (v["from"].as_u64(), v["next"].as_u64()),
+        (Some(0), Some(12))
+    );
+    assert_eq!(v["ended"], true);
+
+    let out = warden(&["--socket", &sock, "--json", "logs", "--follow", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut data = String::new();
+    for line in text(&out.stdout).lines() {
+        let c: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert_eq!(c["job_id"], id.as_str());
+        data.push_str(c["data"].as_str().unwrap());
+    }
+    assert_eq!(data, "hello\nworld\n", "{}", text(&out.stdout));
+}
+
+/// Pins: `warden logs --follow` of a job that has just ended prints all its output, although
+/// the daemon may answer before its last output notification arrives.
+#[test]
+fn logs_follow_of_an_ended_job_prints_everything() {
+    let dir = warden_testkit::safe_tempdir();
+    let d = job_daemon(dir.path());
+    let sock = d.socket().to_str().unwrap().to_owned();
+    let id = detached(&sock, "greet", &[]);
+    wait_for(&sock, &id);
+    let out = warden(&["--socket", &sock, "logs", "--follow", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\nworld\n");
+}
+
+/// Pins: under --json every failure, from the daemon, the socket, the CLI or clap, is one
+/// object `{"error": {"kind", "message", "correlation_id"}}` on stdout with the documented exit
+/// status; without --json it is a line on stderr and stdout stays empty.
+#[test]
+fn json_errors_have_one_shape_and_documented_exit_statuses() {
+    let dir = warden_testkit::safe_tempdir();
+    let none = dir.path().join("none.sock");
+    let out = warden(&["--socket", none.to_str().unwrap(), "--json", "status"]);
+    assert_eq!(out.status.code(), Some(4));
+    let e = json_error(&out);
+    assert_eq!(e["kind"], "unavailable");
+    assert_eq!(e["correlation_id"], Value::Null);
+
+    let d = job_daemon(dir.path());
+    let sock = d.socket().to_str().unwrap().to_owned();
+    let never = "job_0000000000000000";
+    for args in [
+        vec!["job", never],
+        vec!["cancel", never],
+        vec!["logs", never],
+        vec!["logs", "--follow", never],
+    ] {
+        let mut argv = vec!["--socket", sock.as_str(), "--json"];
+        argv.extend_from_slice(&args);
+        let out = warden(&argv);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let e = json_error(&out);
+        assert_eq!(
+            (e["kind"].as_str(), e["message"].as_str()),
+            (Some("not_found"), Some("no such job")),
+            "{args:?}"
+        );
+        assert_eq!(e["correlation_id"].as_str().unwrap().len(), 16, "{e}");
+        let mut argv = vec!["--socket", sock.as_str()];
+        argv.extend_from_slice(&args);
+        let out = warden(&argv);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+        assert!(text(&out.stderr).starts_with("warden: not_found: no such job (correlation id "));
+    }
+
+    for args in [
+        vec!["run", "count", "code=x"],
+        vec!["run", "count", "colour=red"],
+        vec!["frobnicate"],
+        vec!["status", "--no-such-flag"],
+        vec!["policy", "explain", "--uid", "0", "run"],
+    ] {
+        let mut argv = vec!["--socket", sock.as_str(), "--json"];
+        argv.extend_from_slice(&args);
+        let out = warden(&argv);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let e = json_error(&out);
+        assert_eq!(e["kind"], "usage", "{args:?}");
+        assert_eq!(e["correlation_id"], Value::Null);
+        assert!(!e["message"].as_str().unwrap().is_empty());
+    }
 }

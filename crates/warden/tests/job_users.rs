@@ -193,12 +193,117 @@ mutating = false
     assert_eq!(seen["state"], "running");
     assert_eq!(seen["requester"]["uid"], alice.uid);
     let out = env.as_user(&admin, &["--json", "job", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "a running job has not ended: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let out = env.as_user(&admin, &["--json", "cancel", &id]);
     let cancelled: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cancelled["state"], "cancelled");
+}
+
+/// Pins: `warden run ACTION key=value` of an action the daemon hides from the caller shows the
+/// daemon's own refusal of job.start with its exit status (3): `forbidden` naming an ops toggle
+/// switched off, `locked_down` with the lockdown's reason, never `not_found` (1); and starts
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_shows_the_daemons_real_refusal_of_a_hidden_action() {
+    if !warden_testkit::root_or_skip("run_shows_the_daemons_real_refusal_of_a_hidden_action") {
+        return;
+    }
+    let gops = TestGroup::create();
+    let user = TestUser::create(&[&gops]);
+    let env = Env::start(&format!(
+        r#"
+[tiers]
+operator_groups = ["{ops}"]
+[ops]
+storage = false
+[[action]]
+name = "wipe"
+argv = ["/bin/true", "{{disk}}"]
+tier = "operator"
+mutating = true
+ops = ["storage"]
+[action.params.disk]
+type = "string"
+max_len = 16
+[[action]]
+name = "touch"
+argv = ["/bin/true", "{{n}}"]
+tier = "operator"
+mutating = true
+[action.params.n]
+type = "int"
+min = 0
+max = 9
+"#,
+        ops = gops.name
+    ));
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let error = |o: &Output| -> Value {
+        let v: Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)));
+        v["error"].clone()
+    };
+
+    // An ops toggle switched off.
+    let out = env.as_user(&user, &["run", "wipe", "disk=sda"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(
+            "warden: forbidden: action wipe needs ops `storage`, which is switched off"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.as_user(&user, &["--json", "run", "wipe", "disk=sda"]);
+    assert_eq!(out.status.code(), Some(3));
+    let e = error(&out);
+    assert_eq!(e["kind"], "forbidden", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("switched off"),
+        "{e}"
+    );
+    assert!(e["correlation_id"].is_string(), "{e}");
+
+    // A lockdown, engaged by root: the refusal names its reason.
+    let mut c = root(&env).await;
+    c.lockdown_engage("incident 42").await.unwrap();
+    let out = env.as_user(&user, &["run", "touch", "n=1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("warden: locked_down: action touch changes state")
+            && stderr(&out).contains("incident 42"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.as_user(&user, &["--json", "run", "touch", "n=1"]);
+    assert_eq!(out.status.code(), Some(3));
+    let e = error(&out);
+    assert_eq!(e["kind"], "locked_down", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("incident 42"),
+        "{e}"
+    );
+    let jobs = c.jobs(true, None, None).await.unwrap();
+    assert!(
+        jobs.jobs.is_empty(),
+        "a refused run started {:?}",
+        jobs.jobs
+    );
+
+    // Released, the same command runs; an action nobody declared is still `not_found`.
+    c.lockdown_release().await.unwrap();
+    let out = env.as_user(&user, &["run", "touch", "n=1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.as_user(&user, &["run", "nothing", "x=1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("warden: not_found: no action `nothing`"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -664,6 +664,13 @@ fn create_with_hook(env: &Env, kind: &str, name: &str) -> RawClient {
     wait_until("the create registered while its hook runs", || {
         env.registered().iter().any(|(_, n, _)| n == name)
     });
+    // Registered comes before the hook's job is started: a stop in between would find no job.
+    wait_until("the hook's job started", || {
+        let jobs = env.root().call(1, "job.list", json!({"scope": "all"}));
+        jobs["result"]["jobs"]
+            .as_array()
+            .is_some_and(|j| j.iter().any(|j| j["state"] != "queued"))
+    });
     c
 }
 

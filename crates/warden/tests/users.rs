@@ -67,7 +67,7 @@ fn group_members_get_their_group_tier_and_unmapped_users_get_none() {
     let out = env.as_user(&plain, &["--json", "whoami"]);
     assert_eq!(out.status.code(), Some(3), "forbidden exits 3");
     let e = json(&out);
-    assert_eq!(e["error"]["data"]["kind"], "forbidden");
+    assert_eq!(e["error"]["kind"], "forbidden");
     assert_eq!(
         e["error"]["message"],
         "whoami needs tier read_only; you have none"
@@ -191,7 +191,7 @@ fn a_uid_without_a_passwd_entry_gets_clean_answers() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.run(ghost(Groups::Clear), &["--json", "whoami"]);
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(json(&out)["error"]["data"]["kind"], "forbidden");
+    assert_eq!(json(&out)["error"]["kind"], "forbidden");
 
     let out = env.run(ghost(Groups::List(vec![gadm.gid])), &["--json", "whoami"]);
     assert!(out.status.success(), "{}", stderr(&out));
