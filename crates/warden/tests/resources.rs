@@ -722,16 +722,6 @@ fn a_create_running_when_the_daemon_stops_is_answered_with_what_became_of_it() {
     }
     let env = Env::start(SLOW_KINDS);
     let mut c = create_with_hook(&env, "stalled", "cut");
-    // The hook's program runs (a `sleep` child of this process, where the daemon runs): the
-    // stop must cancel it rather than refuse to start it.
-    wait_until("the hook's program running", || {
-        let me = std::process::id().to_string();
-        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat.split_whitespace().collect();
-            fields.get(1) == Some(&"(sleep)") && fields.get(3) == Some(&me.as_str())
-        })
-    });
     let registry = env.path("state/resources.json");
     let base = env.path("stalled");
     let Env { daemon, dir, .. } = env;
