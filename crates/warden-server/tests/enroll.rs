@@ -441,7 +441,12 @@ async fn an_enrollment_flood_does_not_take_the_login_slots() {
         })
         .collect();
     // Let the flood fill the pool first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while busy.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood never filled the pool"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     for _ in 0..8 {
