@@ -174,6 +174,14 @@ async fn the_admin_commands_and_serve_work_together_and_log_no_keys() {
         assert!(!text.contains(&secret[4..]), "the log holds a key or token");
     }
     assert!(!text.contains("a long enough password"));
+    let store = warden_server::db::Db::open(&data, None).await.unwrap();
+    let signing: String =
+        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'session_signing_key'")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+    assert_eq!(signing.len(), 64);
+    assert!(!text.contains(&signing), "the log holds the signing key");
 }
 
 /// Pins: given a certificate and key, the server speaks HTTPS (a client trusting that
