@@ -125,8 +125,15 @@ struct Login {
     password: String,
 }
 
+/// Longest operator name: a longer one is refused before it costs anything.
+pub const MAX_NAME: usize = 64;
+/// Failed logins for one name, from anywhere, after which each login for it is slowed down.
+pub const SLOWDOWN_AFTER: u32 = 10;
+
 /// Same answer for an unknown name and a wrong password, after the same single verification.
-#[utoipa::path(post, path = "/v1/login", tag = "operators", request_body = Login, responses((status = 200, description = "A login token (wop_), when it ends, and the role"), (status = 401, description = "Wrong name or password (one answer for both)"), (status = 429, description = "Too many failed logins for this name or address")))]
+/// A name locks out only the addresses that failed it; from everywhere else it is slowed down,
+/// never refused.
+#[utoipa::path(post, path = "/v1/login", tag = "operators", request_body = Login, responses((status = 200, description = "A login token (wop_), when it ends, and the role"), (status = 400, description = "A name over 64 bytes"), (status = 401, description = "Wrong name or password (one answer for both)"), (status = 429, description = "Too many failed logins from this address, for this name or for any"), (status = 503, description = "Every login verification slot is busy (Retry-After)")))]
 async fn login(
     State(s): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -134,38 +141,45 @@ async fn login(
     b: Result<Json<Login>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let b = body(b)?;
+    // Before anything is charged or remembered: no operator has such a name.
+    if b.name.is_empty() || b.name.len() > MAX_NAME {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("an operator name is 1 to {MAX_NAME} bytes"),
+        ));
+    }
     let source = client_addr(peer.ip(), &headers, &s.trusted_proxies);
     let now = Instant::now();
     let user_key = format!("login:{}", b.name);
-    let any = std::net::IpAddr::from([0, 0, 0, 0]);
-    // The name as the caller typed it, cut and escaped: it goes into the audit trail.
-    let shown: String = b
-        .name
-        .chars()
-        .take(64)
-        .collect::<String>()
-        .escape_debug()
-        .to_string();
+    let anywhere = std::net::IpAddr::from([0, 0, 0, 0]);
+    // The name as the caller typed it, escaped: it goes into the audit trail.
+    let shown = b.name.escape_debug().to_string();
     let wait = s
         .login_limiter
-        .locked(&user_key, any, now)
-        .or_else(|| s.login_limiter.locked("login", source, now));
+        .locked(&user_key, source, now)
+        .or_else(|| s.login_addr_limiter.locked("login", source, now));
     if let Some(wait) = wait {
         // Recorded once, when the lockout began (below), not for every knock on it.
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            "too many failed logins; try again later",
+            "too many failed logins from this address; try again later",
         )
         .with_retry_after(wait.as_secs()));
     }
-    let found = if b.name.len() <= 64 && b.password.len() <= 1024 {
+    // A name others keep guessing at: every attempt waits first, the right password too, but
+    // none is refused for it.
+    if s.login_name_failures.failures(&user_key, anywhere, now) >= SLOWDOWN_AFTER {
+        tokio::time::sleep(s.login_slowdown).await;
+    }
+    let found = if b.password.len() <= 1024 {
         s.db.operator_login(&b.name).await?
     } else {
         None
     };
     let ok = s
-        .verifier
+        .login_verifier
         .verify(&b.password, found.as_ref().map(|(_, h)| h.as_str()))
         .await
         .map_err(|_| {
@@ -177,9 +191,11 @@ async fn login(
             .with_retry_after(1)
         })?;
     let (Some((op, _)), true) = (found, ok) else {
-        let by_name = s.login_limiter.fail(&user_key, any, now);
-        let by_address = s.login_limiter.fail("login", source, now);
-        if by_name.is_some() || by_address.is_some() {
+        let now = Instant::now();
+        let by_pair = s.login_limiter.fail(&user_key, source, now);
+        let by_address = s.login_addr_limiter.fail("login", source, now);
+        s.login_name_failures.fail(&user_key, anywhere, now);
+        if by_pair.is_some() || by_address.is_some() {
             event(
                 &s,
                 "login.rate_limited",
@@ -189,14 +205,16 @@ async fn login(
             )
             .await;
         }
-        event(
-            &s,
-            "login.failure",
-            &format!("operator {shown}"),
-            "",
-            &source.to_string(),
-        )
-        .await;
+        if s.budget.admit("login.failure") {
+            event(
+                &s,
+                "login.failure",
+                &format!("operator {shown}"),
+                "",
+                &source.to_string(),
+            )
+            .await;
+        }
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

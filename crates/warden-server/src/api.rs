@@ -1,13 +1,14 @@
-//! The HTTP API under `/v1`: JSON bodies of at most 64 KiB, errors as
-//! `{"error": {"kind", "message", "correlation_id"}}`.
+//! The HTTP API under `/v1`: JSON bodies of at most 64 KiB that must arrive within the body
+//! deadline, errors as `{"error": {"kind", "message", "correlation_id"}}`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use utoipa::OpenApi;
@@ -77,13 +78,28 @@ impl Cidr {
 #[derive(Debug)]
 pub struct AppState {
     pub db: Db,
+    /// Argon2id slots for enrollments.
     pub verifier: Verifier,
+    /// Argon2id slots of their own for logins, so an enrollment flood cannot take them.
+    pub login_verifier: Verifier,
     /// Failed enrollments per (site code, address).
     pub limiter: Limiter,
-    /// Failed logins per operator name and per address.
+    /// Failed enrollments per address, across site codes.
+    pub enroll_addr_limiter: Limiter,
+    /// Failed logins per (operator name, address): the lockout for a name.
     pub login_limiter: Limiter,
+    /// Failed logins per address, across names.
+    pub login_addr_limiter: Limiter,
+    /// Failed logins per name from anywhere: never a lockout, only a slowdown.
+    pub login_name_failures: Limiter,
+    /// How long each login for a name that keeps failing waits before it is checked.
+    pub login_slowdown: std::time::Duration,
+    /// Refusals recorded one by one per window.
+    pub budget: crate::budget::EventBudget,
     pub signing: crate::auth::SigningKey,
     pub trusted_proxies: Vec<Cidr>,
+    /// Time a request body has to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// An error answer.
@@ -242,7 +258,51 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            read_body,
+        ))
         .with_state(state)
+}
+
+/// Reads the whole body (at most [`MAX_BODY`]) within the body deadline before any handler
+/// runs: a body that trickles in is answered `408` and its connection closed.
+async fn read_body(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_request",
+            format!("the request body is over {MAX_BODY} bytes"),
+        )
+        .into_response()
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Err(_) => {
+            let mut r = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        Ok(Err(_)) => too_large(),
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/v1/health", tag = "server", responses((status = 200, description = "{\"status\": \"ok\"}")))]
@@ -263,7 +323,7 @@ async fn health() -> Json<serde_json::Value> {
         (status = 401, description = "enroll_rejected: unknown site, no active key, wrong or rotated key (one answer for all)"),
         (status = 403, description = "The machine id is banned"),
         (status = 409, description = "enroll_site_conflict: the machine belongs to another site"),
-        (status = 429, description = "Too many failures from this address for this site (Retry-After)"),
+        (status = 429, description = "Too many failures from this address for this site, or for any site (Retry-After)"),
         (status = 503, description = "Too many enrollments being checked (Retry-After)"),
     )
 )]
@@ -280,6 +340,8 @@ async fn enroll(
         db: &state.db,
         verifier: &state.verifier,
         limiter: &state.limiter,
+        addr_limiter: &state.enroll_addr_limiter,
+        budget: &state.budget,
     };
     let outcome = gate.enroll(&r, source).await?;
     let id = r.machine_id.as_str();
@@ -339,7 +401,7 @@ async fn enroll(
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                "too many failed enrollments from this address for this site",
+                "too many failed enrollments from this address",
             )
             .with_retry_after(wait.as_secs()));
         }

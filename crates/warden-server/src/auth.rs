@@ -5,14 +5,11 @@
 //! Which token goes where is fixed by its prefix: an operator endpoint takes `wop_` and `wat_`
 //! only, the agent endpoint `wmk_` only.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 use sqlx::Row;
+use subtle::ConstantTimeEq;
 
 use crate::db::{Db, is_unique_violation, now_ms};
 use crate::keys::{self, hex, random_hex};
@@ -93,8 +90,9 @@ pub struct TokenInfo {
     pub revoked: bool,
 }
 
-/// The key that signs session tokens: 32 random bytes in `data_dir/signing.key` (0600), made
-/// at first start.
+/// The key that signs session tokens: 32 random bytes kept in the database (`server_secrets`),
+/// made by the first server to start on it, so every server sharing the database signs and
+/// accepts the same tokens.
 #[derive(Clone)]
 pub struct SigningKey([u8; 32]);
 
@@ -104,40 +102,48 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
-/// The signing key's file in the data directory.
-pub const SIGNING_KEY_FILE: &str = "signing.key";
+impl PartialEq for SigningKey {
+    fn eq(&self, other: &SigningKey) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl Eq for SigningKey {}
+
+/// The signing key's name in `server_secrets`.
+pub const SIGNING_KEY: &str = "session_signing_key";
 
 impl SigningKey {
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<SigningKey> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)?;
-        let path = data_dir.join(SIGNING_KEY_FILE);
-        let mut key = [0u8; 32];
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("random: {e}"))?;
-                f.write_all(&key)?;
-                f.sync_all()?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let bytes = std::fs::read(&path)?;
-                key = bytes.as_slice().try_into().map_err(|_| {
-                    anyhow::anyhow!(
-                        "{} is not 32 bytes; remove it to make a new one (every login ends)",
-                        path.display()
-                    )
-                })?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+    /// The database's signing key, made now if it has none. Servers starting at once on one
+    /// database all end up with the one key that was stored first: the insert does nothing when
+    /// a key is there, and every server reads back what is stored.
+    pub async fn load_or_create(db: &Db) -> anyhow::Result<SigningKey> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value, created_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(SIGNING_KEY)
+        .bind(hex(&fresh))
+        .bind(now_ms())
+        .execute(&db.pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot store the token signing key: {e}"))?;
+        let stored: String = sqlx::query("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(SIGNING_KEY)
+            .fetch_one(&db.pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the token signing key: {e}"))?
+            .try_get("value")?;
+        let key = unhex(&stored)
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the token signing key in the database is not 32 bytes of hex; delete its row \
+                     (server_secrets, name {SIGNING_KEY}) to make a new one (every login ends)"
+                )
+            })?;
         Ok(SigningKey(key))
     }
 

@@ -4,7 +4,9 @@
 //! Every rejection for a bad site or key (unknown site, no active key, wrong or rotated key)
 //! answers the same body and runs exactly one Argon2id verification (against a dummy hash when
 //! there is nothing real), so neither the answer nor the work tells them apart. Failures are
-//! charged to (site code, source address); successes never are.
+//! charged to (site code, source address), and to the address across site codes (so rotating
+//! site codes does not escape a lockout); successes never are. Refusals are recorded one by one
+//! only within the [`EventBudget`]; past it they are counted.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::budget::EventBudget;
 use crate::db::{Db, is_unique_violation, now_ms};
 use crate::keys::{self, PoolFull, Verifier};
 use crate::limiter::Limiter;
@@ -69,7 +72,7 @@ pub enum Outcome {
     SiteConflict,
     /// Banned machine id: 403.
     Banned,
-    /// Too many failures from this address for this site: 429.
+    /// Too many failures from this address for this site, or for any site: 429.
     RateLimited(Duration),
     /// The verification pool is full: 503.
     Busy,
@@ -164,8 +167,15 @@ pub fn validate(r: &EnrollRequest) -> Result<(), StoreError> {
 pub struct Gate<'a> {
     pub db: &'a Db,
     pub verifier: &'a Verifier,
+    /// Failures per (site code, address).
     pub limiter: &'a Limiter,
+    /// Failures per address, whatever the site code.
+    pub addr_limiter: &'a Limiter,
+    pub budget: &'a EventBudget,
 }
+
+/// The key of the per-address limiter (site codes never contain `*`).
+const ANY_SITE: &str = "*";
 
 impl Gate<'_> {
     /// Decides `r` from `source` and records the outcome as an event. The request must have
@@ -186,11 +196,19 @@ impl Gate<'_> {
             // for every knock on it, nor for a full pool, so neither grows the trail at the
             // rate of a flood.
             Outcome::RateLimited(_) | Outcome::Busy => {}
+            // Failures, within the budget; past it they are counted and summed up later.
+            o if o.is_failure() && !self.budget.admit(o.event_kind()) => {}
             _ => record(outcome.event_kind(), format!("hostname {}", r.hostname)).await?,
         }
-        if outcome.is_failure()
-            && let Some(lockout) = self.limiter.fail(&r.site_code, source, Instant::now())
-        {
+        let now = Instant::now();
+        let lockout = if outcome.is_failure() {
+            let pair = self.limiter.fail(&r.site_code, source, now);
+            let any = self.addr_limiter.fail(ANY_SITE, source, now);
+            pair.or(any)
+        } else {
+            None
+        };
+        if let Some(lockout) = lockout {
             record(
                 Outcome::RateLimited(lockout).event_kind(),
                 format!(
@@ -204,7 +222,12 @@ impl Gate<'_> {
     }
 
     async fn decide(&self, r: &EnrollRequest, source: IpAddr) -> Result<Outcome, StoreError> {
-        if let Some(wait) = self.limiter.locked(&r.site_code, source, Instant::now()) {
+        let now = Instant::now();
+        let wait = self
+            .limiter
+            .locked(&r.site_code, source, now)
+            .or_else(|| self.addr_limiter.locked(ANY_SITE, source, now));
+        if let Some(wait) = wait {
             return Ok(Outcome::RateLimited(wait));
         }
         let row = sqlx::query(

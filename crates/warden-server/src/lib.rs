@@ -8,21 +8,28 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod db;
 pub mod enroll;
 pub mod keys;
 pub mod limiter;
+pub mod serve;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api::{AppState, Cidr};
 use keys::Verifier;
 
 /// Waiting verifications the pool queues past its busy slots.
 pub const VERIFY_QUEUE: usize = 64;
+/// Argon2id slots kept for logins alone.
+pub const LOGIN_VERIFY_SLOTS: usize = 2;
+/// Waiting login verifications queued past the login slots.
+pub const LOGIN_VERIFY_QUEUE: usize = 16;
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -33,9 +40,18 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// Concurrent Argon2id verifications (default: the number of CPUs).
+    /// Concurrent Argon2id verifications of enrollments (default: the number of CPUs).
     pub verify_slots: usize,
     pub verify_queue: usize,
+    /// Argon2id verifications of logins, on slots of their own.
+    pub login_verify_slots: usize,
+    pub login_verify_queue: usize,
+    /// How long each login waits first for a name that keeps failing.
+    pub login_slowdown: Duration,
+    /// Deadlines and the connection cap.
+    pub limits: serve::Limits,
+    /// The window of the audit trail's budget for refusals.
+    pub event_window: Duration,
 }
 
 impl Config {
@@ -48,6 +64,11 @@ impl Config {
             tls: None,
             verify_slots: std::thread::available_parallelism().map_or(2, usize::from),
             verify_queue: VERIFY_QUEUE,
+            login_verify_slots: LOGIN_VERIFY_SLOTS,
+            login_verify_queue: LOGIN_VERIFY_QUEUE,
+            login_slowdown: Duration::from_secs(1),
+            limits: serve::Limits::default(),
+            event_window: budget::WINDOW,
         }
     }
 }
@@ -59,15 +80,20 @@ pub struct Running {
     pub state: Arc<AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    flusher: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    /// Stops accepting, lets requests in flight finish, and returns.
+    /// Stops accepting, lets requests in flight finish (cutting what is left when the drain
+    /// deadline passes), writes what the audit budget only counted, and returns.
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        (&mut self.task).await.unwrap_or(Ok(()))
+        let served = (&mut self.task).await.unwrap_or(Ok(()));
+        self.flusher.abort();
+        self.state.budget.flush(&self.state.db).await;
+        served
     }
 
     /// Resolves when the server stops on its own (it does not, unless it fails).
@@ -79,26 +105,27 @@ impl Running {
 /// Opens the database, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let db = db::Db::open(&config.data_dir, config.database_url.as_deref()).await?;
+    let signing = auth::SigningKey::load_or_create(&db).await?;
+    let capacity = limiter::MAX_KEYS;
     let state = Arc::new(AppState {
         db,
         verifier: Verifier::new(config.verify_slots, config.verify_queue)?,
+        login_verifier: Verifier::new(config.login_verify_slots, config.login_verify_queue)?,
         limiter: limiter::Limiter::default(),
+        enroll_addr_limiter: limiter::Limiter::new(limiter::ADDRESS_FAILURES, capacity),
         login_limiter: limiter::Limiter::default(),
-        signing: auth::SigningKey::load_or_create(&config.data_dir)?,
+        login_addr_limiter: limiter::Limiter::default(),
+        login_name_failures: limiter::Limiter::new(u32::MAX, capacity),
+        login_slowdown: config.login_slowdown,
+        budget: budget::EventBudget::new(budget::PER_WINDOW, config.event_window),
+        signing,
         trusted_proxies: config.trusted_proxies.clone(),
+        body_timeout: config.limits.body_timeout,
     });
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
-    let app = api::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = match &config.tls {
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-        }),
+    let mut limits = config.limits;
+    limits.max_connections = serve::fitted_max_connections(&limits);
+    let tls = match &config.tls {
+        None => None,
         Some((cert, key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
@@ -109,25 +136,31 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                         key.display()
                     )
                 })?;
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                let _ = rx.await;
-                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            let listener = listener.into_std()?;
-            tokio::spawn(async move {
-                axum_server::from_tcp_rustls(listener, tls)?
-                    .handle(handle)
-                    .serve(app)
-                    .await
-            })
+            Some(serve::tls_acceptor(&tls, &limits))
         }
     };
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = api::router(Arc::clone(&state));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve::serve(listener, tls, app, limits, rx));
+    let flusher = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move {
+            let mut tick =
+                tokio::time::interval(state.budget.window.max(Duration::from_millis(100)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                state.budget.flush(&state.db).await;
+            }
+        }
+    });
     Ok(Running {
         addr,
         state,
         stop: Some(tx),
         task,
+        flusher,
     })
 }

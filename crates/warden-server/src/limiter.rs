@@ -1,15 +1,19 @@
-//! Failed enrollments per (site code, source address). Only failures are charged: a whole
-//! office behind one NAT address enrolling its machines is never slowed down, while one that
-//! keeps presenting wrong keys is locked out for a while. The table holds a bounded number of
-//! keys and forgets the least recently charged first, so a flood of addresses cannot grow it.
+//! Failures per (key, source address): enrollments per site code and address, and per address
+//! across site codes; logins per name and address, and per address across names; and a count
+//! per name alone, which only slows logins down. Only failures are charged: a whole office
+//! behind one NAT address enrolling its machines is never slowed down, while one that keeps
+//! presenting wrong keys is locked out for a while. The table holds a bounded number of keys and
+//! forgets the least recently charged first, so a flood of addresses cannot grow it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failures that lock a key out.
+/// Failures that lock a key out, by default.
 pub const FAILURES: u32 = 20;
+/// Failed enrollments from one address, whatever the site codes, that lock the address out.
+pub const ADDRESS_FAILURES: u32 = 50;
 /// How long a lockout lasts, and the window failures are counted in.
 pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
 /// Keys the table keeps.
@@ -39,6 +43,8 @@ struct Table {
 pub struct Limiter {
     table: Mutex<Table>,
     max_keys: usize,
+    /// Failures in the window that lock a key out.
+    threshold: u32,
 }
 
 impl Default for Limiter {
@@ -49,10 +55,28 @@ impl Default for Limiter {
 
 impl Limiter {
     pub fn with_capacity(max_keys: usize) -> Limiter {
+        Limiter::new(FAILURES, max_keys)
+    }
+
+    /// A limiter that locks a key out at its `threshold`th failure in the window (`u32::MAX`:
+    /// never, it only counts).
+    pub fn new(threshold: u32, max_keys: usize) -> Limiter {
         Limiter {
             table: Mutex::new(Table::default()),
             max_keys,
+            threshold,
         }
+    }
+
+    /// Failures charged to `site`/`addr` in the current window.
+    pub fn failures(&self, site: &str, addr: IpAddr, now: Instant) -> u32 {
+        let t = self.lock();
+        t.entries
+            .get(&(site.to_owned(), addr))
+            .filter(|e| {
+                now.duration_since(e.since) < LOCKOUT || e.locked_until.is_some_and(|u| u > now)
+            })
+            .map_or(0, |e| e.failures)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -98,8 +122,8 @@ impl Limiter {
             },
         };
         let mut entry = entry;
-        entry.failures += 1;
-        let locked = if entry.failures >= FAILURES && entry.locked_until.is_none() {
+        entry.failures = entry.failures.saturating_add(1);
+        let locked = if entry.failures >= self.threshold && entry.locked_until.is_none() {
             entry.locked_until = Some(now + LOCKOUT);
             Some(LOCKOUT)
         } else {
@@ -146,6 +170,22 @@ mod tests {
         assert_eq!(l.locked("hq", b, t0), None);
         assert_eq!(l.locked("branch", a, t0), None);
         assert_eq!(l.locked("hq", a, t0 + LOCKOUT), None);
+    }
+
+    /// Pins: a counting limiter (threshold `u32::MAX`) never locks out, and counts failures in
+    /// the window only.
+    #[test]
+    fn a_counting_limiter_counts_and_never_locks() {
+        let l = Limiter::new(u32::MAX, 10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(l.fail("login:root", a, t0), None);
+        }
+        assert_eq!(l.locked("login:root", a, t0), None);
+        assert_eq!(l.failures("login:root", a, t0), 100);
+        assert_eq!(l.failures("login:root", a, t0 + LOCKOUT), 0);
+        assert_eq!(l.failures("login:other", a, t0), 0);
     }
 
     /// Pins: the table never holds more than its 100,000 keys whatever the flood of addresses;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -45,6 +46,25 @@ enum Command {
         /// PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Time for a request's head (and a TLS handshake) to arrive; also how long a kept-alive
+        /// connection waits for its next request.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+        header_timeout_ms: u64,
+        /// Time for a request's body to arrive.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+        body_timeout_ms: u64,
+        /// A connection on which nothing moves this long, with no request being handled, is
+        /// closed.
+        #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+        idle_timeout_ms: u64,
+        /// Connections served at once (lowered to fit the open-file limit); past it new ones
+        /// are closed at once.
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        max_connections: u64,
+        /// At SIGTERM or SIGINT, how long requests in flight may take to finish before they are
+        /// cut.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+        drain_timeout_ms: u64,
     },
     /// Operator accounts.
     User {
@@ -165,6 +185,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Tells systemd (when it runs the server as `Type=notify`) how the server is doing.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
     if json {
         println!(
@@ -188,22 +215,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         trusted_proxies,
         tls_cert,
         tls_key,
+        header_timeout_ms,
+        body_timeout_ms,
+        idle_timeout_ms,
+        max_connections,
+        drain_timeout_ms,
     } = cli.command
     {
+        use tokio::signal::unix::{SignalKind, signal};
+        // In place before anything is served, so a stop at any moment is a graceful one.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let mut config = warden_server::Config::new(cli.data_dir);
         config.database_url = cli.database_url;
         config.listen = listen;
         config.trusted_proxies = trusted_proxies;
         config.tls = tls_cert.zip(tls_key);
+        config.limits = warden_server::serve::Limits {
+            header_timeout: Duration::from_millis(header_timeout_ms),
+            body_timeout: Duration::from_millis(body_timeout_ms),
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
+            max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+            drain_timeout: Duration::from_millis(drain_timeout_ms),
+        };
         let mut running = warden_server::start(&config).await?;
         tracing::info!(listen = %running.addr, tls = config.tls.is_some(), "warden-server serving");
-        tokio::select! {
-            r = running.wait() => r?,
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("stopping");
-                running.stop().await?;
-            }
-        }
+        notify(&[sd_notify::NotifyState::Ready]);
+        let signal = tokio::select! {
+            r = running.wait() => return Ok(r?),
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        notify(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!(
+            signal,
+            drain_ms = drain_timeout_ms,
+            "stopping: finishing the requests in flight"
+        );
+        running.stop().await?;
+        tracing::info!("stopped");
         return Ok(());
     }
     let db = Db::open(&cli.data_dir, cli.database_url.as_deref()).await?;

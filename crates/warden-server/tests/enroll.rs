@@ -311,6 +311,163 @@ async fn failures_lock_out_one_address_and_successes_never_do() {
     }
 }
 
+/// Pins: failures from one address are also counted across site codes: rotating the site code
+/// with every guess does not escape the lockout, while other addresses are untouched (item 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_site_codes_does_not_escape_the_address_lockout() {
+    for url in backends() {
+        let s = TestServer::start_with(url.as_deref(), |c| {
+            c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        })
+        .await;
+        let db = s.name();
+        s.db().add_site("hq", "HQ", "Acme").await.unwrap();
+        let key = s.db().rotate_key("hq").await.unwrap().key;
+        let wrong = warden_server::keys::new_enrollment_key();
+        let from = |addr: &'static str, b: serde_json::Value| {
+            let s = &s;
+            async move {
+                s.request("POST", "/v1/enroll", Some(&b), &[("X-Forwarded-For", addr)])
+                    .await
+            }
+        };
+        // A new site code for every guess: no (site, address) pair ever gets near its 20.
+        for i in 0..warden_server::limiter::ADDRESS_FAILURES {
+            let site = if i % 5 == 0 {
+                "hq".into()
+            } else {
+                format!("s{i}")
+            };
+            let r = from("198.51.100.7", body(&site, &wrong, &machine_id(), "x")).await;
+            assert_eq!(r.status, 401, "{db}: guess {i}: {}", r.raw);
+        }
+        for site in ["hq", "a-site-never-tried"] {
+            let r = from("198.51.100.7", body(site, &key, &machine_id(), "x")).await;
+            assert_eq!(r.status, 429, "{db}: {site}: {}", r.raw);
+            assert!(r.header("retry-after").is_some());
+        }
+        let other = from("203.0.113.5", body("hq", &key, &machine_id(), "pc")).await;
+        assert_eq!(other.status, 201, "{db}: {}", other.raw);
+        let limited = s
+            .db()
+            .events(Some("enroll.rate_limited"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(limited.len(), 1, "{db}: {limited:?}");
+        s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: a flood of rejected enrollments from ever new addresses writes at most the budget's
+/// rows, and the rest as one summary row with their number (item 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_rejections_is_summed_up_not_written_row_by_row() {
+    for url in backends() {
+        let s = TestServer::start_with(url.as_deref(), |c| {
+            c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        })
+        .await;
+        let db = s.name();
+        s.db().add_site("hq", "HQ", "Acme").await.unwrap();
+        let wrong = warden_server::keys::new_enrollment_key();
+        let flood = 100;
+        for i in 0..flood {
+            let addr = format!("10.0.{}.{}", i / 200, i % 200 + 1);
+            let r = s
+                .request(
+                    "POST",
+                    "/v1/enroll",
+                    Some(&body("hq", &wrong, &machine_id(), "x")),
+                    &[("X-Forwarded-For", &addr)],
+                )
+                .await;
+            assert_eq!(r.status, 401, "{db}: {}", r.raw);
+        }
+        let store = s.db().clone();
+        s.running.stop().await.unwrap();
+        let rows = store
+            .events(Some("enroll.rejected"), None, 1000)
+            .await
+            .unwrap();
+        let budget = warden_server::budget::PER_WINDOW as usize;
+        assert_eq!(rows.len(), budget, "{db}: one row per rejection");
+        let summary = store
+            .events(Some(warden_server::budget::SUPPRESSED), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(summary.len(), 1, "{db}: {summary:?}");
+        assert_eq!(summary[0].target, "enroll.rejected");
+        assert!(
+            summary[0]
+                .detail
+                .starts_with(&format!("{} more enroll.rejected", flood - budget)),
+            "{db}: {}",
+            summary[0].detail
+        );
+    }
+}
+
+/// Pins: logins have Argon2id slots of their own: while an enrollment flood keeps the
+/// enrollment pool full (its callers see 503), every login still gets its answer (item 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_flood_does_not_take_the_login_slots() {
+    let s = TestServer::start_with(None, |c| {
+        c.verify_slots = 1;
+        c.verify_queue = 1;
+    })
+    .await;
+    s.db().add_site("hq", "HQ", "Acme").await.unwrap();
+    let key = s.db().rotate_key("hq").await.unwrap().key;
+    let password = "correct horse battery";
+    s.db()
+        .add_operator("root", warden_server::auth::Role::Admin, password)
+        .await
+        .unwrap();
+    let addr = s.running.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            let (stop, busy, key) = (stop.clone(), busy.clone(), key.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let b = body("hq", &key, &machine_id(), "pc").to_string();
+                    let r = common::http(addr, "POST", "/v1/enroll", Some(b), &[]).await;
+                    if r.status == 503 {
+                        busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the flood fill the pool first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while busy.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood never filled the pool"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for _ in 0..8 {
+        let r = common::http(
+            addr,
+            "POST",
+            "/v1/login",
+            Some(serde_json::json!({"name": "root", "password": password}).to_string()),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in flood {
+        t.await.unwrap();
+    }
+    assert!(busy.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    s.running.stop().await.unwrap();
+}
+
 /// Pins: with every verification slot busy and the queue full, enrollments are turned away at
 /// once with 503 and Retry-After, and the server takes them again once the flood is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,9 +84,13 @@ async fn logins_and_tokens_work_until_revoked() {
         let db = s.name();
         let mut bodies = Vec::new();
         for (name, pw) in [("root", "wrong password!"), ("nobody", PASSWORD)] {
-            let before = s.running.state.verifier.runs();
+            let before = s.running.state.login_verifier.runs();
             let r = login(&s, name, pw).await;
-            assert_eq!(s.running.state.verifier.runs() - before, 1, "{db}: {name}");
+            assert_eq!(
+                s.running.state.login_verifier.runs() - before,
+                1,
+                "{db}: {name}"
+            );
             assert_eq!(r.status, 401, "{db}: {}", r.raw);
             let cid = r.json["error"]["correlation_id"]
                 .as_str()
@@ -377,15 +381,18 @@ async fn machines_are_managed_over_http() {
     }
 }
 
-/// Pins: 20 failed logins for one name lock it out (even with the right password) with a
-/// Retry-After, while another operator logs in as usual.
+/// Pins: failures for a name lock out only the addresses they came from: the right password from
+/// an address that has not failed is never refused, only slowed down (item 21).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_are_limited_per_name() {
+async fn a_name_under_attack_is_slowed_never_refused_to_a_clean_address() {
+    let slowdown = std::time::Duration::from_millis(150);
     for url in backends() {
         let s = TestServer::start_with(url.as_deref(), |c| {
             c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            c.login_slowdown = slowdown;
         })
         .await;
+        let db = s.name();
         s.db()
             .add_operator("root", Role::Admin, PASSWORD)
             .await
@@ -394,25 +401,41 @@ async fn failed_logins_are_limited_per_name() {
             .add_operator("ops", Role::Operator, PASSWORD)
             .await
             .unwrap();
-        for i in 0..20 {
-            let addr = format!("198.51.100.{i}");
-            let r = s
-                .request(
+        let from = |addr: String, name: &'static str, pw: &'static str| {
+            let s = &s;
+            async move {
+                s.request(
                     "POST",
                     "/v1/login",
-                    Some(&json!({"name": "root", "password": "not the password"})),
+                    Some(&json!({"name": name, "password": pw})),
                     &[("X-Forwarded-For", &addr)],
                 )
-                .await;
-            assert_eq!(r.status, 401);
+                .await
+            }
+        };
+        // Many addresses guess at `root`, once each: none of them is locked out.
+        for i in 0..25 {
+            let r = from(format!("198.51.100.{i}"), "root", "not the password").await;
+            assert_eq!(r.status, 401, "{db}: {}", r.raw);
         }
-        let locked = login(&s, "root", PASSWORD).await;
-        assert_eq!(locked.status, 429, "{}", locked.raw);
+        // One address keeps guessing: it is locked out, for this name and for any.
+        for _ in 0..20 {
+            let r = from("203.0.113.66".into(), "root", "not the password").await;
+            assert_eq!(r.status, 401, "{db}: {}", r.raw);
+        }
+        let locked = from("203.0.113.66".into(), "root", PASSWORD).await;
+        assert_eq!(locked.status, 429, "{db}: {}", locked.raw);
         assert!(locked.header("retry-after").is_some());
-        assert_eq!(login(&s, "ops", PASSWORD).await.status, 200);
-        for _ in 0..5 {
-            assert_eq!(login(&s, "root", PASSWORD).await.status, 429);
-        }
+        assert_eq!(
+            from("203.0.113.66".into(), "ops", PASSWORD).await.status,
+            429
+        );
+        // The operator, from an address that never failed: slowed down, and let in.
+        let started = std::time::Instant::now();
+        let ok = from("192.0.2.10".into(), "root", PASSWORD).await;
+        assert_eq!(ok.status, 200, "{db}: {}", ok.raw);
+        assert!(started.elapsed() >= slowdown, "{db}: not slowed down");
+        assert_eq!(from("192.0.2.11".into(), "ops", PASSWORD).await.status, 200);
         let limited = s
             .db()
             .events(Some("login.rate_limited"), None, 10)
@@ -421,10 +444,33 @@ async fn failed_logins_are_limited_per_name() {
         assert_eq!(
             limited.len(),
             1,
-            "one event when the lockout began: {limited:?}"
+            "{db}: one event when the lockout began: {limited:?}"
         );
+        assert_eq!(limited[0].source, "203.0.113.66");
         s.running.stop().await.unwrap();
     }
+}
+
+/// Pins: a login name over 64 bytes is refused with 400 before it reaches the limiters or the
+/// verifier, so it costs no limiter memory (item 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_login_names_are_refused_before_the_limiter() {
+    let s = TestServer::start(None).await;
+    let state = &s.running.state;
+    for len in [65, 17 * 1024] {
+        let r = login(&s, &"a".repeat(len), "not the password").await;
+        assert_eq!(r.status, 400, "{}", r.raw);
+        assert_eq!(r.kind(), "bad_request");
+    }
+    assert_eq!(state.login_limiter.len(), 0);
+    assert_eq!(state.login_addr_limiter.len(), 0);
+    assert_eq!(state.login_name_failures.len(), 0);
+    assert_eq!(state.login_verifier.runs(), 0);
+    // 64 bytes is still a name: an ordinary failed login, charged as usual.
+    let r = login(&s, &"a".repeat(64), "not the password").await;
+    assert_eq!(r.status, 401, "{}", r.raw);
+    assert_eq!(state.login_limiter.len(), 1);
+    s.running.stop().await.unwrap();
 }
 
 /// Pins: the OpenAPI document is generated from the handlers: it lists every endpoint with its
@@ -486,8 +532,8 @@ async fn the_openapi_document_lists_exactly_what_is_served() {
     }
 }
 
-/// Pins: a login outlives a restart of the server (its signing key is kept in the data
-/// directory, mode 0600), and a logout before the restart still holds after it.
+/// Pins: a login outlives a restart of the server (its signing key is kept in the database),
+/// and a logout before the restart still holds after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_outlive_a_restart_and_logouts_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -544,11 +590,7 @@ async fn logins_outlive_a_restart_and_logouts_too() {
     };
     assert_eq!(sites(kept).await, 200);
     assert_eq!(sites(ended).await, 401);
-    let key = std::fs::metadata(dir.path().join("data/signing.key")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
-        0o600
-    );
+    assert!(!dir.path().join("data/signing.key").exists());
     second.stop().await.unwrap();
 }
 
@@ -587,5 +629,66 @@ async fn key_usage_counts_machines_per_version() {
         assert_eq!(active.json["version"], 2, "{db}");
         assert!(active.json.get("key").is_none() && !active.raw.contains(&v2[4..]));
         s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: servers on machines of their own (each its own data directory) starting at the same
+/// moment on one PostgreSQL database all take the one signing key stored first, so a login made
+/// on any of them is accepted by every other (item 23).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_on_postgres_share_one_signing_key() {
+    let Some(base) = backends().into_iter().flatten().next() else {
+        return;
+    };
+    let url = common::fresh_schema(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The migrations are applied first; then all five race to make the key.
+    warden_server::db::Db::open(dir.path(), Some(&url))
+        .await
+        .unwrap();
+    let racing: Vec<_> = (0..5)
+        .map(|i| {
+            let mut config = warden_server::Config::new(dir.path().join(format!("data-{i}")));
+            config.database_url = Some(url.clone());
+            config.listen = "127.0.0.1:0".parse().unwrap();
+            tokio::spawn(async move { warden_server::start(&config).await.unwrap() })
+        })
+        .collect();
+    let mut servers = Vec::new();
+    for r in racing {
+        servers.push(r.await.unwrap());
+    }
+    servers[0]
+        .state
+        .db
+        .add_operator("root", Role::Admin, PASSWORD)
+        .await
+        .unwrap();
+    for s in &servers[1..] {
+        assert!(s.state.signing == servers[0].state.signing);
+    }
+    let login = common::http(
+        servers[3].addr,
+        "POST",
+        "/v1/login",
+        Some(json!({"name": "root", "password": PASSWORD}).to_string()),
+        &[],
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.raw);
+    let bearer = format!("Bearer {}", login.json["token"].as_str().unwrap());
+    for s in &servers {
+        let r = common::http(
+            s.addr,
+            "GET",
+            "/v1/sites",
+            None,
+            &[("Authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+    for s in servers {
+        s.stop().await.unwrap();
     }
 }
