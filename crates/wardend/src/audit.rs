@@ -22,10 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use rusqlite::OptionalExtension;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
+
+use warden_policy::AuditSettings;
 
 use crate::events::Bus;
 
@@ -149,9 +152,18 @@ impl Chain {
     }
 }
 
-/// The live log is closed and a new one begun once it reaches this size; the chain goes on
-/// across files.
-pub(crate) const ROTATE_AT: u64 = 64 << 20;
+/// The last `seq` of the closed segment at `path`, from its name (`audit.<12 digits>.log`).
+pub(crate) fn segment_last_seq(path: &Path) -> Option<u64> {
+    let digits = path
+        .file_name()?
+        .to_str()?
+        .strip_prefix("audit.")?
+        .strip_suffix(".log")?;
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// Closed segments beside `live` (`audit.<last seq, 12 digits>.log`), oldest first.
 fn segments(live: &Path) -> io::Result<Vec<PathBuf>> {
@@ -162,11 +174,7 @@ fn segments(live: &Path) -> io::Result<Vec<PathBuf>> {
         Ok(entries) => entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("audit.") && n.ends_with(".log") && n != FILE)
-            })
+            .filter(|p| segment_last_seq(p).is_some())
             .collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
@@ -180,12 +188,6 @@ pub(crate) fn closed_segments(live: &Path) -> Vec<PathBuf> {
     segments(live).unwrap_or_default()
 }
 
-/// Every file of the log, oldest first: the closed segments, then the live file.
-fn log_files(live: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut files = segments(live)?;
-    files.push(live.to_owned());
-    Ok(files)
-}
 
 /// Records between seals.
 pub(crate) const SEAL_EVERY: u64 = 1000;
@@ -217,10 +219,45 @@ impl Seals {
             .map_err(sql)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS audit_seals (
-                 seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL)",
+                 seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, ts TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit_anchor (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 seq INTEGER NOT NULL, hash TEXT NOT NULL, ts TEXT NOT NULL);",
         )
         .map_err(sql)?;
         Ok(Seals { conn })
+    }
+
+    /// Where the retained log begins: the last record removed by retention (`seq`, hash), from
+    /// which the chain of what remains is checked. `None` while nothing was removed.
+    pub(crate) fn anchor(&self) -> io::Result<Option<Head>> {
+        self.conn
+            .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+                Ok(Head {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                })
+            })
+            .optional()
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Moves the anchor to `head` (records up to it are about to be removed) and drops the seals
+    /// it covers, in one transaction flushed to disk.
+    fn set_anchor(&mut self, head: &Head) -> io::Result<()> {
+        let sql = |e: rusqlite::Error| io::Error::other(e.to_string());
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO audit_anchor (id, seq, hash, ts) VALUES (1, ?1, ?2, ?3)",
+            rusqlite::params![head.seq as i64, head.hash, now_text()],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "DELETE FROM audit_seals WHERE seq <= ?1",
+            [head.seq as i64],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
     }
 
     fn put(&self, head: &Head) -> io::Result<()> {
@@ -258,6 +295,9 @@ pub(crate) struct AuditLog {
     path: PathBuf,
     /// Shared with the flusher, which adds to them.
     seals: Arc<Mutex<Seals>>,
+    /// Held (read) while the log's files are read; the flusher closes or removes segments only
+    /// when it can take it (write) at once, and otherwise writes on and tries again next round.
+    files: Arc<std::sync::RwLock<()>>,
     /// How many times the log was flushed to disk (group commit shows in it; read by tests).
     #[cfg_attr(not(test), allow(dead_code))]
     syncs: Arc<AtomicU64>,
@@ -280,16 +320,14 @@ impl AuditLog {
     /// Opens (creating) the log in `dir` and finds where its chain continues. A last line
     /// without its newline was cut off by a crash mid-write; it was never acknowledged (records
     /// are acknowledged only once flushed whole), so it is removed.
-    pub(crate) fn open(dir: &Path, seals: Seals, bus: Bus) -> io::Result<AuditLog> {
-        Self::open_rotating(dir, seals, bus, ROTATE_AT)
-    }
-
-    /// [`AuditLog::open`], closing the live file at `rotate_at` bytes.
-    pub(crate) fn open_rotating(
+    ///
+    /// The live file is closed as a segment at `settings.segment_bytes`; closed segments past
+    /// `keep_segments` or `max_bytes` are removed, oldest first (see [`Flusher::retain`]).
+    pub(crate) fn open(
         dir: &Path,
         seals: Seals,
         bus: Bus,
-        rotate_at: u64,
+        settings: &AuditSettings,
     ) -> io::Result<AuditLog> {
         match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
@@ -340,6 +378,7 @@ impl AuditLog {
             work: Condvar::new(),
         });
         let syncs = Arc::new(AtomicU64::new(0));
+        let files = Arc::new(std::sync::RwLock::new(()));
         let thread = std::thread::Builder::new()
             .name("warden-audit".into())
             .spawn({
@@ -347,10 +386,13 @@ impl AuditLog {
                     len: file.metadata()?.len(),
                     file,
                     live: path.clone(),
-                    rotate_at,
+                    rotate_at: settings.segment_bytes,
+                    keep_segments: settings.keep_segments.max(1),
+                    max_bytes: settings.max_bytes,
                     written: head,
                     syncs: Arc::clone(&syncs),
                     seals: Arc::clone(&seals),
+                    files: Arc::clone(&files),
                     bus,
                 };
                 let chain = Arc::clone(&chain);
@@ -359,22 +401,52 @@ impl AuditLog {
         Ok(AuditLog {
             path,
             seals,
+            files,
             syncs,
             chain,
             thread: Mutex::new(Some(thread)),
         })
     }
 
+    #[cfg(test)]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Every seal so far, oldest first.
+    #[cfg(test)]
     pub(crate) fn seals(&self) -> io::Result<Vec<Head>> {
         self.seals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .all()
+    }
+
+
+    /// Checks the chain of the log's files against `head` (the last record the daemon knows it
+    /// wrote), its seals and its anchor, whose `seq` comes back with the verdict. Blocks: run it
+    /// off the runtime's threads. The flusher closes and removes no segment meanwhile.
+    pub(crate) fn verify(&self, head: Option<&Head>) -> io::Result<(Verdict, Option<u64>)> {
+        let _reading = self
+            .files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (seals, anchor) = {
+            let store = self.seals.lock().unwrap_or_else(PoisonError::into_inner);
+            (store.all()?, store.anchor()?)
+        };
+        let verdict = verify_from(&self.path, head, &seals, anchor.as_ref())?;
+        Ok((verdict, anchor.map(|a| a.seq)))
+    }
+
+    /// [`query`] of the log's files. Blocks: run it off the runtime's threads. The flusher
+    /// closes and removes no segment meanwhile.
+    pub(crate) fn query(&self, filter: &Filter, limit: usize) -> io::Result<(Vec<Value>, bool)> {
+        let _reading = self
+            .files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        query(&self.path, filter, limit)
     }
 
     /// Flushes to disk so far.
@@ -390,22 +462,7 @@ impl AuditLog {
         if p.closed {
             return Err(AuditError::Closed);
         }
-        let line = encode(p.head.seq + 1, &now_text(), &p.head.hash, body)
-            .map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))?;
-        p.head = Head {
-            seq: p.head.seq + 1,
-            hash: hash(&line),
-        };
-        if p.head.seq.is_multiple_of(SEAL_EVERY) {
-            let head = p.head.clone();
-            p.seals.push(head);
-        }
-        p.lines.extend_from_slice(&line);
-        p.lines.push(b'\n');
-        if let Some(ack) = ack {
-            let head = p.head.clone();
-            p.acks.push((ack, head));
-        }
+        push(&mut p, body, ack)?;
         self.wake(&mut p);
         Ok(())
     }
@@ -467,6 +524,27 @@ impl AuditLog {
     }
 }
 
+/// Chains `body` (an event as JSON) after the head in `p`; `ack` is answered once it is on disk.
+fn push(p: &mut Pending, body: &[u8], ack: Option<Ack>) -> Result<(), AuditError> {
+    let line = encode(p.head.seq + 1, &now_text(), &p.head.hash, body)
+        .map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))?;
+    p.head = Head {
+        seq: p.head.seq + 1,
+        hash: hash(&line),
+    };
+    if p.head.seq.is_multiple_of(SEAL_EVERY) {
+        let head = p.head.clone();
+        p.seals.push(head);
+    }
+    p.lines.extend_from_slice(&line);
+    p.lines.push(b'\n');
+    if let Some(ack) = ack {
+        let head = p.head.clone();
+        p.acks.push((ack, head));
+    }
+    Ok(())
+}
+
 /// `event` as JSON, for [`encode`]: an object with at least `event`.
 fn body_of(event: &Event) -> Result<Vec<u8>, AuditError> {
     serde_json::to_vec(event).map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))
@@ -481,58 +559,58 @@ impl Drop for AuditLog {
 /// The head of the chain in `file`, cutting off a last line the daemon never finished.
 fn recover(file: &mut File) -> io::Result<Head> {
     let len = file.metadata()?.len();
-    if len == 0 {
+    let (line, end) = last_line(file)?;
+    if end < len {
+        file.set_len(end)?;
+    }
+    let Some(line) = line else {
         return Ok(Head {
             seq: 0,
             hash: GENESIS.to_owned(),
         });
-    }
-    // Read backwards until the start of the last complete line is in view.
+    };
+    let seq = serde_json::from_slice::<Value>(&line)
+        .ok()
+        .and_then(|v| v["seq"].as_u64())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the audit log's last record is unreadable; run `warden audit verify`",
+            )
+        })?;
+    Ok(Head {
+        seq,
+        hash: hash(&line),
+    })
+}
+
+/// The last whole line of `file` (without its newline), if any, and where its whole lines end
+/// (past that is a line cut off mid-write). Reads backwards from the end, never the whole file.
+fn last_line(mut file: &File) -> io::Result<(Option<Vec<u8>>, u64)> {
+    let len = file.metadata()?.len();
     let mut chunk = 64 * 1024u64;
     loop {
         let from = len.saturating_sub(chunk);
         file.seek(SeekFrom::Start(from))?;
         let mut tail = Vec::with_capacity((len - from) as usize);
         file.take(len - from).read_to_end(&mut tail)?;
-        let end = tail.iter().rposition(|&b| b == b'\n').map(|i| i + 1);
-        let Some(end) = end else {
+        let Some(end) = tail.iter().rposition(|&b| b == b'\n').map(|i| i + 1) else {
             if from == 0 {
-                // Not one whole line: only a cut-off first record.
-                file.set_len(0)?;
-                return recover(file);
+                // Not one whole line.
+                return Ok((None, 0));
             }
             chunk *= 2;
             continue;
         };
-        let start = tail[..end - 1]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|i| i + 1);
-        let start = match start {
-            Some(s) => s,
+        let start = match tail[..end - 1].iter().rposition(|&b| b == b'\n') {
+            Some(i) => i + 1,
             None if from == 0 => 0,
             None => {
                 chunk *= 2;
                 continue;
             }
         };
-        if (end as u64) + from < len {
-            file.set_len(from + end as u64)?;
-        }
-        let line = &tail[start..end - 1];
-        let seq = serde_json::from_slice::<Value>(line)
-            .ok()
-            .and_then(|v| v["seq"].as_u64())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "the audit log's last record is unreadable; run `warden audit verify`",
-                )
-            })?;
-        return Ok(Head {
-            seq,
-            hash: hash(line),
-        });
+        return Ok((Some(tail[start..end - 1].to_vec()), from + end as u64));
     }
 }
 
@@ -545,12 +623,17 @@ struct Flusher {
     file: File,
     live: PathBuf,
     rotate_at: u64,
+    /// Closed segments kept (at least 1).
+    keep_segments: usize,
+    /// Bytes of closed segments kept; 0: no limit besides `keep_segments`.
+    max_bytes: u64,
     /// The live file's length, kept here rather than asked of the kernel every round.
     len: u64,
     /// The last record written to the file.
     written: Head,
     syncs: Arc<AtomicU64>,
     seals: Arc<Mutex<Seals>>,
+    files: Arc<std::sync::RwLock<()>>,
     bus: Bus,
 }
 
@@ -569,6 +652,12 @@ impl Flusher {
     /// goes round again; waits only when nothing is chained. Records chained meanwhile go with
     /// the next round, so each flush covers all that came while the one before it ran.
     fn run(mut self, chain: &Chain) {
+        // A retention the settings now ask for, or one a crash left half done. (No one reads
+        // the files yet.)
+        let files = Arc::clone(&self.files);
+        if let Ok(_alone) = files.try_write() {
+            self.retain(chain);
+        }
         // Reused round to round: the buffer keeps its capacity.
         let mut spare = Vec::new();
         loop {
@@ -656,7 +745,13 @@ impl Flusher {
             }
         }
         if self.len >= self.rotate_at {
-            self.rotate();
+            // Not while a reader goes through the files: the live file grows a little past its
+            // size instead, and is closed in a later round.
+            let files = Arc::clone(&self.files);
+            if let Ok(_alone) = files.try_write() {
+                self.rotate();
+                self.retain(chain);
+            }
         }
         lines
     }
@@ -677,6 +772,124 @@ impl Flusher {
         self.len = self.file.metadata().map_or(self.len, |m| m.len());
     }
 
+    /// Removes the oldest closed segments past `keep_segments` or `max_bytes` (the newest
+    /// closed one always stays). First the anchor moves to the last record removed (its `seq`
+    /// and the hash of its line, in the seal database, flushed), then the files go, then a
+    /// record `audit.retention` names what went and is sealed: what remains still verifies,
+    /// from the anchor on, and removing more than retention did shows as records missing.
+    fn retain(&mut self, chain: &Chain) {
+        let cut = match self.cut() {
+            Ok(Some(cut)) => cut,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remove old audit segments; keeping them");
+                return;
+            }
+        };
+        tracing::info!(
+            segments = cut.segments.len(),
+            first_seq = cut.first_seq,
+            last_seq = cut.last_seq,
+            "removed old audit segments"
+        );
+        let event = Event {
+            reason: Some(format!(
+                "retention removed {} segment(s), records {} to {}; the chain goes on from \
+                 record {} (hash {})",
+                cut.segments.len(),
+                cut.first_seq,
+                cut.last_seq,
+                cut.last_seq,
+                cut.hash
+            )),
+            params: Some(serde_json::json!({
+                "segments": cut.segments,
+                "first_seq": cut.first_seq,
+                "last_seq": cut.last_seq,
+                "hash": cut.hash,
+            })),
+            ..Event::new("audit.retention")
+        };
+        let mut p = chain.lock();
+        match body_of(&event).and_then(|body| push(&mut p, &body, None)) {
+            Ok(()) => {
+                let head = p.head.clone();
+                p.seals.push(head);
+            }
+            Err(e) => tracing::error!(error = %e, "an audit record was lost"),
+        }
+    }
+
+    /// Chooses the segments to remove, moves the anchor past them and removes them.
+    fn cut(&mut self) -> io::Result<Option<Cut>> {
+        let anchor = self
+            .seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .anchor()?;
+        let anchored = anchor.as_ref().map_or(0, |a| a.seq);
+        let mut segs = Vec::new();
+        let mut left_over = false;
+        for seg in segments(&self.live)? {
+            if segment_last_seq(&seg).is_some_and(|last| last <= anchored) {
+                // Behind the anchor: a cut a crash interrupted after moving the anchor.
+                remove_segment(&seg)?;
+                left_over = true;
+            } else {
+                segs.push(seg);
+            }
+        }
+        let sizes: Vec<u64> = segs
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .collect();
+        let mut total: u64 = sizes.iter().sum();
+        let mut n = 0;
+        while segs.len() - n > 1
+            && (segs.len() - n > self.keep_segments || (self.max_bytes > 0 && total > self.max_bytes))
+        {
+            total -= sizes[n];
+            n += 1;
+        }
+        if n == 0 {
+            if left_over {
+                sync_dir(&self.live)?;
+            }
+            return Ok(None);
+        }
+        let cut = &segs[..n];
+        let last = &cut[n - 1];
+        let last_seq = segment_last_seq(last).unwrap_or(0);
+        let (line, _) = last_line(&File::open(last)?)?;
+        let Some(line) = line else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} holds no record", last.display()),
+            ));
+        };
+        let head = Head {
+            seq: last_seq,
+            hash: hash(&line),
+        };
+        self.seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_anchor(&head)?;
+        for seg in cut {
+            remove_segment(seg)?;
+        }
+        sync_dir(&self.live)?;
+        Ok(Some(Cut {
+            segments: cut
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+                .collect(),
+            first_seq: anchored + 1,
+            last_seq,
+            hash: head.hash,
+        }))
+    }
+
     fn seal(&self, head: &Head) {
         let store = self.seals.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = store.put(head) {
@@ -684,6 +897,31 @@ impl Flusher {
         }
     }
 }
+/// What one retention removed.
+struct Cut {
+    /// File names, oldest first.
+    segments: Vec<String>,
+    first_seq: u64,
+    last_seq: u64,
+    /// Hash of the last removed record's line: the anchor.
+    hash: String,
+}
+
+fn remove_segment(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Flushes the directory of `live`, so a rename or removal in it survives a crash.
+fn sync_dir(live: &Path) -> io::Result<()> {
+    match live.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// Closes the live file as the segment ending at `last_seq` and returns the new live file.
 fn rotate(file: &File, live: &Path, last_seq: u64) -> io::Result<File> {
     file.sync_data()?;
@@ -695,9 +933,7 @@ fn rotate(file: &File, live: &Path, last_seq: u64) -> io::Result<File> {
         .create(true)
         .mode(0o600)
         .open(live)?;
-    if let Some(dir) = live.parent() {
-        File::open(dir)?.sync_all()?;
-    }
+    sync_dir(live)?;
     Ok(next)
 }
 
@@ -802,6 +1038,52 @@ impl Denials {
     }
 }
 
+/// Requests that change something (and so are recorded, with the jobs they start) per uid, for
+/// `[audit] uid_changes_per_minute`: what bounds the records one uid other than root can make
+/// the daemon write. Counted in windows of [`DENIAL_WINDOW`] from a uid's first such request.
+#[derive(Debug)]
+pub(crate) struct Changes {
+    per_window: u32,
+    windows: Mutex<std::collections::HashMap<u32, (std::time::Instant, u32)>>,
+}
+
+impl Changes {
+    pub(crate) fn new(per_window: u32) -> Changes {
+        Changes {
+            per_window,
+            windows: Mutex::default(),
+        }
+    }
+
+    /// The most one uid may make per window.
+    pub(crate) fn per_window(&self) -> u32 {
+        self.per_window
+    }
+
+    /// Counts one request of `uid` that changes something; `Err` with the time until its window
+    /// ends when it has had its share. Root is not counted.
+    pub(crate) fn admit(&self, uid: u32, now: std::time::Instant) -> Result<(), std::time::Duration> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if windows.len() >= 4096 {
+            windows.retain(|_, (started, _)| now.duration_since(*started) < DENIAL_WINDOW);
+        }
+        let (started, used) = windows.entry(uid).or_insert((now, 0));
+        let age = now.duration_since(*started);
+        if age >= DENIAL_WINDOW {
+            (*started, *used) = (now, 0);
+        }
+        if *used < self.per_window {
+            *used += 1;
+            Ok(())
+        } else {
+            Err(DENIAL_WINDOW.saturating_sub(now.duration_since(*started)))
+        }
+    }
+}
+
 /// What is wrong with a log, at the first record where it shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -834,58 +1116,192 @@ pub(crate) enum Verdict {
     Broken { seq: u64, problem: Problem },
 }
 
-/// One line of a log, read for [`verify`].
-struct ReadLine {
+/// The longest line [`verify`] and [`query`] hold in memory; a longer one is not a record the
+/// daemon wrote (a request's parameters are far smaller), and is read past, not kept.
+pub(crate) const MAX_LINE: usize = 32 << 20;
+
+/// One line of a log as [`Lines`] reads it.
+enum Line<'a> {
+    Text(&'a [u8]),
+    /// Longer than [`MAX_LINE`]; skipped.
+    TooLong,
+}
+
+/// The lines of a log's files, oldest file first, read one at a time through one buffer: what
+/// [`verify`] and [`query`] hold is one file handle and one line, whatever the log's size.
+pub(crate) struct Lines {
+    files: std::vec::IntoIter<PathBuf>,
+    current: Option<io::BufReader<File>>,
+    line: Vec<u8>,
+    /// Files opened so far (read by tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    opened: usize,
+}
+
+impl Lines {
+    fn new(files: Vec<PathBuf>) -> Lines {
+        Lines {
+            files: files.into_iter(),
+            current: None,
+            line: Vec::new(),
+            opened: 0,
+        }
+    }
+
+    /// The next non-empty line, without its newline; `None` at the end of the last file.
+    fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        loop {
+            let Some(reader) = &mut self.current else {
+                let Some(path) = self.files.next() else {
+                    return Ok(None);
+                };
+                match File::open(&path) {
+                    Ok(f) => {
+                        self.opened += 1;
+                        self.current = Some(io::BufReader::with_capacity(64 * 1024, f));
+                    }
+                    // Removed since it was listed (retention): nothing of it to read.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            self.line.clear();
+            let mut too_long = false;
+            loop {
+                let buf = reader.fill_buf()?;
+                if buf.is_empty() {
+                    break;
+                }
+                let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (buf.len(), false),
+                };
+                if !too_long {
+                    let body = if done { &buf[..take - 1] } else { buf };
+                    if self.line.len() + body.len() > MAX_LINE {
+                        too_long = true;
+                        self.line = Vec::new();
+                    } else {
+                        self.line.extend_from_slice(body);
+                    }
+                }
+                reader.consume(take);
+                if done {
+                    break;
+                }
+            }
+            if too_long {
+                return Ok(Some(Line::TooLong));
+            }
+            if self.line.is_empty() {
+                // An empty line, or the end of this file: go on with the next.
+                if reader.fill_buf()?.is_empty() {
+                    self.current = None;
+                }
+                continue;
+            }
+            return Ok(Some(Line::Text(&self.line)));
+        }
+    }
+}
+
+use io::BufRead as _;
+
+/// What [`verify`] reads of a line: its place and the hash it names as the one before.
+#[derive(serde::Deserialize)]
+struct Link {
+    #[serde(default)]
     seq: Option<u64>,
+    #[serde(default)]
     prev: Option<String>,
-    hash: String,
+}
+
+/// One line's `seq`, `prev` and hash (`None`s for a line that is not a record).
+fn link(line: &Line<'_>) -> (Option<u64>, Option<String>, String) {
+    match line {
+        Line::Text(l) => {
+            let link = serde_json::from_slice::<Link>(l).ok();
+            let (seq, prev) = link.map_or((None, None), |l| (l.seq, l.prev));
+            (seq, prev, hash(l))
+        }
+        Line::TooLong => (None, None, String::new()),
+    }
+}
+
+/// The files of the log at `live` still to be read for records after `after` (closed segments
+/// that end at or before it are left out), oldest first.
+fn files_after(live: &Path, after: u64) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = segments(live)?
+        .into_iter()
+        .filter(|p| segment_last_seq(p).is_none_or(|last| last > after))
+        .collect();
+    files.push(live.to_owned());
+    Ok(files)
 }
 
 /// Checks the chain of the log at `path`. `head` is the last record the daemon knows it wrote,
 /// `seals` what was sealed (both make a changed last record and a cut-off end detectable too).
+#[cfg(test)]
 pub(crate) fn verify(path: &Path, head: Option<&Head>, seals: &[Head]) -> io::Result<Verdict> {
-    let mut data = Vec::new();
-    for file in log_files(path)? {
-        match std::fs::read(&file) {
-            Ok(d) => data.extend_from_slice(&d),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let lines: Vec<ReadLine> = data
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let v = serde_json::from_slice::<Value>(l).ok();
-            ReadLine {
-                seq: v.as_ref().and_then(|v| v["seq"].as_u64()),
-                prev: v
-                    .as_ref()
-                    .and_then(|v| v["prev"].as_str().map(str::to_owned)),
-                hash: hash(l),
-            }
-        })
-        .collect();
-    let mut expected = 1u64;
-    let mut prev_hash = GENESIS.to_owned();
-    for (i, line) in lines.iter().enumerate() {
-        let chained = line.prev.as_deref() == Some(prev_hash.as_str());
-        match line.seq {
+    verify_from(path, head, seals, None)
+}
+
+/// [`verify`] of a log whose records up to `anchor` were removed by retention: the first record
+/// kept must follow it (its `seq` + 1, naming its hash). Segments are read one after the other,
+/// line by line; a line is held only while it is checked.
+pub(crate) fn verify_from(
+    path: &Path,
+    head: Option<&Head>,
+    seals: &[Head],
+    anchor: Option<&Head>,
+) -> io::Result<Verdict> {
+    let start = anchor.map_or(0, |a| a.seq);
+    let mut lines = Lines::new(files_after(path, start)?);
+    verify_lines(&mut lines, head, seals, anchor)
+}
+
+fn verify_lines(
+    lines: &mut Lines,
+    head: Option<&Head>,
+    seals: &[Head],
+    anchor: Option<&Head>,
+) -> io::Result<Verdict> {
+    let start = anchor.map_or(0, |a| a.seq);
+    let seals: Vec<&Head> = seals.iter().filter(|s| s.seq > start).collect();
+    let mut next_seal = seals.iter().peekable();
+    let mut expected = start + 1;
+    let mut prev_hash = anchor.map_or_else(|| GENESIS.to_owned(), |a| a.hash.clone());
+    while let Some(line) = lines.next_line()? {
+        let (seq, prev, line_hash) = link(&line);
+        let chained = prev.as_deref() == Some(prev_hash.as_str());
+        match seq {
             Some(seq) if seq == expected && chained => {}
             // In sequence, but the line before is not what this one says it was: that line was
-            // changed (or, for the first record, this one's own `prev`).
+            // changed (or, for the first record kept, this one's own `prev`).
             Some(seq) if seq == expected => {
-                let seq = if expected > 1 { expected - 1 } else { 1 };
-                return Ok(Verdict::Broken {
-                    seq,
-                    problem: Problem::Modified,
-                });
+                let seq = if expected > start + 1 {
+                    expected - 1
+                } else {
+                    expected
+                };
+                return broken(seq, Problem::Modified);
             }
             // Unreadable, or in its place with its own number changed.
             None => return broken(expected, Problem::Modified),
             Some(_) if chained => return broken(expected, Problem::Modified),
             Some(_) => {
-                let later = lines[i + 1..].iter().any(|l| l.seq == Some(expected));
+                // Is the record that belongs here further on? Read on, a line at a time.
+                let mut later = false;
+                while let Some(rest) = lines.next_line()? {
+                    if let Line::Text(l) = rest
+                        && serde_json::from_slice::<Link>(l)
+                            .is_ok_and(|l| l.seq == Some(expected))
+                    {
+                        later = true;
+                        break;
+                    }
+                }
                 let problem = if later {
                     Problem::Reordered
                 } else {
@@ -894,29 +1310,32 @@ pub(crate) fn verify(path: &Path, head: Option<&Head>, seals: &[Head]) -> io::Re
                 return broken(expected, problem);
             }
         }
-        if let Some(seal) = seals.iter().find(|s| s.seq == expected)
-            && seal.hash != line.hash
+        while next_seal.next_if(|s| s.seq < expected).is_some() {}
+        if let Some(seal) = next_seal.next_if(|s| s.seq == expected)
+            && seal.hash != line_hash
         {
             return broken(expected, Problem::Modified);
         }
-        prev_hash.clone_from(&line.hash);
+        prev_hash = line_hash;
         expected += 1;
     }
-    let records = expected - 1;
-    if let Some(last) = seals.last()
-        && last.seq > records
+    let last = expected - 1;
+    if let Some(seal) = seals.last()
+        && seal.seq > last
     {
-        return broken(records + 1, Problem::Truncated);
+        return broken(last + 1, Problem::Truncated);
     }
     if let Some(head) = head {
-        if head.seq > records {
-            return broken(records + 1, Problem::Truncated);
+        if head.seq > last {
+            return broken(last + 1, Problem::Truncated);
         }
-        if head.seq == records && head.hash != prev_hash {
-            return broken(records, Problem::Modified);
+        if head.seq == last && head.seq > start && head.hash != prev_hash {
+            return broken(last, Problem::Modified);
         }
     }
-    Ok(Verdict::Intact { records })
+    Ok(Verdict::Intact {
+        records: last - start,
+    })
 }
 
 /// What [`query`] selects; every field narrows it.
@@ -954,28 +1373,37 @@ impl Filter {
     }
 }
 
-/// The newest `limit` records of the log at `path` that match `filter`, oldest first.
-pub(crate) fn query(path: &Path, filter: &Filter, limit: usize) -> io::Result<Vec<Value>> {
+/// Records of the log at `path` that match `filter`, oldest first, at most `limit` of them,
+/// and whether matching records were left out. With `filter.after_seq`, the first `limit`
+/// after it (so a caller pages on from the last one it got, and gets each record once);
+/// without, the newest `limit`. Reads a line at a time and keeps at most `limit` records.
+pub(crate) fn query(path: &Path, filter: &Filter, limit: usize) -> io::Result<(Vec<Value>, bool)> {
     let mut kept = std::collections::VecDeque::with_capacity(limit.min(1024));
-    for path in log_files(path)? {
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for line in io::BufRead::split(io::BufReader::new(file), b'\n') {
-            let Ok(record) = serde_json::from_slice::<Value>(&line?) else {
-                continue;
-            };
-            if filter.matches(&record) {
-                if kept.len() == limit {
-                    kept.pop_front();
-                }
-                kept.push_back(record);
-            }
-        }
+    let mut more = false;
+    if limit == 0 {
+        return Ok((Vec::new(), false));
     }
-    Ok(kept.into())
+    let mut lines = Lines::new(files_after(path, filter.after_seq.unwrap_or(0))?);
+    while let Some(line) = lines.next_line()? {
+        let Line::Text(line) = line else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        if !filter.matches(&record) {
+            continue;
+        }
+        if kept.len() == limit {
+            more = true;
+            if filter.after_seq.is_some() {
+                break;
+            }
+            kept.pop_front();
+        }
+        kept.push_back(record);
+    }
+    Ok((kept.into(), more))
 }
 
 fn broken(seq: u64, problem: Problem) -> io::Result<Verdict> {
@@ -992,6 +1420,7 @@ mod tests {
             &dir.join("audit"),
             Seals::open(&dir.join("ledger.db")).unwrap(),
             Bus::default(),
+            &AuditSettings::default(),
         )
         .unwrap()
     }
@@ -1292,6 +1721,7 @@ mod tests {
         let seqs = |f: Filter, limit| -> Vec<u64> {
             query(&path, &f, limit)
                 .unwrap()
+                .0
                 .iter()
                 .map(|r| r["seq"].as_u64().unwrap())
                 .collect()
@@ -1374,11 +1804,15 @@ mod tests {
     async fn the_chain_goes_on_across_rotated_segments() {
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            AuditLog::open_rotating(
+            AuditLog::open(
                 &dir.path().join("audit"),
                 Seals::open(&dir.path().join("ledger.db")).unwrap(),
                 Bus::default(),
-                4096,
+                &AuditSettings {
+                    segment_bytes: 4096,
+                    keep_segments: 1_000_000,
+                    ..AuditSettings::default()
+                },
             )
             .unwrap()
         };
@@ -1404,7 +1838,7 @@ mod tests {
             verify(&path, None, &seals).unwrap(),
             Verdict::Intact { records: 200 }
         );
-        assert_eq!(query(&path, &Filter::default(), 1000).unwrap().len(), 200);
+        assert_eq!(query(&path, &Filter::default(), 1000).unwrap().0.len(), 200);
 
         // As if the daemon stopped right after closing a segment.
         let last = lines(&path).len() as u64;
@@ -1462,6 +1896,297 @@ mod tests {
             sums[0].reason
         );
         assert!(d.admit(1000, later).0, "a new window records again");
+    }
+
+    /// A log in `dir/audit` closing segments at 4 KiB and keeping `keep` of them.
+    fn open_small(dir: &Path, keep: usize) -> AuditLog {
+        AuditLog::open(
+            &dir.join("audit"),
+            Seals::open(&dir.join("ledger.db")).unwrap(),
+            Bus::default(),
+            &AuditSettings {
+                segment_bytes: 4096,
+                keep_segments: keep,
+                ..AuditSettings::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// The seals and anchor of the log in `dir`.
+    fn sealed(dir: &Path) -> (Vec<Head>, Option<Head>) {
+        let s = Seals::open(&dir.join("ledger.db")).unwrap();
+        (s.all().unwrap(), s.anchor().unwrap())
+    }
+
+    /// Pins: retention removes the oldest segments past `keep_segments`, records what it removed
+    /// (segments, seq range, hash at the cut) and seals; what remains verifies from the anchor,
+    /// and tampering in a kept segment, removing more than retention did, or truncating the
+    /// newest records is still found.
+    #[tokio::test]
+    async fn retention_removes_old_segments_and_what_remains_still_proves_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_small(dir.path(), 3);
+        // Durable every few records: the live file is closed between rounds of the flusher.
+        for i in 0..400 {
+            log.record(event(i));
+            if i % 4 == 0 {
+                log.flush().await.unwrap();
+            }
+        }
+        let head = log.record_durable(&event(400)).await.unwrap();
+        let path = log.path().to_owned();
+        // The log may be checked while the daemon writes (see `AuditLog::verify`).
+        let (verdict, anchored) = log.verify(Some(&head)).unwrap();
+        assert!(anchored.is_some());
+        assert!(matches!(verdict, Verdict::Intact { .. }), "{verdict:?}");
+        log.close();
+        let segs = segments(&path).unwrap();
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        let (seals, anchor) = sealed(dir.path());
+        let anchor = anchor.expect("an anchor once segments were removed");
+        assert_eq!(
+            anchor.seq + 1,
+            segment_last_seq(&segs[0]).unwrap() + 1
+                - lines(&segs[0]).len() as u64,
+            "the anchor is the record just before the oldest kept"
+        );
+        let first_kept: Value = serde_json::from_str(&lines(&segs[0])[0]).unwrap();
+        assert_eq!(first_kept["prev"], anchor.hash.as_str());
+        // What retention removed is on record, and sealed.
+        let cuts: Vec<Value> = query(&path, &Filter::default(), 1000)
+            .unwrap()
+            .0
+            .into_iter()
+            .filter(|r| r["event"] == "audit.retention")
+            .collect();
+        let last_cut = cuts.last().expect("a retention record");
+        assert_eq!(last_cut["params"]["last_seq"], anchor.seq);
+        assert_eq!(last_cut["params"]["hash"], anchor.hash.as_str());
+        let cut_seq = last_cut["seq"].as_u64().unwrap();
+        assert!(seals.iter().any(|s| s.seq == cut_seq), "the cut is sealed");
+        assert_eq!(
+            verify_from(&path, Some(&head), &seals, Some(&anchor)).unwrap(),
+            Verdict::Intact {
+                records: head.seq - anchor.seq
+            }
+        );
+
+        // A changed record in a kept segment.
+        let good = lines(&segs[1]);
+        let mut edited = good.clone();
+        edited[2] = edited[2].replace("\"job\"", "\"jab\"");
+        let edited_seq = serde_json::from_str::<Value>(&good[2]).unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+        write_lines(&segs[1], &edited);
+        assert_eq!(
+            verify_from(&path, None, &seals, Some(&anchor)).unwrap(),
+            Verdict::Broken {
+                seq: edited_seq,
+                problem: Problem::Modified
+            }
+        );
+        write_lines(&segs[1], &good);
+        // The oldest kept segment removed too, beyond what retention did.
+        let oldest = lines(&segs[0]);
+        std::fs::remove_file(&segs[0]).unwrap();
+        assert_eq!(
+            verify_from(&path, None, &seals, Some(&anchor)).unwrap(),
+            Verdict::Broken {
+                seq: anchor.seq + 1,
+                problem: Problem::Missing
+            }
+        );
+        write_lines(&segs[0], &oldest);
+        // The newest records cut off.
+        let live = lines(&path);
+        let cut_at = serde_json::from_str::<Value>(&live[live.len() - 3]).unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+        write_lines(&path, &live[..live.len() - 3]);
+        let (seals, anchor) = sealed(dir.path());
+        assert_eq!(
+            verify_from(&path, None, &seals, anchor.as_ref()).unwrap(),
+            Verdict::Broken {
+                seq: cut_at,
+                problem: Problem::Truncated
+            }
+        );
+    }
+
+    /// Pins: a cut that a crash interrupted after moving the anchor (its segments still there)
+    /// is finished at the next open, and the log goes on verifying.
+    #[tokio::test]
+    async fn a_cut_interrupted_by_a_crash_is_finished_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_small(dir.path(), 1_000_000);
+        for i in 0..200 {
+            log.record_durable(&event(i)).await.unwrap();
+        }
+        let path = log.path().to_owned();
+        log.close();
+        drop(log);
+        let segs = segments(&path).unwrap();
+        assert!(segs.len() > 3);
+        // As if the anchor was moved past the first two segments, then the daemon died.
+        let last = lines(&segs[1]).pop().unwrap();
+        let mut seals = Seals::open(&dir.path().join("ledger.db")).unwrap();
+        seals
+            .set_anchor(&Head {
+                seq: segment_last_seq(&segs[1]).unwrap(),
+                hash: hash(last.as_bytes()),
+            })
+            .unwrap();
+        drop(seals);
+        let log = open_small(dir.path(), 1_000_000);
+        let head = log.record_durable(&event(9)).await.unwrap();
+        log.close();
+        assert!(!segs[0].exists() && !segs[1].exists() && segs[2].exists());
+        let (seals, anchor) = sealed(dir.path());
+        assert!(matches!(
+            verify_from(&path, Some(&head), &seals, anchor.as_ref()).unwrap(),
+            Verdict::Intact { .. }
+        ));
+    }
+
+    /// Pins: `verify` holds one line at a time, not the log: checking a 36 MiB log in three
+    /// segments, a child process peaks well below the log's size (its `VmHWM`).
+    #[test]
+    fn verify_holds_a_line_at_a_time_not_the_log() {
+        const CHILD: &str = "WARDEN_TEST_VERIFY_LOG";
+        if let Some(live) = std::env::var_os(CHILD) {
+            let verdict = verify_from(Path::new(&live), None, &[], None).unwrap();
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .unwrap()
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .to_owned();
+            println!("verdict={verdict:?} hwm_kib={hwm}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join(FILE);
+        // Records of 4 KiB, chained, in three segments of 12 MiB each.
+        let pad = "x".repeat(4000);
+        let mut head = Head {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        };
+        let per_segment = (12 << 20) / 4096;
+        for segment in 0..3 {
+            let mut text = Vec::with_capacity(13 << 20);
+            for _ in 0..per_segment {
+                let body = body_of(&Event {
+                    reason: Some(pad.clone()),
+                    ..Event::new("job")
+                })
+                .unwrap();
+                let line = encode(head.seq + 1, "2026-11-29T23:00:00.000Z", &head.hash, &body)
+                    .unwrap();
+                head = Head {
+                    seq: head.seq + 1,
+                    hash: hash(&line),
+                };
+                text.extend_from_slice(&line);
+                text.push(b'\n');
+            }
+            let file = if segment < 2 {
+                live.with_file_name(format!("audit.{:012}.log", head.seq))
+            } else {
+                live.clone()
+            };
+            std::fs::write(file, text).unwrap();
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "audit::tests::verify_holds_a_line_at_a_time_not_the_log",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, &live)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let records = 3 * per_segment;
+        assert!(
+            text.contains(&format!("verdict=Intact {{ records: {records} }}")),
+            "{text}"
+        );
+        let hwm: u64 = text
+            .split("hwm_kib=")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap();
+        println!("verifying a 36 MiB log peaked at {hwm} KiB");
+        assert!(
+            hwm < 24 << 10,
+            "verifying a 36 MiB log peaked at {hwm} KiB: it holds the log"
+        );
+    }
+
+    /// Pins: a query with `after_seq` answers the first `limit` records after it and says
+    /// there are more, so paging from 0 returns every record exactly once; limit 0 answers
+    /// nothing, and without `after_seq` the newest `limit` come with `more` too.
+    #[tokio::test]
+    async fn paging_with_after_seq_returns_every_record_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_small(dir.path(), 1_000_000);
+        for i in 0..249 {
+            log.record(event(i));
+            if i % 4 == 0 {
+                log.flush().await.unwrap();
+            }
+        }
+        let head = log.record_durable(&event(249)).await.unwrap();
+        let path = log.path().to_owned();
+        log.close();
+        assert!(segments(&path).unwrap().len() > 2);
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let f = Filter {
+                after_seq: Some(after),
+                ..Filter::default()
+            };
+            let (page, more) = query(&path, &f, 40).unwrap();
+            assert!(page.len() <= 40);
+            seen.extend(page.iter().map(|r| r["seq"].as_u64().unwrap()));
+            if !more {
+                break;
+            }
+            after = *seen.last().unwrap();
+        }
+        assert_eq!(seen, (1..=head.seq).collect::<Vec<_>>());
+        assert_eq!(query(&path, &Filter::default(), 0).unwrap().0.len(), 0);
+        let (newest, more) = query(&path, &Filter::default(), 10).unwrap();
+        assert!(more);
+        assert_eq!(newest.last().unwrap()["seq"], head.seq);
+    }
+
+    /// Pins: a uid gets `per_window` recorded requests a minute, then waits for its window;
+    /// another uid and root are not affected.
+    #[test]
+    fn recorded_requests_are_budgeted_per_uid() {
+        let c = Changes::new(3);
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            assert!(c.admit(1000, t0).is_ok());
+        }
+        let wait = c.admit(1000, t0 + std::time::Duration::from_secs(10)).unwrap_err();
+        assert_eq!(wait, std::time::Duration::from_secs(50));
+        assert!(c.admit(1001, t0).is_ok());
+        for _ in 0..10 {
+            assert!(c.admit(0, t0).is_ok(), "root is not counted");
+        }
+        assert!(c.admit(1000, t0 + DENIAL_WINDOW).is_ok(), "a new window");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -219,9 +219,15 @@ impl Ledger {
         })
     }
 
-    /// Deletes finished jobs that ended before `before_ms`; returns their ids.
-    pub(crate) async fn prune(&self, before_ms: i64) -> Result<Vec<JobId>, LedgerError> {
-        self.with_blocking(move |tx| prune(tx, before_ms)).await
+    /// Deletes finished jobs that ended before `before_ms`, and of each uid's finished jobs all
+    /// but the newest `keep_per_uid`; returns their ids.
+    pub(crate) async fn prune(
+        &self,
+        before_ms: i64,
+        keep_per_uid: usize,
+    ) -> Result<Vec<JobId>, LedgerError> {
+        self.with_blocking(move |tx| prune(tx, before_ms, keep_per_uid))
+            .await
     }
 
     /// Finishes outstanding writes and closes the database.
@@ -330,24 +336,31 @@ fn list(tx: &rusqlite::Transaction<'_>, q: &ListQuery) -> Result<Vec<JobRecord>,
     rows.map(|t| decode(t?)).collect()
 }
 
-fn prune(tx: &rusqlite::Transaction<'_>, before: i64) -> Result<Vec<JobId>, LedgerError> {
-    let mut ids = Vec::new();
-    {
-        let mut stmt = tx.prepare(
-            "SELECT id FROM jobs WHERE ended_ms IS NOT NULL AND ended_ms < ?1
-             AND state NOT IN ('queued', 'running')",
-        )?;
-        for id in stmt.query_map([before], |row| row.get::<_, String>(0))? {
-            if let Ok(id) = JobId::try_from(id?) {
-                ids.push(id);
-            }
+fn prune(
+    tx: &rusqlite::Transaction<'_>,
+    before: i64,
+    keep_per_uid: usize,
+) -> Result<Vec<JobId>, LedgerError> {
+    let keep = i64::try_from(keep_per_uid).unwrap_or(i64::MAX);
+    // Finished jobs that ended too long ago, and those past the newest `keep` of their uid.
+    let mut stmt = tx.prepare(
+        "SELECT id FROM (
+             SELECT id, ended_ms, ROW_NUMBER() OVER (
+                 PARTITION BY requester_uid ORDER BY created_ms DESC, id DESC) AS newer
+             FROM jobs WHERE ended_ms IS NOT NULL AND state NOT IN ('queued', 'running'))
+         WHERE ended_ms < ?1 OR newer > ?2",
+    )?;
+    let gone: Vec<String> = stmt
+        .query_map(params![before, keep], |row| row.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+    let mut ids = Vec::with_capacity(gone.len());
+    for id in gone {
+        delete.execute([&id])?;
+        if let Ok(id) = JobId::try_from(id) {
+            ids.push(id);
         }
     }
-    tx.execute(
-        "DELETE FROM jobs WHERE ended_ms IS NOT NULL AND ended_ms < ?1
-         AND state NOT IN ('queued', 'running')",
-        [before],
-    )?;
     Ok(ids)
 }
 
@@ -448,7 +461,7 @@ mod tests {
             (r.state, r.message.as_deref()),
             (JobState::Lost, Some("daemon stopped"))
         );
-        let pruned = l.prune(50).await.unwrap();
+        let pruned = l.prune(50, 1000).await.unwrap();
         assert_eq!(pruned.len(), 1, "only the job that ended before 50");
     }
 
