@@ -465,6 +465,48 @@ mod tests {
         assert_eq!(pruned.len(), 1, "only the job that ended before 50");
     }
 
+    /// Pins: pruning keeps at most `keep_per_uid` finished jobs of each uid (its newest), never a
+    /// queued or running one, and leaves other uids' jobs alone.
+    #[tokio::test]
+    async fn prune_keeps_the_newest_finished_jobs_of_each_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, _) = Ledger::open(&dir.path().join("l.db"), 0, "t", "m").unwrap();
+        for i in 0..6u8 {
+            l.put(&row(record(i, 1000, JobState::Succeeded), i64::from(i) * 10, None))
+                .await
+                .unwrap();
+        }
+        l.put(&row(record(20, 1000, JobState::Running), 1, None))
+            .await
+            .unwrap();
+        for i in 30..32u8 {
+            l.put(&row(record(i, 2000, JobState::Failed), i64::from(i), None))
+                .await
+                .unwrap();
+        }
+        // Nothing is older than `before`: only the per-uid bound removes anything.
+        let mut pruned = l.prune(0, 3).await.unwrap();
+        pruned.sort();
+        let mut oldest: Vec<JobId> = (0..3u8).map(|i| JobId::from_random([i; 8])).collect();
+        oldest.sort();
+        assert_eq!(pruned, oldest, "the three oldest finished jobs of uid 1000");
+        let count = |uid| {
+            let l = &l;
+            async move {
+                l.list(ListQuery {
+                    uid: Some(Uid(uid)),
+                    state: None,
+                    limit: 100,
+                })
+                .await
+                .unwrap()
+                .len()
+            }
+        };
+        assert_eq!(count(1000).await, 4, "three finished and the running one");
+        assert_eq!(count(2000).await, 2);
+    }
+
     /// Pins: the checkpoint thread keeps the write-ahead log from growing without bound (no
     /// caller's commit checkpoints any more).
     #[tokio::test]
