@@ -60,17 +60,27 @@ fn recorded_requests_of_one_uid_are_budgeted_per_minute() {
     let (ok, limited, rest) = tally(&env.as_user(&user, &args));
     assert_eq!((ok, limited.len()), (5, 7), "{rest:?}");
     for r in &limited {
-        assert!(r["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0, "{r}");
+        assert!(
+            r["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0,
+            "{r}"
+        );
         let msg = r["error"]["message"].as_str().unwrap();
         assert!(msg.contains("uid_changes_per_minute"), "{msg}");
     }
     let (ok, limited, _) = tally(&env.as_user(&other, &args));
-    assert_eq!((ok, limited.len()), (5, 7), "another uid has its own budget");
+    assert_eq!(
+        (ok, limited.len()),
+        (5, 7),
+        "another uid has its own budget"
+    );
 
     let mut root = RawClient::hello(env.socket());
     for id in 2..14 {
         let answer = root.call(id, "job.start", json!({"action": "noop", "params": {}}));
-        assert!(answer.get("result").is_some(), "root is not budgeted: {answer}");
+        assert!(
+            answer.get("result").is_some(),
+            "root is not budgeted: {answer}"
+        );
     }
     // The refusals are on record as denials of that uid.
     let q = root.call(

@@ -188,7 +188,6 @@ pub(crate) fn closed_segments(live: &Path) -> Vec<PathBuf> {
     segments(live).unwrap_or_default()
 }
 
-
 /// Records between seals.
 pub(crate) const SEAL_EVERY: u64 = 1000;
 
@@ -252,11 +251,8 @@ impl Seals {
             rusqlite::params![head.seq as i64, head.hash, now_text()],
         )
         .map_err(sql)?;
-        tx.execute(
-            "DELETE FROM audit_seals WHERE seq <= ?1",
-            [head.seq as i64],
-        )
-        .map_err(sql)?;
+        tx.execute("DELETE FROM audit_seals WHERE seq <= ?1", [head.seq as i64])
+            .map_err(sql)?;
         tx.commit().map_err(sql)
     }
 
@@ -422,15 +418,11 @@ impl AuditLog {
             .all()
     }
 
-
     /// Checks the chain of the log's files against `head` (the last record the daemon knows it
     /// wrote), its seals and its anchor, whose `seq` comes back with the verdict. Blocks: run it
     /// off the runtime's threads. The flusher closes and removes no segment meanwhile.
     pub(crate) fn verify(&self, head: Option<&Head>) -> io::Result<(Verdict, Option<u64>)> {
-        let _reading = self
-            .files
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _reading = self.files.read().unwrap_or_else(PoisonError::into_inner);
         let (seals, anchor) = {
             let store = self.seals.lock().unwrap_or_else(PoisonError::into_inner);
             (store.all()?, store.anchor()?)
@@ -442,10 +434,7 @@ impl AuditLog {
     /// [`query`] of the log's files. Blocks: run it off the runtime's threads. The flusher
     /// closes and removes no segment meanwhile.
     pub(crate) fn query(&self, filter: &Filter, limit: usize) -> io::Result<(Vec<Value>, bool)> {
-        let _reading = self
-            .files
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _reading = self.files.read().unwrap_or_else(PoisonError::into_inner);
         query(&self.path, filter, limit)
     }
 
@@ -846,7 +835,8 @@ impl Flusher {
         let mut total: u64 = sizes.iter().sum();
         let mut n = 0;
         while segs.len() - n > 1
-            && (segs.len() - n > self.keep_segments || (self.max_bytes > 0 && total > self.max_bytes))
+            && (segs.len() - n > self.keep_segments
+                || (self.max_bytes > 0 && total > self.max_bytes))
         {
             total -= sizes[n];
             n += 1;
@@ -1062,7 +1052,11 @@ impl Changes {
 
     /// Counts one request of `uid` that changes something; `Err` with the time until its window
     /// ends when it has had its share. Root is not counted.
-    pub(crate) fn admit(&self, uid: u32, now: std::time::Instant) -> Result<(), std::time::Duration> {
+    pub(crate) fn admit(
+        &self,
+        uid: u32,
+        now: std::time::Instant,
+    ) -> Result<(), std::time::Duration> {
         if uid == 0 {
             return Ok(());
         }
@@ -1295,8 +1289,7 @@ fn verify_lines(
                 let mut later = false;
                 while let Some(rest) = lines.next_line()? {
                     if let Line::Text(l) = rest
-                        && serde_json::from_slice::<Link>(l)
-                            .is_ok_and(|l| l.seq == Some(expected))
+                        && serde_json::from_slice::<Link>(l).is_ok_and(|l| l.seq == Some(expected))
                     {
                         later = true;
                         break;
@@ -1947,8 +1940,7 @@ mod tests {
         let anchor = anchor.expect("an anchor once segments were removed");
         assert_eq!(
             anchor.seq + 1,
-            segment_last_seq(&segs[0]).unwrap() + 1
-                - lines(&segs[0]).len() as u64,
+            segment_last_seq(&segs[0]).unwrap() + 1 - lines(&segs[0]).len() as u64,
             "the anchor is the record just before the oldest kept"
         );
         let first_kept: Value = serde_json::from_str(&lines(&segs[0])[0]).unwrap();
@@ -2086,8 +2078,8 @@ mod tests {
                     ..Event::new("job")
                 })
                 .unwrap();
-                let line = encode(head.seq + 1, "2026-11-29T23:00:00.000Z", &head.hash, &body)
-                    .unwrap();
+                let line =
+                    encode(head.seq + 1, "2026-11-29T23:00:00.000Z", &head.hash, &body).unwrap();
                 head = Head {
                     seq: head.seq + 1,
                     hash: hash(&line),
@@ -2180,7 +2172,9 @@ mod tests {
         for _ in 0..3 {
             assert!(c.admit(1000, t0).is_ok());
         }
-        let wait = c.admit(1000, t0 + std::time::Duration::from_secs(10)).unwrap_err();
+        let wait = c
+            .admit(1000, t0 + std::time::Duration::from_secs(10))
+            .unwrap_err();
         assert_eq!(wait, std::time::Duration::from_secs(50));
         assert!(c.admit(1001, t0).is_ok());
         for _ in 0..10 {

@@ -463,7 +463,13 @@ async fn query_pages_through_every_record_once_and_refuses_limit_zero() {
     let mut c = warden_testkit::raw::RawClient::hello(d.socket());
     record_requests(&mut c, 600);
     let zero = c.call(2, "audit.query", json!({"limit": 0}));
-    assert_eq!(warden_testkit::raw::error_kind(&zero), Some("bad_request"), "{zero}");
+    // (Today's answer to it held every record: print only its start.)
+    let shown: String = zero.to_string().chars().take(300).collect();
+    assert_eq!(
+        warden_testkit::raw::error_kind(&zero),
+        Some("bad_request"),
+        "{shown}"
+    );
     let all = c.call(3, "audit.query", json!({"limit": 5000}));
     let head = all["result"]["head_seq"].as_u64().unwrap();
     assert!(head > 1200, "{head}");
@@ -517,7 +523,12 @@ async fn retention_removes_old_segments_and_verify_still_proves_the_rest() {
         .rfind(|r| r["event"] == "audit.retention")
         .cloned()
         .expect("a retention record");
-    assert!(cut["params"]["segments"].as_array().is_some_and(|s| !s.is_empty()), "{cut}");
+    assert!(
+        cut["params"]["segments"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{cut}"
+    );
     assert!(cut["params"]["last_seq"].as_u64().unwrap() <= anchor);
     drop(c);
     d.stop();

@@ -472,9 +472,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (l, _) = Ledger::open(&dir.path().join("l.db"), 0, "t", "m").unwrap();
         for i in 0..6u8 {
-            l.put(&row(record(i, 1000, JobState::Succeeded), i64::from(i) * 10, None))
-                .await
-                .unwrap();
+            l.put(&row(
+                record(i, 1000, JobState::Succeeded),
+                i64::from(i) * 10,
+                None,
+            ))
+            .await
+            .unwrap();
         }
         l.put(&row(record(20, 1000, JobState::Running), 1, None))
             .await
