@@ -93,8 +93,8 @@ pub struct Reloaded {
 impl Shared {
     /// Reads the configuration file again and puts its policy in force at once: tiers, actions,
     /// guards and new ops toggles. What only a restart can change (listeners, limits,
-    /// directories, `[jobs]`, `[audit]`) keeps its running value and is named in the answer. A file that
-    /// does not load changes nothing; the error names its problems with their lines.
+    /// directories, `[jobs]`, `[audit]`) keeps its running value and is named in the answer. A
+    /// file that does not load changes nothing; the error names its problems with their lines.
     pub(crate) fn reload(&self) -> Result<Reloaded, String> {
         let Some(path) = &self.config_path else {
             return Err(
