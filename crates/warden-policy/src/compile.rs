@@ -79,6 +79,32 @@ pub struct JobSettings {
     pub shutdown_grace: Duration,
     /// Jobs one uid may have queued or running at once.
     pub max_active_per_uid: usize,
+    /// Finished jobs of one uid kept in the ledger.
+    pub history_per_uid: usize,
+}
+
+/// How much the audit log keeps and takes (`[audit]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// The live file is closed as a segment at this size.
+    pub segment_bytes: u64,
+    /// Closed segments kept (at least 1).
+    pub keep_segments: usize,
+    /// Bytes of closed segments kept; 0: no limit besides `keep_segments`.
+    pub max_bytes: u64,
+    /// Recorded requests one uid other than root may make per minute.
+    pub uid_changes_per_minute: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            segment_bytes: 64 << 20,
+            keep_segments: 16,
+            max_bytes: 0,
+            uid_changes_per_minute: 120,
+        }
+    }
 }
 
 /// The configuration the daemon runs with.
@@ -93,6 +119,7 @@ pub struct Policy {
     pub ops: BTreeMap<String, bool>,
     pub guards: Guards,
     pub jobs: JobSettings,
+    pub audit: AuditSettings,
     /// Declared actions, by name. Shared, so that what the gate judged is what a job runs
     /// (the gate's `Allow` carries the spec) even if a reload swaps the policy meanwhile.
     pub actions: BTreeMap<ActionName, Arc<ActionSpec>>,
@@ -277,6 +304,14 @@ fn compile(
         history: Duration::from_secs(file.jobs.history_days.0 * 86_400),
         shutdown_grace: Duration::from_secs(file.jobs.shutdown_grace_s.0),
         max_active_per_uid: file.jobs.max_active_per_uid.0 as usize,
+        history_per_uid: file.jobs.history_per_uid.0 as usize,
+    };
+    let audit = AuditSettings {
+        segment_bytes: file.audit.segment_bytes.0,
+        keep_segments: file.audit.keep_segments.0 as usize,
+        max_bytes: file.audit.max_bytes.0,
+        uid_changes_per_minute: u32::try_from(file.audit.uid_changes_per_minute.0)
+            .unwrap_or(u32::MAX),
     };
 
     let guards = Guards {
@@ -310,6 +345,7 @@ fn compile(
             ops,
             guards,
             jobs,
+            audit,
             actions,
             resources,
         },

@@ -102,6 +102,8 @@ pub struct ConfigFile {
     pub guards: GuardsSection,
     #[serde(default)]
     pub jobs: JobsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
     #[serde(default, rename = "action")]
     pub actions: Vec<Spanned<ActionSection>>,
     #[serde(default, rename = "resource")]
@@ -149,6 +151,8 @@ pub struct JobsSection {
     pub shutdown_grace_s: Ranged<0, 3600>,
     /// Jobs one uid may have queued or running at once; more are refused with `busy`.
     pub max_active_per_uid: Ranged<1, 100_000>,
+    /// Finished jobs of one uid kept in the ledger; older ones are pruned with their logs.
+    pub history_per_uid: Ranged<1, 1_000_000>,
 }
 
 impl Default for JobsSection {
@@ -159,6 +163,33 @@ impl Default for JobsSection {
             history_days: Ranged(30),
             shutdown_grace_s: Ranged(25),
             max_active_per_uid: Ranged(64),
+            history_per_uid: Ranged(1000),
+        }
+    }
+}
+
+/// `[audit]`: how much the audit log keeps, and how much one uid may make it record.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Size at which the live file is closed as a segment.
+    pub segment_bytes: Ranged<4096, { 1 << 32 }>,
+    /// Closed segments kept; older ones are removed (at least one is always kept).
+    pub keep_segments: Ranged<1, 1_000_000>,
+    /// Bytes of closed segments kept; 0 for no limit besides `keep_segments`.
+    pub max_bytes: Ranged<0, { 1 << 50 }>,
+    /// Requests that change something (and so are recorded) one uid other than root may make
+    /// per minute; more are refused with `rate_limited`.
+    pub uid_changes_per_minute: Ranged<1, 1_000_000>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            segment_bytes: Ranged(64 << 20),
+            keep_segments: Ranged(16),
+            max_bytes: Ranged(0),
+            uid_changes_per_minute: Ranged(120),
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod resources;
 pub mod tiers;
 
 pub use actions::{ActionSpec, Checked, ParamError};
-pub use compile::{Directory, JobSettings, ListenerPolicy, Loaded, Policy};
+pub use compile::{AuditSettings, Directory, JobSettings, ListenerPolicy, Loaded, Policy};
 pub use config::{ConfigError, Problem};
 pub use endpoints::EndpointSpec;
 pub use gate::{Decision, Lockdown, PeerIdentity, Runtime};

@@ -76,6 +76,10 @@ pub struct AuditVerifyResult {
     /// `modified`, `missing`, `reordered` or `truncated`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// Records up to this `seq` were removed by retention; the check starts after it, from the
+    /// hash sealed there. Absent while nothing was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_seq: Option<u64>,
 }
 
 /// Answer to `ops.get` and `ops.set`: every toggle in force, and for `ops.set` the running jobs
@@ -175,6 +179,10 @@ pub struct AuditQueryResult {
     pub records: Vec<serde_json::Value>,
     /// The last record the daemon wrote.
     pub head_seq: u64,
+    /// Matching records were left out: with `after_seq`, later ones (ask again with `after_seq`
+    /// set to the last `seq` answered); without, older ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// Where a caller's tier came from, before any listener cap.

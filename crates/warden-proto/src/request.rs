@@ -169,7 +169,9 @@ pub struct LockdownParams {
 pub const MAX_AUDIT_RECORDS: u32 = 1000;
 
 /// `audit.query {since, until, uid, action, job_id, decision, after_seq, limit}`: every field
-/// narrows the selection; the newest `limit` records that match are answered, oldest first.
+/// narrows the selection. With `after_seq`, the first `limit` matching records after it are
+/// answered (a page; the next one starts after the last `seq` answered); without, the newest
+/// `limit`. Oldest first either way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQueryParams {
@@ -189,10 +191,12 @@ pub struct AuditQueryParams {
     /// `allow` or `deny`.
     #[serde(default)]
     pub decision: Option<String>,
-    /// Only records after this `seq` (to follow the log).
+    /// Only records after this `seq`, the first `limit` of them (to page through or follow the
+    /// log).
     #[serde(default)]
     pub after_seq: Option<u64>,
-    /// At most [`MAX_AUDIT_RECORDS`]; 100 when absent.
+    /// 1 to [`MAX_AUDIT_RECORDS`] (more is answered as [`MAX_AUDIT_RECORDS`], 0 is refused);
+    /// 100 when absent.
     #[serde(default)]
     pub limit: Option<u32>,
 }

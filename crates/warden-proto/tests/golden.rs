@@ -234,6 +234,11 @@ fn requests_match_their_fixtures_and_parse_back() {
             Method::AuditQuery,
             json!({"since": "2026-11-29T00:00:00Z", "uid": 1000, "decision": "deny", "limit": 50}),
         ),
+        (
+            "request.audit_query_page",
+            Method::AuditQuery,
+            json!({"after_seq": 1000, "limit": 1000}),
+        ),
     ];
     for (name, method, params) in cases {
         let bytes = envelope::request(1, method.as_str(), &params).unwrap();
@@ -377,6 +382,18 @@ fn results_match_their_fixtures() {
             head_seq: 1204,
             first_bad_seq: None,
             problem: None,
+            anchor_seq: None,
+        }),
+    );
+    check(
+        "result.audit_verify_retained",
+        ok(&AuditVerifyResult {
+            intact: true,
+            records: 1204,
+            head_seq: 6204,
+            first_bad_seq: None,
+            problem: None,
+            anchor_seq: Some(5000),
         }),
     );
     check(
@@ -387,6 +404,7 @@ fn results_match_their_fixtures() {
             head_seq: 1204,
             first_bad_seq: Some(42),
             problem: Some("modified".into()),
+            anchor_seq: None,
         }),
     );
     check(
@@ -402,6 +420,7 @@ fn results_match_their_fixtures() {
                 "outcome": "forbidden", "correlation_id": "9f0c2a41d3e87b65"
             })],
             head_seq: 1204,
+            more: true,
         }),
     );
     check(

@@ -266,12 +266,21 @@ pub fn audit_record(r: &serde_json::Value) -> String {
 }
 
 pub fn audit_verify(v: &AuditVerifyResult) -> String {
+    // Once retention removed old segments, the check starts after the anchor.
+    let first = v.anchor_seq.unwrap_or(0) + 1;
+    let from = match v.anchor_seq {
+        Some(anchor) => {
+            format!(" (from record {first}; records to {anchor} were removed by retention)")
+        }
+        None => String::new(),
+    };
     match (v.first_bad_seq, &v.problem) {
         (Some(seq), Some(problem)) => format!(
-            "audit log broken at record {seq}: {problem} (records 1 to {} are intact; the daemon wrote {})\n",
-            v.records, v.head_seq
+            "audit log broken at record {seq}: {problem} (records {first} to {} are intact; the daemon wrote {}){from}\n",
+            seq.saturating_sub(1),
+            v.head_seq
         ),
-        _ => format!("audit log intact: {} records\n", v.records),
+        _ => format!("audit log intact: {} records{from}\n", v.records),
     }
 }
 

@@ -442,6 +442,9 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             return fail(&f);
         }
     };
+    if let Err(f) = within_changes(&shared, &caller, &request) {
+        return fail(&f);
+    }
     // A request that changes something is on disk, decided, before anything happens.
     let mut owed = audited(&caller, &request, &judged).map(|event| Owed {
         audit: &shared.audit,
@@ -607,6 +610,36 @@ fn audited(caller: &Caller, request: &Request, judged: &Judged) -> Option<audit:
         _ => return None,
     }
     Some(event)
+}
+
+/// Counts a request that changes something against its uid's share of recorded requests this
+/// minute (`[audit] uid_changes_per_minute`); past it, the request is refused `rate_limited`
+/// like a denial (recorded, or counted into its uid's denial summary), so what one uid can make
+/// the daemon record stays bounded.
+fn within_changes(shared: &Shared, caller: &Caller, request: &Request) -> Result<(), Failure> {
+    if !changes_state(request.method()) {
+        return Ok(());
+    }
+    let uid = caller.peer.uid;
+    let Err(wait) = shared.changes.admit(uid.0, std::time::Instant::now()) else {
+        return Ok(());
+    };
+    let reason = format!(
+        "uid {uid} made {} requests that change something within a minute, the most allowed \
+         ([audit] uid_changes_per_minute); try again in {} s",
+        shared.changes.per_window(),
+        wait.as_secs().max(1)
+    );
+    let mut f = denied(
+        shared,
+        &caller.peer,
+        Some(caller.client.clone()),
+        request,
+        ErrorKind::RateLimited,
+        reason,
+    );
+    f.retry_after = Some(wait);
+    Err(f)
 }
 
 /// The answer to a request the gate refused, and its audit record under the same correlation

@@ -181,8 +181,11 @@ pub fn run(config: &Path, policy: &Policy) -> Vec<Finding> {
 
     let log = state.join("audit").join(audit::FILE);
     if log.exists() {
-        let seals = Seals::open(&state.join("ledger.db")).and_then(|s| s.all());
-        match seals.and_then(|seals| audit::verify(&log, None, &seals)) {
+        let sealed =
+            Seals::open(&state.join("ledger.db")).and_then(|s| Ok((s.all()?, s.anchor()?)));
+        match sealed
+            .and_then(|(seals, anchor)| audit::verify_from(&log, None, &seals, anchor.as_ref()))
+        {
             Ok(Verdict::Intact { records }) => {
                 out.push(ok(format!("audit log intact: {records} records")));
             }

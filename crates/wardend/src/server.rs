@@ -21,7 +21,7 @@ use warden_proto::messages::DaemonMode;
 use warden_proto::{ErrorKind, RpcError, Uid};
 
 use crate::alerts::Alerts;
-use crate::audit::{AuditLog, DENIAL_WINDOW, Denials, Event, Seals};
+use crate::audit::{AuditLog, Changes, DENIAL_WINDOW, Denials, Event, Seals};
 use crate::brakes::Brakes;
 use crate::connection::Connection;
 use crate::dispatch::{correlation_id, framed_error};
@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub audit: Arc<AuditLog>,
     /// Denial records per uid, so a flood is summed up instead of filling the audit log.
     pub denials: Denials,
+    /// Recorded requests per uid (`[audit] uid_changes_per_minute`).
+    pub changes: Changes,
     /// What an administrator should look at now.
     pub alerts: Alerts,
     /// Events for `events.subscribe`.
@@ -91,8 +93,8 @@ pub struct Reloaded {
 impl Shared {
     /// Reads the configuration file again and puts its policy in force at once: tiers, actions,
     /// guards and new ops toggles. What only a restart can change (listeners, limits,
-    /// directories, `[jobs]`) keeps its running value and is named in the answer. A file that
-    /// does not load changes nothing; the error names its problems with their lines.
+    /// directories, `[jobs]`, `[audit]`) keeps its running value and is named in the answer. A
+    /// file that does not load changes nothing; the error names its problems with their lines.
     pub(crate) fn reload(&self) -> Result<Reloaded, String> {
         let Some(path) = &self.config_path else {
             return Err(
@@ -119,6 +121,10 @@ impl Shared {
         if new.jobs != old.jobs {
             needs_restart.push("[jobs]".to_owned());
             new.jobs = old.jobs.clone();
+        }
+        if new.audit != old.audit {
+            needs_restart.push("[audit]".to_owned());
+            new.audit = old.audit.clone();
         }
         self.brakes.reconfigure(&new.ops);
         *self
@@ -260,7 +266,12 @@ impl Daemon {
         let audit = Arc::new(
             Seals::open(&policy.state_dir.join("ledger.db"))
                 .and_then(|seals| {
-                    AuditLog::open(&policy.state_dir.join("audit"), seals, bus.clone())
+                    AuditLog::open(
+                        &policy.state_dir.join("audit"),
+                        seals,
+                        bus.clone(),
+                        &policy.audit,
+                    )
                 })
                 .map_err(StartError::Audit)?,
         );
@@ -304,6 +315,7 @@ impl Daemon {
             jobs,
             audit,
             denials: Denials::default(),
+            changes: Changes::new(policy.audit.uid_changes_per_minute),
             alerts: Alerts::new(bus.clone()),
             bus,
             resources,

@@ -1,5 +1,5 @@
 //! `audit.verify` checks the audit log's hash chain against what the daemon last wrote;
-//! `audit.query` reads records from it.
+//! `audit.query` reads records from it, a page at a time.
 
 use warden_proto::ErrorKind;
 use warden_proto::messages::{AuditQueryResult, AuditVerifyResult};
@@ -17,14 +17,10 @@ pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
         .flush()
         .await
         .map_err(|e| Failure::internal(e.to_string()))?;
-    let path = shared.audit.path().to_owned();
+    let audit = std::sync::Arc::clone(&shared.audit);
     let checked = head.clone();
-    let seals = shared
-        .audit
-        .seals()
-        .map_err(|e| Failure::internal(format!("reading the audit seals: {e}")))?;
-    // Reads the whole log: off the runtime's threads.
-    let verdict = tokio::task::spawn_blocking(move || audit::verify(&path, Some(&checked), &seals))
+    // Reads the whole log, a line at a time: off the runtime's threads.
+    let (verdict, anchor_seq) = tokio::task::spawn_blocking(move || audit.verify(Some(&checked)))
         .await
         .map_err(|e| Failure::internal(e.to_string()))?
         .map_err(|e| Failure::internal(format!("reading the audit log: {e}")))?;
@@ -35,6 +31,7 @@ pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
             head_seq: head.seq,
             first_bad_seq: None,
             problem: None,
+            anchor_seq,
         },
         Verdict::Broken { seq, problem } => {
             shared.alerts.raise_once_a_minute(
@@ -48,10 +45,11 @@ pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
             );
             AuditVerifyResult {
                 intact: false,
-                records: seq.saturating_sub(1),
+                records: seq.saturating_sub(1 + anchor_seq.unwrap_or(0)),
                 head_seq: head.seq,
                 first_bad_seq: Some(seq),
                 problem: Some(problem.as_str().to_owned()),
+                anchor_seq,
             }
         }
     }))
@@ -69,6 +67,16 @@ pub(super) async fn query(shared: &Shared, p: AuditQueryParams) -> Result<Reply<
         })
         .transpose()
     };
+    let limit = match p.limit {
+        None => 100,
+        Some(0) => {
+            return Err(Failure::new(
+                ErrorKind::BadRequest,
+                format!("limit must be from 1 to {MAX_AUDIT_RECORDS}; page with after_seq"),
+            ));
+        }
+        Some(n) => n.min(MAX_AUDIT_RECORDS),
+    } as usize;
     let filter = audit::Filter {
         since: time("since", p.since)?,
         until: time("until", p.until)?,
@@ -78,19 +86,19 @@ pub(super) async fn query(shared: &Shared, p: AuditQueryParams) -> Result<Reply<
         decision: p.decision,
         after_seq: p.after_seq,
     };
-    let limit = p.limit.unwrap_or(100).min(MAX_AUDIT_RECORDS) as usize;
     let head = shared
         .audit
         .flush()
         .await
         .map_err(|e| Failure::internal(e.to_string()))?;
-    let path = shared.audit.path().to_owned();
-    let records = tokio::task::spawn_blocking(move || audit::query(&path, &filter, limit))
+    let audit = std::sync::Arc::clone(&shared.audit);
+    let (records, more) = tokio::task::spawn_blocking(move || audit.query(&filter, limit))
         .await
         .map_err(|e| Failure::internal(e.to_string()))?
         .map_err(|e| Failure::internal(format!("reading the audit log: {e}")))?;
     Ok(Reply::AuditQuery(AuditQueryResult {
         records,
         head_seq: head.seq,
+        more,
     }))
 }

@@ -250,9 +250,15 @@ impl Ledger {
         })
     }
 
-    /// Deletes finished jobs that ended before `before_ms`; returns their ids.
-    pub(crate) async fn prune(&self, before_ms: i64) -> Result<Vec<JobId>, LedgerError> {
-        self.with_blocking(move |tx| prune(tx, before_ms)).await
+    /// Deletes finished jobs that ended before `before_ms`, and of each uid's finished jobs all
+    /// but the newest `keep_per_uid`; returns their ids.
+    pub(crate) async fn prune(
+        &self,
+        before_ms: i64,
+        keep_per_uid: usize,
+    ) -> Result<Vec<JobId>, LedgerError> {
+        self.with_blocking(move |tx| prune(tx, before_ms, keep_per_uid))
+            .await
     }
 
     /// Finishes outstanding writes and closes the database.
@@ -379,24 +385,31 @@ fn list(tx: &rusqlite::Transaction<'_>, q: &ListQuery) -> Result<Vec<JobRecord>,
     rows.map(|t| decode(t?)).collect()
 }
 
-fn prune(tx: &rusqlite::Transaction<'_>, before: i64) -> Result<Vec<JobId>, LedgerError> {
-    let mut ids = Vec::new();
-    {
-        let mut stmt = tx.prepare(
-            "SELECT id FROM jobs WHERE ended_ms IS NOT NULL AND ended_ms < ?1
-             AND state NOT IN ('queued', 'running')",
-        )?;
-        for id in stmt.query_map([before], |row| row.get::<_, String>(0))? {
-            if let Ok(id) = JobId::try_from(id?) {
-                ids.push(id);
-            }
+fn prune(
+    tx: &rusqlite::Transaction<'_>,
+    before: i64,
+    keep_per_uid: usize,
+) -> Result<Vec<JobId>, LedgerError> {
+    let keep = i64::try_from(keep_per_uid).unwrap_or(i64::MAX);
+    // Finished jobs that ended too long ago, and those past the newest `keep` of their uid.
+    let mut stmt = tx.prepare(
+        "SELECT id FROM (
+             SELECT id, ended_ms, ROW_NUMBER() OVER (
+                 PARTITION BY requester_uid ORDER BY created_ms DESC, id DESC) AS newer
+             FROM jobs WHERE ended_ms IS NOT NULL AND state NOT IN ('queued', 'running'))
+         WHERE ended_ms < ?1 OR newer > ?2",
+    )?;
+    let gone: Vec<String> = stmt
+        .query_map(params![before, keep], |row| row.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+    let mut ids = Vec::with_capacity(gone.len());
+    for id in gone {
+        delete.execute([&id])?;
+        if let Ok(id) = JobId::try_from(id) {
+            ids.push(id);
         }
     }
-    tx.execute(
-        "DELETE FROM jobs WHERE ended_ms IS NOT NULL AND ended_ms < ?1
-         AND state NOT IN ('queued', 'running')",
-        [before],
-    )?;
     Ok(ids)
 }
 
@@ -498,8 +511,54 @@ mod tests {
             (r.state, r.message.as_deref()),
             (JobState::Lost, Some("daemon stopped"))
         );
-        let pruned = l.prune(50).await.unwrap();
+        let pruned = l.prune(50, 1000).await.unwrap();
         assert_eq!(pruned.len(), 1, "only the job that ended before 50");
+    }
+
+    /// Pins: pruning keeps at most `keep_per_uid` finished jobs of each uid (its newest), never a
+    /// queued or running one, and leaves other uids' jobs alone.
+    #[tokio::test]
+    async fn prune_keeps_the_newest_finished_jobs_of_each_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (l, _) = Ledger::open(&dir.path().join("l.db"), 0, "t", "m").unwrap();
+        for i in 0..6u8 {
+            l.put(&row(
+                record(i, 1000, JobState::Succeeded),
+                i64::from(i) * 10,
+                None,
+            ))
+            .await
+            .unwrap();
+        }
+        l.put(&row(record(20, 1000, JobState::Running), 1, None))
+            .await
+            .unwrap();
+        for i in 30..32u8 {
+            l.put(&row(record(i, 2000, JobState::Failed), i64::from(i), None))
+                .await
+                .unwrap();
+        }
+        // Nothing is older than `before`: only the per-uid bound removes anything.
+        let mut pruned = l.prune(0, 3).await.unwrap();
+        pruned.sort();
+        let mut oldest: Vec<JobId> = (0..3u8).map(|i| JobId::from_random([i; 8])).collect();
+        oldest.sort();
+        assert_eq!(pruned, oldest, "the three oldest finished jobs of uid 1000");
+        let count = |uid| {
+            let l = &l;
+            async move {
+                l.list(ListQuery {
+                    uid: Some(Uid(uid)),
+                    state: None,
+                    limit: 100,
+                })
+                .await
+                .unwrap()
+                .len()
+            }
+        };
+        assert_eq!(count(1000).await, 4, "three finished and the running one");
+        assert_eq!(count(2000).await, 2);
     }
 
     /// Pins: the checkpoint thread keeps the write-ahead log from growing without bound (no

@@ -310,10 +310,15 @@ impl Jobs {
         self.logs.join(format!("{id}.log"))
     }
 
-    /// Deletes ledger history and logs older than `history_days`.
+    /// Deletes ledger history and logs older than `history_days`, and past the newest
+    /// `history_per_uid` finished jobs of each uid.
     async fn prune(&self) {
         let before = now_ms() - self.settings.history.as_millis() as i64;
-        match self.ledger.prune(before).await {
+        match self
+            .ledger
+            .prune(before, self.settings.history_per_uid)
+            .await
+        {
             Ok(ids) => {
                 for id in ids {
                     let _ = std::fs::remove_file(self.log_path(&id));

@@ -1,0 +1,635 @@
+//! The audit log: what happened, who asked for it and what came of it, in
+//! `state_dir/audit/audit.log` (directory 0700, file 0600). One JSON object per line; each names
+//! its place (`seq`, from 1) and the SHA-256 of the line before it (`prev`; the first names
+//! [`record::GENESIS`]), so a line that is changed, removed or moved breaks the chain where it was.
+//!
+//! It is a sink of its own, never a log level. A caller chains its record under one lock (the
+//! order of the chain is the order of that lock) and leaves it in a buffer; one flusher thread
+//! writes what the buffer holds and, if anyone waits, flushes it with one `fdatasync`. A caller
+//! that must not answer before its record is on disk (a mutating request) waits for
+//! [`AuditLog::record_durable`]; records chained while a flush runs go to disk with the next
+//! one, so concurrent requests share one `fdatasync` (group commit), and no record costs a
+//! hand-off to another thread unless the flusher is idle. Records handed to
+//! [`AuditLog::record`] are written at once and reach the disk with the next flush.
+//!
+//! Secrets never reach it: callers pass parameters already redacted.
+//!
+//! Its parts: [`record`] (a record and its line), [`segments`] (the files), [`seals`] (seals and
+//! the retention anchor), [`verify`], [`query`], and [`denials`] (what one uid can make it
+//! record). This module chains records and runs the flusher, which also closes and removes
+//! segments.
+
+mod denials;
+mod query;
+mod record;
+mod seals;
+mod segments;
+mod verify;
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use warden_policy::AuditSettings;
+
+use crate::events::Bus;
+
+pub(crate) use denials::{Changes, DENIAL_WINDOW, DENIALS_RECORDED, Denials};
+pub(crate) use query::{Filter, query};
+pub(crate) use record::{Event, Head, Peer, hash};
+pub(crate) use seals::{SEAL_EVERY, Seals};
+pub(crate) use segments::{FILE, closed_segments, segment_last_seq};
+pub(crate) use verify::{Verdict, verify_from};
+
+use record::{body_of, encode, now_text};
+use segments::{append, last_line, recover, remove_segment, rotate, segments, sync_dir};
+
+/// Why a record could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuditError {
+    #[error("cannot write the audit log: {0}")]
+    Io(String),
+    #[error("the audit log is closed")]
+    Closed,
+}
+
+/// A waiter's answer: the record's place in the chain once it is on disk.
+type Ack = oneshot::Sender<Result<Head, AuditError>>;
+
+/// What is chained but not yet on disk, and who waits for it.
+struct Pending {
+    /// The last record chained (written or not).
+    head: Head,
+    /// Lines chained but not yet written, each ending in a newline.
+    lines: Vec<u8>,
+    /// Who waits, and the place each is answered with once it is on disk.
+    acks: Vec<(Ack, Head)>,
+    /// Heads to seal once they are on disk.
+    seals: Vec<Head>,
+    /// The flusher waits for work: the next record must wake it.
+    idle: bool,
+    /// No more records are taken; the flusher writes what is left and stops.
+    closed: bool,
+}
+
+/// The chain shared by callers and the flusher.
+struct Chain {
+    pending: Mutex<Pending>,
+    work: Condvar,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain").finish_non_exhaustive()
+    }
+}
+
+impl Chain {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Handle to the audit log and its flusher thread.
+#[derive(Debug)]
+pub(crate) struct AuditLog {
+    path: PathBuf,
+    /// Shared with the flusher, which adds to them.
+    seals: Arc<Mutex<Seals>>,
+    /// Held (read) while the log's files are read; the flusher closes or removes segments only
+    /// when it can take it (write) at once, and otherwise writes on and tries again next round.
+    files: Arc<std::sync::RwLock<()>>,
+    /// How many times the log was flushed to disk (group commit shows in it; read by tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    syncs: Arc<AtomicU64>,
+    chain: Arc<Chain>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AuditLog {
+    /// Opens (creating) the log in `dir` and finds where its chain continues. A last line
+    /// without its newline was cut off by a crash mid-write; it was never acknowledged (records
+    /// are acknowledged only once flushed whole), so it is removed.
+    ///
+    /// The live file is closed as a segment at `settings.segment_bytes`; closed segments past
+    /// `keep_segments` or `max_bytes` are removed, oldest first (see [`Flusher::retain`]).
+    pub(crate) fn open(
+        dir: &Path,
+        seals: Seals,
+        bus: Bus,
+        settings: &AuditSettings,
+    ) -> io::Result<AuditLog> {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let path = dir.join(FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)?;
+        let mut head = recover(&mut file)?;
+        if head.seq == 0
+            && let Some(last) = segments(&path)?.pop()
+        {
+            // The live file was begun by a rotation and holds nothing yet.
+            head = recover(
+                &mut std::fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(last)?,
+            )?;
+        }
+        // A log behind its last seal was cut short while the daemon was stopped. The chain goes
+        // on from the seal, so the gap stays visible to `verify` instead of being written over.
+        if let Some(last) = seals.all()?.pop()
+            && last.seq > head.seq
+        {
+            tracing::error!(
+                log_ends_at = head.seq,
+                sealed = last.seq,
+                "the audit log ends before its last seal: records were removed"
+            );
+            head = last;
+        }
+        let seals = Arc::new(Mutex::new(seals));
+        let chain = Arc::new(Chain {
+            pending: Mutex::new(Pending {
+                head: head.clone(),
+                lines: Vec::new(),
+                acks: Vec::new(),
+                seals: Vec::new(),
+                idle: false,
+                closed: false,
+            }),
+            work: Condvar::new(),
+        });
+        let syncs = Arc::new(AtomicU64::new(0));
+        let files = Arc::new(std::sync::RwLock::new(()));
+        let thread = std::thread::Builder::new()
+            .name("warden-audit".into())
+            .spawn({
+                let flusher = Flusher {
+                    len: file.metadata()?.len(),
+                    file,
+                    live: path.clone(),
+                    rotate_at: settings.segment_bytes,
+                    keep_segments: settings.keep_segments.max(1),
+                    max_bytes: settings.max_bytes,
+                    written: head,
+                    syncs: Arc::clone(&syncs),
+                    seals: Arc::clone(&seals),
+                    files: Arc::clone(&files),
+                    bus,
+                };
+                let chain = Arc::clone(&chain);
+                move || flusher.run(&chain)
+            })?;
+        Ok(AuditLog {
+            path,
+            seals,
+            files,
+            syncs,
+            chain,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every seal so far, oldest first.
+    #[cfg(test)]
+    pub(crate) fn seals(&self) -> io::Result<Vec<Head>> {
+        self.seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .all()
+    }
+
+    /// Checks the chain of the log's files against `head` (the last record the daemon knows it
+    /// wrote), its seals and its anchor, whose `seq` comes back with the verdict. Blocks: run it
+    /// off the runtime's threads. The flusher closes and removes no segment meanwhile.
+    pub(crate) fn verify(&self, head: Option<&Head>) -> io::Result<(Verdict, Option<u64>)> {
+        let _reading = self.files.read().unwrap_or_else(PoisonError::into_inner);
+        let (seals, anchor) = {
+            let store = self.seals.lock().unwrap_or_else(PoisonError::into_inner);
+            (store.all()?, store.anchor()?)
+        };
+        let verdict = verify_from(&self.path, head, &seals, anchor.as_ref())?;
+        Ok((verdict, anchor.map(|a| a.seq)))
+    }
+
+    /// [`query`] of the log's files. Blocks: run it off the runtime's threads. The flusher
+    /// closes and removes no segment meanwhile.
+    pub(crate) fn query(&self, filter: &Filter, limit: usize) -> io::Result<(Vec<Value>, bool)> {
+        let _reading = self.files.read().unwrap_or_else(PoisonError::into_inner);
+        query(&self.path, filter, limit)
+    }
+
+    /// Flushes to disk so far.
+    #[cfg(test)]
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Chains `body` (an event as JSON) onto the log; `ack` is answered once it is on disk.
+    /// Encoding is done before, outside the lock; under it only what fixes the order.
+    fn chain(&self, body: &[u8], ack: Option<Ack>) -> Result<(), AuditError> {
+        let mut p = self.chain.lock();
+        if p.closed {
+            return Err(AuditError::Closed);
+        }
+        push(&mut p, body, ack)?;
+        self.wake(&mut p);
+        Ok(())
+    }
+
+    /// Wakes the flusher if it waits for work. While it writes or flushes it is not woken: it
+    /// looks for more before it waits.
+    fn wake(&self, p: &mut Pending) {
+        if p.idle {
+            p.idle = false;
+            self.chain.work.notify_one();
+        }
+    }
+
+    /// Appends `event`; it reaches the disk with the next flush.
+    pub(crate) fn record(&self, event: Event) {
+        if let Err(e) = body_of(&event).and_then(|body| self.chain(&body, None)) {
+            tracing::error!(error = %e, "an audit record was lost");
+        }
+    }
+
+    /// Appends `event` and returns once it is on disk, with its place in the chain.
+    pub(crate) async fn record_durable(&self, event: &Event) -> Result<Head, AuditError> {
+        let body = body_of(event)?;
+        let (ack, done) = oneshot::channel();
+        self.chain(&body, Some(ack))?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Returns once every record chained before is on disk, with the chain's head.
+    pub(crate) async fn flush(&self) -> Result<Head, AuditError> {
+        let (ack, done) = oneshot::channel();
+        {
+            let mut p = self.chain.lock();
+            if p.closed {
+                return Err(AuditError::Closed);
+            }
+            let head = p.head.clone();
+            p.acks.push((ack, head));
+            self.wake(&mut p);
+        }
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Writes and flushes what is chained, then stops the flusher.
+    pub(crate) fn close(&self) {
+        {
+            let mut p = self.chain.lock();
+            p.closed = true;
+            self.chain.work.notify_one();
+        }
+        if let Some(t) = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Chains `body` (an event as JSON) after the head in `p`; `ack` is answered once it is on disk.
+fn push(p: &mut Pending, body: &[u8], ack: Option<Ack>) -> Result<(), AuditError> {
+    let line = encode(p.head.seq + 1, &now_text(), &p.head.hash, body)
+        .map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))?;
+    p.head = Head {
+        seq: p.head.seq + 1,
+        hash: hash(&line),
+    };
+    if p.head.seq.is_multiple_of(SEAL_EVERY) {
+        let head = p.head.clone();
+        p.seals.push(head);
+    }
+    p.lines.extend_from_slice(&line);
+    p.lines.push(b'\n');
+    if let Some(ack) = ack {
+        let head = p.head.clone();
+        p.acks.push((ack, head));
+    }
+    Ok(())
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The flusher thread's own state: the file and what it holds.
+struct Flusher {
+    file: File,
+    live: PathBuf,
+    rotate_at: u64,
+    /// Closed segments kept (at least 1).
+    keep_segments: usize,
+    /// Bytes of closed segments kept; 0: no limit besides `keep_segments`.
+    max_bytes: u64,
+    /// The live file's length, kept here rather than asked of the kernel every round.
+    len: u64,
+    /// The last record written to the file.
+    written: Head,
+    syncs: Arc<AtomicU64>,
+    seals: Arc<Mutex<Seals>>,
+    files: Arc<std::sync::RwLock<()>>,
+    bus: Bus,
+}
+
+/// One round of the flusher: what it took from the chain.
+struct Round {
+    lines: Vec<u8>,
+    acks: Vec<(Ack, Head)>,
+    seals: Vec<Head>,
+    /// The head of the chain when the round was taken: the last of `lines`.
+    head: Head,
+    closing: bool,
+}
+
+impl Flusher {
+    /// Takes what is chained, writes it in one go, flushes once if anyone waits, answers, and
+    /// goes round again; waits only when nothing is chained. Records chained meanwhile go with
+    /// the next round, so each flush covers all that came while the one before it ran.
+    fn run(mut self, chain: &Chain) {
+        // A retention the settings now ask for, or one a crash left half done. (No one reads
+        // the files yet.)
+        let files = Arc::clone(&self.files);
+        if let Ok(_alone) = files.try_write() {
+            self.retain(chain);
+        }
+        // Reused round to round: the buffer keeps its capacity.
+        let mut spare = Vec::new();
+        loop {
+            let round = {
+                let mut p = chain.lock();
+                while p.lines.is_empty() && p.acks.is_empty() && !p.closed {
+                    p.idle = true;
+                    p = chain.work.wait(p).unwrap_or_else(PoisonError::into_inner);
+                }
+                p.idle = false;
+                spare.clear();
+                Round {
+                    lines: std::mem::replace(&mut p.lines, std::mem::take(&mut spare)),
+                    acks: std::mem::take(&mut p.acks),
+                    seals: std::mem::take(&mut p.seals),
+                    head: p.head.clone(),
+                    closing: p.closed,
+                }
+            };
+            let closing = round.closing;
+            spare = self.round(chain, round);
+            if closing {
+                break;
+            }
+        }
+        match self.file.sync_data() {
+            Ok(()) if self.written.seq > 0 => self.seal(&self.written),
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "cannot flush the audit log at close"),
+        }
+    }
+
+    /// Writes and flushes one round; returns its buffer for the next.
+    fn round(&mut self, chain: &Chain, round: Round) -> Vec<u8> {
+        let Round {
+            mut lines,
+            acks,
+            seals,
+            head,
+            ..
+        } = round;
+        if !lines.is_empty() {
+            if let Err(e) = self.append(&lines) {
+                // What this round chained is lost, and so is what was chained onto it since:
+                // the chain goes on from the last record the file holds.
+                let mut p = chain.lock();
+                let later = std::mem::take(&mut p.acks);
+                p.lines.clear();
+                p.seals.clear();
+                p.head = self.written.clone();
+                drop(p);
+                tracing::error!(error = %e, "cannot write the audit log; the records not yet written are lost");
+                for (ack, _) in acks.into_iter().chain(later) {
+                    let _ = ack.send(Err(AuditError::Io(e.to_string())));
+                }
+                lines.clear();
+                return lines;
+            }
+            self.written = head;
+            if self.bus.listened() {
+                for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    if let Ok(record) = serde_json::from_slice::<Value>(line) {
+                        self.bus.publish("audit", None, record);
+                    }
+                }
+            }
+        }
+        // A seal may only name records that are on disk.
+        if !acks.is_empty() || !seals.is_empty() {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            let flushed = self.file.sync_data();
+            if let Err(e) = &flushed {
+                tracing::error!(error = %e, "cannot flush the audit log; the requests waiting on it are refused");
+            } else {
+                seals.iter().for_each(|h| self.seal(h));
+            }
+            // A failed flush is answered as an error: the records stay in the file, but
+            // nothing that waited on them is acknowledged, so no request they name goes ahead.
+            for (ack, at) in acks {
+                let answer = match &flushed {
+                    Ok(()) => Ok(at),
+                    Err(e) => Err(AuditError::Io(e.to_string())),
+                };
+                let _ = ack.send(answer);
+            }
+        }
+        if self.len >= self.rotate_at {
+            // Not while a reader goes through the files: the live file grows a little past its
+            // size instead, and is closed in a later round.
+            let files = Arc::clone(&self.files);
+            if let Ok(_alone) = files.try_write() {
+                self.rotate();
+                self.retain(chain);
+            }
+        }
+        lines
+    }
+
+    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        append(&self.file, &mut self.len, lines)
+    }
+
+    /// Closes the live file as a segment; on failure writes on where it is.
+    fn rotate(&mut self) {
+        match rotate(&self.file, &self.live, self.written.seq) {
+            Ok(next) => self.file = next,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot close the audit log's segment; writing on");
+            }
+        }
+        // Whichever file a rotation left live, half done or not.
+        self.len = self.file.metadata().map_or(self.len, |m| m.len());
+    }
+
+    /// Removes the oldest closed segments past `keep_segments` or `max_bytes` (the newest
+    /// closed one always stays). First the anchor moves to the last record removed (its `seq`
+    /// and the hash of its line, in the seal database, flushed), then the files go, then a
+    /// record `audit.retention` names what went and is sealed: what remains still verifies,
+    /// from the anchor on, and removing more than retention did shows as records missing.
+    fn retain(&mut self, chain: &Chain) {
+        let cut = match self.cut() {
+            Ok(Some(cut)) => cut,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remove old audit segments; keeping them");
+                return;
+            }
+        };
+        tracing::info!(
+            segments = cut.segments.len(),
+            first_seq = cut.first_seq,
+            last_seq = cut.last_seq,
+            "removed old audit segments"
+        );
+        let event = Event {
+            reason: Some(format!(
+                "retention removed {} segment(s), records {} to {}; the chain goes on from \
+                 record {} (hash {})",
+                cut.segments.len(),
+                cut.first_seq,
+                cut.last_seq,
+                cut.last_seq,
+                cut.hash
+            )),
+            params: Some(serde_json::json!({
+                "segments": cut.segments,
+                "first_seq": cut.first_seq,
+                "last_seq": cut.last_seq,
+                "hash": cut.hash,
+            })),
+            ..Event::new("audit.retention")
+        };
+        let mut p = chain.lock();
+        match body_of(&event).and_then(|body| push(&mut p, &body, None)) {
+            Ok(()) => {
+                let head = p.head.clone();
+                p.seals.push(head);
+            }
+            Err(e) => tracing::error!(error = %e, "an audit record was lost"),
+        }
+    }
+
+    /// Chooses the segments to remove, moves the anchor past them and removes them.
+    fn cut(&mut self) -> io::Result<Option<Cut>> {
+        let anchor = self
+            .seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .anchor()?;
+        let anchored = anchor.as_ref().map_or(0, |a| a.seq);
+        let mut segs = Vec::new();
+        let mut left_over = false;
+        for seg in segments(&self.live)? {
+            if segment_last_seq(&seg).is_some_and(|last| last <= anchored) {
+                // Behind the anchor: a cut a crash interrupted after moving the anchor.
+                remove_segment(&seg)?;
+                left_over = true;
+            } else {
+                segs.push(seg);
+            }
+        }
+        let sizes: Vec<u64> = segs
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .collect();
+        let mut total: u64 = sizes.iter().sum();
+        let mut n = 0;
+        while segs.len() - n > 1
+            && (segs.len() - n > self.keep_segments
+                || (self.max_bytes > 0 && total > self.max_bytes))
+        {
+            total -= sizes[n];
+            n += 1;
+        }
+        if n == 0 {
+            if left_over {
+                sync_dir(&self.live)?;
+            }
+            return Ok(None);
+        }
+        let cut = &segs[..n];
+        let last = &cut[n - 1];
+        let last_seq = segment_last_seq(last).unwrap_or(0);
+        let (line, _) = last_line(&File::open(last)?)?;
+        let Some(line) = line else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} holds no record", last.display()),
+            ));
+        };
+        let head = Head {
+            seq: last_seq,
+            hash: hash(&line),
+        };
+        self.seals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_anchor(&head)?;
+        for seg in cut {
+            remove_segment(seg)?;
+        }
+        sync_dir(&self.live)?;
+        Ok(Some(Cut {
+            segments: cut
+                .iter()
+                .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+                .collect(),
+            first_seq: anchored + 1,
+            last_seq,
+            hash: head.hash,
+        }))
+    }
+
+    fn seal(&self, head: &Head) {
+        let store = self.seals.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = store.put(head) {
+            tracing::error!(error = %e, seq = head.seq, "cannot store an audit seal");
+        }
+    }
+}
+
+/// What one retention removed.
+struct Cut {
+    /// File names, oldest first.
+    segments: Vec<String>,
+    first_seq: u64,
+    last_seq: u64,
+    /// Hash of the last removed record's line: the anchor.
+    hash: String,
+}
+
+#[cfg(test)]
+mod tests;
