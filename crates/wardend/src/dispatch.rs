@@ -176,6 +176,14 @@ impl Failure {
         }
     }
 
+    /// The same failure, telling the caller when to try again.
+    pub(crate) fn retry_after(self, wait: Duration) -> Self {
+        Failure {
+            retry_after: Some(wait),
+            ..self
+        }
+    }
+
     fn coded(code: i32, kind: ErrorKind, message: impl Into<String>) -> Self {
         Failure {
             code,
