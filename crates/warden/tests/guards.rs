@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use warden_testkit::fuse::HangingOpenFuse;
 use warden_testkit::raw::{RawClient, error_kind};
 use warden_testkit::users::{Groups, TestUser, as_ids};
 
@@ -197,4 +198,53 @@ fn an_allowed_executable_in_another_mount_namespace_is_refused_changes() {
     unshared.arg("-Urm").arg(&env.warden);
     let out = env.run(unshared, &["call", "status"]);
     assert!(answer(&out).get("result").is_some());
+}
+
+/// Pins: hashing a guarded executable whose file system hangs on `open` (a FUSE server that
+/// answers only the exec's open) is given up at its deadline: root is served meanwhile, and
+/// the change is refused, naming the cause.
+#[test]
+fn a_guarded_executable_on_a_hanging_file_system_fails_closed_at_the_deadline() {
+    if !warden_testkit::root_or_skip(
+        "a_guarded_executable_on_a_hanging_file_system_fails_closed_at_the_deadline",
+    ) {
+        return;
+    }
+    let user = TestUser::create(&[]);
+    let digest = sha256_hex(Path::new(env!("CARGO_BIN_EXE_warden")));
+    let env = Env::start(&policy(
+        &user,
+        &format!("{{path = \"{{dir}}/fuse/exe\", sha256 = \"{digest}\"}}"),
+    ));
+    let mnt = env.dir.path().join("fuse");
+    std::fs::create_dir(&mnt).unwrap();
+    let fuse = HangingOpenFuse::mount(&mnt, &env.warden);
+    let mut c = as_ids(user.uid, user.gid, Groups::Init, &fuse.exe());
+    c.arg("--socket")
+        .arg(env.socket())
+        .args(["call", "job.start", r#"{"action": "touch"}"#])
+        .env_remove("WARDEN_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let t = Instant::now();
+    while fuse.waiting_opens() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "nobody opened the executable to hash it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    root_is_served_within(env.socket(), Duration::from_secs(1));
+    let out = finish_within(
+        child,
+        Duration::from_secs(15),
+        "the start from the hanging executable",
+    );
+    let a = answer(&out);
+    assert_eq!(error_kind(&a), Some("forbidden"), "{a}");
+    assert!(
+        message(&a).contains("could not be read to verify within"),
+        "{a}"
+    );
 }
