@@ -23,12 +23,23 @@ pub struct PeerIdentity {
     pub groups: Vec<Gid>,
     /// Executable path, verified under a pidfd; `None` when it could not be.
     pub exe: Option<PathBuf>,
-    /// Whether the caller was confirmed to run in the daemon's own mount namespace, where
-    /// `exe` names the file the daemon sees at that path. Elsewhere a bind mount can put any
-    /// file at an allowed path, so `guards.mutating_exes` refuses such a caller.
-    pub exe_in_daemon_mount_ns: bool,
+    /// Whether the caller runs in the daemon's own mount namespace, where `exe` names the file
+    /// the daemon sees at that path. Elsewhere a bind mount can put any file at an allowed
+    /// path, so `guards.mutating_exes` passes only [`MountNs::Daemons`].
+    pub mount_ns: MountNs,
     /// What is known of the executable's content: hashed only when a guard's decision needs it.
     pub exe_sha256: ExeDigest,
+}
+
+/// The caller's mount namespace, as read at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountNs {
+    /// The daemon's own.
+    Daemons,
+    /// Another one.
+    Other,
+    /// Not read (no `guards.mutating_exes` was set at connect) or unreadable.
+    Unconfirmed,
 }
 
 /// The SHA-256 of a caller's executable, as far as the daemon took it.
@@ -50,7 +61,7 @@ impl PeerIdentity {
             pid: Pid(0),
             groups,
             exe: None,
-            exe_in_daemon_mount_ns: false,
+            mount_ns: MountNs::Unconfirmed,
             exe_sha256: ExeDigest::NotTaken,
         }
     }
@@ -397,11 +408,21 @@ fn exe_guard_refusal(peer: &PeerIdentity, exes: &[ExeGuard]) -> Option<String> {
     if listed.is_empty() {
         return Some(format!("{shown} is not in guards.mutating_exes"));
     }
-    if !peer.exe_in_daemon_mount_ns {
-        return Some(format!(
-            "the caller runs in a mount namespace other than the daemon's, where {shown} may be \
-             another file (guards.mutating_exes)"
-        ));
+    match peer.mount_ns {
+        MountNs::Daemons => {}
+        MountNs::Other => {
+            return Some(format!(
+                "the caller runs in a mount namespace other than the daemon's, where {shown} may \
+                 be another file (guards.mutating_exes)"
+            ));
+        }
+        MountNs::Unconfirmed => {
+            return Some(format!(
+                "the caller's mount namespace could not be confirmed as the daemon's, so {shown} \
+                 may be another file (guards.mutating_exes; reconnect if the guard is newer than \
+                 the connection)"
+            ));
+        }
     }
     if listed.iter().any(|g| g.sha256.is_none()) {
         return None;
@@ -628,7 +649,7 @@ max_tier = "read_only"
         // No verified executable: denied.
         assert!(!allowed(p.decide(&op, l, &spec, &rt)));
         op.exe = Some("/usr/bin/ok".into());
-        op.exe_in_daemon_mount_ns = true;
+        op.mount_ns = MountNs::Daemons;
         // Right path, wrong or missing digest: denied.
         assert!(!allowed(p.decide(&op, l, &spec, &rt)));
         op.exe_sha256 = ExeDigest::Sha256([0xcd; 32]);
@@ -640,7 +661,7 @@ max_tier = "read_only"
         let mut other = peer(1300, &[1500]);
         other.exe = op.exe.clone();
         other.exe_sha256 = op.exe_sha256.clone();
-        other.exe_in_daemon_mount_ns = true;
+        other.mount_ns = MountNs::Daemons;
         let d = p.decide(&other, l, &spec, &rt);
         assert!(
             matches!(&d, Decision::Deny { reason, .. } if reason.contains("mutating_uids")),
@@ -675,13 +696,16 @@ max_tier = "read_only"
         let mut op = peer(1200, &[1500]);
         op.exe = Some("/usr/bin/ok".into());
         op.exe_sha256 = ExeDigest::Sha256([0xab; 32]);
-        op.exe_in_daemon_mount_ns = false;
+        op.mount_ns = MountNs::Other;
         let why = refusal(p.decide(&op, l, &spec, &rt));
         assert!(
             why.contains("mount namespace other than the daemon's"),
             "{why}"
         );
-        op.exe_in_daemon_mount_ns = true;
+        op.mount_ns = MountNs::Unconfirmed;
+        let why = refusal(p.decide(&op, l, &spec, &rt));
+        assert!(why.contains("could not be confirmed"), "{why}");
+        op.mount_ns = MountNs::Daemons;
         assert!(allowed(p.decide(&op, l, &spec, &rt)));
         op.exe_sha256 = ExeDigest::Unverifiable("executable too large to verify".into());
         let why = refusal(p.decide(&op, l, &spec, &rt));
@@ -695,7 +719,7 @@ max_tier = "read_only"
         // A path listed without a digest needs none, but still the daemon's namespace.
         op.exe = Some("/usr/bin/plain".into());
         assert!(allowed(p.decide(&op, l, &spec, &rt)));
-        op.exe_in_daemon_mount_ns = false;
+        op.mount_ns = MountNs::Other;
         assert!(!allowed(p.decide(&op, l, &spec, &rt)));
         assert_eq!(
             p.guards

@@ -77,21 +77,27 @@ pub fn read_pinned(pinned: BorrowedFd<'_>) -> io::Result<File> {
     File::open(format!("/proc/self/fd/{}", pinned.as_raw_fd()))
 }
 
-/// The mount namespace of `pid`, as the device and inode of `/proc/<pid>/ns/mnt` (equal for
-/// two processes exactly when they share the namespace). The same pidfd rule as [`exe_path`]
-/// applies.
-pub fn mount_namespace(pid: i32) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))?;
-    Ok((md.dev(), md.ino()))
+/// The mount namespace of `pid`, as the kernel names it (`mnt:[INODE]`, read from the link
+/// `/proc/<pid>/ns/mnt`; equal for two processes exactly when they share the namespace). The
+/// same pidfd rule as [`exe_path`] applies.
+pub fn mount_namespace(pid: i32) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
 }
 
 /// Whether `pid` runs in this process's mount namespace, where a path names the same file for
-/// both. An unreadable namespace (another user's process in an unprivileged daemon) is `false`.
-pub fn shares_mount_namespace(pid: i32) -> bool {
-    static OWN: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
-    let own = *OWN.get_or_init(|| mount_namespace(std::process::id() as i32).ok());
-    own.is_some() && mount_namespace(pid).ok() == own
+/// both. An error when either namespace cannot be read (another user's process, seen from an
+/// unprivileged daemon).
+pub fn shares_mount_namespace(pid: i32) -> io::Result<bool> {
+    // The daemon never changes its own mount namespace: read it once.
+    static OWN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let own = match OWN.get() {
+        Some(own) => own,
+        None => {
+            let own = mount_namespace(std::process::id() as i32)?;
+            OWN.get_or_init(|| own)
+        }
+    };
+    Ok(mount_namespace(pid)? == *own)
 }
 
 /// Effective uid and gid of `pid`, from `/proc/<pid>/status`.
@@ -198,7 +204,7 @@ mod tests {
             got,
             std::fs::read(std::env::current_exe().unwrap()).unwrap()
         );
-        assert!(shares_mount_namespace(me));
+        assert!(shares_mount_namespace(me).unwrap());
         let mut child = Command::new("unshare")
             .args(["-Urm", "sleep", "5"])
             .spawn()
@@ -211,16 +217,16 @@ mod tests {
         {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let unshared = !shares_mount_namespace(pid);
+        let unshared = shares_mount_namespace(pid).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(
-            unshared,
+            !unshared,
             "a process in its own mount namespace compared equal"
         );
         assert!(
-            !shares_mount_namespace(pid),
-            "an exited process compared equal"
+            shares_mount_namespace(pid).is_err(),
+            "an exited process has no namespace to compare"
         );
     }
 

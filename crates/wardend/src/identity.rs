@@ -23,7 +23,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::net::UnixStream;
 use warden_policy::compile::Guards;
-use warden_policy::{ExeDigest, PeerIdentity};
+use warden_policy::{ExeDigest, MountNs, PeerIdentity};
 use warden_proto::{Gid, Pid, Uid};
 use warden_sys::peer::PeerCred;
 use warden_sys::process;
@@ -89,8 +89,16 @@ pub(crate) fn identify(
     // access) leave `exe` empty: guards then treat the caller as unverified.
     let exe = process::exe_path(cred.pid).ok();
     // A path means the same file for the peer as for the daemon only in the same mount
-    // namespace: elsewhere a bind mount can put any file at an allowed path.
-    let in_daemon_mount_ns = process::shares_mount_namespace(cred.pid);
+    // namespace: elsewhere a bind mount can put any file at an allowed path. Read only while an
+    // executable guard is set: it costs a /proc lookup per connection.
+    let mount_ns = match guards.mutating_exes {
+        None => MountNs::Unconfirmed,
+        Some(_) => match process::shares_mount_namespace(cred.pid) {
+            Ok(true) => MountNs::Daemons,
+            Ok(false) => MountNs::Other,
+            Err(_) => MountNs::Unconfirmed,
+        },
+    };
     let exe_pin = match &exe {
         Some(path) if guards.digests_for(path).next().is_some() => {
             process::pin_exe(cred.pid).ok().map(PinnedExe)
@@ -107,7 +115,7 @@ pub(crate) fn identify(
             pid: Pid(cred.pid),
             groups: groups.into_iter().map(Gid).collect(),
             exe,
-            exe_in_daemon_mount_ns: in_daemon_mount_ns,
+            mount_ns,
             exe_sha256: ExeDigest::NotTaken,
         },
         exe_pin,
@@ -283,7 +291,7 @@ mod tests {
             assert_eq!(id.peer.pid, Pid(std::process::id() as i32));
             assert_eq!(id.peer.uid, Uid(warden_sys::users::effective_uid()));
             assert_eq!(id.peer.exe.as_deref(), Some(me.as_path()));
-            assert!(id.peer.exe_in_daemon_mount_ns);
+            assert_eq!(id.peer.mount_ns, MountNs::Daemons);
             assert_eq!(id.peer.exe_sha256, ExeDigest::NotTaken);
             let pin = Arc::new(id.exe_pin.expect("a guarded path is pinned"));
             assert_eq!(
