@@ -60,7 +60,21 @@ pub(crate) enum PidfdSource {
 /// The executable a peer ran at accept, held open (`O_PATH`) so that hashing it later reads
 /// that file, whatever the process has exec'd since.
 #[derive(Debug)]
-pub(crate) struct PinnedExe(OwnedFd);
+pub(crate) struct PinnedExe {
+    file: OwnedFd,
+    /// Its digest once taken: the requests of one connection wait for one hashing, not one
+    /// each. Only a digest is kept; a failure (a deadline, a busy uid) is tried again.
+    digest: tokio::sync::Mutex<Option<[u8; 32]>>,
+}
+
+impl PinnedExe {
+    fn new(file: OwnedFd) -> Self {
+        PinnedExe {
+            file,
+            digest: tokio::sync::Mutex::new(None),
+        }
+    }
+}
 
 /// A peer, and its executable pinned when a guard may need to hash it.
 #[derive(Debug)]
@@ -101,7 +115,7 @@ pub(crate) fn identify(
     };
     let exe_pin = match &exe {
         Some(path) if guards.digests_for(path).next().is_some() => {
-            process::pin_exe(cred.pid).ok().map(PinnedExe)
+            process::pin_exe(cred.pid).ok().map(PinnedExe::new)
         }
         _ => None,
     };
@@ -191,13 +205,20 @@ impl DigestCache {
         uid: Uid,
         pin: &Arc<PinnedExe>,
     ) -> ExeDigest {
+        let mut taken = pin.digest.lock().await;
+        if let Some(d) = *taken {
+            return ExeDigest::Sha256(d);
+        }
         let cache = self.clone();
-        let pin = Arc::clone(pin);
+        let file = Arc::clone(pin);
         let hashed = work
-            .run(uid, VERIFY_DEADLINE, move |due| cache.digest_of(&pin, due))
+            .run(uid, VERIFY_DEADLINE, move |due| cache.digest_of(&file, due))
             .await;
         match hashed {
-            Ok(Ok(d)) => ExeDigest::Sha256(d),
+            Ok(Ok(d)) => {
+                *taken = Some(d);
+                ExeDigest::Sha256(d)
+            }
             Ok(Err(e)) => ExeDigest::Unverifiable(e.to_string()),
             Err(FsWorkError::TimedOut(_)) => {
                 ExeDigest::Unverifiable(VerifyError::TooSlow.to_string())
@@ -208,7 +229,7 @@ impl DigestCache {
 
     /// Hashes the pinned file (blocking), giving up past `due` or [`MAX_EXE_BYTES`].
     fn digest_of(&self, pin: &PinnedExe, due: std::time::Instant) -> Result<[u8; 32], VerifyError> {
-        let file = process::read_pinned(pin.0.as_fd()).map_err(VerifyError::Read)?;
+        let file = process::read_pinned(pin.file.as_fd()).map_err(VerifyError::Read)?;
         let md = file.metadata().map_err(VerifyError::Read)?;
         if md.size() > MAX_EXE_BYTES {
             return Err(VerifyError::TooLarge { size: md.size() });
@@ -325,7 +346,9 @@ mod tests {
         let f = std::fs::File::create(&big).unwrap();
         f.set_len(MAX_EXE_BYTES + 1).unwrap();
         drop(f);
-        let pin = Arc::new(PinnedExe(OwnedFd::from(std::fs::File::open(&big).unwrap())));
+        let pin = Arc::new(PinnedExe::new(OwnedFd::from(
+            std::fs::File::open(&big).unwrap(),
+        )));
         let got = DigestCache::default()
             .verify(&Arc::new(FsWork::default()), Uid(0), &pin)
             .await;
