@@ -57,6 +57,16 @@ impl Guards {
             .as_ref()
             .is_some_and(|g| g.iter().any(|e| e.sha256.is_some()))
     }
+
+    /// The digests `guards.mutating_exes` accepts for an executable at `exe`: none when no entry
+    /// with a sha256 lists that path, so its content never matters.
+    pub fn digests_for<'a>(&'a self, exe: &'a Path) -> impl Iterator<Item = [u8; 32]> + 'a {
+        self.mutating_exes
+            .iter()
+            .flatten()
+            .filter(move |g| g.path == exe)
+            .filter_map(|g| g.sha256)
+    }
 }
 
 /// Tier mappings with names resolved to ids.

@@ -11,7 +11,7 @@ use warden_proto::request::Scope;
 use warden_proto::{ActionName, ErrorKind, Gid, Pid, Request, Tier, Uid};
 
 use crate::actions::ActionSpec;
-use crate::compile::{ListenerPolicy, Policy};
+use crate::compile::{ExeGuard, ListenerPolicy, Policy};
 use crate::endpoints::{self, Requirement};
 use crate::resources::ResourceKind;
 
@@ -25,8 +25,33 @@ pub struct PeerIdentity {
     pub groups: Vec<Gid>,
     /// Executable path, verified under a pidfd; `None` when it could not be.
     pub exe: Option<PathBuf>,
-    /// SHA-256 of the executable image, computed only when a guard needs it.
-    pub exe_sha256: Option<[u8; 32]>,
+    /// Whether the caller runs in the daemon's own mount namespace, where `exe` names the file
+    /// the daemon sees at that path. Elsewhere a bind mount can put any file at an allowed
+    /// path, so `guards.mutating_exes` passes only [`MountNs::Daemons`].
+    pub mount_ns: MountNs,
+    /// What is known of the executable's content: hashed only when a guard's decision needs it.
+    pub exe_sha256: ExeDigest,
+}
+
+/// The caller's mount namespace, as read at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountNs {
+    /// The daemon's own.
+    Daemons,
+    /// Another one.
+    Other,
+    /// Not read (no `guards.mutating_exes` was set at connect) or unreadable.
+    Unconfirmed,
+}
+
+/// The SHA-256 of a caller's executable, as far as the daemon took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExeDigest {
+    /// Not hashed for this connection (no guard listing its path needed it when it connected).
+    NotTaken,
+    Sha256([u8; 32]),
+    /// Hashing failed or was given up; the reason is shown to the refused caller.
+    Unverifiable(String),
 }
 
 impl PeerIdentity {
@@ -38,7 +63,8 @@ impl PeerIdentity {
             pid: Pid(0),
             groups,
             exe: None,
-            exe_sha256: None,
+            mount_ns: MountNs::Unconfirmed,
+            exe_sha256: ExeDigest::NotTaken,
         }
     }
 }
@@ -553,29 +579,61 @@ impl Policy {
                     ),
                 );
             }
-            if let Some(exes) = &self.guards.mutating_exes {
-                let allowed = exes.iter().any(|g| {
-                    peer.exe.as_deref() == Some(g.path.as_path())
-                        && g.sha256.is_none_or(|want| peer.exe_sha256 == Some(want))
-                });
-                if !allowed {
-                    let exe = peer
-                        .exe
-                        .as_ref()
-                        .map_or("an unverified executable".to_owned(), |p| {
-                            p.display().to_string()
-                        });
-                    return deny(
-                        ErrorKind::Forbidden,
-                        format!(
-                            "{} changes state and {exe} is not in guards.mutating_exes",
-                            need.what
-                        ),
-                    );
-                }
+            if let Some(exes) = &self.guards.mutating_exes
+                && let Some(why) = exe_guard_refusal(peer, exes)
+            {
+                return deny(
+                    ErrorKind::Forbidden,
+                    format!("{} changes state and {why}", need.what),
+                );
             }
         }
         Decision::allow(tier)
+    }
+}
+
+/// Why `peer` does not pass `guards.mutating_exes`, or `None` when it does. The caller reads
+/// the answer, so it says which part failed.
+fn exe_guard_refusal(peer: &PeerIdentity, exes: &[ExeGuard]) -> Option<String> {
+    let Some(exe) = &peer.exe else {
+        return Some("an unverified executable is not in guards.mutating_exes".to_owned());
+    };
+    let listed: Vec<&ExeGuard> = exes.iter().filter(|g| g.path == *exe).collect();
+    let shown = exe.display();
+    if listed.is_empty() {
+        return Some(format!("{shown} is not in guards.mutating_exes"));
+    }
+    match peer.mount_ns {
+        MountNs::Daemons => {}
+        MountNs::Other => {
+            return Some(format!(
+                "the caller runs in a mount namespace other than the daemon's, where {shown} may \
+                 be another file (guards.mutating_exes)"
+            ));
+        }
+        MountNs::Unconfirmed => {
+            return Some(format!(
+                "the caller's mount namespace could not be confirmed as the daemon's, so {shown} \
+                 may be another file (guards.mutating_exes; reconnect if the guard is newer than \
+                 the connection)"
+            ));
+        }
+    }
+    if listed.iter().any(|g| g.sha256.is_none()) {
+        return None;
+    }
+    match &peer.exe_sha256 {
+        ExeDigest::Sha256(d) if listed.iter().any(|g| g.sha256 == Some(*d)) => None,
+        ExeDigest::Sha256(_) => Some(format!(
+            "{shown} does not match its sha256 in guards.mutating_exes"
+        )),
+        ExeDigest::NotTaken => Some(format!(
+            "{shown} was not hashed for guards.mutating_exes on this connection (the guard is \
+             newer than the connection; reconnect)"
+        )),
+        ExeDigest::Unverifiable(why) => Some(format!(
+            "{shown} could not be checked against guards.mutating_exes: {why}"
+        )),
     }
 }
 
@@ -784,21 +842,89 @@ max_tier = "read_only"
         // No verified executable: denied.
         assert!(!allowed(p.decide(&op, l, &spec, &rt)));
         op.exe = Some("/usr/bin/ok".into());
+        op.mount_ns = MountNs::Daemons;
         // Right path, wrong or missing digest: denied.
         assert!(!allowed(p.decide(&op, l, &spec, &rt)));
-        op.exe_sha256 = Some([0xcd; 32]);
+        op.exe_sha256 = ExeDigest::Sha256([0xcd; 32]);
         assert!(!allowed(p.decide(&op, l, &spec, &rt)));
-        op.exe_sha256 = Some([0xab; 32]);
+        op.exe_sha256 = ExeDigest::Sha256([0xab; 32]);
         assert!(allowed(p.decide(&op, l, &spec, &rt)));
 
         // Same executable, uid not listed: denied by the uid guard.
         let mut other = peer(1300, &[1500]);
         other.exe = op.exe.clone();
-        other.exe_sha256 = op.exe_sha256;
+        other.exe_sha256 = op.exe_sha256.clone();
+        other.mount_ns = MountNs::Daemons;
         let d = p.decide(&other, l, &spec, &rt);
         assert!(
             matches!(&d, Decision::Deny { reason, .. } if reason.contains("mutating_uids")),
             "{d:?}"
+        );
+    }
+
+    fn refusal(d: Decision) -> String {
+        match d {
+            Decision::Deny { kind, reason, .. } => {
+                assert_eq!(kind, ErrorKind::Forbidden);
+                reason
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    /// Pins: the executable guard refuses a caller from another mount namespace even with the
+    /// right path and digest, and says which part failed: namespace, digest, or a hash that
+    /// could not be taken (with its cause).
+    #[test]
+    fn the_exe_guard_names_what_failed_and_refuses_other_mount_namespaces() {
+        let text = format!(
+            "{CONF}\n[guards]\nmutating_exes = [{{path = \"/usr/bin/ok\", sha256 = \"{}\"}}, {{path = \"/usr/bin/plain\"}}]\n",
+            "ab".repeat(32)
+        );
+        let p = load(&text).unwrap().policy;
+        let l = &p.listeners[0];
+        let o = ops(&[]);
+        let rt = rt(&o);
+        let spec = mutating(Tier::Operator, &[]);
+        let mut op = peer(1200, &[1500]);
+        op.exe = Some("/usr/bin/ok".into());
+        op.exe_sha256 = ExeDigest::Sha256([0xab; 32]);
+        op.mount_ns = MountNs::Other;
+        let why = refusal(p.decide(&op, l, &spec, &rt));
+        assert!(
+            why.contains("mount namespace other than the daemon's"),
+            "{why}"
+        );
+        op.mount_ns = MountNs::Unconfirmed;
+        let why = refusal(p.decide(&op, l, &spec, &rt));
+        assert!(why.contains("could not be confirmed"), "{why}");
+        op.mount_ns = MountNs::Daemons;
+        assert!(allowed(p.decide(&op, l, &spec, &rt)));
+        op.exe_sha256 = ExeDigest::Unverifiable("executable too large to verify".into());
+        let why = refusal(p.decide(&op, l, &spec, &rt));
+        assert!(why.ends_with(": executable too large to verify"), "{why}");
+        op.exe_sha256 = ExeDigest::Sha256([0xcd; 32]);
+        let why = refusal(p.decide(&op, l, &spec, &rt));
+        assert!(why.contains("does not match its sha256"), "{why}");
+        op.exe_sha256 = ExeDigest::NotTaken;
+        let why = refusal(p.decide(&op, l, &spec, &rt));
+        assert!(why.contains("was not hashed"), "{why}");
+        // A path listed without a digest needs none, but still the daemon's namespace.
+        op.exe = Some("/usr/bin/plain".into());
+        assert!(allowed(p.decide(&op, l, &spec, &rt)));
+        op.mount_ns = MountNs::Other;
+        assert!(!allowed(p.decide(&op, l, &spec, &rt)));
+        assert_eq!(
+            p.guards
+                .digests_for(std::path::Path::new("/usr/bin/ok"))
+                .collect::<Vec<_>>(),
+            [[0xab; 32]]
+        );
+        assert_eq!(
+            p.guards
+                .digests_for(std::path::Path::new("/usr/bin/plain"))
+                .count(),
+            0
         );
     }
 

@@ -18,6 +18,6 @@ pub use actions::{ActionSpec, Checked, ParamError};
 pub use compile::{AuditSettings, Directory, JobSettings, ListenerPolicy, Loaded, Policy};
 pub use config::{ConfigError, Problem};
 pub use endpoints::EndpointSpec;
-pub use gate::{Decision, Lockdown, PeerIdentity, Runtime};
+pub use gate::{Decision, ExeDigest, Lockdown, MountNs, PeerIdentity, Runtime};
 pub use resources::ResourceKind;
 pub use tiers::Effective;

@@ -54,10 +54,50 @@ pub fn exe_path(pid: i32) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe"))
 }
 
-/// Opens the executable image of `pid` (even if its path was since replaced or deleted), for
-/// hashing. The same pidfd rule as [`exe_path`] applies.
-pub fn open_exe(pid: i32) -> io::Result<File> {
-    File::open(format!("/proc/{pid}/exe"))
+/// Pins the executable image of `pid` (even if its path was since replaced or deleted) with an
+/// `O_PATH` descriptor, so it can be read later even after the process exec'd something else.
+/// The same pidfd rule as [`exe_path`] applies.
+///
+/// This never waits on the file's file system: `/proc/<pid>/exe` jumps straight to the file the
+/// kernel already holds (no lookup by name), and an `O_PATH` open does not call the file
+/// system's `open`. Reading it ([`read_pinned`]) does, and belongs off the threads that must
+/// not wait.
+pub fn pin_exe(pid: i32) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        format!("/proc/{pid}/exe"),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens the file an `O_PATH` descriptor from [`pin_exe`] names, for reading. This asks the
+/// file's file system, which may be slow or stalled (FUSE): call it where waiting is harmless.
+pub fn read_pinned(pinned: BorrowedFd<'_>) -> io::Result<File> {
+    File::open(format!("/proc/self/fd/{}", pinned.as_raw_fd()))
+}
+
+/// The mount namespace of `pid`, as the kernel names it (`mnt:[INODE]`, read from the link
+/// `/proc/<pid>/ns/mnt`; equal for two processes exactly when they share the namespace). The
+/// same pidfd rule as [`exe_path`] applies.
+pub fn mount_namespace(pid: i32) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+}
+
+/// Whether `pid` runs in this process's mount namespace, where a path names the same file for
+/// both. An error when either namespace cannot be read (another user's process, seen from an
+/// unprivileged daemon).
+pub fn shares_mount_namespace(pid: i32) -> io::Result<bool> {
+    // The daemon never changes its own mount namespace: read it once.
+    static OWN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let own = match OWN.get() {
+        Some(own) => own,
+        None => {
+            let own = mount_namespace(std::process::id() as i32)?;
+            OWN.get_or_init(|| own)
+        }
+    };
+    Ok(mount_namespace(pid)? == *own)
 }
 
 /// Effective uid and gid of `pid`, from `/proc/<pid>/status`.
@@ -145,6 +185,48 @@ mod tests {
         assert_eq!(
             effective_ids(me).unwrap(),
             (crate::users::effective_uid(), crate::users::effective_gid())
+        );
+    }
+
+    /// Pins: a pinned executable reads back as the file that ran, and a process shares this
+    /// process's mount namespace exactly when it is in it.
+    #[test]
+    fn a_pinned_exe_reads_back_and_namespaces_compare() {
+        use std::io::Read;
+        let me = std::process::id() as i32;
+        let pinned = pin_exe(me).unwrap();
+        let mut got = Vec::new();
+        read_pinned(pinned.as_fd())
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(
+            got,
+            std::fs::read(std::env::current_exe().unwrap()).unwrap()
+        );
+        assert!(shares_mount_namespace(me).unwrap());
+        let mut child = Command::new("unshare")
+            .args(["-Urm", "sleep", "5"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // `unshare` execs `sleep` once it is in its namespaces; wait until it has.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while mount_namespace(pid).ok() == mount_namespace(me).ok()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let unshared = shares_mount_namespace(pid).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            !unshared,
+            "a process in its own mount namespace compared equal"
+        );
+        assert!(
+            shares_mount_namespace(pid).is_err(),
+            "an exited process has no namespace to compare"
         );
     }
 

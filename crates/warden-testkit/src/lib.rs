@@ -1,9 +1,11 @@
 //! Test support shared by warden's test suites: temporary directories the daemon accepts,
 //! root-only test gating, throwaway users and groups that are always removed, commands run as
-//! another user through the real kernel credentials, and a blocking raw-frame client.
+//! another user through the real kernel credentials, a blocking raw-frame client, and a file
+//! system that never answers.
 
 #![allow(clippy::unwrap_used)]
 
+pub mod fuse;
 pub mod raw;
 pub mod users;
 

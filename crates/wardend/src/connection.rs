@@ -129,14 +129,9 @@ impl Connection {
         span: tracing::Span,
         connection: u64,
     ) -> Option<Connection> {
-        let needs_digest = shared.policy().guards.needs_exe_digest();
-        let peer = match identity::identify(
-            &stream,
-            cred,
-            needs_digest,
-            &shared.digests,
-            shared.pidfd_source,
-        ) {
+        let identified =
+            identity::identify(&stream, cred, &shared.policy().guards, shared.pidfd_source);
+        let identity::Identified { peer, exe_pin } = match identified {
             Ok(p) => p,
             Err(e) => {
                 shared.stats.identity_unreadable.inc();
@@ -161,6 +156,7 @@ impl Connection {
         let session = Session {
             span,
             peer: Arc::new(peer),
+            exe_pin: exe_pin.map(Arc::new),
             connection,
             caller: None,
             listener,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use warden_policy::gate::{Judged, Target};
-use warden_policy::{Decision, ListenerPolicy, PeerIdentity, Runtime};
+use warden_policy::{Decision, ExeDigest, ListenerPolicy, PeerIdentity, Runtime};
 use warden_proto::envelope::{self, Envelope, Id};
 use warden_proto::error::code;
 use warden_proto::request::ClientName;
@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use crate::audit;
 use crate::handlers::{self, Reply};
+use crate::identity::PinnedExe;
 use crate::limits::{TokenBucket, retry_ms};
 use crate::server::Shared;
 
@@ -40,6 +41,8 @@ pub(crate) type Outbound = tokio::sync::mpsc::Sender<Vec<u8>>;
 #[derive(Debug)]
 pub(crate) struct Caller {
     pub peer: Arc<PeerIdentity>,
+    /// The peer's executable as it was at accept, when a digest guard may need to hash it.
+    pub exe_pin: Option<Arc<PinnedExe>>,
     pub listener: Arc<ListenerPolicy>,
     /// The name given in `hello`.
     pub client: String,
@@ -55,6 +58,8 @@ pub(crate) struct Session {
     pub span: tracing::Span,
     /// Who is calling, from the kernel at connect.
     pub peer: Arc<PeerIdentity>,
+    /// The peer's executable as it was at accept, when a digest guard may need to hash it.
+    pub exe_pin: Option<Arc<PinnedExe>>,
     /// The socket it came in through.
     pub listener: Arc<ListenerPolicy>,
     /// The daemon's number for this connection.
@@ -174,6 +179,14 @@ impl Failure {
             detail: None,
             retry_after: None,
             correlation: None,
+        }
+    }
+
+    /// The same failure, telling the caller when to try again.
+    pub(crate) fn retry_after(self, wait: Duration) -> Self {
+        Failure {
+            retry_after: Some(wait),
+            ..self
         }
     }
 
@@ -428,6 +441,14 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
             .policy()
             .authorize(&caller.peer, &caller.listener, &request, &runtime)
     };
+    // A digest guard: the executable is hashed only now, and only when its digest is what
+    // stands between this request and an allow.
+    let decision = match decision {
+        Decision::Deny { .. } => judged_with_digest(&shared, &caller, &request, target)
+            .await
+            .unwrap_or(decision),
+        allow => allow,
+    };
     let (tier, judged) = match decision {
         Decision::Allow { tier, judged } => (tier, judged),
         Decision::Deny { kind, reason, .. } => {
@@ -507,6 +528,53 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         Ok(reply) => encoded(envelope::result_frame(&id, &reply)),
         Err(f) => fail(&f),
     }
+}
+
+/// The gate's decision on a request it just refused, taken again with the caller's executable
+/// hashed, when a `[guards]` sha256 for its path could turn the refusal into an allow: the gate
+/// is asked first whether any digest it accepts would allow the request (pure, no I/O), and only
+/// then is the pinned executable read, off the runtime threads with a size cap and a deadline.
+/// `None` when no digest can matter; a refusal that stands whatever the digest is answered with
+/// that refusal's own reason.
+async fn judged_with_digest(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    request: &Request,
+    target: Target,
+) -> Option<Decision> {
+    let pin = caller.exe_pin.as_ref()?;
+    let exe = caller.peer.exe.as_deref()?;
+    let decide = |digest: ExeDigest| {
+        let peer = PeerIdentity {
+            exe_sha256: digest,
+            ..PeerIdentity::clone(&caller.peer)
+        };
+        let ops = shared.brakes.ops();
+        let lockdown = shared.brakes.lockdown();
+        let runtime = Runtime {
+            ops: &ops,
+            lockdown: lockdown.as_ref(),
+            target,
+        };
+        shared
+            .policy()
+            .authorize(&peer, &caller.listener, request, &runtime)
+    };
+    let accepted: Vec<[u8; 32]> = shared.policy().guards.digests_for(exe).collect();
+    let mut standing = None;
+    for want in accepted {
+        match decide(ExeDigest::Sha256(want)) {
+            Decision::Allow { .. } => {
+                let digest = shared
+                    .digests
+                    .verify(&shared.fs_work, caller.peer.uid, pin)
+                    .await;
+                return Some(decide(digest));
+            }
+            deny => standing = standing.or(Some(deny)),
+        }
+    }
+    standing
 }
 
 /// The outcome record an audited request owes once its record is on its way to disk. Should

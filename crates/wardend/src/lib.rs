@@ -14,6 +14,7 @@ mod dispatch;
 pub mod doctor;
 mod events;
 mod files;
+mod fswork;
 mod handlers;
 mod identity;
 mod jobs;

@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     pub logs: LogLimiter,
     /// Executable digests for `[guards]`, so each binary is hashed once.
     pub digests: DigestCache,
+    /// Threads for file-system work a caller steers (its path parameters, its executable),
+    /// bounded per uid because a stalled file system may keep them for good.
+    pub fs_work: Arc<crate::fswork::FsWork>,
     /// Cancelled once at shutdown; every loop watches it.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
@@ -329,6 +332,7 @@ impl Daemon {
             stats: Stats::default(),
             logs: LogLimiter::default(),
             digests: DigestCache::default(),
+            fs_work: Arc::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             next_connection: AtomicU64::new(1),

@@ -668,3 +668,91 @@ async fn a_clean_shutdown_leaves_no_cgroup_behind() {
     d.stop();
     assert!(!root.exists(), "{} is left after shutdown", root.display());
 }
+
+/// Pins: a path parameter under a stalled file system (a FUSE mount whose server never
+/// answers) is resolved off the runtime threads with a deadline: while four starts wait on it,
+/// root's hello and status answer within 1 s; each start is refused `unavailable` at its
+/// deadline, naming the cause; a fifth from the same uid is refused `busy` at once; and once the
+/// file system is gone the uid is served again.
+#[test]
+fn a_stalled_file_system_under_a_path_prefix_never_stalls_the_daemon() {
+    use warden_testkit::raw::{RawClient, error_kind};
+    if !warden_testkit::root_or_skip(
+        "a_stalled_file_system_under_a_path_prefix_never_stalls_the_daemon",
+    ) {
+        return;
+    }
+    let d = TestDaemon::start(
+        r#"
+[[action]]
+name = "read"
+argv = ["/bin/cat", "{path}"]
+tier = "read_only"
+mutating = false
+[action.params.path]
+type = "path"
+under = ["{dir}/allowed"]
+"#,
+    );
+    let dir = d.dir.path();
+    std::fs::create_dir_all(dir.join("allowed/stall")).unwrap();
+    let fuse = warden_testkit::fuse::StalledFuse::mount(&dir.join("allowed/stall"));
+    let stalled =
+        json!({"action": "read", "params": {"path": format!("{}/allowed/stall/x", dir.display())}});
+    // As many as one uid may have waiting on file systems at once.
+    let mut starters: Vec<RawClient> = (0..4).map(|_| RawClient::hello(d.socket())).collect();
+    let sent = std::time::Instant::now();
+    for (i, c) in starters.iter_mut().enumerate() {
+        c.send(10 + i as u64, "job.start", stalled.clone());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let mut root = RawClient::connect(d.socket());
+        root.stream
+            .set_read_timeout(Some(Duration::from_secs(4)))
+            .unwrap();
+        let h = root.call(1, "hello", json!({"protocol": 1, "client": "root"}));
+        assert!(h.get("result").is_some(), "{h}");
+        let s = root.call(2, "status", json!({}));
+        assert!(s.get("result").is_some(), "{s}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "hello and status took {:?} while starts waited on a stalled file system",
+            t.elapsed()
+        );
+    }
+    for c in &mut starters {
+        let r = c.recv();
+        assert_eq!(error_kind(&r), Some("unavailable"), "{r}");
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains("param `path`") && m.contains("may be stalled"),
+            "{m}"
+        );
+    }
+    assert!(
+        sent.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        sent.elapsed()
+    );
+    let mut more = RawClient::hello(d.socket());
+    let r = more.call(20, "job.start", stalled.clone());
+    assert_eq!(error_kind(&r), Some("busy"), "{r}");
+    assert!(r.pointer("/error/data/retry_after_ms").is_some(), "{r}");
+
+    drop(fuse);
+    let mut served = None;
+    for i in 0..200 {
+        let r = more.call(21 + i, "job.start", stalled.clone());
+        if error_kind(&r) != Some("busy") {
+            served = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The mount is gone, its directory empty: the path resolves (it need not exist) and the job
+    // starts.
+    let r = served.expect("the uid was never served again after the file system went away");
+    assert!(r.pointer("/result/job_id").is_some(), "{r}");
+}

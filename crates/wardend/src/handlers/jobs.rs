@@ -3,6 +3,7 @@
 //! streaming ones send notifications through the connection's outbound queue.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use warden_sys::fs::Beneath;
 
 use super::Reply;
 use crate::dispatch::{Caller, Failure, Outbound, framed_notification};
+use crate::fswork::FsWorkError;
 use crate::jobs::output::{self, Chunk};
 use crate::jobs::{CancelError, StartError, StartRequest};
 use crate::server::Shared;
@@ -27,6 +29,8 @@ const LOG_CHUNK: usize = 64 * 1024;
 const DEFAULT_LIST: u32 = 50;
 /// `job.wait` without a timeout.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// How long resolving one path parameter may take before the start is refused.
+const RESOLVE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Runs one job request; the gate has allowed it.
 pub(crate) async fn run(
@@ -75,26 +79,7 @@ pub(super) async fn start(
                 rel,
                 must_exist,
             } => {
-                // The kernel proves the path stays under its prefix with no symlink on the way.
-                match warden_sys::fs::resolve_beneath(&prefix, &rel) {
-                    Ok(Beneath::Exists) => {}
-                    Ok(Beneath::Missing) if !must_exist => {}
-                    Ok(Beneath::Missing) => {
-                        return Err(bad(format!("param `{name}`: must exist")));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(bad(format!(
-                            "param `{name}`: its directory must exist under {}",
-                            prefix.display()
-                        )));
-                    }
-                    Err(_) => {
-                        return Err(bad(format!(
-                            "param `{name}`: must resolve under {} with no symlink on the way",
-                            prefix.display()
-                        )));
-                    }
-                }
+                resolve_param(shared, caller, &name, prefix, rel, must_exist).await?;
                 full.to_string_lossy().into_owned()
             }
         };
@@ -137,6 +122,50 @@ pub(super) async fn start(
         Err(e @ StartError::TooMany(_)) => Err(Failure::new(ErrorKind::Busy, e.to_string())),
         Err(e @ StartError::Stopping) => Err(Failure::new(ErrorKind::Unavailable, e.to_string())),
         Err(StartError::Ledger(e)) => Err(ledger_failure(e)),
+    }
+}
+
+/// Proves on the file system that path parameter `name` resolves under `prefix` with no
+/// symlink on the way. The file system may be one the caller controls (a FUSE mount under the
+/// prefix) and may never answer, so this runs on a thread of its own and is given up after
+/// [`RESOLVE_DEADLINE`]: nothing is started then, and the caller is told why.
+async fn resolve_param(
+    shared: &Shared,
+    caller: &Caller,
+    name: &str,
+    prefix: PathBuf,
+    rel: PathBuf,
+    must_exist: bool,
+) -> Result<(), Failure> {
+    let shown = prefix.display().to_string();
+    let resolved = shared
+        .fs_work
+        .run(caller.peer.uid, RESOLVE_DEADLINE, move |_| {
+            warden_sys::fs::resolve_beneath(&prefix, &rel)
+        })
+        .await;
+    match resolved {
+        Ok(Ok(Beneath::Exists)) => Ok(()),
+        Ok(Ok(Beneath::Missing)) if !must_exist => Ok(()),
+        Ok(Ok(Beneath::Missing)) => Err(bad(format!("param `{name}`: must exist"))),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(bad(format!(
+            "param `{name}`: its directory must exist under {shown}"
+        ))),
+        Ok(Err(_)) => Err(bad(format!(
+            "param `{name}`: must resolve under {shown} with no symlink on the way"
+        ))),
+        Err(e @ FsWorkError::TimedOut(_)) => Err(Failure::new(
+            ErrorKind::Unavailable,
+            format!("param `{name}`: resolving it under {shown} failed: {e}; nothing was started"),
+        )),
+        Err(e @ FsWorkError::Busy) => Err(Failure::new(
+            ErrorKind::Busy,
+            format!("param `{name}`: {e}; nothing was started"),
+        )
+        .retry_after(Duration::from_secs(1))),
+        Err(e @ FsWorkError::Thread(_)) => {
+            Err(Failure::internal(format!("resolving param `{name}`: {e}")))
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub(super) fn hello(
     tracing::debug!(parent: &s.span, client = p.client.as_str(), %tier, "hello");
     s.caller = Some(std::sync::Arc::new(Caller {
         peer: std::sync::Arc::clone(&s.peer),
+        exe_pin: s.exe_pin.clone(),
         listener: std::sync::Arc::clone(&s.listener),
         client: p.client.as_str().to_owned(),
         connection: s.connection,
