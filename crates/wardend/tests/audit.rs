@@ -272,7 +272,8 @@ async fn mutating_requests_and_denials_are_recorded() {
     let denied = of("denied");
     assert_eq!(denied.len(), 100, "one uid's denial records stop at 100");
     assert_eq!(denied[0]["correlation_id"], first_cid.as_str());
-    assert_eq!(denied[0]["outcome"], "forbidden");
+    // An action above the caller's tier is answered as undeclared, and recorded as refused.
+    assert_eq!(denied[0]["outcome"], "not_found");
     assert_eq!(denied[0]["action"], "apply");
     let summary = of("denied.summary");
     assert_eq!(summary.len(), 1);

@@ -28,7 +28,9 @@ pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
         Verdict::Intact { records } => AuditVerifyResult {
             intact: true,
             records,
-            head_seq: head.seq,
+            // Records the daemon chained after the flush (a retention cut's own record) were
+            // verified too: the head reported is the last one verified.
+            head_seq: head.seq.max(anchor_seq.unwrap_or(0) + records),
             first_bad_seq: None,
             problem: None,
             anchor_seq,
