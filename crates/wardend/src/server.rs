@@ -101,7 +101,10 @@ impl Shared {
                 "this daemon runs a built-in configuration: there is no file to reload".into(),
             );
         };
-        let settings = Settings::system(path, true).map_err(|e| e.to_string())?;
+        // One problem per line in the file's report; one line here, where it becomes an error
+        // message and a log line.
+        let settings =
+            Settings::system(path, true).map_err(|e| e.to_string().replace('\n', "; "))?;
         let old = self.policy();
         let mut new = settings.policy;
         let mut needs_restart = Vec::new();
