@@ -279,15 +279,23 @@ fn an_idle_connection_is_closed_but_not_one_that_waits_or_listens() {
          [[action]]\nname = \"nap\"\nargv = [\"/bin/sleep\", \"30\"]\ntier = \"read_only\"\n\
          mutating = false\ntimeout_s = 60\n",
     );
+    // The job to wait on, started from a connection of its own.
+    let mut starter = RawClient::hello(d.socket());
+    let started = starter.call(2, "job.start", json!({"action": "nap", "params": {}}));
+    let job = started["result"]["job_id"].as_str().unwrap().to_owned();
     let mut idle = RawClient::hello(d.socket());
-    let mut listening = RawClient::hello(d.socket());
+    // Pipelined behind hello, so no pause before them can count as idle.
+    let hello = json!({"protocol": 1, "client": "t"});
+    let mut listening = RawClient::connect(d.socket());
+    listening.send(1, "hello", hello.clone());
     listening.send(2, "events.subscribe", json!({"topics": ["lockdown"]}));
+    assert!(listening.recv().get("result").is_some());
     let subscribed = listening.recv();
     assert_eq!(subscribed["params"]["topic"], "subscribed", "{subscribed}");
-    let mut waiting = RawClient::hello(d.socket());
-    let started = waiting.call(2, "job.start", json!({"action": "nap", "params": {}}));
-    let job = started["result"]["job_id"].as_str().unwrap().to_owned();
-    waiting.send(3, "job.wait", json!({"job_id": job, "timeout_ms": 15_000}));
+    let mut waiting = RawClient::connect(d.socket());
+    waiting.send(1, "hello", hello);
+    waiting.send(2, "job.wait", json!({"job_id": job, "timeout_ms": 15_000}));
+    assert!(waiting.recv().get("result").is_some());
 
     let closing = idle.recv();
     assert_eq!(error_kind(&closing), Some("unavailable"), "{closing}");
@@ -314,5 +322,5 @@ fn an_idle_connection_is_closed_but_not_one_that_waits_or_listens() {
             .get("result")
             .is_some()
     );
-    waiting.send(5, "job.cancel", json!({"job_id": job}));
+    listening.send(5, "job.cancel", json!({"job_id": job}));
 }
