@@ -518,6 +518,22 @@ fn peer_text_cannot_flood_the_log_or_forge_a_line_in_it() {
     drop(RawClient::hello(&sock));
     let before = std::fs::metadata(&p.log).unwrap().len();
 
+    // First, while this uid's log budget is unspent, so that its refusal is logged.
+    let mut c = RawClient::hello(&sock);
+    let forged = c.call(
+        2,
+        "events.subscribe",
+        json!({"topics": ["x\nWARN alert: forged"]}),
+    );
+    assert_eq!(
+        warden_testkit::raw::error_kind(&forged),
+        Some("bad_request"),
+        "{forged}"
+    );
+    let message = forged["error"]["message"].as_str().unwrap();
+    assert!(message.contains("x\\nWARN alert: forged"), "{message}");
+    drop(c);
+
     let huge = "A".repeat(1_000_000);
     let hellos = [
         json!({"jsonrpc": "2.0", "id": 1, "method": "hello",
@@ -541,21 +557,6 @@ fn peer_text_cannot_flood_the_log_or_forge_a_line_in_it() {
             assert!(message.contains("expected one of"), "{message}");
         }
     }
-
-    let mut c = RawClient::hello(&sock);
-    let forged = c.call(
-        2,
-        "events.subscribe",
-        json!({"topics": ["x\nWARN alert: forged"]}),
-    );
-    assert_eq!(
-        warden_testkit::raw::error_kind(&forged),
-        Some("bad_request"),
-        "{forged}"
-    );
-    let message = forged["error"]["message"].as_str().unwrap();
-    assert!(message.contains("x\\nWARN alert: forged"), "{message}");
-    drop(c);
 
     p.signal("TERM");
     assert_eq!(p.wait(), Some(0));
