@@ -330,6 +330,24 @@ impl ParamSpec {
     }
 }
 
+/// Characters of an undeclared parameter's name kept in an error.
+const UNDECLARED_NAME_MAX: usize = 64;
+
+/// A caller's name for a parameter no action declares, fit for an error message and a log
+/// line: at most [`UNDECLARED_NAME_MAX`] characters, control characters escaped.
+fn undeclared_name(name: &str) -> String {
+    let mut shown: String = name
+        .chars()
+        .take(UNDECLARED_NAME_MAX)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if name.chars().nth(UNDECLARED_NAME_MAX).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
 impl ActionSpec {
     /// Checks every given value against its declaration. Every declared parameter is required;
     /// undeclared ones are refused.
@@ -338,7 +356,11 @@ impl ActionSpec {
         given: &BTreeMap<String, Value>,
     ) -> Result<BTreeMap<String, Checked>, ParamError> {
         if let Some(unknown) = given.keys().find(|k| !self.params.contains_key(*k)) {
-            return Err(param_error(unknown, "is not a parameter of this action"));
+            // The name is the caller's: shown cut and escaped, never as sent.
+            return Err(param_error(
+                &undeclared_name(unknown),
+                "is not a parameter of this action",
+            ));
         }
         self.params
             .iter()
@@ -1031,6 +1053,18 @@ grace_s = 5
         let mut extra = ok.clone();
         extra.insert("x".into(), 1.into());
         assert_eq!(a.check_params(&extra).unwrap_err().param, "x");
+        // An undeclared name is the caller's text: cut and escaped in the error.
+        let mut forged = ok.clone();
+        forged.insert(
+            format!("x\nWARN alert: forged{}", "A".repeat(1 << 20)),
+            1.into(),
+        );
+        let shown = a.check_params(&forged).unwrap_err().to_string();
+        assert!(shown.len() < 200 && !shown.contains('\n'), "{shown}");
+        assert!(
+            shown.starts_with("param `x\\nWARN alert: forged"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -370,12 +370,14 @@ pub struct LimitsSection {
     pub max_frame: Ranged<256, { 16 << 20 }>,
     pub max_connections: Ranged<1, 1_000_000>,
     pub max_connections_per_uid: Ranged<1, 1_000_000>,
+    pub admin_reserve: Ranged<0, 1_000_000>,
     pub requests_per_second: Rate,
     pub burst: Ranged<1, 1_000_000>,
     pub uid_requests_per_second: Rate,
     pub uid_burst: Ranged<1, 1_000_000>,
     pub hello_timeout_ms: Ranged<10, 600_000>,
     pub frame_timeout_ms: Ranged<10, 600_000>,
+    pub idle_timeout_ms: Ranged<10, 86_400_000>,
 }
 
 impl Default for LimitsSection {
@@ -385,12 +387,14 @@ impl Default for LimitsSection {
             max_frame: Ranged(d.max_frame.into()),
             max_connections: Ranged(d.max_connections.into()),
             max_connections_per_uid: Ranged(d.max_connections_per_uid.into()),
+            admin_reserve: Ranged(d.admin_reserve.into()),
             requests_per_second: Rate(d.requests_per_second),
             burst: Ranged(d.burst.into()),
             uid_requests_per_second: Rate(d.uid_requests_per_second),
             uid_burst: Ranged(d.uid_burst.into()),
             hello_timeout_ms: Ranged(d.hello_timeout_ms),
             frame_timeout_ms: Ranged(d.frame_timeout_ms),
+            idle_timeout_ms: Ranged(d.idle_timeout_ms),
         }
     }
 }
@@ -403,12 +407,14 @@ impl LimitsSection {
             max_frame: u(self.max_frame.0),
             max_connections: u(self.max_connections.0),
             max_connections_per_uid: u(self.max_connections_per_uid.0),
+            admin_reserve: u(self.admin_reserve.0),
             requests_per_second: self.requests_per_second.0,
             burst: u(self.burst.0),
             uid_requests_per_second: self.uid_requests_per_second.0,
             uid_burst: u(self.uid_burst.0),
             hello_timeout_ms: self.hello_timeout_ms.0,
             frame_timeout_ms: self.frame_timeout_ms.0,
+            idle_timeout_ms: self.idle_timeout_ms.0,
         }
     }
 }

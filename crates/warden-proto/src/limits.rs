@@ -15,6 +15,9 @@ pub struct Limits {
     pub max_connections: u32,
     /// Open connections from one uid.
     pub max_connections_per_uid: u32,
+    /// Connections beyond `max_connections` that only root and admin-tier callers may take, so
+    /// callers below admin cannot lock an administrator out by filling every slot.
+    pub admin_reserve: u32,
     /// Sustained requests per second on one connection.
     pub requests_per_second: f64,
     /// Requests one connection may send at once before the rate applies.
@@ -27,6 +30,9 @@ pub struct Limits {
     pub hello_timeout_ms: u64,
     /// Time the body of a frame has to arrive once its first byte has.
     pub frame_timeout_ms: u64,
+    /// Time after which a connection that sends nothing is closed, unless a request it made is
+    /// still running (a wait, a subscription).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -35,12 +41,14 @@ impl Default for Limits {
             max_frame: DEFAULT_MAX_FRAME,
             max_connections: 64,
             max_connections_per_uid: 16,
+            admin_reserve: 8,
             requests_per_second: 20.0,
             burst: 40,
             uid_requests_per_second: 50.0,
             uid_burst: 100,
             hello_timeout_ms: 5_000,
             frame_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
         }
     }
 }

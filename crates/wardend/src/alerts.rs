@@ -55,7 +55,9 @@ impl Alerts {
             message,
             uid,
         };
-        tracing::warn!(kind = %alert.kind, uid = ?alert.uid, "alert: {}", alert.message);
+        // One line whatever the message holds (an admin's reason is free text).
+        let line = crate::logs::cut_escaped(&alert.message, crate::logs::MESSAGE_MAX);
+        tracing::warn!(kind = %alert.kind, uid = ?alert.uid, "alert: {line}");
         if st.ring.len() == RING {
             st.ring.pop_front();
         }

@@ -4,7 +4,9 @@
 //! It must never hold memory for a peer that is not sending: while idle it keeps no read
 //! buffer, and a frame's body is only reserved after its length passed the limit. It must never
 //! let one peer hold its slot forever: the body of a frame has `frame_timeout_ms` to arrive, the
-//! first request `hello_timeout_ms`, and an answer the peer does not read `frame_timeout_ms`.
+//! first request `hello_timeout_ms`, an answer the peer does not read `frame_timeout_ms`, and a
+//! connection that sends nothing while no request of its own runs is closed after
+//! `idle_timeout_ms`.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -16,7 +18,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use warden_policy::ListenerPolicy;
 use warden_proto::error::code;
 use warden_proto::{ErrorKind, FrameDecoder, FrameError, RpcError};
@@ -83,6 +85,12 @@ pub(crate) struct Connection {
     session: Session,
     /// When `hello` must have arrived by; `None` once it has.
     hello_deadline: Option<Instant>,
+    /// Armed once `hello` is done: fires `idle_timeout_ms` after the peer was last heard from
+    /// (or its last running request ended). One timer for the whole connection, moved only when
+    /// it fires early, so a busy connection does not pay for a timer on every request.
+    idle: Option<std::pin::Pin<Box<Sleep>>>,
+    /// When the peer last sent a frame, or its last running request ended.
+    last_heard: Instant,
     /// Set at shutdown: answer only what the peer already sent, then close.
     draining: bool,
     /// The last request waited for something (the ledger, the audit log, a job) before it
@@ -116,6 +124,9 @@ enum Violation {
     HelloTimeout,
     FrameTimeout,
     Truncated,
+    /// Not a violation of the protocol, but closed the same way: nothing sent for
+    /// `idle_timeout_ms` while nothing of this connection ran.
+    Idle,
 }
 
 impl Connection {
@@ -170,6 +181,8 @@ impl Connection {
             tasks: None,
             decoder: FrameDecoder::new(limits.max_frame),
             hello_deadline: Some(now + Duration::from_millis(limits.hello_timeout_ms)),
+            idle: None,
+            last_heard: now,
             shared,
             stream,
             buf: BytesMut::new(),
@@ -189,8 +202,11 @@ impl Connection {
                     match dispatch::handle(&self.shared, &mut self.session, &frame) {
                         Outcome::Now { frame, close } => {
                             self.last_waited = false;
-                            if self.session.client.is_some() {
+                            if self.hello_deadline.is_some() && self.session.client.is_some() {
                                 self.hello_deadline = None;
+                                let idle =
+                                    Duration::from_millis(self.shared.limits.idle_timeout_ms);
+                                self.idle = Some(Box::pin(tokio::time::sleep(idle)));
                             }
                             if !self.send(frame).await || close {
                                 break;
@@ -332,7 +348,12 @@ impl Connection {
         let mut frame_deadline: Option<Instant> = None;
         loop {
             match self.decoder.decode(&mut self.buf) {
-                Ok(Some(frame)) => return Next::Frame(frame),
+                Ok(Some(frame)) => {
+                    if self.idle.is_some() {
+                        self.last_heard = Instant::now();
+                    }
+                    return Next::Frame(frame);
+                }
                 Ok(None) => {}
                 Err(e) => return Next::Broken(Violation::Length(e)),
             }
@@ -358,6 +379,12 @@ impl Connection {
                 (Some(f), Some(h)) => Some(f.min(h)),
                 (f, h) => f.or(h),
             };
+            // Idle only between frames, and only while no request of its own runs (a wait, a
+            // subscription): those hold the connection open for as long as they last.
+            let idle_armed = self.idle.is_some()
+                && self.buf.is_empty()
+                && self.tasks.as_ref().is_none_or(|t| t.running.is_empty());
+            let idle_timer = self.idle.as_mut();
             let (outbound, running) = match self.tasks.as_mut() {
                 Some(t) => (Some(&mut t.rx), Some(&mut t.running)),
                 None => (None, None),
@@ -378,6 +405,10 @@ impl Connection {
                         _ => std::future::pending().await,
                     }
                 } => {
+                    // The connection's idle clock starts when its last running request ends.
+                    if self.tasks.as_ref().is_some_and(|t| t.running.is_empty()) {
+                        self.last_heard = Instant::now();
+                    }
                     if let Some(frame) = answer {
                         return Next::Outbound(frame);
                     }
@@ -392,6 +423,21 @@ impl Connection {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) => return Next::Io(e),
+                    }
+                }
+                () = async {
+                    match idle_timer {
+                        Some(t) => t.await,
+                        None => std::future::pending().await,
+                    }
+                }, if idle_armed => {
+                    let due = self.last_heard + Duration::from_millis(self.shared.limits.idle_timeout_ms);
+                    if due <= Instant::now() {
+                        return Next::Broken(Violation::Idle);
+                    }
+                    // Heard from since the timer was set: wait for the rest.
+                    if let Some(t) = self.idle.as_mut() {
+                        t.as_mut().reset(due);
                     }
                 }
                 // Built only when polled: most iterations have no deadline and need no timer.
@@ -469,8 +515,25 @@ impl Connection {
         }
     }
 
-    /// Answers a framing violation with one error frame (best effort, never blocking) and counts it.
+    /// Answers a framing violation with one error frame (best effort, never blocking) and counts
+    /// it. An idle connection gets its one frame too, uncounted.
     fn refuse(&mut self, v: Violation) {
+        if let Violation::Idle = v {
+            // Not the peer's fault, so neither counted nor alerted; said once, then closed.
+            tracing::debug!(parent: &self.session.span, "closing an idle connection");
+            let err = RpcError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "closed: nothing sent for idle_timeout_ms ({} ms)",
+                    self.shared.limits.idle_timeout_ms
+                ),
+                correlation_id(),
+            );
+            if let Some(frame) = framed_error(None, &err) {
+                let _ = self.stream.try_write(&frame);
+            }
+            return;
+        }
         self.shared.alerts.violation(self.session.peer.uid.0);
         let stats = &self.shared.stats;
         let limits = &self.shared.limits;
@@ -501,6 +564,8 @@ impl Connection {
                 tracing::debug!(parent: &self.session.span, "peer closed in the middle of a frame");
                 return;
             }
+            // Answered above.
+            Violation::Idle => return,
         };
         let err = RpcError::with_code(
             code::INVALID_REQUEST,

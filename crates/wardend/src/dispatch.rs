@@ -8,8 +8,10 @@
 //! through the connection's outbound queue; they pass the same gate.
 //!
 //! Error answers carry a random correlation id, which is also on the daemon's log line for that
-//! error (log lines a peer causes are rate-limited per uid). Internal causes (`detail`) are sent
-//! only to admin-tier callers.
+//! error (log lines a peer causes are budgeted per uid, in lines and in bytes). Internal causes
+//! (`detail`) are sent only to admin-tier callers. Error messages are bounded and single-line:
+//! what a peer sent (a field name a parser quotes, a topic) is cut and escaped where it is put
+//! in, and every message is bounded again as a whole (see [`crate::logs`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use crate::audit;
 use crate::handlers::{self, Reply};
 use crate::identity::PinnedExe;
 use crate::limits::{TokenBucket, retry_ms};
+use crate::logs::{self, MESSAGE_MAX, PLAIN_LINE};
 use crate::server::Shared;
 
 /// Invalid (non-JSON-RPC) frames after which a connection is closed.
@@ -171,11 +174,13 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
+    /// A failure with `message`, bounded to [`MESSAGE_MAX`] bytes on one line (whatever peer
+    /// text its maker forgot to cut).
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Failure {
             code: kind.default_code(),
             kind,
-            message: message.into(),
+            message: bounded(message.into()),
             detail: None,
             retry_after: None,
             correlation: None,
@@ -223,7 +228,8 @@ pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome 
             shared.alerts.violation(s.peer.uid.0);
             s.invalid_frames = s.invalid_frames.saturating_add(1);
             let last = s.invalid_frames >= MAX_INVALID_FRAMES;
-            let mut message = e.to_string();
+            // serde's text quotes what the peer sent (a field name, a value): cut and escaped.
+            let mut message = logs::parser_text(&e.to_string());
             if before_hello {
                 shared.stats.hello_missing.inc();
                 message.push_str("; the first request must be hello");
@@ -325,8 +331,13 @@ fn prepare(
             "hello was already done on this connection",
         ));
     }
-    Request::parse(method, env.params)
-        .map_err(|e| Failure::coded(code::INVALID_PARAMS, ErrorKind::BadRequest, e.to_string()))
+    Request::parse(method, env.params).map_err(|e| {
+        Failure::coded(
+            code::INVALID_PARAMS,
+            ErrorKind::BadRequest,
+            logs::parser_text(&e.to_string()),
+        )
+    })
 }
 
 /// The gate, then an inline handler.
@@ -721,6 +732,7 @@ fn denied(
     kind: ErrorKind,
     reason: String,
 ) -> Failure {
+    let reason = bounded(reason);
     let cid = correlation_id();
     let (record, flood) = shared.denials.admit(peer.uid.0, std::time::Instant::now());
     if flood {
@@ -808,9 +820,19 @@ fn to_rpc(f: &Failure, admin: bool) -> RpcError {
         err = err.retry_after_ms(retry_ms(wait));
     }
     if admin && let Some(detail) = &f.detail {
-        err = err.detail(detail.clone());
+        err = err.detail(bounded(detail.clone()));
     }
     err
+}
+
+/// `message` if it is short and has nothing to escape (nearly always), else cut to
+/// [`MESSAGE_MAX`] bytes and escaped.
+fn bounded(message: String) -> String {
+    if message.len() <= MESSAGE_MAX && !message.chars().any(logs::needs_escape) {
+        message
+    } else {
+        logs::cut_escaped(&message, MESSAGE_MAX)
+    }
 }
 
 /// Logs a refused or failed request under its correlation id, within the peer's log budget.
@@ -826,16 +848,22 @@ fn log_failure(
     err: &RpcError,
     detail: Option<&str>,
 ) {
-    let Some(suppressed) = shared.logs.admit(uid) else {
+    let size = PLAIN_LINE + err.message.len() + detail.map_or(0, str::len);
+    let Some(suppressed) = shared.logs.admit_line(uid, size) else {
         return;
     };
+    // Made by `Failure::new` or by the daemon itself, so already bounded; escaped again because
+    // a log line must hold one line whatever a future caller passes here.
+    let message = logs::cut_escaped(&err.message, MESSAGE_MAX);
+    let detail = detail.map(|d| logs::cut_escaped(d, MESSAGE_MAX));
+    let detail = detail.as_deref();
     let method = method.map(Method::as_str);
     let cid = err.data.correlation_id.as_str();
     let kind = err.data.kind.as_str();
     if err.data.kind == ErrorKind::Internal {
-        tracing::error!(parent: span, correlation_id = cid, kind, method, detail, suppressed, "{}", err.message);
+        tracing::error!(parent: span, correlation_id = cid, kind, method, detail, suppressed, "{message}");
     } else {
-        tracing::info!(parent: span, correlation_id = cid, kind, method, suppressed, "refused: {}", err.message);
+        tracing::info!(parent: span, correlation_id = cid, kind, method, suppressed, "refused: {message}");
     }
 }
 

@@ -1,5 +1,6 @@
 //! Limits that keep one caller from harming the others: token buckets for request rates, and
-//! admission of connections against the total and per-uid caps.
+//! admission of connections against the total and per-uid caps, with a reserve of connections
+//! beyond the total that only administrators may take.
 //!
 //! Refusals are answers (`busy`, `rate_limited` with a retry time), never silence. All clocks are
 //! tokio's, so tests can pause time.
@@ -39,12 +40,19 @@ impl TokenBucket {
 
     /// Takes one token, or says how long until one is available.
     pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.try_take_n(1.0, now)
+    }
+
+    /// Takes `n` tokens (at most the burst, so any cost can be paid once the bucket is full),
+    /// or says how long until they are available.
+    pub(crate) fn try_take_n(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = n.min(self.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
         }
     }
 
@@ -57,8 +65,27 @@ impl TokenBucket {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    Total { max: u32 },
-    PerUid { max: u32 },
+    /// Every connection a caller below admin may take is taken.
+    Total {
+        max: u32,
+    },
+    /// The reserve for administrators is taken too.
+    Reserve {
+        max: u32,
+        reserve: u32,
+    },
+    PerUid {
+        max: u32,
+    },
+}
+
+/// Which connections a caller may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pool {
+    /// Up to `max_connections`.
+    Shared,
+    /// Up to `max_connections + admin_reserve`: root and admin-tier callers only.
+    WithReserve,
 }
 
 /// Per-uid state. Kept after the uid's last connection closes until its bucket is full again,
@@ -102,15 +129,36 @@ impl Admission {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits a connection from `uid`, or says which cap refused it.
-    pub(crate) fn admit(self: &Arc<Self>, uid: Uid, now: Instant) -> Result<Slot, Refusal> {
-        let mut st = self.state();
-        if st.total >= self.limits.max_connections {
-            return Err(Refusal::Total {
-                max: self.limits.max_connections,
-            });
-        }
+    /// Admits a connection from `uid` out of `pool`, or says which cap refused it.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        uid: Uid,
+        pool: Pool,
+        now: Instant,
+    ) -> Result<Slot, Refusal> {
         let limits = &self.limits;
+        let mut st = self.state();
+        match pool {
+            Pool::Shared if st.total >= limits.max_connections => {
+                return Err(Refusal::Total {
+                    max: limits.max_connections,
+                });
+            }
+            Pool::WithReserve
+                if st.total >= limits.max_connections.saturating_add(limits.admin_reserve) =>
+            {
+                return Err(match limits.admin_reserve {
+                    0 => Refusal::Total {
+                        max: limits.max_connections,
+                    },
+                    reserve => Refusal::Reserve {
+                        max: limits.max_connections,
+                        reserve,
+                    },
+                });
+            }
+            _ => {}
+        }
         let entry = st.uids.entry(uid).or_insert_with(|| UidEntry {
             connections: 0,
             bucket: TokenBucket::new(limits.uid_requests_per_second, limits.uid_burst, now),
@@ -186,6 +234,7 @@ mod tests {
         Limits {
             max_connections: total,
             max_connections_per_uid: per_uid,
+            admin_reserve: 2,
             uid_requests_per_second: 10.0,
             uid_burst: 3,
             ..Limits::default()
@@ -204,37 +253,71 @@ mod tests {
         assert!(b.try_take(now + Duration::from_millis(100)).is_err());
     }
 
+    impl Admission {
+        fn admit_shared(self: &Arc<Self>, uid: Uid, now: Instant) -> Result<Slot, Refusal> {
+            self.admit(uid, Pool::Shared, now)
+        }
+    }
+
+    /// Pins: once callers below admin fill `max_connections`, an administrator still gets one
+    /// of the `admin_reserve` connections, and only those.
+    #[test]
+    fn the_reserve_beyond_the_total_is_for_administrators_only() {
+        let a = Admission::new(limits(2, 10));
+        let now = Instant::now();
+        let _s1 = a.admit_shared(Uid(1), now).unwrap();
+        let _s2 = a.admit_shared(Uid(2), now).unwrap();
+        assert_eq!(
+            a.admit_shared(Uid(3), now).unwrap_err(),
+            Refusal::Total { max: 2 }
+        );
+        let _r1 = a.admit(Uid(0), Pool::WithReserve, now).unwrap();
+        let _r2 = a.admit(Uid(0), Pool::WithReserve, now).unwrap();
+        assert_eq!(
+            a.admit(Uid(0), Pool::WithReserve, now).unwrap_err(),
+            Refusal::Reserve { max: 2, reserve: 2 }
+        );
+        assert_eq!(
+            a.admit_shared(Uid(3), now).unwrap_err(),
+            Refusal::Total { max: 2 }
+        );
+        assert_eq!(a.open(), 4);
+    }
+
     #[test]
     fn admission_enforces_total_and_per_uid_caps_and_frees_on_drop() {
         let a = Admission::new(limits(3, 2));
         let now = Instant::now();
-        let s1 = a.admit(Uid(1), now).unwrap();
-        let _s2 = a.admit(Uid(1), now).unwrap();
+        let s1 = a.admit_shared(Uid(1), now).unwrap();
+        let _s2 = a.admit_shared(Uid(1), now).unwrap();
         assert_eq!(
-            a.admit(Uid(1), now).unwrap_err(),
+            a.admit_shared(Uid(1), now).unwrap_err(),
             Refusal::PerUid { max: 2 }
         );
-        let _s3 = a.admit(Uid(2), now).unwrap();
-        assert_eq!(a.admit(Uid(3), now).unwrap_err(), Refusal::Total { max: 3 });
+        let _s3 = a.admit_shared(Uid(2), now).unwrap();
+        assert_eq!(
+            a.admit_shared(Uid(3), now).unwrap_err(),
+            Refusal::Total { max: 3 }
+        );
         drop(s1);
         assert_eq!(a.open(), 2);
-        assert!(a.admit(Uid(3), now).is_ok());
+        assert!(a.admit_shared(Uid(3), now).is_ok());
     }
 
     #[test]
     fn reconnecting_does_not_refill_a_uid_bucket() {
         let a = Admission::new(limits(10, 10));
         let now = Instant::now();
-        let slot = a.admit(Uid(7), now).unwrap();
+        let slot = a.admit_shared(Uid(7), now).unwrap();
         for _ in 0..3 {
             a.take_uid_token(Uid(7), now).unwrap();
         }
         assert!(a.take_uid_token(Uid(7), now).is_err());
         drop(slot);
-        let _again = a.admit(Uid(7), now).unwrap();
+        let _again = a.admit_shared(Uid(7), now).unwrap();
         assert!(a.take_uid_token(Uid(7), now).is_err());
         // Another uid has its own bucket.
-        let _other = a.admit(Uid(8), now).unwrap();
+        let _other = a.admit_shared(Uid(8), now).unwrap();
         assert!(a.take_uid_token(Uid(8), now).is_ok());
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! A connection is admitted in the accept loop (one `SO_PEERCRED` read, then the total and
 //! per-uid caps); everything slower happens in the connection's own task so a flood of connects
-//! cannot stall the loop. Refused connections get one `busy` frame written without blocking,
+//! cannot stall the loop. Only when every connection below admin is taken does admission read
+//! the caller's groups too, to decide from its tier whether it may take one of the connections
+//! kept for administrators. Refused connections get one `busy` frame written without blocking,
 //! then close.
 
 use std::os::fd::AsFd;
@@ -16,9 +18,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warden_policy::{ListenerPolicy, Policy};
+use warden_policy::{ListenerPolicy, PeerIdentity, Policy};
 use warden_proto::messages::DaemonMode;
-use warden_proto::{ErrorKind, RpcError, Uid};
+use warden_proto::{ErrorKind, Gid, RpcError, Tier, Uid};
 
 use crate::alerts::Alerts;
 use crate::audit::{AuditLog, Changes, DENIAL_WINDOW, Denials, Event, Seals};
@@ -29,7 +31,7 @@ use crate::events::Bus;
 use crate::handlers::StaticStatus;
 use crate::identity::{DigestCache, PidfdSource};
 use crate::jobs::{Jobs, JobsError};
-use crate::limits::{Admission, Refusal};
+use crate::limits::{Admission, Pool, Refusal};
 use crate::listener::{self, Bound, ListenError};
 use crate::logs::LogLimiter;
 use crate::settings::Settings;
@@ -104,7 +106,10 @@ impl Shared {
                 "this daemon runs a built-in configuration: there is no file to reload".into(),
             );
         };
-        let settings = Settings::system(path, true).map_err(|e| e.to_string())?;
+        // One problem per line in the file's report; one line here, where it becomes an error
+        // message and a log line.
+        let settings =
+            Settings::system(path, true).map_err(|e| e.to_string().replace('\n', "; "))?;
         let old = self.policy();
         let mut new = settings.policy;
         let mut needs_restart = Vec::new();
@@ -497,13 +502,26 @@ fn admit(shared: &Arc<Shared>, listener: &Arc<ListenerPolicy>, stream: UnixStrea
         }
     };
     let uid = Uid(cred.uid);
-    let slot = match shared.admission.admit(uid, Instant::now()) {
+    let now = Instant::now();
+    let admitted = match shared.admission.admit(uid, Pool::Shared, now) {
+        Err(Refusal::Total { .. }) if may_use_reserve(shared, listener, &stream, cred) => {
+            shared.admission.admit(uid, Pool::WithReserve, now)
+        }
+        admitted => admitted,
+    };
+    let slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
             let message = match refusal {
                 Refusal::Total { max } => {
                     shared.stats.busy_total.inc();
                     format!("too many connections (max_connections {max}); try again later")
+                }
+                Refusal::Reserve { max, reserve } => {
+                    shared.stats.busy_total.inc();
+                    format!(
+                        "too many connections (max_connections {max} and admin_reserve {reserve}); try again later"
+                    )
                 }
                 Refusal::PerUid { max } => {
                     shared.stats.busy_uid.inc();
@@ -538,4 +556,27 @@ fn admit(shared: &Arc<Shared>, listener: &Arc<ListenerPolicy>, stream: UnixStrea
             conn.serve().await;
         }
     });
+}
+
+/// Whether the caller may take one of the connections kept for administrators: root always,
+/// anyone else if the kernel's credentials (uid, gid and the groups recorded at connect) give
+/// it tier admin on this listener. Unreadable groups mean no.
+fn may_use_reserve(
+    shared: &Shared,
+    listener: &ListenerPolicy,
+    stream: &UnixStream,
+    cred: warden_sys::peer::PeerCred,
+) -> bool {
+    if cred.uid == 0 {
+        return true;
+    }
+    let Ok(groups) = warden_sys::peer::peer_groups(stream.as_fd()) else {
+        return false;
+    };
+    let peer = PeerIdentity::new(
+        Uid(cred.uid),
+        Gid(cred.gid),
+        groups.into_iter().map(Gid).collect(),
+    );
+    shared.policy().effective(&peer, listener).tier == Tier::Admin
 }

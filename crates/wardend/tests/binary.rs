@@ -540,3 +540,83 @@ fn a_missing_base_dir_is_made_0755_so_owners_reach_their_resources() {
     p.signal("TERM");
     assert_eq!(p.wait(), Some(0));
 }
+
+/// A frame with `body`, length first.
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// Pins: what a caller sends reaches the daemon's log and its error answers cut, escaped and
+/// budgeted: hellos with a 1 MB unknown field name (or a 1 MB `jsonrpc` value) grow the log by
+/// kilobytes, not megabytes, and get a short answer; a topic holding a newline cannot forge a
+/// log line of its own.
+#[test]
+fn peer_text_cannot_flood_the_log_or_forge_a_line_in_it() {
+    let dir = warden_testkit::safe_tempdir();
+    let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
+    let mut cmd = Command::new(WARDEND);
+    cmd.arg("--config").arg(&cfg);
+    let mut p = Proc::spawn(cmd, dir.path());
+    let sock = dir.path().join("run/w.sock");
+    wait_for(&sock);
+    // Startup lines are done once a request is answered.
+    drop(RawClient::hello(&sock));
+    let before = std::fs::metadata(&p.log).unwrap().len();
+
+    // First, while this uid's log budget is unspent, so that its refusal is logged.
+    let mut c = RawClient::hello(&sock);
+    let forged = c.call(
+        2,
+        "events.subscribe",
+        json!({"topics": ["x\nWARN alert: forged"]}),
+    );
+    assert_eq!(
+        warden_testkit::raw::error_kind(&forged),
+        Some("bad_request"),
+        "{forged}"
+    );
+    let message = forged["error"]["message"].as_str().unwrap();
+    assert!(message.contains("x\\nWARN alert: forged"), "{message}");
+    drop(c);
+
+    let huge = "A".repeat(1_000_000);
+    let hellos = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "hello",
+               "params": {"protocol": 1, "client": "t", huge.as_str(): 1}}),
+        json!({"jsonrpc": huge.as_str(), "id": 1, "method": "hello",
+               "params": {"protocol": 1, "client": "t"}}),
+    ];
+    for i in 0..30 {
+        let mut c = RawClient::connect(&sock);
+        c.write(&framed(hellos[i % 2].to_string().as_bytes()));
+        let answer = c.recv_frame().expect("an error answer");
+        assert!(answer.len() < 1024, "an answer of {} bytes", answer.len());
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(
+            warden_testkit::raw::error_kind(&answer),
+            Some("bad_request"),
+            "{answer}"
+        );
+        if i == 0 {
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains("expected one of"), "{message}");
+        }
+    }
+
+    p.signal("TERM");
+    assert_eq!(p.wait(), Some(0));
+    let grown = std::fs::metadata(&p.log).unwrap().len() - before;
+    assert!(grown < 64 * 1024, "the log grew by {grown} bytes");
+    let log = p.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.trim_start().starts_with("WARN alert: forged")),
+        "{log}"
+    );
+    assert!(
+        log.contains("x\\nWARN alert: forged"),
+        "the refusal is logged: {log}"
+    );
+}

@@ -23,7 +23,11 @@ pub(super) async fn subscribe(
     if let Some(bad) = p.topics.iter().find(|t| !TOPICS.contains(&t.as_str())) {
         return Err(Failure::new(
             ErrorKind::BadRequest,
-            format!("no topic `{bad}`; topics are {}", TOPICS.join(", ")),
+            format!(
+                "no topic `{}`; topics are {}",
+                crate::logs::peer_text(bad),
+                TOPICS.join(", ")
+            ),
         ));
     }
     let all_jobs = shared
