@@ -73,6 +73,9 @@ struct Tasks {
     tx: dispatch::Outbound,
     rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     running: FuturesUnordered<Running>,
+    /// Final answers held back until the notifications their requests queued before them are
+    /// sent: a request's answer must not overtake its own last output chunk or event.
+    held: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// A connection whose peer has been identified.
@@ -254,6 +257,7 @@ impl Connection {
                 tx,
                 rx,
                 running: FuturesUnordered::new(),
+                held: std::collections::VecDeque::new(),
             }
         });
         let handle = later.handle();
@@ -287,6 +291,7 @@ impl Connection {
         while let Ok(frame) = tasks.rx.try_recv() {
             frames.push(frame);
         }
+        frames.extend(tasks.held.drain(..));
         // Stopped first, so nothing streams notifications (events, output) while the others
         // finish: what this connection holds stays bounded however long they take.
         let (finish, stop): (Vec<Running>, Vec<Running>) = std::mem::take(&mut tasks.running)
@@ -347,6 +352,18 @@ impl Connection {
         let frame_timeout = Duration::from_millis(self.shared.limits.frame_timeout_ms);
         let mut frame_deadline: Option<Instant> = None;
         loop {
+            // Answers held back go out once the notifications queued before them have.
+            if let Some(t) = self.tasks.as_mut()
+                && !t.held.is_empty()
+            {
+                return match t.rx.try_recv() {
+                    Ok(frame) => Next::Outbound(frame),
+                    Err(_) => match t.held.pop_front() {
+                        Some(answer) => Next::Outbound(answer),
+                        None => continue,
+                    },
+                };
+            }
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(frame)) => {
                     if self.idle.is_some() {
@@ -410,7 +427,12 @@ impl Connection {
                         self.last_heard = Instant::now();
                     }
                     if let Some(frame) = answer {
-                        return Next::Outbound(frame);
+                        // Polling the request may have queued notifications just before it
+                        // ended: those go first.
+                        if let Some(t) = self.tasks.as_mut() {
+                            t.held.push_back(frame);
+                        }
+                        continue;
                     }
                 }
                 ready = self.stream.readable() => {

@@ -591,6 +591,46 @@ async fn logs_follow_streams_output_until_the_end() {
     );
 }
 
+/// Pins: a followed `job.logs` answer never overtakes the job's last output: every chunk the job
+/// wrote has arrived (as notifications or in the answer) when the answer does, for jobs that
+/// write their last line right as they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_to_a_followed_log_comes_after_all_its_output() {
+    let d = TestDaemon::start(&script_action(
+        "burst",
+        "i=0; while [ $i -lt 50 ]; do echo line $i; i=$((i+1)); done",
+        &[],
+        "",
+    ));
+    let mut c = client(&d).await;
+    let want: String = (0..50).map(|i| format!("line {i}\n")).collect();
+    // Two requests a round: well within the connection's burst of 40.
+    for round in 0..15 {
+        let id = start(&mut c, "burst", json!({})).await.unwrap();
+        let req = c
+            .send("job.logs", &json!({"job_id": id, "follow": true}))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        loop {
+            let frame = c.receive().await.unwrap();
+            match Incoming::parse(&frame).unwrap() {
+                Incoming::Notification { params, .. } => {
+                    let v: Value = serde_json::from_str(params.unwrap().get()).unwrap();
+                    text.push_str(v["data"].as_str().unwrap());
+                }
+                Incoming::Response { id: got, outcome } => {
+                    assert_eq!(got, req);
+                    let v: Value = serde_json::from_str(outcome.unwrap().get()).unwrap();
+                    text.push_str(v["data"].as_str().unwrap());
+                    break;
+                }
+            }
+        }
+        assert_eq!(text, want, "round {round}: output missing at the answer");
+    }
+}
+
 /// Pins: stopping the daemon cancels a running job (recorded `cancelled`, not `lost`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_running_jobs_and_records_it() {
