@@ -187,10 +187,12 @@ pub fn spawn(spec: &Spec) -> Result<Pending, SpawnError> {
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| SpawnError::Prepare {
-            step: "making the report pipe",
-            source: e.into(),
+    let (report_r, report_w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
+            SpawnError::Prepare {
+                step: "making the report pipe",
+                source: e.into(),
+            }
         })?;
     let mut keep: Vec<libc::c_uint> = [
         &spec.stdin,
@@ -669,16 +671,31 @@ mod tests {
         let err = run("/bin/true", &[], "/nonexistent-wdn").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         assert!(
-            matches!(err, SpawnError::Child { step: Step::EnterCwd, .. }),
+            matches!(
+                err,
+                SpawnError::Child {
+                    step: Step::EnterCwd,
+                    ..
+                }
+            ),
             "{err:?}"
         );
         let err = run("/nonexistent-wdn/prog", &[], "/").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         assert!(
-            matches!(err, SpawnError::Child { step: Step::Exec, .. }),
+            matches!(
+                err,
+                SpawnError::Child {
+                    step: Step::Exec,
+                    ..
+                }
+            ),
             "{err:?}"
         );
-        assert!(err.to_string().starts_with("executing the program: "), "{err}");
+        assert!(
+            err.to_string().starts_with("executing the program: "),
+            "{err}"
+        );
     }
 
     /// Pins: a child stopped before its exec holds nobody: waiting for it ends at the deadline,
