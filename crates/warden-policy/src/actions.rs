@@ -52,6 +52,10 @@ pub struct ActionSpec {
     /// parameters (`owner`, `uid`, `path`) must come from the kernel and the registry, never
     /// from a caller, so only its kinds start it: `job.start` treats it as undeclared.
     pub hook_for: Vec<String>,
+    /// What the job's program and its rollback read on stdin (`None`: `/dev/null`): the way a
+    /// secret reaches a job without going where other users can read it (argv is in
+    /// `/proc/PID/cmdline` for everyone).
+    pub stdin: Option<ArgTemplate>,
 }
 
 /// The identity a job runs as.
@@ -429,12 +433,14 @@ pub(crate) fn compile_actions(
     text: &str,
     dir: &dyn Directory,
     errors: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
 ) -> BTreeMap<ActionName, ActionSpec> {
     let mut out = BTreeMap::new();
     for spanned in sections {
         let mut p = Problems {
             text,
             errors: &mut *errors,
+            warnings: &mut *warnings,
         };
         let a = spanned.get_ref();
         let name = match ActionName::try_from(a.name.get_ref().clone()) {
@@ -459,11 +465,20 @@ pub(crate) fn compile_actions(
 struct Problems<'a> {
     text: &'a str,
     errors: &'a mut Vec<Problem>,
+    warnings: &'a mut Vec<Problem>,
 }
 
 impl Problems<'_> {
     fn at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         self.errors.push(Problem {
+            line: Some(line_of(self.text, &span)),
+            message: message.into(),
+        });
+    }
+
+    /// A problem that does not stop the configuration from loading.
+    fn warn(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        self.warnings.push(Problem {
             line: Some(line_of(self.text, &span)),
             message: message.into(),
         });
@@ -647,6 +662,8 @@ fn compile_action(
         .as_ref()
         .map(|r| compile_argv("reconcile", r, &params, p));
 
+    let stdin = a.stdin.as_ref().and_then(|t| compile_stdin(t, &params, p));
+
     let mut used: BTreeSet<&str> = BTreeSet::new();
     for templates in [
         argv.as_ref(),
@@ -658,6 +675,7 @@ fn compile_action(
     {
         used.extend(templates.iter().flat_map(ArgTemplate::params));
     }
+    used.extend(stdin.iter().flat_map(ArgTemplate::params));
     for pname in a.params.keys() {
         if params.contains_key(pname.get_ref()) && !used.contains(pname.get_ref().as_str()) {
             p.at(
@@ -667,6 +685,28 @@ fn compile_action(
                     pname.get_ref()
                 ),
             );
+        }
+    }
+    // A secret in argv loads (configurations written before `stdin` must keep working), but
+    // every local user can read it in /proc/PID/cmdline while the job runs.
+    for (what, list) in [("argv", Some(&a.argv)), ("rollback", a.rollback.as_ref())] {
+        for elem in list.iter().flat_map(|l| l.get_ref()) {
+            let Ok(t) = ArgTemplate::parse(elem.get_ref()) else {
+                continue;
+            };
+            for secret in t
+                .params()
+                .filter(|n| params.get(*n).is_some_and(|s| s.secret))
+            {
+                p.warn(
+                    elem.span(),
+                    format!(
+                        "{what} passes secret param `{secret}`, which every local user can read \
+                         in /proc/PID/cmdline while the job runs; pass it on stdin instead \
+                         (stdin = \"{{{secret}}}\\n\")"
+                    ),
+                );
+            }
         }
     }
     if let (Some(Some(rec)), Some(r)) = (&reconcile, &a.reconcile) {
@@ -802,7 +842,34 @@ fn compile_action(
         rollback: rollback.flatten(),
         reconcile: reconcile.flatten(),
         hook_for: Vec::new(),
+        stdin,
     })
+}
+
+/// Compiles `stdin`: one template, whose placeholders must be declared params.
+fn compile_stdin(
+    text: &toml::Spanned<String>,
+    params: &BTreeMap<String, ParamSpec>,
+    p: &mut Problems<'_>,
+) -> Option<ArgTemplate> {
+    let t = match ArgTemplate::parse(text.get_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            p.at(text.span(), format!("stdin: {e}"));
+            return None;
+        }
+    };
+    let mut ok = true;
+    for used in t.params() {
+        if !params.contains_key(used) {
+            p.at(
+                text.span(),
+                format!("stdin uses `{{{used}}}`, which is not a declared param"),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(t)
 }
 
 impl fmt::Display for ArgTemplate {
@@ -1064,6 +1131,52 @@ grace_s = 5
         assert!(
             shown.starts_with("param `x\\nWARN alert: forged"),
             "{shown}"
+        );
+    }
+
+    /// Pins: a secret placeholder in argv or rollback loads with a warning at its line that
+    /// names `stdin`; a secret passed on stdin loads without one and counts as used.
+    #[test]
+    fn a_secret_in_argv_is_a_warning_and_stdin_is_the_way() {
+        let text = "[[action]]\nname = \"a\"\n\
+                    argv = [\"/bin/x\", \"--pw={pw}\"]\n\
+                    rollback = [\"/bin/y\", \"{pw}\"]\n\
+                    [action.params.pw]\ntype = \"string\"\nsecret = true\n";
+        let loaded = load(text).unwrap();
+        let got: Vec<_> = loaded
+            .warnings
+            .iter()
+            .map(|w| (w.line, w.message.as_str()))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, Some(3));
+        assert!(
+            got[0].1.starts_with("argv passes secret param `pw`"),
+            "{got:?}"
+        );
+        assert!(got[0].1.contains("/proc/PID/cmdline"), "{got:?}");
+        assert!(got[0].1.contains("stdin = \"{pw}\\n\""), "{got:?}");
+        assert_eq!(got[1].0, Some(4));
+        assert!(got[1].1.starts_with("rollback passes secret param `pw`"));
+
+        let text = "[[action]]\nname = \"a\"\nargv = [\"/bin/x\", \"{user}\"]\n\
+                    stdin = \"{user}:{pw}\\n\"\n\
+                    [action.params.user]\ntype = \"string\"\n\
+                    [action.params.pw]\ntype = \"string\"\nsecret = true\n";
+        let loaded = load(text).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let a = loaded.policy.actions.into_values().next().unwrap();
+        let values = BTreeMap::from([
+            ("user".to_owned(), "bob".to_owned()),
+            ("pw".to_owned(), "hunter22".to_owned()),
+        ]);
+        assert_eq!(a.stdin.unwrap().render(&values), "bob:hunter22\n");
+
+        let got = problems("[[action]]\nname = \"a\"\nargv = [\"/bin/x\"]\nstdin = \"{nope}\"\n");
+        assert!(
+            got.iter().any(|(l, m)| *l == Some(4)
+                && m.contains("stdin uses `{nope}`, which is not a declared param")),
+            "{got:?}"
         );
     }
 

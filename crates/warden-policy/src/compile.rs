@@ -291,7 +291,14 @@ fn compile(
         .map(|(name, on)| (name.into_inner().0, on))
         .collect();
     let declared_ops: BTreeSet<String> = ops.keys().cloned().collect();
-    let actions = actions::compile_actions(&file.actions, &declared_ops, text, dir, &mut errors);
+    let actions = actions::compile_actions(
+        &file.actions,
+        &declared_ops,
+        text,
+        dir,
+        &mut errors,
+        &mut warnings,
+    );
     let resources = resources::compile_resources(&file.resources, &actions, text, &mut errors);
     let mut actions = actions;
     for kind in resources.values() {

@@ -232,6 +232,9 @@ pub struct ActionSection {
     pub rollback: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub reconcile: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A template written to the job's stdin: how a secret reaches a job unseen by other users.
+    #[serde(default)]
+    pub stdin: Option<Spanned<String>>,
 }
 
 fn default_timeout_s() -> Ranged<1, 604_800> {

@@ -126,7 +126,13 @@ fn the_example_actions_load_in_the_example_configuration() {
     let names: Vec<&str> = loaded.policy.actions.keys().map(|a| a.as_str()).collect();
     assert_eq!(
         names,
-        ["disk-usage", "mount-image", "restart-unit", "unmount-image"]
+        [
+            "disk-usage",
+            "mount-image",
+            "restart-unit",
+            "set-web-password",
+            "unmount-image"
+        ]
     );
 }
 
@@ -159,6 +165,7 @@ fn the_example_actions_have_their_intended_authority() {
             "disk-usage tier=read_only ops=[] mutating=false rollback=false reconcile=false run_as=nobody",
             "mount-image tier=operator ops=[\"storage\"] mutating=true rollback=true reconcile=true run_as=-",
             "restart-unit tier=operator ops=[\"system\"] mutating=true rollback=false reconcile=false run_as=-",
+            "set-web-password tier=admin ops=[\"system\"] mutating=true rollback=false reconcile=false run_as=-",
             "unmount-image tier=operator ops=[\"storage\"] mutating=true rollback=false reconcile=false run_as=-",
         ]
     );
@@ -169,6 +176,21 @@ fn the_example_actions_have_their_intended_authority() {
         .collect();
     assert_eq!(groups, [Some("units"), Some("images"), Some("images")]);
     assert!(!action(&loaded, "restart-unit").remote && action(&loaded, "disk-usage").remote);
+}
+
+/// Pins: the example that takes a secret passes it on stdin, never in argv.
+#[test]
+fn the_example_secret_goes_on_stdin() {
+    let loaded = with_examples();
+    let a = action(&loaded, "set-web-password");
+    assert!(a.params["password"].secret);
+    assert!(
+        a.argv
+            .iter()
+            .all(|t| t.params().all(|p| !a.params[p].secret))
+    );
+    let stdin = a.stdin.as_ref().unwrap();
+    assert_eq!(stdin.params().collect::<Vec<_>>(), ["password"]);
 }
 
 /// Pins: every helper an example action runs is shipped in dist/examples/bin, executable, and

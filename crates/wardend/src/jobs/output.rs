@@ -142,14 +142,16 @@ impl Output {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `line` with every secret value replaced, for what a job says on its status pipe: it
-    /// ends up in the job's record, which is shown and stored.
-    pub(crate) fn scrub_line(&self, line: Vec<u8>) -> Vec<u8> {
+    /// `text` with every secret value replaced, for the phases, messages and results a job
+    /// reports on its status pipe: they end up in the job's record, which is shown and stored.
+    pub(crate) fn scrub_text(&self, text: &str) -> String {
         let st = self.state();
         if st.scrub.secrets.is_empty() {
-            return line;
+            return text.to_owned();
         }
-        st.scrub.replace_all(line)
+        let out = st.scrub.replace_all(text.as_bytes().to_vec());
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// Appends what the job wrote.
@@ -294,14 +296,14 @@ mod tests {
     }
 
     #[test]
-    fn status_lines_are_scrubbed_of_secrets() {
+    fn status_text_is_scrubbed_of_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let out = log(dir.path(), 1 << 20, &["hunter22"]);
         assert_eq!(
-            out.scrub_line(b"progress 50 copy using hunter22 now".to_vec()),
-            b"progress 50 copy using <redacted> now"
+            out.scrub_text("copy using hunter22 now"),
+            "copy using <redacted> now"
         );
-        assert_eq!(out.scrub_line(b"commit".to_vec()), b"commit");
+        assert_eq!(out.scrub_text("commit"), "commit");
     }
 
     #[test]

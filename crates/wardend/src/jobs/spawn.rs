@@ -1,24 +1,34 @@
 //! Starting one process of a job (its argv, its rollback, or a lost job's reconcile): the
 //! environment cleared down to what the action allows, the identity the action names, its own
-//! cgroup, stdin from `/dev/null`, stdout and stderr into one pipe, the status pipe on fd 3.
+//! cgroup, stdin from the action's `stdin` or `/dev/null`, stdout and stderr into one pipe, the
+//! status pipe on fd 3. The hand-over from the clone to the program's exec is awaited with a
+//! deadline and never holds a runtime thread: a process of the job's user may stop the child in
+//! between.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use warden_policy::ActionSpec;
 use warden_proto::JobId;
-use warden_sys::spawn::{Exit, Identity, STATUS_FD, Spec};
+use warden_sys::spawn::{Exit, Identity, STATUS_FD, SpawnError, Spec};
 
 use super::cgroup::JobCgroup;
 
 /// `PATH` for jobs whose action does not set one (like sudo's `secure_path`).
 pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long a child may take from its clone to its program's exec. The steps in between are a
+/// few system calls; a child still short of exec after this was stopped (any process of the
+/// job's user may send it SIGSTOP) or is stuck (a working directory on a dead mount), and is
+/// killed: the job fails, saying so.
+pub(crate) const EXEC_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A started process and what the daemon holds of it.
 #[derive(Debug)]
@@ -109,24 +119,34 @@ pub(crate) fn environment(
     env
 }
 
-fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "contains NUL"))
+fn c_string(bytes: Vec<u8>) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Prepare {
+        step: "preparing argv and environment",
+        source: io::Error::new(io::ErrorKind::InvalidInput, "contains NUL"),
+    })
+}
+
+fn prepare(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    move |source| SpawnError::Prepare { step, source }
 }
 
 /// Starts `argv` for `job` under `action`'s identity, environment and working directory, inside
-/// `cgroup` when there is one. Must be called from a runtime worker thread, never a
-/// blocking-pool thread: the child's parent-death signal fires when the *thread* that spawned
-/// it exits, and worker threads live as long as the daemon.
-pub(crate) fn start(
+/// `cgroup` when there is one, with `stdin` (or nothing) to read, and waits until the program
+/// runs: for at most [`EXEC_DEADLINE`], asynchronously. The clone itself happens on the calling
+/// runtime worker thread, never a blocking-pool thread: the child's parent-death signal fires
+/// when the *thread* that spawned it exits, and worker threads live as long as the daemon.
+pub(crate) async fn start(
     action: &ActionSpec,
     identity: Option<Identity>,
     job: &JobId,
     argv: &[String],
+    stdin: Option<&[u8]>,
     cgroup: Option<&JobCgroup>,
-) -> io::Result<Running> {
-    let program = argv
-        .first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
+) -> Result<Running, SpawnError> {
+    let program = argv.first().ok_or_else(|| SpawnError::Prepare {
+        step: "preparing argv",
+        source: io::Error::new(io::ErrorKind::InvalidInput, "empty argv"),
+    })?;
     let env = environment(action, job)
         .into_iter()
         .map(|(k, v)| {
@@ -135,33 +155,49 @@ pub(crate) fn start(
             kv.extend_from_slice(v.as_bytes());
             c_string(kv)
         })
-        .collect::<io::Result<Vec<_>>>()?;
-    let (out_r, out_w) = warden_sys::spawn::pipe()?;
-    let (status_r, status_w) = warden_sys::spawn::pipe()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let (out_r, out_w) = warden_sys::spawn::pipe().map_err(prepare("making the output pipe"))?;
+    let (status_r, status_w) =
+        warden_sys::spawn::pipe().map_err(prepare("making the status pipe"))?;
+    let stdin: OwnedFd = match stdin {
+        Some(data) => warden_sys::spawn::pipe_holding(data).map_err(prepare("filling stdin"))?,
+        None => std::fs::File::open("/dev/null")
+            .map_err(prepare("opening /dev/null"))?
+            .into(),
+    };
     let cwd = action.cwd.as_deref().unwrap_or(std::path::Path::new("/"));
     let spec = Spec {
         program: c_string(program.clone().into_bytes())?,
         argv: argv
             .iter()
             .map(|a| c_string(a.clone().into_bytes()))
-            .collect::<io::Result<_>>()?,
+            .collect::<Result<_, _>>()?,
         env,
-        stdin: std::fs::File::open("/dev/null")?.into(),
-        stdout: out_w.try_clone()?,
+        stdin,
+        stdout: out_w
+            .try_clone()
+            .map_err(prepare("making the output pipe"))?,
         stderr: out_w,
         status: status_w,
-        cgroup: cgroup.map(JobCgroup::dir).transpose()?,
+        cgroup: cgroup
+            .map(JobCgroup::dir)
+            .transpose()
+            .map_err(prepare("opening the job's cgroup"))?,
         identity,
         cwd: c_string(cwd.as_os_str().as_bytes().to_vec())?,
     };
-    let spawned = warden_sys::spawn::spawn(&spec)?;
+    let pending = warden_sys::spawn::spawn(&spec);
     // The spec holds the parent's copies of both pipes' write ends: without this drop the pipes
     // would never reach end-of-file.
     drop(spec);
+    let spawned = pending?.exec(EXEC_DEADLINE).await?;
     Ok(Running {
         pid: spawned.pid,
-        pidfd: warden_sys::spawn::async_pidfd(spawned.pidfd)?,
-        status: pipe::Receiver::from_owned_fd(status_r)?,
-        output: pipe::Receiver::from_owned_fd(out_r)?,
+        pidfd: warden_sys::spawn::async_pidfd(spawned.pidfd)
+            .map_err(prepare("watching the process"))?,
+        status: pipe::Receiver::from_owned_fd(status_r)
+            .map_err(prepare("watching the status pipe"))?,
+        output: pipe::Receiver::from_owned_fd(out_r)
+            .map_err(prepare("watching the output pipe"))?,
     })
 }

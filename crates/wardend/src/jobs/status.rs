@@ -7,7 +7,9 @@
 //! result JSON                      what the job reports back
 //! ```
 //!
-//! Lines are at most 4 KiB. Anything else is malformed: counted and ignored.
+//! Lines are at most 4 KiB. Anything else is malformed: counted and ignored. A line is parsed as
+//! the job wrote it; only the text it carries (phase, message, result) is then scrubbed of secret
+//! values, never the keywords, so no secret can turn a `commit` into something else.
 
 use serde_json::Value;
 
@@ -27,6 +29,51 @@ pub(crate) enum StatusLine {
     Phase(String),
     Commit,
     Result(Value),
+}
+
+impl StatusLine {
+    /// The line with `scrub` applied to every text it carries: the phase, the message, and each
+    /// string, key and other scalar of a result. A scalar whose text `scrub` changes (a secret
+    /// number, say) becomes that changed text, as a string.
+    pub(crate) fn scrubbed(self, scrub: impl Fn(&str) -> String) -> StatusLine {
+        match self {
+            StatusLine::Progress {
+                pct,
+                phase,
+                message,
+            } => StatusLine::Progress {
+                pct,
+                phase: phase.map(|p| scrub(&p)),
+                message: message.map(|m| scrub(&m)),
+            },
+            StatusLine::Phase(p) => StatusLine::Phase(scrub(&p)),
+            StatusLine::Commit => StatusLine::Commit,
+            StatusLine::Result(v) => StatusLine::Result(scrub_value(v, &scrub)),
+        }
+    }
+}
+
+fn scrub_value(v: Value, scrub: &impl Fn(&str) -> String) -> Value {
+    match v {
+        Value::String(s) => Value::String(scrub(&s)),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|i| scrub_value(i, scrub)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (scrub(&k), scrub_value(v, scrub)))
+                .collect(),
+        ),
+        scalar => {
+            let text = scalar.to_string();
+            let clean = scrub(&text);
+            if clean == text {
+                scalar
+            } else {
+                Value::String(clean)
+            }
+        }
+    }
 }
 
 /// Text a job supplied, fit to show: control characters removed, length bounded.
@@ -182,6 +229,33 @@ mod tests {
         };
         assert_eq!(m.chars().count(), MAX_TEXT);
         assert!(!m.contains('\u{7}'));
+    }
+
+    /// Pins: scrubbing touches the text a line carries, never its keyword, and keeps a result
+    /// valid JSON.
+    #[test]
+    fn scrubbing_replaces_text_but_never_keywords() {
+        let scrub = |t: &str| {
+            t.replace("commit", "<redacted>")
+                .replace("4242", "<redacted>")
+        };
+        let line = |l: &str| parse(l.as_bytes()).unwrap().scrubbed(scrub);
+        assert_eq!(line("commit"), StatusLine::Commit);
+        assert_eq!(
+            line("progress 5 commit about to commit"),
+            StatusLine::Progress {
+                pct: 5,
+                phase: Some("<redacted>".into()),
+                message: Some("about to <redacted>".into()),
+            }
+        );
+        assert_eq!(line("phase commit"), StatusLine::Phase("<redacted>".into()));
+        assert_eq!(
+            line(r#"result {"commit": ["commit", 4242, 7, true]}"#),
+            StatusLine::Result(
+                serde_json::json!({"<redacted>": ["<redacted>", "<redacted>", 7, true]})
+            )
+        );
     }
 
     #[test]

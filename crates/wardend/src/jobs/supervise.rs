@@ -196,9 +196,12 @@ impl Watch<'_> {
             return;
         }
         let parsed = match piece {
-            // Scrubbed before parsing: a secret the job echoes in a message or a result would
-            // otherwise be stored in its record and shown to whoever may read it.
-            Piece::Line(l) => status::parse(&self.job.output.scrub_line(l)),
+            // Parsed first, then scrubbed: the keywords (`commit` above all) must be read as
+            // the job wrote them, even when a secret equals one; a secret the job echoes in a
+            // phase, a message or a result is then replaced before it is stored or shown.
+            Piece::Line(l) => {
+                status::parse(&l).map(|line| line.scrubbed(|t| self.job.output.scrub_text(t)))
+            }
             Piece::TooLong => None,
         };
         let Some(line) = parsed else {
@@ -271,6 +274,13 @@ enum Part {
     Reconcile,
 }
 
+/// What one process of a job runs.
+struct Program {
+    argv: Vec<String>,
+    /// What it reads on stdin (the action's `stdin`, rendered); `None`: `/dev/null`.
+    stdin: Option<String>,
+}
+
 /// A timer that never fires when there is no deadline.
 async fn at(deadline: Option<Instant>) {
     match deadline {
@@ -304,13 +314,15 @@ impl Jobs {
     async fn run_process(
         &self,
         job: &Job,
-        argv: &[String],
+        program: &Program,
         identity: Option<Identity>,
         cgroup: Option<&JobCgroup>,
         control: &mut mpsc::Receiver<Control>,
         main: bool,
     ) -> Ended {
-        let run = match spawn::start(&job.action, identity, &job.id, argv, cgroup) {
+        let stdin = program.stdin.as_deref().map(str::as_bytes);
+        let started = spawn::start(&job.action, identity, &job.id, &program.argv, stdin, cgroup);
+        let run = match started.await {
             Ok(r) => r,
             Err(e) => {
                 return Ended {
@@ -469,11 +481,14 @@ impl Jobs {
             }
         };
         let cgroup = self.cgroup_for(&job, Part::Main);
-        let argv = render(&job.action.argv, &values);
+        let program = Program {
+            argv: render(&job.action.argv, &values),
+            stdin: job.action.stdin.as_ref().map(|t| t.render(&values)),
+        };
         let ended = self
             .run_process(
                 &job,
-                &argv,
+                &program,
                 identity.clone(),
                 cgroup.as_ref(),
                 &mut control,
@@ -555,10 +570,13 @@ impl Jobs {
         job.output.note(&format!("{why}: running the rollback"));
         job.update(|r| r.phase = Some("rollback".into()));
         job.publish();
-        let argv = render(rollback, values);
+        let program = Program {
+            argv: render(rollback, values),
+            stdin: job.action.stdin.as_ref().map(|t| t.render(values)),
+        };
         let cgroup = self.cgroup_for(job, Part::Rollback);
         let ended = self
-            .run_process(job, &argv, identity, cgroup.as_ref(), control, false)
+            .run_process(job, &program, identity, cgroup.as_ref(), control, false)
             .await;
         if let Some(cg) = &cgroup {
             cg.remove();
@@ -644,11 +662,15 @@ impl Jobs {
             }
         };
         let cgroup = self.cgroup_for(&job, Part::Reconcile);
-        let argv = render(reconcile, &values);
+        // Reconcile reads nothing: `stdin` may carry secrets, and those are not kept.
+        let program = Program {
+            argv: render(reconcile, &values),
+            stdin: None,
+        };
         let ended = self
             .run_process(
                 &job,
-                &argv,
+                &program,
                 identity,
                 cgroup.as_ref(),
                 &mut control_rx,

@@ -5,21 +5,30 @@
 //! writing, which can wait for an RCU grace period: milliseconds per job), `CLONE_PIDFD` hands
 //! back a pidfd in the same call (so no moment exists in which the pid could name another
 //! process), and `CLONE_CLEAR_SIGHAND` resets every signal handler to its default in the child.
-//! `CLONE_VM | CLONE_VFORK` let the child borrow the daemon's memory until it executes the
-//! program, on a stack of its own, while the calling thread waits: nothing of the daemon's
-//! address space is copied, and the daemon takes no copy-on-write faults afterwards. Kernels
-//! without `clone3` or its flags (before 5.7), and architectures without the few instructions
-//! below, get `fork` plus `pidfd_open` and the child moves itself into its cgroup.
+//! Kernels without `clone3` or its flags (before 5.7) get `fork` plus `pidfd_open`, and the child
+//! moves itself into its cgroup.
 //!
-//! Between the clone and `exec` only async-signal-safe calls are allowed: everything the child
-//! needs (C strings, pointer arrays, descriptors, ids) is prepared by the parent, and the child
-//! makes raw system calls only. The order of those calls is part of the security of a job and is
-//! commented at each step.
+//! The child gets a copy of the daemon's memory, like `fork`, and the daemon never waits for it
+//! in a way it cannot bound: once the child has switched to the job's user, every process of
+//! that user may stop it (`kill(-1, SIGSTOP)`) before it reaches `exec`. A child that borrowed
+//! the daemon's memory (`CLONE_VM | CLONE_VFORK`) would hold the calling thread until then, and
+//! a stopped one would hold it for good. [`spawn`] therefore returns at once with a [`Pending`]
+//! child; [`Pending::exec`] awaits the child's report, asynchronously and with a deadline, and
+//! kills the child through its pidfd when the deadline passes.
+//!
+//! What the child does between the clone and `exec` is in [`child`]; it never returns into the
+//! daemon's code.
+
+mod child;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use self::child::Step;
+use self::child::{ChildPlan, REPORT_LEN};
 
 /// The descriptor number a job finds its status pipe on (`WARDEN_STATUS_FD`).
 pub const STATUS_FD: i32 = 3;
@@ -27,11 +36,13 @@ pub const STATUS_FD: i32 = 3;
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9 uapi): signal the pidfd's process group.
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 /// `clone3` flags (Linux uapi `sched.h`).
-const CLONE_VM: u64 = 0x100;
-const CLONE_VFORK: u64 = 0x4000;
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// How long a child killed before its exec may take to be reaped before a background task
+/// takes over the reaping.
+const REAP_WAIT: Duration = Duration::from_secs(2);
 
 /// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
 #[repr(C)]
@@ -87,7 +98,45 @@ pub struct Spec {
     pub cwd: CString,
 }
 
-/// A started process.
+/// Why a process could not be started. The program never ran.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A step in the daemon, before or at the clone.
+    #[error("{step}: {source}")]
+    Prepare {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A step of the child failed, which it reported before exiting.
+    #[error("{step}: {source}")]
+    Child {
+        step: Step,
+        #[source]
+        source: io::Error,
+    },
+    /// The child did not reach `exec` in time (stopped or stuck before it), and was killed.
+    #[error("it did not reach exec within {} ms (stopped or stuck before it) and was killed", .within.as_millis())]
+    Deadline { within: Duration },
+}
+
+impl SpawnError {
+    /// The errno behind the failure, if there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            SpawnError::Prepare { source, .. } | SpawnError::Child { source, .. } => {
+                source.raw_os_error()
+            }
+            SpawnError::Deadline { .. } => None,
+        }
+    }
+
+    fn prepare(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+        move |source| SpawnError::Prepare { step, source }
+    }
+}
+
+/// A started process that has reached `exec`.
 #[derive(Debug)]
 pub struct Spawned {
     pub pid: i32,
@@ -95,39 +144,37 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
 }
 
-/// Data the child reads: raw pointers into the parent's (copied) memory, prepared before the
-/// clone because the child must not allocate.
-struct ChildPlan<'a> {
-    spec: &'a Spec,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-    /// Room to read the groups back, allocated by the parent.
-    seen_groups: Vec<libc::gid_t>,
-    /// Write end of the pipe the child reports a failed step on (close-on-exec, so a successful
-    /// `exec` closes it and the parent reads end-of-file).
-    report: RawFd,
-    parent: libc::pid_t,
-    /// Whether the child still has to move itself into its cgroup (fallback path).
-    join_cgroup: bool,
+/// A child that [`spawn`] made and that has not yet been seen to reach `exec`. Dropping it
+/// without [`Pending::exec`] leaves the child to run, unsupervised: don't.
+#[derive(Debug)]
+#[must_use = "a pending child must be awaited with `exec`, which kills it if it never gets there"]
+pub struct Pending {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    /// Read end of the report pipe: end-of-file when the child executed its program, or
+    /// [`REPORT_LEN`] bytes naming the step that failed.
+    report: OwnedFd,
 }
 
-/// Starts a job's process. The child, in order:
+/// Starts a job's process and returns without waiting for it. The child, in order:
 /// 1. starts a new session and process group, so the job can be signalled as a group;
 /// 2. (fallback only) moves itself into the job's cgroup;
-/// 3. sets supplementary groups, then the gid, then the uid (groups and gid need privileges that
+/// 3. closes every descriptor but the job's four and its report pipe, still privileged, so no
+///    process of the job's user can stop it while it holds a copy of another job's pipes;
+/// 4. sets supplementary groups, then the gid, then the uid (groups and gid need privileges that
 ///    dropping the uid takes away), and verifies all three took effect;
-/// 4. asks for SIGKILL when its parent thread dies (after the switch: changing credentials
+/// 5. asks for SIGKILL when its parent thread dies (after the switch: changing credentials
 ///    clears this setting), and makes sure the parent has not already died;
-/// 5. puts stdin, stdout, stderr and the status pipe on descriptors 0 to 3;
-/// 6. enters its working directory;
-/// 7. marks every other descriptor close-on-exec, so nothing of the daemon's leaks into the job;
-/// 8. unblocks signals and executes the program.
+/// 6. puts stdin, stdout, stderr and the status pipe on descriptors 0 to 3;
+/// 7. enters its working directory;
+/// 8. marks every other descriptor close-on-exec, so nothing of the daemon's leaks into the job;
+/// 9. resets every signal disposition, unblocks signals and executes the program.
 ///
-/// A failing step fails this call with that step's error, and the program never runs.
+/// A failing step is reported through [`Pending::exec`], and the program never runs.
 ///
 /// The parent-death signal fires when the *thread* calling this exits: call it from a thread
-/// that lives as long as the daemon.
-pub fn spawn(spec: &Spec) -> io::Result<Spawned> {
+/// that lives as long as the daemon. The call itself does not wait for the child.
+pub fn spawn(spec: &Spec) -> Result<Pending, SpawnError> {
     let argv: Vec<*const libc::c_char> = spec
         .argv
         .iter()
@@ -140,50 +187,137 @@ pub fn spawn(spec: &Spec) -> io::Result<Spawned> {
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (report_r, report_w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
+            SpawnError::Prepare {
+                step: "making the report pipe",
+                source: e.into(),
+            }
+        })?;
+    let mut keep: Vec<libc::c_uint> = [
+        &spec.stdin,
+        &spec.stdout,
+        &spec.stderr,
+        &spec.status,
+        &report_w,
+    ]
+    .iter()
+    .map(|fd| fd.as_raw_fd() as libc::c_uint)
+    .collect();
+    keep.sort_unstable();
+    keep.dedup();
     let mut plan = ChildPlan {
         spec,
         argv,
         envp,
         seen_groups: vec![0; spec.identity.as_ref().map_or(0, |i| i.groups.len()) + 1],
         report: report_w.as_raw_fd(),
+        keep,
         parent: std::process::id() as libc::pid_t,
         join_cgroup: false,
     };
 
     // No signal may run a handler of the daemon's in the child between the clone and exec.
-    let all = SigMask::block_all()?;
+    let all = SigMask::block_all().map_err(SpawnError::prepare("blocking signals"))?;
     let spawned = clone_child(&mut plan);
     drop(all);
+    // Only the child holds the write end now: its exec or exit ends the report.
     drop(report_w);
-    let spawned = spawned?;
-
-    // End-of-file: the child reached exec. Four bytes: the errno of the step that failed.
-    let mut errno = [0u8; 4];
-    let n = read_full(&report_r, &mut errno);
-    if n == 4 {
-        // The child has exited (or is about to); reap it so it leaves no zombie.
-        let _ = rustix::process::waitid(
-            rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&spawned.pidfd)),
-            rustix::process::WaitIdOptions::EXITED,
-        );
-        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
-    }
-    Ok(spawned)
+    let (pid, pidfd) = spawned?;
+    Ok(Pending {
+        pid,
+        pidfd,
+        report: report_r,
+    })
 }
 
-/// Reads until `buf` is full or end-of-file; returns how much was read.
-fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+/// What the child's report said.
+enum Report {
+    /// End-of-file with nothing written: the child reached exec (or died without a word).
+    Executed,
+    Failed(SpawnError),
+}
+
+impl Pending {
+    /// Waits, asynchronously and for at most `within`, until the child has executed its program
+    /// or reported a failed step. A child that did not get there in time (stopped by a process
+    /// of the job's user, or stuck in a step) is killed through its pidfd; a failed or killed
+    /// child is reaped, in the background if it takes longer than a moment. Must run inside a
+    /// tokio runtime.
+    pub async fn exec(self, within: Duration) -> Result<Spawned, SpawnError> {
+        let Pending { pid, pidfd, report } = self;
+        let outcome = match tokio::time::timeout(within, read_report(report)).await {
+            Ok(Ok(Report::Executed)) => return Ok(Spawned { pid, pidfd }),
+            Ok(Ok(Report::Failed(e))) | Ok(Err(e)) => e,
+            Err(_) => SpawnError::Deadline { within },
+        };
+        // The program never ran: the child must not live on (a stopped one would stay so).
+        let _ = signal_process(pidfd.as_fd(), libc::SIGKILL);
+        if let Ok(fd) = async_pidfd(pidfd) {
+            let reaper = tokio::spawn(reap_when_exited(fd));
+            // Past the wait the task carries on alone: the caller is not held any longer.
+            let _ = tokio::time::timeout(REAP_WAIT, reaper).await;
+        }
+        Err(outcome)
+    }
+}
+
+/// Reads the child's report until end-of-file or a whole report.
+async fn read_report(report: OwnedFd) -> Result<Report, SpawnError> {
+    let failed = || SpawnError::prepare("reading the child's report");
+    rustix::fs::fcntl_setfl(&report, rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| failed()(e.into()))?;
+    let report = async_fd(report).map_err(failed())?;
+    let mut buf = [0u8; REPORT_LEN];
     let mut got = 0;
     while got < buf.len() {
-        match rustix::io::read(fd, &mut buf[got..]) {
+        let mut ready = report.readable().await.map_err(failed())?;
+        match rustix::io::read(report.get_ref(), &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => break,
+            Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(failed()(e.into())),
         }
     }
-    got
+    if got == 0 {
+        return Ok(Report::Executed);
+    }
+    let code = |range: std::ops::Range<usize>| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&buf[range]);
+        u32::from_ne_bytes(b)
+    };
+    let step = (got == REPORT_LEN)
+        .then(|| Step::from_code(code(0..4)))
+        .flatten();
+    Ok(Report::Failed(match step {
+        Some(step) => SpawnError::Child {
+            step,
+            source: io::Error::from_raw_os_error(code(4..8) as i32),
+        },
+        None => SpawnError::Prepare {
+            step: "reading the child's report",
+            source: io::Error::new(io::ErrorKind::InvalidData, "a garbled report"),
+        },
+    }))
+}
+
+/// Waits until the pidfd's process has exited, then reaps it.
+async fn reap_when_exited(pidfd: tokio::io::unix::AsyncFd<OwnedFd>) {
+    loop {
+        let Ok(mut ready) = pidfd.readable().await else {
+            return;
+        };
+        match has_exited(pidfd.get_ref().as_fd()) {
+            Ok(true) => {
+                let _ = reap(pidfd.get_ref().as_fd());
+                return;
+            }
+            Ok(false) => ready.clear_ready(),
+            Err(_) => return,
+        }
+    }
 }
 
 /// Blocks every signal in this thread until dropped.
@@ -215,331 +349,70 @@ impl Drop for SigMask {
     }
 }
 
-/// Clones the child and, in the child, runs [`child_main`] (which never returns).
-fn clone_child(plan: &mut ChildPlan<'_>) -> io::Result<Spawned> {
-    if HAS_CLONE3_VM && !NO_CLONE3.load(Ordering::Relaxed) {
-        let stack = ChildStack::new()?;
+/// Clones the child, which runs [`child::main`] and never returns; returns its pid and pidfd.
+fn clone_child(plan: &mut ChildPlan<'_>) -> Result<(i32, OwnedFd), SpawnError> {
+    if !NO_CLONE3.load(Ordering::Relaxed) {
         let mut pidfd: libc::c_int = -1;
         let mut args = CloneArgs {
-            flags: CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
+            // No CLONE_VM, no CLONE_VFORK: the child gets a copy of the daemon's memory, and
+            // this thread goes on at once instead of waiting for the child's exec.
+            flags: CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
             pidfd: (&raw mut pidfd) as u64,
             exit_signal: libc::SIGCHLD as u64,
-            stack: stack.base as u64,
-            stack_size: stack.len as u64,
             ..CloneArgs::default()
         };
         if let Some(dir) = &plan.spec.cgroup {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = dir.as_raw_fd() as u64;
         }
-        // SAFETY: `args` is a live, correctly sized clone_args naming a mapped stack of its
-        // own for the child, and `plan` outlives the call: with CLONE_VFORK this thread is
-        // suspended until the child has executed the program or exited, so the child's reads of
-        // `plan` (and its write into `plan.seen_groups`) happen while it is borrowed here, and
-        // the stack is unmapped only after. The kernel writes the pidfd into `pidfd`.
+        // SAFETY: `args` is a live, correctly sized clone_args without a stack of its own
+        // (stack 0, size 0): like fork, the child goes on from this call on a copy of this
+        // thread's stack, in a copy of the daemon's memory, so returning from the syscall
+        // wrapper is sound in both processes. The child then runs only child::main, which
+        // makes async-signal-safe calls until exec and never returns. The kernel writes the
+        // pidfd into `pidfd`.
         let rc = unsafe {
-            clone3_vm(
-                &mut args,
-                child_entry,
-                std::ptr::from_mut(plan).cast::<libc::c_void>(),
+            libc::syscall(
+                libc::SYS_clone3,
+                &raw mut args,
+                std::mem::size_of::<CloneArgs>(),
             )
         };
-        drop(stack);
-        if rc >= 0 {
+        if rc == 0 {
+            child::main(plan);
+        }
+        if rc > 0 {
             // SAFETY: on success the kernel stored a new pidfd in `pidfd` for this call only.
             let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            return Ok(Spawned {
-                pid: rc as i32,
-                pidfd,
-            });
+            return Ok((rc as i32, pidfd));
         }
-        let errno = -rc as i32;
-        if !matches!(errno, libc::ENOSYS | libc::EINVAL | libc::E2BIG) {
-            return Err(io::Error::from_raw_os_error(errno));
+        let err = io::Error::last_os_error();
+        if !matches!(
+            err.raw_os_error(),
+            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)
+        ) {
+            return Err(SpawnError::Prepare {
+                step: "cloning the child",
+                source: err,
+            });
         }
         NO_CLONE3.store(true, Ordering::Relaxed);
     }
     plan.join_cgroup = plan.spec.cgroup.is_some();
     // SAFETY: fork in a multi-threaded process is sound as long as the child only makes
-    // async-signal-safe calls until exec, which child_main guarantees.
+    // async-signal-safe calls until exec, which child::main guarantees.
     let pid = unsafe { libc::fork() };
     match pid {
-        -1 => Err(io::Error::last_os_error()),
-        0 => child_main(plan),
+        -1 => Err(SpawnError::prepare("forking the child")(
+            io::Error::last_os_error(),
+        )),
+        0 => child::main(plan),
         pid => {
             // Nothing has waited on the child, so its pid cannot have been reused yet.
-            let pidfd = crate::process::pidfd_open(pid)?;
-            Ok(Spawned { pid, pidfd })
+            let pidfd = crate::process::pidfd_open(pid)
+                .map_err(SpawnError::prepare("opening the child's pidfd"))?;
+            Ok((pid, pidfd))
         }
-    }
-}
-
-/// The child's stack while it shares the daemon's memory: an anonymous mapping whose lowest page
-/// is a guard, so an overflow faults instead of writing into the daemon's memory.
-struct ChildStack {
-    base: *mut libc::c_void,
-    len: usize,
-}
-
-impl ChildStack {
-    /// Far more than the child's few calls need (no allocation, no formatting).
-    const LEN: usize = 128 * 1024;
-
-    fn new() -> io::Result<ChildStack> {
-        // SAFETY: an anonymous private mapping of fresh memory, owned by the returned value.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let stack = ChildStack {
-            base,
-            len: Self::LEN,
-        };
-        // SAFETY: the first page of the mapping made above.
-        if unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) } == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stack)
-    }
-}
-
-impl Drop for ChildStack {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses any more.
-        unsafe {
-            libc::munmap(self.base, self.len);
-        }
-    }
-}
-
-/// Whether [`clone3_vm`] exists for this architecture.
-const HAS_CLONE3_VM: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
-
-/// Where the child starts, on its own stack.
-extern "C" fn child_entry(plan: *mut libc::c_void) -> ! {
-    // SAFETY: `clone_child` passes a pointer to the ChildPlan it borrows mutably for as long as
-    // the child shares its memory.
-    let plan = unsafe { &mut *plan.cast::<ChildPlan<'_>>() };
-    child_main(plan)
-}
-
-/// `clone3(args)`: in the parent, returns the child's pid or `-errno`; the child, on the stack in
-/// `args`, calls `entry(arg)` and never returns. A plain `syscall()` cannot do this: the child
-/// would return into a function whose frame is on a stack it does not have.
-///
-/// # Safety
-/// `args` must be a valid clone_args for `clone3` whose stack is mapped and unused, and `entry`
-/// must never return.
-#[cfg(target_arch = "x86_64")]
-unsafe fn clone3_vm(
-    args: &mut CloneArgs,
-    entry: extern "C" fn(*mut libc::c_void) -> !,
-    arg: *mut libc::c_void,
-) -> i64 {
-    let rc: i64;
-    // SAFETY: the caller's contract. The syscall preserves every register but rax, rcx and
-    // r11; the child starts with the stack pointer at the top of its own stack (16-byte aligned,
-    // as `call` requires), clears the frame pointer so nothing unwinds into the parent's frames,
-    // and calls `entry(arg)`, which never returns.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "xor ebp, ebp",
-            "mov rdi, r12",
-            "call r13",
-            "ud2",
-            "2:",
-            inlateout("rax") libc::SYS_clone3 => rc,
-            in("rdi") std::ptr::from_mut(args),
-            in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") arg,
-            in("r13") entry,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    rc
-}
-
-/// See the x86_64 version.
-///
-/// # Safety
-/// As for the x86_64 version.
-#[cfg(target_arch = "aarch64")]
-unsafe fn clone3_vm(
-    args: &mut CloneArgs,
-    entry: extern "C" fn(*mut libc::c_void) -> !,
-    arg: *mut libc::c_void,
-) -> i64 {
-    let rc: i64;
-    // SAFETY: the caller's contract. The syscall preserves every register but x0; the child
-    // starts with the stack pointer at the top of its own stack, clears the frame pointer and
-    // link register so nothing unwinds into the parent's frames, and calls `entry(arg)`, which
-    // never returns.
-    unsafe {
-        std::arch::asm!(
-            "svc #0",
-            "cbnz x0, 2f",
-            "mov x29, xzr",
-            "mov x30, xzr",
-            "mov x0, x9",
-            "blr x10",
-            "brk #1",
-            "2:",
-            in("x8") libc::SYS_clone3,
-            inlateout("x0") std::ptr::from_mut(args) => rc,
-            in("x1") std::mem::size_of::<CloneArgs>(),
-            in("x9") arg,
-            in("x10") entry,
-            options(nostack),
-        );
-    }
-    rc
-}
-
-/// Never called: [`HAS_CLONE3_VM`] is false here and the fallback runs instead.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-unsafe fn clone3_vm(
-    _: &mut CloneArgs,
-    _: extern "C" fn(*mut libc::c_void) -> !,
-    _: *mut libc::c_void,
-) -> i64 {
-    -i64::from(libc::ENOSYS)
-}
-
-/// The child between clone and exec. Never returns: it executes the program or exits 127 after
-/// reporting the failed step's errno to the parent.
-fn child_main(plan: &mut ChildPlan<'_>) -> ! {
-    let errno = match child_steps(plan) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    };
-    let bytes = errno.to_ne_bytes();
-    // SAFETY: write and _exit are async-signal-safe; `bytes` lives on this stack and `report`
-    // is the open write end of the parent's report pipe.
-    unsafe {
-        libc::write(plan.report, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
-    }
-}
-
-/// The steps of [`spawn`]'s list; returns only on failure, with the errno.
-fn child_steps(plan: &mut ChildPlan<'_>) -> Result<std::convert::Infallible, i32> {
-    let errno = || {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    };
-    let check = |rc: libc::c_int| if rc == -1 { Err(errno()) } else { Ok(()) };
-    let spec = plan.spec;
-    // SAFETY: every call in this block is a raw, async-signal-safe system call on values the
-    // parent prepared before the clone (integers, C strings and pointer arrays that stay alive
-    // in this copy of its memory, descriptors it opened, and a buffer it allocated that is only
-    // written through its own pointer and length). Nothing allocates, locks or touches Rust
-    // runtime state.
-    unsafe {
-        check(libc::setsid())?;
-        if plan.join_cgroup
-            && let Some(dir) = &spec.cgroup
-        {
-            let procs = libc::openat(
-                dir.as_raw_fd(),
-                c"cgroup.procs".as_ptr(),
-                libc::O_WRONLY | libc::O_CLOEXEC,
-            );
-            check(procs)?;
-            let zero = b"0";
-            if libc::write(procs, zero.as_ptr().cast(), zero.len()) != 1 {
-                return Err(errno());
-            }
-        }
-        if let Some(id) = &spec.identity {
-            // Raw system calls, not the C library's wrappers: those change the credentials of
-            // every thread the library believes the process has, by signalling them and
-            // waiting under its internal locks. After a raw clone the child has one thread but
-            // a copy of the parent's thread list and lock states, so a wrapper could wait
-            // forever on a lock some parent thread held at the moment of the clone. The raw
-            // calls change this thread's credentials, and it is the only thread.
-            check(libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr()) as _)?;
-            check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid) as _)?;
-            check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid) as _)?;
-            let (mut r, mut e, mut s) = (0, 0, 0);
-            check(libc::getresuid(&mut r, &mut e, &mut s))?;
-            let uid_ok = r == id.uid && e == id.uid && s == id.uid;
-            check(libc::getresgid(&mut r, &mut e, &mut s))?;
-            let gid_ok = r == id.gid && e == id.gid && s == id.gid;
-            let seen = &mut plan.seen_groups;
-            let n = libc::getgroups(seen.len() as libc::c_int, seen.as_mut_ptr());
-            let groups_ok =
-                n >= 0 && n as usize == id.groups.len() && seen[..n as usize] == id.groups[..];
-            if !(uid_ok && gid_ok && groups_ok) {
-                return Err(libc::EPERM);
-            }
-        }
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-        if libc::getppid() != plan.parent {
-            // The daemon died before the line above: the death signal will never come.
-            return Err(libc::ESRCH);
-        }
-        // Move each descriptor above the target range first, so placing one never overwrites
-        // another that happens to sit on a target number.
-        let sources = [&spec.stdin, &spec.stdout, &spec.stderr, &spec.status];
-        let mut high = [0 as libc::c_int; 4];
-        for (slot, fd) in high.iter_mut().zip(sources) {
-            *slot = libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10);
-            check(*slot)?;
-        }
-        for (target, fd) in high.iter().enumerate() {
-            // dup2 clears close-on-exec on the new descriptor.
-            if libc::dup2(*fd, target as libc::c_int) == -1 {
-                return Err(errno());
-            }
-        }
-        check(libc::chdir(spec.cwd.as_ptr()))?;
-        let rc = libc::syscall(
-            libc::SYS_close_range,
-            (STATUS_FD + 1) as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-        if rc == -1 {
-            // Kernels before 5.11: mark them one by one.
-            let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(64, 1 << 20) as libc::c_int;
-            for fd in STATUS_FD + 1..max {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
-        // Signals the daemon ignores (SIGPIPE, for one) stay ignored across exec; the job gets
-        // every disposition at its default, as a process started from a shell would.
-        // (CLONE_CLEAR_SIGHAND reset the handled ones already; the fallback path did not.)
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &default, std::ptr::null_mut());
-            }
-        }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        libc::execve(
-            spec.program.as_ptr(),
-            plan.argv.as_ptr(),
-            plan.envp.as_ptr(),
-        );
-        Err(errno())
     }
 }
 
@@ -587,10 +460,15 @@ pub fn reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
 /// Registers a pidfd with the tokio reactor, so the daemon can await the process's exit (a
 /// pidfd becomes readable when its process exits). Must run inside a tokio runtime.
 pub fn async_pidfd(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    async_fd(pidfd)
+}
+
+/// Registers a descriptor with the tokio reactor for reading.
+fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and names
-    // the same pidfd until the AsyncFd is dropped, and OwnedFd::as_raw_fd always returns it.
+    // the same file until the AsyncFd is dropped, and OwnedFd::as_raw_fd always returns it.
     unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
             .map_err(|e| e.into_parts().1)
     }
 }
@@ -671,6 +549,27 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
+/// The read end of a close-on-exec pipe that already holds `data`, followed by end-of-file: a
+/// job's stdin that only the job can read. The pipe is grown to fit `data` when it must be; the
+/// writes never block (data that still does not fit is an error, never a wait).
+pub fn pipe_holding(data: &[u8]) -> io::Result<OwnedFd> {
+    let (r, w) = pipe()?;
+    // Only the write end: the job reads its stdin blocking, as any program expects.
+    rustix::fs::fcntl_setfl(&w, rustix::fs::OFlags::NONBLOCK)?;
+    if data.len() > rustix::pipe::fcntl_getpipe_size(&w)? {
+        rustix::pipe::fcntl_setpipe_size(&w, data.len())?;
+    }
+    let mut rest = data;
+    while !rest.is_empty() {
+        match rustix::io::write(&w, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,9 +588,19 @@ mod tests {
         status: OwnedFd,
     }
 
-    fn run(program: &str, args: &[&str], cwd: &str) -> io::Result<Run> {
-        let (out_r, out_w) = pipe()?;
-        let (st_r, st_w) = pipe()?;
+    /// Spawns and awaits the exec, as the daemon does.
+    fn start(spec: &Spec) -> Result<Spawned, SpawnError> {
+        let pending = spawn(spec)?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(pending.exec(Duration::from_secs(10)))
+    }
+
+    fn run(program: &str, args: &[&str], cwd: &str) -> Result<Run, SpawnError> {
+        let (out_r, out_w) = pipe().unwrap();
+        let (st_r, st_w) = pipe().unwrap();
         let spec = Spec {
             program: c(program),
             argv: std::iter::once(program)
@@ -699,15 +608,15 @@ mod tests {
                 .map(c)
                 .collect(),
             env: vec![c("PATH=/usr/bin:/bin")],
-            stdin: std::fs::File::open("/dev/null")?.into(),
-            stdout: out_w.try_clone()?,
+            stdin: std::fs::File::open("/dev/null").unwrap().into(),
+            stdout: out_w.try_clone().unwrap(),
             stderr: out_w,
             status: st_w,
             cgroup: None,
             identity: None,
             cwd: c(cwd),
         };
-        let spawned = spawn(&spec)?;
+        let spawned = start(&spec)?;
         drop(spec);
         Ok(Run {
             spawned,
@@ -758,11 +667,87 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_step_fails_the_spawn_and_leaves_no_zombie() {
+    fn a_failing_step_fails_the_spawn_and_names_it() {
         let err = run("/bin/true", &[], "/nonexistent-wdn").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert!(
+            matches!(
+                err,
+                SpawnError::Child {
+                    step: Step::EnterCwd,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         let err = run("/nonexistent-wdn/prog", &[], "/").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert!(
+            matches!(
+                err,
+                SpawnError::Child {
+                    step: Step::Exec,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("executing the program: "),
+            "{err}"
+        );
+    }
+
+    /// Pins: a child stopped before its exec holds nobody: waiting for it ends at the deadline,
+    /// with the child killed and reaped.
+    #[test]
+    fn a_child_stopped_before_exec_is_killed_at_the_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let within = Duration::from_millis(300);
+        let mut caught = 0;
+        for _ in 0..20 {
+            if caught == 3 {
+                break;
+            }
+            let (_out_r, out_w) = pipe().unwrap();
+            let (_st_r, st_w) = pipe().unwrap();
+            let spec = Spec {
+                program: c("/bin/true"),
+                argv: vec![c("/bin/true")],
+                env: vec![],
+                stdin: std::fs::File::open("/dev/null").unwrap().into(),
+                stdout: out_w.try_clone().unwrap(),
+                stderr: out_w,
+                status: st_w,
+                cgroup: None,
+                identity: None,
+                cwd: c("/"),
+            };
+            let pending = spawn(&spec).unwrap();
+            drop(spec);
+            // Usually before the child has run at all: it stops on its way out of the clone.
+            signal_process(pending.pidfd.as_fd(), libc::SIGSTOP).unwrap();
+            let pid = pending.pid;
+            let began = std::time::Instant::now();
+            match rt.block_on(pending.exec(within)) {
+                Err(SpawnError::Deadline { .. }) => {
+                    caught += 1;
+                    assert!(began.elapsed() < within + REAP_WAIT + Duration::from_secs(1));
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+                    assert!(stat.is_err(), "the stopped child was not reaped: {stat:?}");
+                }
+                Ok(spawned) => {
+                    // It got to exec first; let it finish.
+                    signal_process(spawned.pidfd.as_fd(), libc::SIGCONT).unwrap();
+                    wait(&spawned.pidfd);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(caught > 0, "no child was ever stopped before its exec");
     }
 
     #[test]
@@ -905,7 +890,7 @@ mod tests {
             identity: None,
             cwd: c("/"),
         };
-        let spawned = spawn(&spec);
+        let spawned = start(&spec);
         NO_CLONE3.store(false, Ordering::Relaxed);
         drop(spec);
         let spawned = spawned.unwrap();
