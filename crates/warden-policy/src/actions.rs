@@ -1170,7 +1170,7 @@ grace_s = 5
             ("user".to_owned(), "bob".to_owned()),
             ("pw".to_owned(), "hunter22".to_owned()),
         ]);
-        assert_eq!(a.stdin.unwrap().render(&values), "bob:hunter22\n");
+        assert_eq!(a.stdin.as_ref().unwrap().render(&values), "bob:hunter22\n");
 
         let got = problems("[[action]]\nname = \"a\"\nargv = [\"/bin/x\"]\nstdin = \"{nope}\"\n");
         assert!(
