@@ -51,8 +51,13 @@ pub fn status(s: &StatusResult) -> String {
     );
     let _ = writeln!(
         out,
-        "connections  {} open, {} accepted (max {}, {} per uid)",
-        s.connections.open, s.connections.accepted, l.max_connections, l.max_connections_per_uid
+        "connections  {} open, {} accepted (max {} + {} for admins, {} per uid; idle ones closed after {} ms)",
+        s.connections.open,
+        s.connections.accepted,
+        l.max_connections,
+        l.admin_reserve,
+        l.max_connections_per_uid,
+        l.idle_timeout_ms
     );
     let _ = writeln!(
         out,

@@ -90,7 +90,7 @@ fn human_output_is_short_and_json_is_the_wire_result() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("connections  1 open, 1 accepted (max 64, 16 per uid)")),
+            .any(|l| l.starts_with("connections  1 open, 1 accepted (max 64 + 8 for admins, 16 per uid; idle ones closed after 300000 ms)")),
         "{s}"
     );
     assert!(
