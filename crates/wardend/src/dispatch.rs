@@ -347,18 +347,7 @@ fn run_inline<'a>(
     request: Request,
 ) -> Result<Reply<'a>, Failure> {
     let method = request.method();
-    let decision = {
-        let ops = shared.brakes.ops();
-        let lockdown = shared.brakes.lockdown();
-        let runtime = Runtime {
-            ops: &ops,
-            lockdown: lockdown.as_ref(),
-            target: Target::Nothing,
-        };
-        shared
-            .policy()
-            .authorize(&s.peer, &s.listener, &request, &runtime)
-    };
+    let decision = judge(shared, &s.peer, &s.listener, &request, Target::Nothing);
     let tier = match decision {
         Decision::Allow { tier, .. } => tier,
         Decision::Deny { kind, reason, .. } => {
@@ -439,19 +428,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
     // One snapshot of the policy judges the request; what it judged (the action spec, the
     // kind and its hook) travels on in the decision, so a reload landing while the request's
     // record is flushed cannot make it run something the gate never saw.
-    // The read guards end with this block: nothing here waits while holding them.
-    let decision = {
-        let ops = shared.brakes.ops();
-        let lockdown = shared.brakes.lockdown();
-        let runtime = Runtime {
-            ops: &ops,
-            lockdown: lockdown.as_ref(),
-            target,
-        };
-        shared
-            .policy()
-            .authorize(&caller.peer, &caller.listener, &request, &runtime)
-    };
+    let decision = judge(&shared, &caller.peer, &caller.listener, &request, target);
     // A digest guard: the executable is hashed only now, and only when its digest is what
     // stands between this request and an allow.
     let decision = match decision {
@@ -541,6 +518,25 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
     }
 }
 
+/// The gate's decision on `request` from `peer`, under the brakes in force and one snapshot of
+/// the policy. The read guards end here: nothing waits while holding them.
+fn judge(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    listener: &ListenerPolicy,
+    request: &Request,
+    target: Target,
+) -> Decision {
+    let ops = shared.brakes.ops();
+    let lockdown = shared.brakes.lockdown();
+    let runtime = Runtime {
+        ops: &ops,
+        lockdown: lockdown.as_ref(),
+        target,
+    };
+    shared.policy().authorize(peer, listener, request, &runtime)
+}
+
 /// The gate's decision on a request it just refused, taken again with the caller's executable
 /// hashed, when a `[guards]` sha256 for its path could turn the refusal into an allow: the gate
 /// is asked first whether any digest it accepts would allow the request (pure, no I/O), and only
@@ -560,16 +556,7 @@ async fn judged_with_digest(
             exe_sha256: digest,
             ..PeerIdentity::clone(&caller.peer)
         };
-        let ops = shared.brakes.ops();
-        let lockdown = shared.brakes.lockdown();
-        let runtime = Runtime {
-            ops: &ops,
-            lockdown: lockdown.as_ref(),
-            target,
-        };
-        shared
-            .policy()
-            .authorize(&peer, &caller.listener, request, &runtime)
+        judge(shared, &peer, &caller.listener, request, target)
     };
     let accepted: Vec<[u8; 32]> = shared.policy().guards.digests_for(exe).collect();
     let mut standing = None;
