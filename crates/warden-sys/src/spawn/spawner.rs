@@ -24,8 +24,11 @@ use tokio::time::Instant;
 use super::clone::ChildStack;
 use super::{Pending, SpawnError, Spawned, Spec, signal_process};
 
-/// How many children may be between their clone and their exec at once.
-pub(super) const THREADS: usize = 4;
+/// How many children may be between their clone and their exec at once. Idle threads cost
+/// little (their stacks are mapped, not touched); a user that stops children running as it holds
+/// one each for at most the deadline, so there are enough for other jobs' starts to go on past a
+/// few such children.
+pub(super) const THREADS: usize = 16;
 /// How many clone requests may wait for a spawner thread.
 const QUEUE: usize = 64;
 /// How often the watchdog tries again to kill a child past its deadline, while the spawner
