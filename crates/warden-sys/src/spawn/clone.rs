@@ -101,6 +101,9 @@ pub(super) fn clone_child(
             });
         }
         NO_CLONE3.store(true, Ordering::Relaxed);
+        // These errors come from checking the arguments, before the kernel makes a pidfd; should
+        // one ever have been written, it was closed again and must not be signalled.
+        pidfd.store(-1, Ordering::Release);
     }
     plan.join_cgroup = plan.spec.cgroup.is_some();
     // SAFETY: fork in a multi-threaded process is sound as long as the child only makes
