@@ -1,10 +1,13 @@
-//! The child between its clone and `exec`: the privileged steps that turn a copy of the daemon
+//! The child between its clone and `exec`: the privileged steps that turn a clone of the daemon
 //! into a job's process, in an order that is part of the job's security.
 //!
-//! Only async-signal-safe calls are allowed here: everything the child needs (C strings, pointer
-//! arrays, descriptors, ids, buffers) was prepared by the parent before the clone, and the child
-//! makes raw system calls only. It never allocates, locks, or returns into the daemon's code: it
-//! executes the program, or reports the failed step on its report pipe and exits.
+//! Only async-signal-safe calls are allowed here: the child runs in the daemon's memory (or, on
+//! the fork fallback, a copy of it) while a spawner thread waits, so everything it needs (C
+//! strings, pointer arrays, descriptors, ids, buffers) was prepared by that thread before the
+//! clone, and the child makes raw system calls only. It never allocates, locks, or returns into
+//! the daemon's code (the one thread-local it writes is the waiting thread's `errno`, which that
+//! thread does not read until the child is gone): it executes the program, or reports the failed
+//! step on its report pipe and exits.
 
 use std::fmt;
 use std::os::fd::AsRawFd;
@@ -73,8 +76,8 @@ impl fmt::Display for Step {
 /// What a failed child writes on its report pipe: the step, then the errno, native-endian.
 pub(super) const REPORT_LEN: usize = 8;
 
-/// Data the child reads: raw pointers into its copy of the parent's memory, prepared before the
-/// clone because the child must not allocate.
+/// Data the child reads: raw pointers into the parent's memory (or its copy of it), prepared
+/// before the clone because the child must not allocate.
 pub(super) struct ChildPlan<'a> {
     pub spec: &'a Spec,
     pub argv: Vec<*const libc::c_char>,
@@ -90,6 +93,10 @@ pub(super) struct ChildPlan<'a> {
     pub parent: libc::pid_t,
     /// Whether the child still has to move itself into its cgroup (fallback path).
     pub join_cgroup: bool,
+    /// Tests only: the child stops itself right before `exec`, as a process of the job's user
+    /// could stop it.
+    #[cfg(test)]
+    pub stop_before_exec: bool,
 }
 
 /// The child's whole life. Never returns: it executes the program, or exits 127 after reporting
@@ -152,9 +159,9 @@ fn steps(plan: &mut ChildPlan<'_>) -> Result<std::convert::Infallible, (Step, i3
     let spec = plan.spec;
     // SAFETY: every call in this block is a raw, async-signal-safe system call on values the
     // parent prepared before the clone (integers, C strings and pointer arrays that stay alive
-    // in this copy of its memory, descriptors it opened, and a buffer it allocated that is only
-    // written through its own pointer and length). Nothing allocates, locks or touches Rust
-    // runtime state.
+    // and unchanged while the spawner thread waits for this child, descriptors it opened, and a
+    // buffer it allocated that is only written through its own pointer and length). Nothing
+    // allocates, locks or touches Rust runtime state.
     unsafe {
         check(Step::Session, libc::setsid())?;
         if plan.join_cgroup
@@ -280,6 +287,15 @@ fn steps(plan: &mut ChildPlan<'_>) -> Result<std::convert::Infallible, (Step, i3
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        #[cfg(test)]
+        if plan.stop_before_exec {
+            // Raw calls: the C library's cached thread id would name the spawner thread.
+            libc::syscall(
+                libc::SYS_kill,
+                libc::syscall(libc::SYS_getpid),
+                libc::SIGSTOP,
+            );
+        }
         libc::execve(
             spec.program.as_ptr(),
             plan.argv.as_ptr(),

@@ -1,69 +1,42 @@
 //! Starting a job's process and signalling it through its pidfd.
 //!
-//! The child is made with `clone3`: `CLONE_INTO_CGROUP` creates it directly inside the job's
-//! cgroup (moving a running process there instead takes the kernel's global cgroup lock for
-//! writing, which can wait for an RCU grace period: milliseconds per job), `CLONE_PIDFD` hands
-//! back a pidfd in the same call (so no moment exists in which the pid could name another
-//! process), and `CLONE_CLEAR_SIGHAND` resets every signal handler to its default in the child.
-//! Kernels without `clone3` or its flags (before 5.7) get `fork` plus `pidfd_open`, and the child
-//! moves itself into its cgroup.
-//!
-//! The child gets a copy of the daemon's memory, like `fork`, and the daemon never waits for it
-//! in a way it cannot bound: once the child has switched to the job's user, every process of
-//! that user may stop it (`kill(-1, SIGSTOP)`) before it reaches `exec`. A child that borrowed
-//! the daemon's memory (`CLONE_VM | CLONE_VFORK`) would hold the calling thread until then, and
-//! a stopped one would hold it for good. [`spawn`] therefore returns at once with a [`Pending`]
-//! child; [`Pending::exec`] awaits the child's report, asynchronously and with a deadline, and
-//! kills the child through its pidfd when the deadline passes.
+//! The child is made with `clone3` and borrows the daemon's memory until it executes its program
+//! (see `clone`: no copy of the daemon's memory, no copy-on-write faults after), inside the
+//! job's cgroup, with its pidfd from the same call. The calling thread is suspended meanwhile,
+//! and once the child has switched to the job's user every process of that user may stop it
+//! before it reaches `exec` (`kill(-1, SIGSTOP)`). So the clone runs only on dedicated spawner
+//! threads, and a watchdog on the caller's runtime kills a child through its pidfd when it has
+//! not reached `exec` by the deadline (see `spawner`): no thread that serves connections ever
+//! waits on a child, and a stopped child holds a spawner thread for at most the deadline.
 //!
 //! What the child does between the clone and `exec` is in [`child`]; it never returns into the
 //! daemon's code.
 
 mod child;
+mod clone;
+mod spawner;
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub use self::child::Step;
 use self::child::{ChildPlan, REPORT_LEN};
+use self::clone::ChildStack;
 
 /// The descriptor number a job finds its status pipe on (`WARDEN_STATUS_FD`).
 pub const STATUS_FD: i32 = 3;
 
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9 uapi): signal the pidfd's process group.
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
-/// `clone3` flags (Linux uapi `sched.h`).
-const CLONE_PIDFD: u64 = 0x1000;
-const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// How long a child killed before its exec may take to be reaped before a background task
 /// takes over the reaping.
 const REAP_WAIT: Duration = Duration::from_secs(2);
-
-/// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
-#[repr(C)]
-#[derive(Debug, Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// Set when `clone3` with our flags turned out to be unavailable, so later spawns go straight
-/// to the fallback.
-static NO_CLONE3: AtomicBool = AtomicBool::new(false);
 
 /// Who the job runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,19 +117,18 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
 }
 
-/// A child that [`spawn`] made and that has not yet been seen to reach `exec`. Dropping it
-/// without [`Pending::exec`] leaves the child to run, unsupervised: don't.
+/// A child that was cloned and has not yet been seen to reach `exec`.
 #[derive(Debug)]
-#[must_use = "a pending child must be awaited with `exec`, which kills it if it never gets there"]
-pub struct Pending {
-    pub pid: i32,
-    pub pidfd: OwnedFd,
+struct Pending {
+    pid: i32,
+    pidfd: OwnedFd,
     /// Read end of the report pipe: end-of-file when the child executed its program, or
     /// [`REPORT_LEN`] bytes naming the step that failed.
     report: OwnedFd,
 }
 
-/// Starts a job's process and returns without waiting for it. The child, in order:
+/// Starts a job's process and waits, asynchronously and until `within` has passed at most,
+/// until it has executed its program. The child, in order:
 /// 1. starts a new session and process group, so the job can be signalled as a group;
 /// 2. (fallback only) moves itself into the job's cgroup;
 /// 3. closes every descriptor but the job's four and its report pipe, still privileged, so no
@@ -170,11 +142,22 @@ pub struct Pending {
 /// 8. marks every other descriptor close-on-exec, so nothing of the daemon's leaks into the job;
 /// 9. resets every signal disposition, unblocks signals and executes the program.
 ///
-/// A failing step is reported through [`Pending::exec`], and the program never runs.
+/// A failing step fails the call with [`SpawnError::Child`] naming it, and the program never
+/// runs. A child that has not reached `exec` by the deadline (stopped by a process of the job's
+/// user, or stuck in a step) is killed through its pidfd and reaped, and the call fails with
+/// [`SpawnError::Deadline`].
 ///
-/// The parent-death signal fires when the *thread* calling this exits: call it from a thread
-/// that lives as long as the daemon. The call itself does not wait for the child.
-pub fn spawn(spec: &Spec) -> Result<Pending, SpawnError> {
+/// The clone runs on one of a few spawner threads that live as long as the daemon (the
+/// parent-death signal fires when the *thread* that cloned the child exits), never on the
+/// caller's thread. Must run inside a tokio runtime. `spec` is dropped (the parent's copies of
+/// the job's descriptors closed) right after the clone.
+pub async fn spawn(spec: Spec, within: Duration) -> Result<Spawned, SpawnError> {
+    spawner::spawn(spec, Instant::now() + within, within).await
+}
+
+/// On a spawner thread: clones the child of `spec`, with `stack` as its stack while it shares
+/// the daemon's memory; the kernel writes the child's pidfd into `pidfd` before it runs.
+fn clone_job(spec: &Spec, stack: &ChildStack, pidfd: &AtomicI32) -> Result<Pending, SpawnError> {
     let argv: Vec<*const libc::c_char> = spec
         .argv
         .iter()
@@ -187,13 +170,8 @@ pub fn spawn(spec: &Spec) -> Result<Pending, SpawnError> {
         .map(|e| e.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
-    let (report_r, report_w) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
-            SpawnError::Prepare {
-                step: "making the report pipe",
-                source: e.into(),
-            }
-        })?;
+    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| SpawnError::prepare("making the report pipe")(e.into()))?;
     let mut keep: Vec<libc::c_uint> = [
         &spec.stdin,
         &spec.stdout,
@@ -215,15 +193,16 @@ pub fn spawn(spec: &Spec) -> Result<Pending, SpawnError> {
         keep,
         parent: std::process::id() as libc::pid_t,
         join_cgroup: false,
+        #[cfg(test)]
+        stop_before_exec: spec
+            .argv
+            .get(1)
+            .is_some_and(|a| a.as_bytes() == tests::STOP_BEFORE_EXEC.as_bytes()),
     };
-
-    // No signal may run a handler of the daemon's in the child between the clone and exec.
-    let all = SigMask::block_all().map_err(SpawnError::prepare("blocking signals"))?;
-    let spawned = clone_child(&mut plan);
-    drop(all);
+    let cloned = clone::clone_child(&mut plan, stack, pidfd);
     // Only the child holds the write end now: its exec or exit ends the report.
     drop(report_w);
-    let (pid, pidfd) = spawned?;
+    let (pid, pidfd) = cloned?;
     Ok(Pending {
         pid,
         pidfd,
@@ -239,26 +218,30 @@ enum Report {
 }
 
 impl Pending {
-    /// Waits, asynchronously and for at most `within`, until the child has executed its program
-    /// or reported a failed step. A child that did not get there in time (stopped by a process
-    /// of the job's user, or stuck in a step) is killed through its pidfd; a failed or killed
-    /// child is reaped, in the background if it takes longer than a moment. Must run inside a
-    /// tokio runtime.
-    pub async fn exec(self, within: Duration) -> Result<Spawned, SpawnError> {
+    /// Waits, asynchronously and until `deadline` at most, until the child has executed its
+    /// program or reported a failed step (on the shared-memory path both happened already: the
+    /// report is complete). A child that did not get there in time is killed through its pidfd;
+    /// a failed or killed child is reaped.
+    async fn exec(self, deadline: Instant, within: Duration) -> Result<Spawned, SpawnError> {
         let Pending { pid, pidfd, report } = self;
-        let outcome = match tokio::time::timeout(within, read_report(report)).await {
+        let outcome = match tokio::time::timeout_at(deadline, read_report(report)).await {
             Ok(Ok(Report::Executed)) => return Ok(Spawned { pid, pidfd }),
             Ok(Ok(Report::Failed(e))) | Ok(Err(e)) => e,
             Err(_) => SpawnError::Deadline { within },
         };
-        // The program never ran: the child must not live on (a stopped one would stay so).
-        let _ = signal_process(pidfd.as_fd(), libc::SIGKILL);
-        if let Ok(fd) = async_pidfd(pidfd) {
-            let reaper = tokio::spawn(reap_when_exited(fd));
-            // Past the wait the task carries on alone: the caller is not held any longer.
-            let _ = tokio::time::timeout(REAP_WAIT, reaper).await;
-        }
+        abandon(pidfd).await;
         Err(outcome)
+    }
+}
+
+/// Kills a child whose program must not run (a stopped one would stay so), and reaps it, in the
+/// background if that takes longer than a moment.
+async fn abandon(pidfd: OwnedFd) {
+    let _ = signal_process(pidfd.as_fd(), libc::SIGKILL);
+    if let Ok(fd) = async_pidfd(pidfd) {
+        let reaper = tokio::spawn(reap_when_exited(fd));
+        // Past the wait the task carries on alone: the caller is not held any longer.
+        let _ = tokio::time::timeout(REAP_WAIT, reaper).await;
     }
 }
 
@@ -316,102 +299,6 @@ async fn reap_when_exited(pidfd: tokio::io::unix::AsyncFd<OwnedFd>) {
             }
             Ok(false) => ready.clear_ready(),
             Err(_) => return,
-        }
-    }
-}
-
-/// Blocks every signal in this thread until dropped.
-struct SigMask(libc::sigset_t);
-
-impl SigMask {
-    fn block_all() -> io::Result<SigMask> {
-        // SAFETY: sigset_t is plain data; sigfillset initialises it fully before it is used,
-        // and pthread_sigmask writes the previous mask into `old`, which we own.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
-            }
-            Ok(SigMask(old))
-        }
-    }
-}
-
-impl Drop for SigMask {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved by block_all, a fully initialised sigset_t.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Clones the child, which runs [`child::main`] and never returns; returns its pid and pidfd.
-fn clone_child(plan: &mut ChildPlan<'_>) -> Result<(i32, OwnedFd), SpawnError> {
-    if !NO_CLONE3.load(Ordering::Relaxed) {
-        let mut pidfd: libc::c_int = -1;
-        let mut args = CloneArgs {
-            // No CLONE_VM, no CLONE_VFORK: the child gets a copy of the daemon's memory, and
-            // this thread goes on at once instead of waiting for the child's exec.
-            flags: CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
-            pidfd: (&raw mut pidfd) as u64,
-            exit_signal: libc::SIGCHLD as u64,
-            ..CloneArgs::default()
-        };
-        if let Some(dir) = &plan.spec.cgroup {
-            args.flags |= CLONE_INTO_CGROUP;
-            args.cgroup = dir.as_raw_fd() as u64;
-        }
-        // SAFETY: `args` is a live, correctly sized clone_args without a stack of its own
-        // (stack 0, size 0): like fork, the child goes on from this call on a copy of this
-        // thread's stack, in a copy of the daemon's memory, so returning from the syscall
-        // wrapper is sound in both processes. The child then runs only child::main, which
-        // makes async-signal-safe calls until exec and never returns. The kernel writes the
-        // pidfd into `pidfd`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &raw mut args,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        if rc == 0 {
-            child::main(plan);
-        }
-        if rc > 0 {
-            // SAFETY: on success the kernel stored a new pidfd in `pidfd` for this call only.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-            return Ok((rc as i32, pidfd));
-        }
-        let err = io::Error::last_os_error();
-        if !matches!(
-            err.raw_os_error(),
-            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG)
-        ) {
-            return Err(SpawnError::Prepare {
-                step: "cloning the child",
-                source: err,
-            });
-        }
-        NO_CLONE3.store(true, Ordering::Relaxed);
-    }
-    plan.join_cgroup = plan.spec.cgroup.is_some();
-    // SAFETY: fork in a multi-threaded process is sound as long as the child only makes
-    // async-signal-safe calls until exec, which child::main guarantees.
-    let pid = unsafe { libc::fork() };
-    match pid {
-        -1 => Err(SpawnError::prepare("forking the child")(
-            io::Error::last_os_error(),
-        )),
-        0 => child::main(plan),
-        pid => {
-            // Nothing has waited on the child, so its pid cannot have been reused yet.
-            let pidfd = crate::process::pidfd_open(pid)
-                .map_err(SpawnError::prepare("opening the child's pidfd"))?;
-            Ok((pid, pidfd))
         }
     }
 }
@@ -588,14 +475,59 @@ mod tests {
         status: OwnedFd,
     }
 
-    /// Spawns and awaits the exec, as the daemon does.
-    fn start(spec: &Spec) -> Result<Spawned, SpawnError> {
-        let pending = spawn(spec)?;
+    /// `argv[1]` that makes a test child stop itself right before its exec.
+    pub(super) const STOP_BEFORE_EXEC: &str = "--warden-test-stop-before-exec";
+
+    fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(pending.exec(Duration::from_secs(10)))
+    }
+
+    /// Spawns and awaits the exec, as the daemon does.
+    fn start(spec: Spec) -> Result<Spawned, SpawnError> {
+        runtime().block_on(spawn(spec, Duration::from_secs(10)))
+    }
+
+    /// A spec for `argv` with its output and status pipes thrown away.
+    fn quiet(argv: &[&str]) -> Spec {
+        let (_out_r, out_w) = pipe().unwrap();
+        let (_st_r, st_w) = pipe().unwrap();
+        Spec {
+            program: c(argv[0]),
+            argv: argv.iter().copied().map(c).collect(),
+            env: vec![],
+            stdin: std::fs::File::open("/dev/null").unwrap().into(),
+            stdout: out_w.try_clone().unwrap(),
+            stderr: out_w,
+            status: st_w,
+            cgroup: None,
+            identity: None,
+            cwd: c("/"),
+        }
+    }
+
+    /// Held by the tests that stop children, so one does not see another's stopped children.
+    static STOPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Children of this process that are stopped (state `T`).
+    fn stopped_children() -> Vec<i32> {
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                let Some((_, rest)) = stat.rsplit_once(") ") else {
+                    return false;
+                };
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                fields.first() == Some(&"T") && fields.get(1) == Some(&me.as_str())
+            })
+            .collect()
     }
 
     fn run(program: &str, args: &[&str], cwd: &str) -> Result<Run, SpawnError> {
@@ -616,8 +548,7 @@ mod tests {
             identity: None,
             cwd: c(cwd),
         };
-        let spawned = start(&spec)?;
-        drop(spec);
+        let spawned = start(spec)?;
         Ok(Run {
             spawned,
             out: out_r,
@@ -698,56 +629,59 @@ mod tests {
         );
     }
 
-    /// Pins: a child stopped before its exec holds nobody: waiting for it ends at the deadline,
-    /// with the child killed and reaped.
+    /// Pins: a child stopped right before its exec (as a process of the job's user may stop it)
+    /// holds nobody: the spawn fails at the deadline, with the child killed and reaped.
     #[test]
     fn a_child_stopped_before_exec_is_killed_at_the_deadline() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let _one = STOPPING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rt = runtime();
         let within = Duration::from_millis(300);
-        let mut caught = 0;
-        for _ in 0..20 {
-            if caught == 3 {
-                break;
+        let began = std::time::Instant::now();
+        let err = rt
+            .block_on(spawn(quiet(&["/bin/true", STOP_BEFORE_EXEC]), within))
+            .unwrap_err();
+        assert!(matches!(err, SpawnError::Deadline { .. }), "{err:?}");
+        assert!(began.elapsed() < within + REAP_WAIT + Duration::from_secs(1));
+        assert_eq!(
+            stopped_children(),
+            Vec::<i32>::new(),
+            "a stopped child remains"
+        );
+    }
+
+    /// Pins: stopped children tie up the spawner threads only until their deadline: more of them
+    /// at once than there are spawner threads all fail in time, and the next spawn works.
+    #[test]
+    fn stopped_children_release_their_spawner_threads_at_the_deadline() {
+        let _one = STOPPING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rt = runtime();
+        let within = Duration::from_millis(300);
+        let began = std::time::Instant::now();
+        let results = rt.block_on(async {
+            let tasks: Vec<_> = (0..spawner::THREADS + 2)
+                .map(|_| tokio::spawn(spawn(quiet(&["/bin/true", STOP_BEFORE_EXEC]), within)))
+                .collect();
+            let mut results = Vec::new();
+            for t in tasks {
+                results.push(t.await.unwrap());
             }
-            let (_out_r, out_w) = pipe().unwrap();
-            let (_st_r, st_w) = pipe().unwrap();
-            let spec = Spec {
-                program: c("/bin/true"),
-                argv: vec![c("/bin/true")],
-                env: vec![],
-                stdin: std::fs::File::open("/dev/null").unwrap().into(),
-                stdout: out_w.try_clone().unwrap(),
-                stderr: out_w,
-                status: st_w,
-                cgroup: None,
-                identity: None,
-                cwd: c("/"),
-            };
-            let pending = spawn(&spec).unwrap();
-            drop(spec);
-            // Usually before the child has run at all: it stops on its way out of the clone.
-            signal_process(pending.pidfd.as_fd(), libc::SIGSTOP).unwrap();
-            let pid = pending.pid;
-            let began = std::time::Instant::now();
-            match rt.block_on(pending.exec(within)) {
-                Err(SpawnError::Deadline { .. }) => {
-                    caught += 1;
-                    assert!(began.elapsed() < within + REAP_WAIT + Duration::from_secs(1));
-                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
-                    assert!(stat.is_err(), "the stopped child was not reaped: {stat:?}");
-                }
-                Ok(spawned) => {
-                    // It got to exec first; let it finish.
-                    signal_process(spawned.pidfd.as_fd(), libc::SIGCONT).unwrap();
-                    wait(&spawned.pidfd);
-                }
-                Err(e) => panic!("{e}"),
-            }
+            results
+        });
+        for r in results {
+            assert!(matches!(r, Err(SpawnError::Deadline { .. })), "{r:?}");
         }
-        assert!(caught > 0, "no child was ever stopped before its exec");
+        assert!(began.elapsed() < within + REAP_WAIT + Duration::from_secs(1));
+        let spawned = start(quiet(&["/bin/true"])).unwrap();
+        assert!(wait(&spawned.pidfd).success());
+        assert_eq!(
+            stopped_children(),
+            Vec::<i32>::new(),
+            "a stopped child remains"
+        );
     }
 
     #[test]
@@ -875,7 +809,7 @@ mod tests {
         let name = format!("warden-sys-test-{}", std::process::id());
         let dir = std::path::Path::new(&mount).join(&own).join(&name);
         std::fs::create_dir(&dir).unwrap();
-        NO_CLONE3.store(true, Ordering::Relaxed);
+        clone::NO_CLONE3.store(true, Ordering::Relaxed);
         let (out_r, out_w) = pipe().unwrap();
         let (_st_r, st_w) = pipe().unwrap();
         let spec = Spec {
@@ -890,9 +824,8 @@ mod tests {
             identity: None,
             cwd: c("/"),
         };
-        let spawned = start(&spec);
-        NO_CLONE3.store(false, Ordering::Relaxed);
-        drop(spec);
+        let spawned = start(spec);
+        clone::NO_CLONE3.store(false, Ordering::Relaxed);
         let spawned = spawned.unwrap();
         let mut out = String::new();
         std::fs::File::from(out_r).read_to_string(&mut out).unwrap();

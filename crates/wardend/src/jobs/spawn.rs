@@ -2,8 +2,8 @@
 //! environment cleared down to what the action allows, the identity the action names, its own
 //! cgroup, stdin from the action's `stdin` or `/dev/null`, stdout and stderr into one pipe, the
 //! status pipe on fd 3. The hand-over from the clone to the program's exec is awaited with a
-//! deadline and never holds a runtime thread: a process of the job's user may stop the child in
-//! between.
+//! deadline and never holds a runtime thread (the clone runs on warden-sys's spawner threads): a
+//! process of the job's user may stop the child in between.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -132,9 +132,9 @@ fn prepare(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
 
 /// Starts `argv` for `job` under `action`'s identity, environment and working directory, inside
 /// `cgroup` when there is one, with `stdin` (or nothing) to read, and waits until the program
-/// runs: for at most [`EXEC_DEADLINE`], asynchronously. The clone itself happens on the calling
-/// runtime worker thread, never a blocking-pool thread: the child's parent-death signal fires
-/// when the *thread* that spawned it exits, and worker threads live as long as the daemon.
+/// runs: for at most [`EXEC_DEADLINE`], asynchronously. The clone itself happens on one of
+/// warden-sys's spawner threads, which live as long as the daemon (the child's parent-death
+/// signal fires when the *thread* that cloned it exits).
 pub(crate) async fn start(
     action: &ActionSpec,
     identity: Option<Identity>,
@@ -186,11 +186,9 @@ pub(crate) async fn start(
         identity,
         cwd: c_string(cwd.as_os_str().as_bytes().to_vec())?,
     };
-    let pending = warden_sys::spawn::spawn(&spec);
-    // The spec holds the parent's copies of both pipes' write ends: without this drop the pipes
-    // would never reach end-of-file.
-    drop(spec);
-    let spawned = pending?.exec(EXEC_DEADLINE).await?;
+    // The spec holds the parent's copies of both pipes' write ends: spawn drops it right after
+    // the clone, so the pipes reach end-of-file when the job's process closes its own.
+    let spawned = warden_sys::spawn::spawn(spec, EXEC_DEADLINE).await?;
     Ok(Running {
         pid: spawned.pid,
         pidfd: warden_sys::spawn::async_pidfd(spawned.pidfd)
