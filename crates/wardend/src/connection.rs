@@ -24,10 +24,11 @@ use warden_proto::error::code;
 use warden_proto::{ErrorKind, FrameDecoder, FrameError, RpcError};
 use warden_sys::peer::PeerCred;
 
-use crate::dispatch::{self, Later, Outcome, Session, correlation_id, framed_error};
+use crate::call::{Session, correlation_id, framed_error};
+use crate::dispatch::{self, Later, Outcome};
 use crate::identity;
 use crate::limits::{Slot, TokenBucket};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 1024;
@@ -70,7 +71,7 @@ impl Future for Running {
 /// a connection that only asks `status` does not pay for it.
 struct Tasks {
     /// Where running requests send notifications (job output, events) on the way.
-    tx: dispatch::Outbound,
+    tx: crate::call::Outbound,
     rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     running: FuturesUnordered<Running>,
     /// Final answers held back until the notifications their requests queued before them are

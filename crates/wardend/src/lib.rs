@@ -9,6 +9,7 @@
 mod alerts;
 mod audit;
 mod brakes;
+mod call;
 mod connection;
 mod dispatch;
 pub mod doctor;
@@ -25,6 +26,7 @@ pub mod notify;
 pub mod resources;
 pub mod server;
 pub mod settings;
+mod state;
 mod stats;
 
 pub use jobs::JobsError;

@@ -132,7 +132,7 @@ fn faulted(name: &str, fault: Fault) -> io::Result<()> {
 /// `prefix` and 16 random hex digits (uniqueness only: the base directory is not writable by
 /// others), made as a correlation id is.
 fn work_name(prefix: &str) -> String {
-    format!("{prefix}{}", crate::dispatch::correlation_id())
+    format!("{prefix}{}", crate::call::correlation_id())
 }
 
 fn io_failure(what: &str, e: &io::Error) -> ResourceError {

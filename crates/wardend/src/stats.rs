@@ -1,9 +1,12 @@
-//! Counters shown by `status`: connections, protocol violations by class, refusals. Plain
-//! relaxed atomics: each counter is independent and only ever read for reporting.
+//! What `status` reports: counters (connections, protocol violations by class, refusals) as
+//! plain relaxed atomics, each independent and only ever read for reporting; and the parts
+//! that do not change while a policy is in force, serialized once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use warden_proto::messages::{ConnectionCounts, RefusalCounts, ViolationCounts};
+use serde_json::value::RawValue;
+use warden_policy::Policy;
+use warden_proto::messages::{ConnectionCounts, ListenerInfo, RefusalCounts, ViolationCounts};
 
 /// One monotonically increasing count.
 #[derive(Debug, Default)]
@@ -69,5 +72,31 @@ impl Stats {
             rate_limited_uid: self.rate_limited_uid.get(),
             identity_unreadable: self.identity_unreadable.get(),
         }
+    }
+}
+
+/// The parts of `status` that do not change while a policy is in force, serialized once.
+/// Rebuild it whenever the policy changes.
+#[derive(Debug)]
+pub(crate) struct StaticStatus {
+    pub(crate) limits: Box<RawValue>,
+    pub(crate) listeners: Box<RawValue>,
+}
+
+impl StaticStatus {
+    pub(crate) fn new(policy: &Policy) -> serde_json::Result<StaticStatus> {
+        let listeners: Vec<ListenerInfo> = policy.listeners.iter().map(listener_info).collect();
+        Ok(StaticStatus {
+            limits: serde_json::value::to_raw_value(&policy.limits)?,
+            listeners: serde_json::value::to_raw_value(&listeners)?,
+        })
+    }
+}
+
+/// The wire view of a listener.
+pub(crate) fn listener_info(l: &warden_policy::ListenerPolicy) -> ListenerInfo {
+    ListenerInfo {
+        path: l.path.to_string_lossy().into_owned(),
+        max_tier: l.max_tier,
     }
 }

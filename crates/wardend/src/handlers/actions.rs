@@ -7,8 +7,8 @@ use warden_proto::ErrorKind;
 use warden_proto::jobs::{ActionInfo, ActionList};
 use warden_proto::request::ActionParams;
 
-use crate::dispatch::{Failure, Session};
-use crate::server::Shared;
+use crate::call::{Failure, Session};
+use crate::state::Shared;
 
 pub(super) fn list(shared: &Shared, s: &Session) -> ActionList {
     let ops = shared.brakes.ops();

@@ -7,8 +7,8 @@ use warden_proto::request::{AuditQueryParams, MAX_AUDIT_RECORDS};
 
 use super::Reply;
 use crate::audit::{self, Verdict};
-use crate::dispatch::Failure;
-use crate::server::Shared;
+use crate::call::Failure;
+use crate::state::Shared;
 
 pub(super) async fn verify(shared: &Shared) -> Result<Reply<'static>, Failure> {
     // Everything written so far is on disk first, so the file can be held against the head.

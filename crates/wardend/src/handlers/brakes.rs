@@ -9,8 +9,8 @@ use warden_proto::messages::{LockdownResult, OpsResult};
 use warden_proto::request::{LockdownParams, OpsSetParams};
 
 use super::{Reply, lockdown_info};
-use crate::dispatch::{Caller, Failure};
-use crate::server::Shared;
+use crate::call::{Caller, Failure};
+use crate::state::Shared;
 
 /// Longest `reason`, which everyone refused during a lockdown reads.
 const MAX_REASON: usize = 256;

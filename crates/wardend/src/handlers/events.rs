@@ -10,9 +10,9 @@ use warden_proto::{ErrorKind, Tier};
 
 use super::Reply;
 use super::jobs::send;
-use crate::dispatch::{Caller, Failure, Outbound};
+use crate::call::{Caller, Failure, Outbound};
 use crate::events::TOPICS;
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub(super) async fn subscribe(
     shared: &Shared,

@@ -10,8 +10,8 @@ use warden_proto::request::{ExplainParams, JobStartParams};
 use warden_proto::{ErrorKind, Gid, Method, Request, Uid};
 
 use super::Reply;
-use crate::dispatch::Failure;
-use crate::server::Shared;
+use crate::call::Failure;
+use crate::state::Shared;
 
 fn bad(message: String) -> Failure {
     Failure::new(ErrorKind::BadRequest, message)

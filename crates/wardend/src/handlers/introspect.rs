@@ -2,17 +2,17 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use warden_policy::Policy;
 use warden_proto::PROTOCOL_VERSION;
 use warden_proto::messages::{
-    ConnectionCounts, DaemonMode, JobCounts, ListenerInfo, LockdownInfo, RefusalCounts,
-    ViolationCounts, WhoamiResult,
+    ConnectionCounts, DaemonMode, JobCounts, LockdownInfo, RefusalCounts, ViolationCounts,
+    WhoamiResult,
 };
 
+use super::peer_info;
 use super::session::DAEMON_VERSION;
-use super::{listener_info, peer_info};
-use crate::dispatch::Session;
-use crate::server::Shared;
+use crate::call::Session;
+use crate::state::Shared;
+use crate::stats::listener_info;
 
 pub(super) fn whoami(shared: &Shared, s: &Session) -> WhoamiResult {
     let effective = shared.policy().effective(&s.peer, &s.listener);
@@ -26,24 +26,6 @@ pub(super) fn whoami(shared: &Shared, s: &Session) -> WhoamiResult {
         capped: effective.capped,
         granted: effective.granted,
         listener: listener_info(&s.listener),
-    }
-}
-
-/// The parts of `status` that do not change while a policy is in force, serialized once.
-/// Rebuild it whenever the policy changes.
-#[derive(Debug)]
-pub(crate) struct StaticStatus {
-    limits: Box<RawValue>,
-    listeners: Box<RawValue>,
-}
-
-impl StaticStatus {
-    pub(crate) fn new(policy: &Policy) -> serde_json::Result<StaticStatus> {
-        let listeners: Vec<ListenerInfo> = policy.listeners.iter().map(listener_info).collect();
-        Ok(StaticStatus {
-            limits: serde_json::value::to_raw_value(&policy.limits)?,
-            listeners: serde_json::value::to_raw_value(&listeners)?,
-        })
     }
 }
 
@@ -97,6 +79,7 @@ fn job_counts(shared: &Shared) -> JobCounts {
 mod tests {
     use super::*;
     use crate::settings::Settings;
+    use crate::stats::StaticStatus;
     use warden_proto::messages::StatusResult;
 
     /// Pins: the spliced status answer is byte for byte the protocol's `StatusResult`.

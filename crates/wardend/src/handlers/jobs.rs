@@ -17,11 +17,11 @@ use warden_proto::{ErrorKind, JobId, Request};
 use warden_sys::fs::Beneath;
 
 use super::Reply;
-use crate::dispatch::{Caller, Failure, Outbound, framed_notification};
+use crate::call::{Caller, Failure, Outbound, framed_notification};
 use crate::fswork::FsWorkError;
 use crate::jobs::output::{self, Chunk};
 use crate::jobs::{CancelError, StartError, StartRequest};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Largest piece of output in one answer or notification.
 const LOG_CHUNK: usize = 64 * 1024;

@@ -11,21 +11,19 @@ pub(crate) mod jobs;
 mod resources;
 mod session;
 
-pub(crate) use introspect::StaticStatus;
-
 use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_policy::gate::{Judged, Target};
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
     AlertsResult, AuditQueryResult, AuditVerifyResult, DoctorFinding, DoctorResult, ExplainResult,
-    HealthResult, HelloResult, ListenerInfo, LockdownInfo, LockdownResult, OpsResult, PeerInfo,
+    HealthResult, HelloResult, LockdownInfo, LockdownResult, OpsResult, PeerInfo,
     PolicyReloadResult, ResourceInfo, ResourceList, VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
-use crate::dispatch::{Failure, Session};
-use crate::server::Shared;
+use crate::call::{Failure, Session};
+use crate::state::Shared;
 
 /// A handler's typed result, serialized once, straight into the answer frame.
 #[derive(Debug, Serialize)]
@@ -87,9 +85,9 @@ pub(crate) fn runs_later(request: &Request) -> bool {
 /// saw it, and the declarations it judged (which run as judged, whatever a reload did since).
 pub(crate) async fn run_later(
     shared: std::sync::Arc<Shared>,
-    caller: std::sync::Arc<crate::dispatch::Caller>,
+    caller: std::sync::Arc<crate::call::Caller>,
     request: Request,
-    out: crate::dispatch::Outbound,
+    out: crate::call::Outbound,
     tier: Tier,
     target: Target,
     judged: Judged,
@@ -119,9 +117,9 @@ pub(crate) async fn run_later(
 /// [`run_later`] for requests whose gate judged no declaration.
 async fn run_judged_nothing(
     shared: std::sync::Arc<Shared>,
-    caller: std::sync::Arc<crate::dispatch::Caller>,
+    caller: std::sync::Arc<crate::call::Caller>,
     request: Request,
-    out: crate::dispatch::Outbound,
+    out: crate::call::Outbound,
     tier: Tier,
     seen: Option<warden_proto::Uid>,
 ) -> Result<Reply<'static>, Failure> {
@@ -233,13 +231,5 @@ fn peer_info(p: &PeerIdentity) -> PeerInfo {
         pid: p.pid,
         groups: p.groups.clone(),
         exe: p.exe.as_ref().map(|e| e.to_string_lossy().into_owned()),
-    }
-}
-
-/// The wire view of a listener.
-fn listener_info(l: &warden_policy::ListenerPolicy) -> ListenerInfo {
-    ListenerInfo {
-        path: l.path.to_string_lossy().into_owned(),
-        max_tier: l.max_tier,
     }
 }

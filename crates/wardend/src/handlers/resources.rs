@@ -17,9 +17,9 @@ use warden_proto::request::{
 use warden_proto::{ErrorKind, JobId, Tier, Uid};
 
 use super::Reply;
-use crate::dispatch::{Caller, Failure};
+use crate::call::{Caller, Failure};
 use crate::resources::{Entry, Owner, ResourceError};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The answer for a resource the caller may not see or that does not exist: the same text the
 /// gate gives, so the two cannot be told apart.

@@ -4,9 +4,10 @@ use warden_proto::messages::{HealthResult, HelloResult, VersionResult};
 use warden_proto::request::HelloParams;
 use warden_proto::{ErrorKind, PROTOCOL_VERSION, Tier};
 
-use super::{listener_info, peer_info};
-use crate::dispatch::{Caller, Failure, Session};
-use crate::server::Shared;
+use super::peer_info;
+use crate::call::{Caller, Failure, Session};
+use crate::state::Shared;
+use crate::stats::listener_info;
 
 /// Optional protocol features this daemon implements (none yet).
 const SUPPORTED_FEATURES: &[&str] = &[];
