@@ -392,7 +392,7 @@ pub(crate) async fn later(shared: Arc<Shared>, later: Later, out: Outbound) -> O
         Err(panic) => Err(panicked(method, panic.as_ref())),
     };
     if let Some(mut event) = owed.as_mut().and_then(|o| o.event.take()) {
-        event.event = "request.outcome".into();
+        event.event = audit::Kind::RequestOutcome;
         match &result {
             Ok(handlers::Reply::Started(s)) => {
                 event.outcome = Some("ok".into());
@@ -491,7 +491,7 @@ struct Owed<'a> {
 impl Drop for Owed<'_> {
     fn drop(&mut self) {
         if let Some(mut event) = self.event.take() {
-            event.event = "request.outcome".into();
+            event.event = audit::Kind::RequestOutcome;
             event.outcome = Some("unfinished".into());
             event.reason = Some("stopped before it finished; what it had done may remain".into());
             self.audit.record(event);
@@ -539,7 +539,7 @@ fn audited(caller: &Caller, request: &Request, judged: &Judged) -> Option<audit:
         peer: Some(audit_peer(&caller.peer, Some(caller.client.clone()))),
         method: Some(request.method().to_string()),
         decision: Some("allow".into()),
-        ..audit::Event::new("request")
+        ..audit::Event::new(audit::Kind::Request)
     };
     match request {
         Request::JobStart(p) => {
@@ -651,7 +651,7 @@ fn denied(
             reason: Some(reason.clone()),
             outcome: Some(kind.as_str().into()),
             correlation_id: Some(cid.clone()),
-            ..audit::Event::new("denied")
+            ..audit::Event::new(audit::Kind::Denied)
         });
     }
     let mut f = Failure::new(kind, reason);

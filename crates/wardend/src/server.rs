@@ -22,7 +22,7 @@ use warden_policy::{ListenerPolicy, PeerIdentity};
 use warden_proto::{ErrorKind, Gid, RpcError, Tier, Uid};
 
 use crate::alerts::Alerts;
-use crate::audit::{AuditLog, Changes, DENIAL_WINDOW, Denials, Event, Seals};
+use crate::audit::{AuditLog, Changes, DENIAL_WINDOW, Denials, Event, Kind, Seals};
 use crate::brakes::Brakes;
 use crate::call::{correlation_id, framed_error};
 use crate::connection::Connection;
@@ -129,7 +129,7 @@ impl Daemon {
                 Ok(_) => "ok".into(),
                 Err(e) => e.clone(),
             }),
-            ..Event::new("reload")
+            ..Event::new(Kind::Reload)
         });
         result
     }
@@ -164,7 +164,7 @@ impl Daemon {
         audit
             .record_durable(&Event {
                 reason: Some(format!("wardend {}", env!("CARGO_PKG_VERSION"))),
-                ..Event::new("daemon.start")
+                ..Event::new(Kind::DaemonStart)
             })
             .await
             .map_err(|e| StartError::Audit(std::io::Error::other(e.to_string())))?;
@@ -186,7 +186,7 @@ impl Daemon {
                 jobs.abandon();
                 audit.record(Event {
                     reason: Some(format!("start failed: {e}")),
-                    ..Event::new("daemon.stop")
+                    ..Event::new(Kind::DaemonStop)
                 });
                 audit.close();
                 return Err(e.into());
@@ -340,7 +340,7 @@ impl Daemon {
         if let Err(e) = self
             .shared
             .audit
-            .record_durable(&Event::new("daemon.stop"))
+            .record_durable(&Event::new(Kind::DaemonStop))
             .await
         {
             tracing::error!(error = %e, "cannot record the daemon's stop in the audit log");

@@ -4,7 +4,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use super::record::{Event, Peer};
+use super::record::{Event, Kind, Peer};
 
 /// Denial records one uid may cause per [`DENIAL_WINDOW`]; past them its denials are counted
 /// and summed up in one record per window, so an unprivileged caller cannot grow the log
@@ -76,7 +76,7 @@ impl Denials {
                         now.duration_since(w.started).as_secs().max(1),
                         w.recorded
                     )),
-                    ..Event::new("denied.summary")
+                    ..Event::new(Kind::DeniedSummary)
                 });
                 *w = Window {
                     started: now,

@@ -42,7 +42,7 @@ use crate::events::Bus;
 
 pub(crate) use denials::{Changes, DENIAL_WINDOW, DENIALS_RECORDED, Denials};
 pub(crate) use query::{Filter, query};
-pub(crate) use record::{Event, Head, Peer, hash};
+pub(crate) use record::{Event, Head, Kind, Peer, hash};
 pub(crate) use seals::{SEAL_EVERY, Seals};
 pub(crate) use segments::{FILE, closed_segments, segment_last_seq};
 pub(crate) use verify::{Verdict, verify_from};
@@ -530,7 +530,7 @@ impl Flusher {
                 "last_seq": cut.last_seq,
                 "hash": cut.hash,
             })),
-            ..Event::new("audit.retention")
+            ..Event::new(Kind::AuditRetention)
         };
         let mut p = chain.lock();
         match body_of(&event).and_then(|body| push(&mut p, &body, None)) {

@@ -21,11 +21,45 @@ pub(crate) struct Peer {
     pub client: Option<String>,
 }
 
+/// What kind of thing a record says happened: its `event` field, spelled as on the wire (the
+/// names are part of the audit log's format; tools filter on them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) enum Kind {
+    /// The daemon started (its policy's origin in `reason`).
+    #[default]
+    #[serde(rename = "daemon.start")]
+    DaemonStart,
+    /// The daemon stopped, or its start failed (why, in `reason`).
+    #[serde(rename = "daemon.stop")]
+    DaemonStop,
+    /// The policy was reloaded.
+    #[serde(rename = "reload")]
+    Reload,
+    /// A request that changes something, allowed, before it runs.
+    #[serde(rename = "request")]
+    Request,
+    /// How such a request ended.
+    #[serde(rename = "request.outcome")]
+    RequestOutcome,
+    /// A request the gate refused.
+    #[serde(rename = "denied")]
+    Denied,
+    /// How many refusals of one uid were counted instead of recorded.
+    #[serde(rename = "denied.summary")]
+    DeniedSummary,
+    /// A job's state changed.
+    #[serde(rename = "job")]
+    Job,
+    /// Retention removed old segments (which, and the hash at the cut).
+    #[serde(rename = "audit.retention")]
+    AuditRetention,
+}
+
 /// One thing that happened. Fields that do not apply are left out of the line.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub(crate) struct Event {
-    /// What kind of thing: `daemon.start`, `request`, `denied`, `job`, …
-    pub event: String,
+    /// What kind of thing happened.
+    pub event: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<Peer>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,9 +82,9 @@ pub(crate) struct Event {
 }
 
 impl Event {
-    pub(crate) fn new(event: &str) -> Event {
+    pub(crate) fn new(event: Kind) -> Event {
         Event {
-            event: event.to_owned(),
+            event,
             ..Event::default()
         }
     }

@@ -20,7 +20,7 @@ fn open_in(dir: &Path) -> AuditLog {
 fn event(n: u32) -> Event {
     Event {
         job_id: Some(format!("job_{n:016x}")),
-        ..Event::new("job")
+        ..Event::new(Kind::Job)
     }
 }
 
@@ -304,7 +304,7 @@ async fn queries_narrow_by_each_field() {
             }),
             action: Some("restart-unit".into()),
             decision: Some(if uid == 1000 { "deny" } else { "allow" }.into()),
-            ..Event::new("request")
+            ..Event::new(Kind::Request)
         });
     }
     let head = log.record_durable(&event(7)).await.unwrap();
@@ -684,7 +684,7 @@ fn verify_holds_a_line_at_a_time_not_the_log() {
         for _ in 0..per_segment {
             let body = body_of(&Event {
                 reason: Some(pad.clone()),
-                ..Event::new("job")
+                ..Event::new(Kind::Job)
             })
             .unwrap();
             let line = encode(head.seq + 1, "2026-11-29T23:00:00.000Z", &head.hash, &body).unwrap();

@@ -608,7 +608,7 @@ impl Jobs {
                 .then(|| record.message.clone())
                 .flatten(),
             job_id: Some(record.job_id.to_string()),
-            ..audit::Event::new("job")
+            ..audit::Event::new(audit::Kind::Job)
         });
     }
 
