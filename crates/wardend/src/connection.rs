@@ -24,7 +24,7 @@ use warden_proto::error::code;
 use warden_proto::{ErrorKind, FrameDecoder, FrameError, RpcError};
 use warden_sys::peer::PeerCred;
 
-use crate::call::{Session, correlation_id, framed_error};
+use crate::call::{Outbound, Session, correlation_id, framed_error};
 use crate::dispatch::{self, Later, Outcome};
 use crate::identity;
 use crate::limits::{Slot, TokenBucket};
@@ -71,7 +71,7 @@ impl Future for Running {
 /// a connection that only asks `status` does not pay for it.
 struct Tasks {
     /// Where running requests send notifications (job output, events) on the way.
-    tx: crate::call::Outbound,
+    tx: Outbound,
     rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     running: FuturesUnordered<Running>,
     /// Final answers held back until the notifications their requests queued before them are

@@ -34,8 +34,7 @@ use crate::listener::{self, Bound, ListenError};
 use crate::logs::LogLimiter;
 use crate::settings::Settings;
 use crate::state::Shared;
-use crate::stats::StaticStatus;
-use crate::stats::Stats;
+use crate::stats::{StaticStatus, Stats};
 
 pub use crate::state::Reloaded;
 

@@ -11,6 +11,8 @@ pub(crate) mod jobs;
 mod resources;
 mod session;
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use warden_policy::PeerIdentity;
 use warden_policy::gate::{Judged, Target};
@@ -22,7 +24,7 @@ use warden_proto::messages::{
 };
 use warden_proto::{Request, Tier};
 
-use crate::call::{Failure, Session};
+use crate::call::{Caller, Failure, Outbound, Session};
 use crate::state::Shared;
 
 /// A handler's typed result, serialized once, straight into the answer frame.
@@ -84,10 +86,10 @@ pub(crate) fn runs_later(request: &Request) -> bool {
 /// the gate decided with: the caller's tier, the owner of what the request names as the gate
 /// saw it, and the declarations it judged (which run as judged, whatever a reload did since).
 pub(crate) async fn run_later(
-    shared: std::sync::Arc<Shared>,
-    caller: std::sync::Arc<crate::call::Caller>,
+    shared: Arc<Shared>,
+    caller: Arc<Caller>,
     request: Request,
-    out: crate::call::Outbound,
+    out: Outbound,
     tier: Tier,
     target: Target,
     judged: Judged,
@@ -116,10 +118,10 @@ pub(crate) async fn run_later(
 
 /// [`run_later`] for requests whose gate judged no declaration.
 async fn run_judged_nothing(
-    shared: std::sync::Arc<Shared>,
-    caller: std::sync::Arc<crate::call::Caller>,
+    shared: Arc<Shared>,
+    caller: Arc<Caller>,
     request: Request,
-    out: crate::call::Outbound,
+    out: Outbound,
     tier: Tier,
     seen: Option<warden_proto::Uid>,
 ) -> Result<Reply<'static>, Failure> {

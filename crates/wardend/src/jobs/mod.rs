@@ -779,7 +779,10 @@ impl Jobs {
         let message = format!(
             "lost: the daemon stopped while the job was queued or running; reconcile deferred until released: {brake}"
         );
-        if record.message.as_deref() != Some(message.as_str()) {
+        // Said and stored once per brake: a job still held by the same brake (at a restart,
+        // or when another brake was released) is only queued again.
+        let changed = record.message.as_deref() != Some(message.as_str());
+        if changed {
             tracing::warn!(job = %record.job_id, action = %record.action, brake = %brake,
                 "reconcile of a lost job deferred by a brake");
             record.message = Some(message);
@@ -788,11 +791,13 @@ impl Jobs {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(record.clone());
-        self.tracker.spawn(async move {
-            if let Err(e) = jobs.ledger.rewrite(&record).await {
-                tracing::error!(job = %record.job_id, error = %e, "cannot record a deferred reconcile");
-            }
-        });
+        if changed {
+            self.tracker.spawn(async move {
+                if let Err(e) = jobs.ledger.rewrite(&record).await {
+                    tracing::error!(job = %record.job_id, error = %e, "cannot record a deferred reconcile");
+                }
+            });
+        }
     }
 }
 
