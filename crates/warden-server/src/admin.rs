@@ -456,10 +456,8 @@ async fn remove_machine(
 #[utoipa::path(post, path = "/v1/machines/{id}/ban", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 204, description = "Banned: it may not enroll; its keys stop working")))]
 async fn ban(State(s): Shared, op: Operator, Path(id): Path<String>) -> Result<Response, ApiError> {
     require(&op, Role::Admin)?;
-    if !crate::enroll::valid_machine_id(&id) {
-        return Err(
-            StoreError::BadRequest("machine_id must match ^muid_[0-9a-f]{64}$".into()).into(),
-        );
+    if let Err(e) = id.parse::<warden_fleet_proto::MachineId>() {
+        return Err(StoreError::BadRequest(e.to_string()).into());
     }
     s.db.ban(&id).await?;
     audit(&s, &op, "machine.ban", &format!("machine {id}")).await;

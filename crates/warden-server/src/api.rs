@@ -16,7 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::db::Db;
-use crate::enroll::{self, EnrollRequest, Gate, Outcome};
+use warden_fleet_proto::{Disposition, EnrollRequest, Enrolled, MachineState};
+
+use crate::enroll::{Gate, Outcome};
 use crate::keys::Verifier;
 use crate::limiter::Limiter;
 use crate::store::StoreError;
@@ -138,16 +140,6 @@ struct ErrorInner<'a> {
     kind: &'a str,
     message: &'a str,
     correlation_id: &'a str,
-}
-
-/// An enrollment's answer: `machine_key` only when one was issued.
-#[derive(Debug, serde::Serialize)]
-struct Enrolled<'a> {
-    machine_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    machine_key: Option<String>,
-    state: &'static str,
-    disposition: &'static str,
 }
 
 fn correlation_id() -> String {
@@ -333,8 +325,17 @@ async fn enroll(
     headers: HeaderMap,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(r) = body.map_err(|e| bad_json(&e))?;
-    enroll::validate(&r)?;
+    let Json(r) = body.map_err(|e| match e {
+        // A malformed identifier is a field that fails to parse: a bad request like any other
+        // malformed field, not the 422 axum would answer.
+        JsonRejection::JsonDataError(e) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+        }
+        e => bad_json(&e),
+    })?;
+    r.labels
+        .check()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     let source = client_addr(peer.ip(), &headers, &state.trusted_proxies);
     let gate = Gate {
         db: &state.db,
@@ -344,38 +345,34 @@ async fn enroll(
         budget: &state.budget,
     };
     let outcome = gate.enroll(&r, source).await?;
-    let id = r.machine_id.as_str();
+    let answer = |status, machine_key, state, disposition| {
+        let body = Enrolled {
+            machine_id: r.machine_id.clone(),
+            machine_key,
+            state,
+            disposition,
+        };
+        (status, Json(body)).into_response()
+    };
     Ok(match outcome {
-        Outcome::New { machine_key } => (
+        Outcome::New { machine_key } => answer(
             StatusCode::CREATED,
-            Json(Enrolled {
-                machine_id: id,
-                machine_key: Some(machine_key),
-                state: "active",
-                disposition: "new",
-            }),
-        )
-            .into_response(),
-        Outcome::Reuse { machine_key } => (
+            Some(machine_key),
+            MachineState::Active,
+            Disposition::New,
+        ),
+        Outcome::Reuse { machine_key } => answer(
             StatusCode::OK,
-            Json(Enrolled {
-                machine_id: id,
-                machine_key: Some(machine_key),
-                state: "active",
-                disposition: "reuse",
-            }),
-        )
-            .into_response(),
-        Outcome::Pending => (
+            Some(machine_key),
+            MachineState::Active,
+            Disposition::Reuse,
+        ),
+        Outcome::Pending => answer(
             StatusCode::ACCEPTED,
-            Json(Enrolled {
-                machine_id: id,
-                machine_key: None,
-                state: "pending",
-                disposition: "pending",
-            }),
-        )
-            .into_response(),
+            None,
+            MachineState::Pending,
+            Disposition::Pending,
+        ),
         Outcome::Rejected => {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sha2::Sha256;
 use sqlx::Row;
 use subtle::ConstantTimeEq;
+use warden_fleet_proto::ids::prefixed_hex64;
 
 use crate::db::{Db, is_unique_violation, now_ms};
 use crate::keys::{self, hex, random_hex};
@@ -344,7 +345,7 @@ impl Db {
                 source: String::new(),
             }));
         }
-        if !keys::well_formed(token, API_PREFIX) {
+        if !prefixed_hex64(token, API_PREFIX) {
             return Ok(None);
         }
         let hash = keys::secret_hash(token);

@@ -11,8 +11,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use warden_fleet_proto::{EnrollRequest, MachineKey};
 
 use crate::budget::EventBudget;
 use crate::db::{Db, is_unique_violation, now_ms};
@@ -25,45 +25,13 @@ pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
 /// Attempts at a first enrollment that lost a race to a concurrent one.
 const RETRIES: usize = 3;
 
-/// `POST /v1/enroll`
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    pub site_code: String,
-    pub enrollment_key: String,
-    pub machine_id: String,
-    pub hostname: String,
-    #[serde(default)]
-    pub labels: Labels,
-}
-
-/// What the host says about itself, for operators to filter by.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Labels {
-    #[serde(default)]
-    pub company: Option<String>,
-    #[serde(default)]
-    pub site: Option<String>,
-    #[serde(default)]
-    pub department: Option<String>,
-    #[serde(default)]
-    pub device_type: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-/// Longest label value and most tags.
-pub const MAX_LABEL: usize = 64;
-pub const MAX_TAGS: usize = 16;
-
 /// How an enrollment ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// A machine first seen: 201.
-    New { machine_key: String },
+    New { machine_key: MachineKey },
     /// The same machine again at its site: 200, older keys revoked.
-    Reuse { machine_key: String },
+    Reuse { machine_key: MachineKey },
     /// A likely clone: 202, no key until approved.
     Pending,
     /// Unknown site, no active key, wrong or rotated key: 401, one body for all.
@@ -105,63 +73,6 @@ fn bad(message: impl Into<String>) -> StoreError {
     StoreError::BadRequest(message.into())
 }
 
-/// `muid_` and 64 lowercase hex digits.
-pub fn valid_machine_id(id: &str) -> bool {
-    keys::well_formed(id, "muid_")
-}
-
-/// A hostname: 1 to 253 of letters, digits, `-` and `.`.
-fn valid_hostname(h: &str) -> bool {
-    (1..=253).contains(&h.len())
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-fn check_label(what: &str, v: &str) -> Result<(), StoreError> {
-    if v.chars().count() > MAX_LABEL || v.chars().any(char::is_control) {
-        return Err(bad(format!(
-            "label {what} must be at most {MAX_LABEL} characters, without control characters"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks everything about a request that needs no database.
-pub fn validate(r: &EnrollRequest) -> Result<(), StoreError> {
-    if !crate::store::valid_site_code(&r.site_code) {
-        return Err(bad("site_code is not a site code"));
-    }
-    if r.enrollment_key.len() > 128 {
-        return Err(bad("enrollment_key is too long"));
-    }
-    if !valid_machine_id(&r.machine_id) {
-        return Err(bad("machine_id must match ^muid_[0-9a-f]{64}$"));
-    }
-    if !valid_hostname(&r.hostname) {
-        return Err(bad(
-            "hostname must be 1 to 253 of letters, digits, `-` and `.`",
-        ));
-    }
-    let l = &r.labels;
-    for (what, v) in [
-        ("company", &l.company),
-        ("site", &l.site),
-        ("department", &l.department),
-        ("device_type", &l.device_type),
-    ] {
-        if let Some(v) = v {
-            check_label(what, v)?;
-        }
-    }
-    if l.tags.len() > MAX_TAGS {
-        return Err(bad(format!("at most {MAX_TAGS} tags")));
-    }
-    for t in &l.tags {
-        check_label("tag", t)?;
-    }
-    Ok(())
-}
-
 /// What the decision needs besides the database.
 #[derive(Debug)]
 pub struct Gate<'a> {
@@ -178,8 +89,8 @@ pub struct Gate<'a> {
 const ANY_SITE: &str = "*";
 
 impl Gate<'_> {
-    /// Decides `r` from `source` and records the outcome as an event. The request must have
-    /// passed [`validate`].
+    /// Decides `r` from `source` and records the outcome as an event. Its labels must have
+    /// passed [`warden_fleet_proto::Labels::check`].
     pub async fn enroll(&self, r: &EnrollRequest, source: IpAddr) -> Result<Outcome, StoreError> {
         let outcome = self.decide(r, source).await?;
         let (actor, target, from) = (
@@ -202,7 +113,7 @@ impl Gate<'_> {
         }
         let now = Instant::now();
         let lockout = if outcome.is_failure() {
-            let pair = self.limiter.fail(&r.site_code, source, now);
+            let pair = self.limiter.fail(r.site_code.as_str(), source, now);
             let any = self.addr_limiter.fail(ANY_SITE, source, now);
             pair.or(any)
         } else {
@@ -225,7 +136,7 @@ impl Gate<'_> {
         let now = Instant::now();
         let wait = self
             .limiter
-            .locked(&r.site_code, source, now)
+            .locked(r.site_code.as_str(), source, now)
             .or_else(|| self.addr_limiter.locked(ANY_SITE, source, now));
         if let Some(wait) = wait {
             return Ok(Outcome::RateLimited(wait));
@@ -236,7 +147,7 @@ impl Gate<'_> {
              WHERE s.tenant = $1 AND s.site_code = $2",
         )
         .bind(TENANT)
-        .bind(&r.site_code)
+        .bind(r.site_code.as_str())
         .fetch_optional(&self.db.pool)
         .await?;
         let (site_id, hash, version) = match &row {
@@ -250,7 +161,7 @@ impl Gate<'_> {
         // Exactly one verification on every path, real or against the dummy.
         let ok = match self
             .verifier
-            .verify(&r.enrollment_key, hash.as_deref())
+            .verify(r.enrollment_key.expose(), hash.as_deref())
             .await
         {
             Ok(ok) => ok,
@@ -260,7 +171,7 @@ impl Gate<'_> {
             return Ok(Outcome::Rejected);
         };
         let banned = sqlx::query("SELECT machine_id FROM bans WHERE machine_id = $1")
-            .bind(&r.machine_id)
+            .bind(r.machine_id.as_str())
             .fetch_optional(&self.db.pool)
             .await?;
         if banned.is_some() {
@@ -293,7 +204,7 @@ impl Gate<'_> {
              RETURNING id, site_id, hostname, state, last_seen_ms, pending_hostname,
              approved_hostname",
         )
-        .bind(&r.machine_id)
+        .bind(r.machine_id.as_str())
         .fetch_optional(&mut *tx)
         .await?;
         let key = keys::new_machine_key();
@@ -304,9 +215,9 @@ impl Gate<'_> {
                      key_version, created_ms, last_seen_ms)
                      VALUES ($1, $2, $3, $4, 'active', $5, $6, $6) RETURNING id",
                 )
-                .bind(&r.machine_id)
+                .bind(r.machine_id.as_str())
                 .bind(site_id)
-                .bind(&r.hostname)
+                .bind(r.hostname.as_str())
                 .bind(&labels)
                 .bind(version)
                 .bind(now)
@@ -330,7 +241,7 @@ impl Gate<'_> {
                 let approved: Option<String> = m.try_get("approved_hostname")?;
                 let recent = now - last_seen < CLONE_WINDOW_MS;
                 let is_clone = state != "removed"
-                    && hostname != r.hostname
+                    && hostname != r.hostname.as_str()
                     && recent
                     && approved.as_deref() != Some(r.hostname.as_str());
                 if state == "pending" || is_clone {
@@ -339,7 +250,7 @@ impl Gate<'_> {
                             "UPDATE machines SET state = 'pending', pending_hostname = $1
                              WHERE id = $2",
                         )
-                        .bind(&r.hostname)
+                        .bind(r.hostname.as_str())
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
@@ -354,7 +265,7 @@ impl Gate<'_> {
                      key_version = $3, last_seen_ms = $4, approved_hostname = NULL,
                      pending_hostname = NULL WHERE id = $5",
                 )
-                .bind(&r.hostname)
+                .bind(r.hostname.as_str())
                 .bind(&labels)
                 .bind(version)
                 .bind(now)
@@ -379,7 +290,7 @@ impl Gate<'_> {
         };
         sqlx::query("INSERT INTO machine_keys (machine_row, hash, created_ms) VALUES ($1, $2, $3)")
             .bind(row_id)
-            .bind(keys::secret_hash(&key))
+            .bind(keys::secret_hash(key.expose()))
             .bind(now)
             .execute(&mut *tx)
             .await?;

@@ -1,5 +1,7 @@
-//! Key material: enrollment keys (`wek_`, stored only as Argon2id), machine keys (`wmk_`,
-//! stored only as SHA-256), and the bounded pool that runs Argon2id verifications.
+//! Key material: making enrollment keys (`wek_`, stored only as Argon2id) and machine keys
+//! (`wmk_`, stored only as SHA-256), hashing and comparing them, and the bounded pool that runs
+//! Argon2id verifications. Their prefixes and shapes are the wire crate's
+//! ([`warden_fleet_proto::ids`]); this module only makes and hashes them, and never logs one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -10,11 +12,8 @@ use argon2::password_hash::phc::PasswordHash;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
-
-/// Prefix of an enrollment key.
-pub const ENROLLMENT_PREFIX: &str = "wek_";
-/// Prefix of a machine key.
-pub const MACHINE_PREFIX: &str = "wmk_";
+use warden_fleet_proto::MachineKey;
+use warden_fleet_proto::ids::{ENROLLMENT_KEY_PREFIX, MACHINE_KEY_PREFIX};
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
@@ -40,18 +39,14 @@ fn random_key(prefix: &str) -> String {
 }
 
 pub fn new_enrollment_key() -> String {
-    random_key(ENROLLMENT_PREFIX)
+    random_key(ENROLLMENT_KEY_PREFIX)
 }
 
-pub fn new_machine_key() -> String {
-    random_key(MACHINE_PREFIX)
-}
-
-/// Whether `key` has the shape `prefix` + 64 lowercase hex digits.
-pub fn well_formed(key: &str, prefix: &str) -> bool {
-    key.strip_prefix(prefix).is_some_and(|rest| {
-        rest.len() == 64 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+pub fn new_machine_key() -> MachineKey {
+    random_key(MACHINE_KEY_PREFIX)
+        .parse()
+        // Invariant: `wmk_` + 64 lowercase hex digits is exactly a machine key's shape.
+        .expect("a fresh machine key is well formed")
 }
 
 /// First 4 hex digits of SHA-256(key), upper case: enough for a person to tell keys apart,
@@ -234,10 +229,14 @@ mod tests {
     /// stored hash verifies only its own key.
     #[tokio::test]
     async fn keys_hash_and_verify() {
+        use warden_fleet_proto::ids::prefixed_hex64;
         let k = new_enrollment_key();
-        assert!(well_formed(&k, ENROLLMENT_PREFIX));
-        assert!(!well_formed(&k.to_uppercase(), ENROLLMENT_PREFIX));
-        assert!(well_formed(&new_machine_key(), MACHINE_PREFIX));
+        assert!(prefixed_hex64(&k, ENROLLMENT_KEY_PREFIX));
+        assert!(!prefixed_hex64(&k.to_uppercase(), ENROLLMENT_KEY_PREFIX));
+        assert!(prefixed_hex64(
+            new_machine_key().expose(),
+            MACHINE_KEY_PREFIX
+        ));
         let f = fingerprint(&k);
         assert_eq!(f.len(), 4);
         assert!(

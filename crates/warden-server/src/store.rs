@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use sqlx::Row;
+use warden_fleet_proto::{MachineId, SiteCode};
 
 use crate::db::{Db, is_unique_violation, now_ms};
 
@@ -95,18 +96,9 @@ fn label(version: i64, fingerprint: &str) -> String {
     format!("v{version} ({fingerprint})")
 }
 
-/// A site code: 1 to 64 of `a-z 0-9 _ -`, starting with a letter or digit.
-pub fn valid_site_code(code: &str) -> bool {
-    (1..=64).contains(&code.len())
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && code.as_bytes()[0].is_ascii_alphanumeric()
-}
-
 impl Db {
     pub async fn add_site(&self, code: &str, display_name: &str, company: &str) -> Result<Site> {
-        if !valid_site_code(code) {
+        if code.parse::<SiteCode>().is_err() {
             return Err(StoreError::BadRequest(
                 "site_code must be 1 to 64 of a-z, 0-9, `-`, `_`, starting with a letter or digit"
                     .into(),
@@ -419,10 +411,10 @@ impl Db {
 
     /// The machine a presented machine key belongs to, if the key is live (and notes it seen).
     pub async fn machine_by_key(&self, key: &str) -> Result<Option<Machine>> {
-        if !keys::well_formed(key, keys::MACHINE_PREFIX) {
+        let Ok(key) = key.parse::<warden_fleet_proto::MachineKey>() else {
             return Ok(None);
-        }
-        let hash = keys::secret_hash(key);
+        };
+        let hash = keys::secret_hash(key.expose());
         let row = sqlx::query(
             "SELECT k.hash, m.machine_id FROM machine_keys k JOIN machines m ON m.id = k.machine_row
              WHERE k.hash = $1 AND k.revoked_ms IS NULL AND m.state <> 'removed'",
@@ -551,7 +543,7 @@ impl Db {
     pub async fn bulk_remove(&self, ids: &[String]) -> Vec<(String, Removal)> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let result = if !crate::enroll::valid_machine_id(id) {
+            let result = if id.parse::<MachineId>().is_err() {
                 Removal::Invalid
             } else {
                 match self.remove(id).await {
