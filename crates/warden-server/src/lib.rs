@@ -5,15 +5,16 @@
 //! Key material is never stored: enrollment keys as Argon2id hashes, machine keys as SHA-256.
 //! This crate is never linked into the root daemon.
 
-pub mod admin;
-pub mod api;
 pub mod auth;
 pub mod budget;
 pub mod db;
 pub mod enroll;
+pub mod http;
 pub mod keys;
 pub mod limiter;
+pub mod proxy;
 pub mod serve;
+pub mod state;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -21,7 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{AppState, Cidr};
+pub use proxy::Cidr;
+pub use state::AppState;
+
 use keys::Verifier;
 
 /// Waiting verifications the pool queues past its busy slots.
@@ -141,7 +144,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = api::router(Arc::clone(&state));
+    let app = http::router(Arc::clone(&state));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve::serve(listener, tls, app, limits, rx));
     let flusher = tokio::spawn({

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use warden_server::api::Cidr;
+use warden_server::Cidr;
 use warden_server::db::Db;
 use warden_server::store::StoreError;
 

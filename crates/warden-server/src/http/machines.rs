@@ -1,0 +1,184 @@
+//! Enrolled machines: `/v1/machines` (list, show, approve, remove, bulk remove, ban, unban)
+//! and their keys (metadata only, revocation). Every change is recorded in the audit trail.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::operator::{audit, require};
+use super::{ApiError, AppState, Shared, body};
+use crate::auth::{Operator, Role};
+use crate::store::{MAX_BULK, Removal};
+
+pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_machines))
+        .routes(routes!(bulk_remove))
+        .routes(routes!(get_machine, remove_machine))
+        .routes(routes!(approve))
+        .routes(routes!(ban))
+        .routes(routes!(unban))
+        .routes(routes!(machine_keys))
+        .routes(routes!(revoke_machine_key))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct MachineFilter {
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/machines", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(MachineFilter), responses((status = 200, description = "Machines (operator)")))]
+async fn list_machines(
+    State(s): Shared,
+    op: Operator,
+    Query(f): Query<MachineFilter>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Operator)?;
+    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+    let machines =
+        s.db.machines(
+            f.site.as_deref(),
+            f.state.as_deref(),
+            f.text.as_deref(),
+            limit,
+        )
+        .await?;
+    Ok(Json(json!({"machines": machines})).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/machines/{id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine (operator)"), (status = 404, description = "No such machine")))]
+async fn get_machine(
+    State(s): Shared,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Operator)?;
+    Ok(Json(s.db.machine(&id).await?).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/machines/{id}/approve", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "Approved: the clone's next enrollment gets a key"), (status = 409, description = "Not pending")))]
+async fn approve(
+    State(s): Shared,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    s.db.approve(&id).await?;
+    audit(&s, &op, "machine.approve", &format!("machine {id}")).await;
+    Ok(Json(s.db.machine(&id).await?).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/machines/{id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "removed or already_removed: its keys stop working; it may enroll again")))]
+async fn remove_machine(
+    State(s): Shared,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    let removed = s.db.remove(&id).await?;
+    audit(&s, &op, "machine.remove", &format!("machine {id}")).await;
+    Ok(Json(
+        json!({"machine_id": id, "result": if removed { "removed" } else { "already_removed" }}),
+    )
+    .into_response())
+}
+
+#[utoipa::path(post, path = "/v1/machines/{id}/ban", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 204, description = "Banned: it may not enroll; its keys stop working")))]
+async fn ban(State(s): Shared, op: Operator, Path(id): Path<String>) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    if let Err(e) = id.parse::<warden_fleet_proto::MachineId>() {
+        return Err(ApiError::bad_request(e.to_string()));
+    }
+    s.db.ban(&id).await?;
+    audit(&s, &op, "machine.ban", &format!("machine {id}")).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(post, path = "/v1/machines/{id}/unban", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 204, description = "Unbanned")))]
+async fn unban(
+    State(s): Shared,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    s.db.unban(&id).await?;
+    audit(&s, &op, "machine.unban", &format!("machine {id}")).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Bulk {
+    ids: Vec<String>,
+}
+
+#[utoipa::path(post, path = "/v1/machines/bulk-remove", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", request_body = Bulk, responses((status = 200, description = "One result per id: removed, already_removed, not_found, invalid or failed")))]
+async fn bulk_remove(
+    State(s): Shared,
+    op: Operator,
+    b: Result<Json<Bulk>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    let b = body(b)?;
+    if b.ids.is_empty() || b.ids.len() > MAX_BULK {
+        return Err(ApiError::bad_request(format!(
+            "ids must hold 1 to {MAX_BULK} machine ids"
+        )));
+    }
+    let results = s.db.bulk_remove(&b.ids).await;
+    for (id, r) in &results {
+        if *r == Removal::Removed {
+            audit(&s, &op, "machine.remove", &format!("machine {id}")).await;
+        }
+    }
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|(id, result)| json!({"machine_id": id, "result": result}))
+        .collect();
+    Ok(Json(json!({"results": results})).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/machines/{id}/keys", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine's keys, metadata only")))]
+async fn machine_keys(
+    State(s): Shared,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Operator)?;
+    Ok(Json(json!({"keys": s.db.machine_keys(&id).await?})).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/machines/{id}/keys/{key_id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)"), ("key_id" = i64, Path, description = "The key's id")), responses((status = 204, description = "Revoked")))]
+async fn revoke_machine_key(
+    State(s): Shared,
+    op: Operator,
+    Path((id, key_id)): Path<(String, i64)>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    s.db.revoke_machine_key(&id, key_id).await?;
+    audit(
+        &s,
+        &op,
+        "machine.key_revoke",
+        &format!("machine {id} key {key_id}"),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
