@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use warden_server::auth::Role;
-use warden_server::db::{Db, now_ms};
+use warden_server::store::{Db, now_ms};
 
 const MACHINES: usize = 100_000;
 const FLOOD: Duration = Duration::from_secs(3);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::db::Db;
+use crate::store::Db;
 
 /// Rows of one kind of refusal written one by one per window.
 pub const PER_WINDOW: u32 = 20;

@@ -11,14 +11,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use sqlx::Row;
 use warden_fleet_proto::{EnrollRequest, MachineKey};
 
 use crate::budget::EventBudget;
-use crate::db::{Db, is_unique_violation, now_ms};
 use crate::keys::{self, PoolFull, Verifier};
 use crate::limiter::Limiter;
-use crate::store::{StoreError, TENANT};
+use crate::store::{Db, EnrollTarget, StoreError, is_unique_violation, now_ms};
 
 /// A machine seen this recently under another hostname is a clone until approved.
 pub const CLONE_WINDOW_MS: i64 = 10 * 60 * 1000;
@@ -141,40 +139,27 @@ impl Gate<'_> {
         if let Some(wait) = wait {
             return Ok(Outcome::RateLimited(wait));
         }
-        let row = sqlx::query(
-            "SELECT s.id, k.hash, k.version FROM sites s
-             LEFT JOIN enrollment_keys k ON k.site_id = s.id AND k.active = 1
-             WHERE s.tenant = $1 AND s.site_code = $2",
-        )
-        .bind(TENANT)
-        .bind(r.site_code.as_str())
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let (site_id, hash, version) = match &row {
-            Some(row) => (
-                Some(row.try_get::<i64, _>("id")?),
-                row.try_get::<Option<String>, _>("hash")?,
-                row.try_get::<Option<i64>, _>("version")?,
-            ),
-            None => (None, None, None),
-        };
+        let target = self.db.enroll_target(&r.site_code).await?;
+        let hash = target
+            .as_ref()
+            .and_then(|t| t.key.as_ref())
+            .map(|(h, _)| h.as_str());
         // Exactly one verification on every path, real or against the dummy.
-        let ok = match self
-            .verifier
-            .verify(r.enrollment_key.expose(), hash.as_deref())
-            .await
-        {
+        let ok = match self.verifier.verify(r.enrollment_key.expose(), hash).await {
             Ok(ok) => ok,
             Err(PoolFull) => return Ok(Outcome::Busy),
         };
-        let (Some(site_id), Some(version), true) = (site_id, version, ok) else {
+        let (
+            Some(EnrollTarget {
+                site_id,
+                key: Some((_, version)),
+            }),
+            true,
+        ) = (target, ok)
+        else {
             return Ok(Outcome::Rejected);
         };
-        let banned = sqlx::query("SELECT machine_id FROM bans WHERE machine_id = $1")
-            .bind(r.machine_id.as_str())
-            .fetch_optional(&self.db.pool)
-            .await?;
-        if banned.is_some() {
+        if self.db.is_banned(&r.machine_id).await? {
             return Ok(Outcome::Banned);
         }
         for _ in 0..RETRIES {
@@ -197,102 +182,50 @@ impl Gate<'_> {
     ) -> Result<Outcome, StoreError> {
         let now = now_ms();
         let labels = serde_json::to_string(&r.labels).map_err(|e| bad(e.to_string()))?;
-        let mut tx = self.db.pool.begin().await?;
-        // A write first: it locks the machine's row (or, in SQLite, the database) until commit.
-        let existing = sqlx::query(
-            "UPDATE machines SET last_seen_ms = last_seen_ms WHERE machine_id = $1
-             RETURNING id, site_id, hostname, state, last_seen_ms, pending_hostname,
-             approved_hostname",
-        )
-        .bind(r.machine_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let mut tx = self.db.begin_placement().await?;
+        let existing = tx.lock_machine(&r.machine_id).await?;
         let key = keys::new_machine_key();
         let (row_id, outcome) = match existing {
             None => {
-                let row = sqlx::query(
-                    "INSERT INTO machines (machine_id, site_id, hostname, labels, state,
-                     key_version, created_ms, last_seen_ms)
-                     VALUES ($1, $2, $3, $4, 'active', $5, $6, $6) RETURNING id",
-                )
-                .bind(r.machine_id.as_str())
-                .bind(site_id)
-                .bind(r.hostname.as_str())
-                .bind(&labels)
-                .bind(version)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
+                let id = tx
+                    .insert_machine(&r.machine_id, site_id, &r.hostname, &labels, version, now)
+                    .await?;
                 (
-                    row.try_get::<i64, _>("id")?,
+                    id,
                     Outcome::New {
                         machine_key: key.clone(),
                     },
                 )
             }
             Some(m) => {
-                let id: i64 = m.try_get("id")?;
-                if m.try_get::<i64, _>("site_id")? != site_id {
+                if m.site_id != site_id {
                     return Ok(Outcome::SiteConflict);
                 }
-                let state: String = m.try_get("state")?;
-                let hostname: String = m.try_get("hostname")?;
-                let last_seen: i64 = m.try_get("last_seen_ms")?;
-                let approved: Option<String> = m.try_get("approved_hostname")?;
-                let recent = now - last_seen < CLONE_WINDOW_MS;
-                let is_clone = state != "removed"
-                    && hostname != r.hostname.as_str()
+                let recent = now - m.last_seen_ms < CLONE_WINDOW_MS;
+                let is_clone = m.state != "removed"
+                    && m.hostname != r.hostname.as_str()
                     && recent
-                    && approved.as_deref() != Some(r.hostname.as_str());
-                if state == "pending" || is_clone {
-                    if state != "pending" {
-                        sqlx::query(
-                            "UPDATE machines SET state = 'pending', pending_hostname = $1
-                             WHERE id = $2",
-                        )
-                        .bind(r.hostname.as_str())
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                    && m.approved_hostname.as_deref() != Some(r.hostname.as_str());
+                if m.state == "pending" || is_clone {
+                    if m.state != "pending" {
+                        tx.mark_pending(m.id, &r.hostname).await?;
                         tx.commit().await?;
                     }
                     return Ok(Outcome::Pending);
                 }
                 // Re-imaged or re-installed, or approved, or removed and back: a new key, the
                 // old ones revoked.
-                sqlx::query(
-                    "UPDATE machines SET hostname = $1, labels = $2, state = 'active',
-                     key_version = $3, last_seen_ms = $4, approved_hostname = NULL,
-                     pending_hostname = NULL WHERE id = $5",
-                )
-                .bind(r.hostname.as_str())
-                .bind(&labels)
-                .bind(version)
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE machine_keys SET revoked_ms = $1
-                     WHERE machine_row = $2 AND revoked_ms IS NULL",
-                )
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                tx.reactivate(m.id, &r.hostname, &labels, version, now)
+                    .await?;
                 (
-                    id,
+                    m.id,
                     Outcome::Reuse {
                         machine_key: key.clone(),
                     },
                 )
             }
         };
-        sqlx::query("INSERT INTO machine_keys (machine_row, hash, created_ms) VALUES ($1, $2, $3)")
-            .bind(row_id)
-            .bind(keys::secret_hash(key.expose()))
-            .bind(now)
-            .execute(&mut *tx)
+        tx.add_key(row_id, &keys::secret_hash(key.expose()), now)
             .await?;
         tx.commit().await?;
         Ok(outcome)

@@ -7,7 +7,6 @@
 
 pub mod auth;
 pub mod budget;
-pub mod db;
 pub mod enroll;
 pub mod http;
 pub mod keys;
@@ -107,7 +106,7 @@ impl Running {
 
 /// Opens the database, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let db = db::Db::open(&config.data_dir, config.database_url.as_deref()).await?;
+    let db = store::Db::open(&config.data_dir, config.database_url.as_deref()).await?;
     let signing = auth::SigningKey::load_or_create(&db).await?;
     let capacity = limiter::MAX_KEYS;
     let state = Arc::new(AppState {

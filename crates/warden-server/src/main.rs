@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use warden_server::Cidr;
-use warden_server::db::Db;
+use warden_server::store::Db;
 use warden_server::store::StoreError;
 
 #[derive(Debug, Parser)]

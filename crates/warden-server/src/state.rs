@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::auth::SigningKey;
 use crate::budget::EventBudget;
-use crate::db::Db;
 use crate::keys::Verifier;
 use crate::limiter::Limiter;
 use crate::proxy::Cidr;
+use crate::store::Db;
 
 /// What every handler shares.
 #[derive(Debug)]

@@ -174,7 +174,7 @@ async fn the_admin_commands_and_serve_work_together_and_log_no_keys() {
         assert!(!text.contains(&secret[4..]), "the log holds a key or token");
     }
     assert!(!text.contains("a long enough password"));
-    let store = warden_server::db::Db::open(&data, None).await.unwrap();
+    let store = warden_server::store::Db::open(&data, None).await.unwrap();
     let signing: String =
         sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'session_signing_key'")
             .fetch_one(&store.pool)
@@ -398,7 +398,7 @@ async fn two_servers_on_one_postgres_accept_each_others_logins() {
         return;
     };
     let url = common::fresh_schema(&base).await;
-    let store = warden_server::db::Db::open(Path::new("/nonexistent"), Some(&url))
+    let store = warden_server::store::Db::open(Path::new("/nonexistent"), Some(&url))
         .await
         .unwrap();
     store

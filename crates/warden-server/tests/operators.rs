@@ -643,7 +643,7 @@ async fn servers_starting_together_on_postgres_share_one_signing_key() {
     let url = common::fresh_schema(&base).await;
     let dir = tempfile::tempdir().unwrap();
     // The migrations are applied first; then all five race to make the key.
-    warden_server::db::Db::open(dir.path(), Some(&url))
+    warden_server::store::Db::open(dir.path(), Some(&url))
         .await
         .unwrap();
     let racing: Vec<_> = (0..5)

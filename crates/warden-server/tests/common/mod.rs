@@ -78,7 +78,7 @@ impl TestServer {
         TestServer { running, dir, url }
     }
 
-    pub fn db(&self) -> &warden_server::db::Db {
+    pub fn db(&self) -> &warden_server::store::Db {
         &self.running.state.db
     }
 
