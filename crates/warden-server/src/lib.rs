@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod budget;
+pub mod cli;
 pub mod enroll;
 pub mod http;
 pub mod keys;

@@ -1,0 +1,184 @@
+//! The `warden-server` command line: its flags (clap), and each command's run. `serve` starts
+//! the server ([`serve`]); the admin commands work on the database directly ([`admin`]). The
+//! binary only parses the flags, sets up logging and calls [`run`].
+
+mod admin;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::Cidr;
+use crate::store::Db;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "warden-server",
+    version,
+    about = "warden's fleet server: sites, enrollment, machine credentials."
+)]
+pub struct Cli {
+    /// Where the embedded SQLite database lives.
+    #[arg(long, global = true, default_value = "./warden-server-data")]
+    pub data_dir: PathBuf,
+    /// A PostgreSQL database instead of the embedded one (postgres://…).
+    #[arg(long, global = true, env = "WARDEN_SERVER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Operator accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Sites and their enrollment keys.
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
+    /// Enrolled machines.
+    Machines {
+        #[command(subcommand)]
+        command: MachinesCommand,
+    },
+    /// The audit trail, newest first.
+    Events {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add an operator; the password is asked for (or read from stdin).
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Add a site.
+    Add {
+        code: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        company: String,
+    },
+    List,
+    /// Issue a new enrollment key (shown once); the previous one stops working at once.
+    RotateKey {
+        code: String,
+    },
+    /// The active key's version and fingerprint (never the key).
+    Key {
+        code: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachinesCommand {
+    List {
+        #[arg(long)]
+        site: Option<String>,
+        /// active, pending or removed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Part of a machine id or hostname.
+        #[arg(long)]
+        text: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Let a pending machine (a likely clone) in: its next enrollment gets a key.
+    Approve {
+        machine_id: String,
+    },
+    /// Remove a machine: its keys stop working; it may enroll again.
+    Remove {
+        machine_id: String,
+    },
+    /// Refuse a machine id's enrollments and revoke its keys.
+    Ban {
+        machine_id: String,
+    },
+    Unban {
+        machine_id: String,
+    },
+}
+
+/// `warden-server serve`: where to listen, TLS, trusted proxies, deadlines and limits.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: std::net::SocketAddr,
+    /// A proxy (address or CIDR) whose X-Forwarded-For is believed; repeat for more.
+    #[arg(long = "trusted-proxy")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Time for a request's head (and a TLS handshake) to arrive; also how long a kept-alive
+    /// connection waits for its next request.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub header_timeout_ms: u64,
+    /// Time for a request's body to arrive.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub body_timeout_ms: u64,
+    /// A connection on which nothing moves this long, with no request being handled, is
+    /// closed.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub idle_timeout_ms: u64,
+    /// Connections served at once (lowered to fit the open-file limit); past it new ones
+    /// are closed at once.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// At SIGTERM or SIGINT, how long requests in flight may take to finish before they are
+    /// cut.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub drain_timeout_ms: u64,
+}
+
+/// Runs the command `cli` names.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli {
+        data_dir,
+        database_url,
+        json,
+        command,
+    } = cli;
+    if let Command::Serve(args) = command {
+        return serve::run(data_dir, database_url, args).await;
+    }
+    let db = Db::open(&data_dir, database_url.as_deref()).await?;
+    match command {
+        // Served above, without this handle on the database.
+        Command::Serve(_) => Ok(()),
+        Command::User { command } => admin::user(&db, json, command).await,
+        Command::Site { command } => admin::site(&db, json, command).await,
+        Command::Machines { command } => admin::machines(&db, json, command).await,
+        Command::Events { kind, limit } => admin::events(&db, json, kind, limit).await,
+    }
+}

@@ -1,0 +1,69 @@
+//! `warden-server serve`: builds the [`Config`] from the flags, starts the server, tells
+//! systemd when it is ready and when it stops, and on SIGTERM or SIGINT stops gracefully
+//! (requests in flight may finish until the drain deadline).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::ServeArgs;
+use crate::Config;
+
+/// Tells systemd (when it runs the server as `Type=notify`) how the server is doing.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Serves until the server fails or a signal stops it.
+pub async fn run(
+    data_dir: PathBuf,
+    database_url: Option<String>,
+    args: ServeArgs,
+) -> anyhow::Result<()> {
+    let ServeArgs {
+        listen,
+        trusted_proxies,
+        tls_cert,
+        tls_key,
+        header_timeout_ms,
+        body_timeout_ms,
+        idle_timeout_ms,
+        max_connections,
+        drain_timeout_ms,
+    } = args;
+    // In place before anything is served, so a stop at any moment is a graceful one.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut config = Config::new(data_dir);
+    config.database_url = database_url;
+    config.listen = listen;
+    config.trusted_proxies = trusted_proxies;
+    config.tls = tls_cert.zip(tls_key);
+    config.limits = crate::serve::Limits {
+        header_timeout: Duration::from_millis(header_timeout_ms),
+        body_timeout: Duration::from_millis(body_timeout_ms),
+        idle_timeout: Duration::from_millis(idle_timeout_ms),
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        drain_timeout: Duration::from_millis(drain_timeout_ms),
+    };
+    let mut running = crate::start(&config).await?;
+    tracing::info!(listen = %running.addr, tls = config.tls.is_some(), "warden-server serving");
+    notify(&[sd_notify::NotifyState::Ready]);
+    let signal = tokio::select! {
+        r = running.wait() => return Ok(r?),
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!(
+        signal,
+        drain_ms = drain_timeout_ms,
+        "stopping: finishing the requests in flight"
+    );
+    running.stop().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
