@@ -3,7 +3,8 @@
 //! role no higher than their owner's, expiring, revocable, stored only as SHA-256).
 //!
 //! Which token goes where is fixed by its prefix: an operator endpoint takes `wop_` and `wat_`
-//! only, the agent endpoint `wmk_` only.
+//! only, the agent endpoint `wmk_` only. This module owns the roles, the token format and the
+//! signing key; the rows are [`crate::store::operators`]'s. It never logs a token or password.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;

@@ -7,6 +7,8 @@
 //! charged to (site code, source address), and to the address across site codes (so rotating
 //! site codes does not escape a lockout); successes never are. Refusals are recorded one by one
 //! only within the [`EventBudget`]; past it they are counted.
+//!
+//! This module decides; its statements are [`crate::store::enroll`]'s, and it never logs a key.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

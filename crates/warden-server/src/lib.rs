@@ -4,6 +4,12 @@
 //!
 //! Key material is never stored: enrollment keys as Argon2id hashes, machine keys as SHA-256.
 //! This crate is never linked into the root daemon.
+//!
+//! Where things are: a connection enters in [`serve`] (deadlines, the cap, the drain), its
+//! request is routed by [`http`] (one file per endpoint family, every error an
+//! [`http::ApiError`]), judged by [`enroll`] or [`auth`], and written by [`store`] (every SQL
+//! statement, the pool and migrations in [`store::db`]). [`state::AppState`] is what the
+//! handlers share; [`cli`] is the command line. The wire types are `warden_fleet_proto`'s.
 
 pub mod auth;
 pub mod budget;

@@ -548,3 +548,39 @@ async fn bodies_over_64_kib_are_refused() {
     assert_eq!(r.status, 413, "{}", &r.raw[..r.raw.len().min(200)]);
     s.running.stop().await.unwrap();
 }
+
+/// Pins: malformed identifiers (machine id, site code, hostname), an overlong enrollment key and
+/// bad labels are each answered 400 `bad_request` before any key is verified, now that the
+/// request's fields are the wire crate's typed ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_fields_are_bad_requests() {
+    let (s, key) = with_site(None).await;
+    let m = machine_id();
+    let long_key = format!("wek_{}", "0".repeat(200));
+    let mut many_tags = body("hq", &key, &m, "pc-1");
+    many_tags["labels"]["tags"] = serde_json::json!(vec!["t"; 17]);
+    let mut control = body("hq", &key, &m, "pc-1");
+    control["labels"]["company"] = serde_json::json!("acme\u{7}");
+    for (what, b) in [
+        ("machine id", body("hq", &key, "muid_XYZ", "pc-1")),
+        (
+            "upper-case machine id",
+            body("hq", &key, &m.to_uppercase(), "pc-1"),
+        ),
+        ("site code", body("-hq", &key, &m, "pc-1")),
+        ("hostname", body("hq", &key, &m, "pc 1")),
+        ("enrollment key", body("hq", &long_key, &m, "pc-1")),
+        ("tags", many_tags),
+        ("label", control),
+    ] {
+        let r = s.enroll(&b).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.raw);
+        assert_eq!(r.kind(), "bad_request", "{what}: {}", r.raw);
+        assert!(
+            !r.raw.contains(&key[4..]),
+            "{what}: the answer echoes the key"
+        );
+    }
+    assert_eq!(s.running.state.verifier.runs(), 0);
+    s.running.stop().await.unwrap();
+}

@@ -1,5 +1,5 @@
 //! The `warden-server` command line: its flags (clap), and each command's run. `serve` starts
-//! the server ([`serve`]); the admin commands work on the database directly ([`admin`]). The
+//! the server (`serve.rs`); the admin commands work on the database directly (`admin.rs`). The
 //! binary only parses the flags, sets up logging and calls [`run`].
 
 mod admin;

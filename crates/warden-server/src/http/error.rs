@@ -282,4 +282,49 @@ mod tests {
             "close"
         );
     }
+
+    /// What the log captured while answering `e`, and the answer's body.
+    async fn logged(e: ApiError) -> (String, ErrorBody) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let response = tracing::subscriber::with_default(subscriber, || e.into_response());
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let log = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        (log, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Pins: an internal error is logged at ERROR with the answer's correlation id and its
+    /// cause chain, which the peer never sees; a 4xx is logged at DEBUG with its correlation id.
+    #[tokio::test]
+    async fn answers_are_logged_under_their_correlation_id() {
+        let (log, body) = logged(ApiError::from(StoreError::Db(sqlx::Error::PoolTimedOut))).await;
+        assert!(log.contains("ERROR"), "{log}");
+        assert!(log.contains(&body.error.correlation_id), "{log}");
+        assert!(log.contains("pool timed out"), "{log}");
+        assert!(!body.error.message.contains("pool"));
+
+        let (log, body) = logged(ApiError::not_found("no machine `x`")).await;
+        assert!(log.contains("DEBUG"), "{log}");
+        assert!(log.contains(&body.error.correlation_id), "{log}");
+        assert!(log.contains("no machine `x`"), "{log}");
+    }
 }

@@ -1,6 +1,7 @@
 //! The database: SQLite in one file under the data directory by default, PostgreSQL given a URL.
 //! Both go through sqlx's `Any` driver with one set of queries (`$N` parameters, which both
-//! accept) and their own migrations, applied at start.
+//! accept) and their own migrations, applied at start. The pool's statements are never logged
+//! (they may carry hashes).
 
 use std::path::Path;
 use std::str::FromStr;
