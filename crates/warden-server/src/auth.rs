@@ -140,8 +140,27 @@ impl SigningKey {
         m
     }
 
+    /// 32 bytes derived from the secret for `context`, for a purpose other than signing
+    /// tokens (the machine key rotation derives each next key here). The input starts with a
+    /// NUL byte, which no token payload does, so no token's tag can ever equal a derived value.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        self.mac(&format!("\0{context}"))
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    #[cfg(test)]
+    pub fn from_bytes(bytes: [u8; 32]) -> SigningKey {
+        SigningKey(bytes)
+    }
+
     /// `wop_` + hex(payload) + `.` + hex(HMAC-SHA256(payload)).
     pub(crate) fn sign(&self, payload: &str) -> String {
+        debug_assert!(
+            !payload.starts_with('\0'),
+            "token payloads never start with NUL"
+        );
         let tag = self.mac(payload).finalize().into_bytes();
         format!("{SESSION_PREFIX}{}.{}", hex(payload.as_bytes()), hex(&tag))
     }

@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod http;
 pub mod keys;
 pub mod limiter;
+pub mod link;
 pub mod proxy;
 pub mod serve;
 pub mod state;
@@ -61,6 +62,8 @@ pub struct Config {
     pub limits: serve::Limits,
     /// The window of the audit trail's budget for refusals.
     pub event_window: Duration,
+    /// The agent link's timing and bounds.
+    pub link: link::LinkConfig,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             login_slowdown: Duration::from_secs(1),
             limits: serve::Limits::default(),
             event_window: budget::WINDOW,
+            link: link::LinkConfig::default(),
         }
     }
 }
@@ -90,16 +94,22 @@ pub struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     flusher: tokio::task::JoinHandle<()>,
+    /// The link's wheel and database loops.
+    link_tasks: (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>),
 }
 
 impl Running {
     /// Stops accepting, lets requests in flight finish (cutting what is left when the drain
-    /// deadline passes), writes what the audit budget only counted, and returns.
+    /// deadline passes), tells every linked agent when to come back (spread out) and closes its
+    /// link, writes what the audit budget only counted, and returns.
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         let served = (&mut self.task).await.unwrap_or(Ok(()));
+        self.state.link.stop().await;
+        self.link_tasks.0.abort();
+        self.link_tasks.1.abort();
         self.flusher.abort();
         self.state.budget.flush(&self.state.db).await;
         served
@@ -115,6 +125,8 @@ impl Running {
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let db = store::Db::open(&config.data_dir, config.database_url.as_deref()).await?;
     let signing = auth::SigningKey::load_or_create(&db).await?;
+    let hub = link::Hub::new(config.link.clone(), db.clone(), signing.clone());
+    let link_tasks = link::watch::spawn(&hub);
     let capacity = limiter::MAX_KEYS;
     let state = Arc::new(AppState {
         db,
@@ -130,6 +142,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         signing,
         trusted_proxies: config.trusted_proxies.clone(),
         body_timeout: config.limits.body_timeout,
+        link: hub,
     });
     let mut limits = config.limits;
     limits.max_connections = serve::fitted_max_connections(&limits);
@@ -171,5 +184,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         stop: Some(tx),
         task,
         flusher,
+        link_tasks,
     })
 }

@@ -307,7 +307,11 @@ async fn http<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // With upgrades: an agent link leaves this connection (and its cap and deadlines) once it
+    // is upgraded, and lives on under the link hub's own bounds.
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let mut draining = false;
     loop {

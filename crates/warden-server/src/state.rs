@@ -38,4 +38,6 @@ pub struct AppState {
     pub trusted_proxies: Vec<Cidr>,
     /// Time a request body has to arrive.
     pub body_timeout: Duration,
+    /// The agent links this process holds.
+    pub link: std::sync::Arc<crate::link::Hub>,
 }

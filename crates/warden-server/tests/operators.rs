@@ -494,6 +494,7 @@ async fn the_openapi_document_lists_exactly_what_is_served() {
         listed.sort();
         let mut expected = vec![
             "POST /v1/enroll",
+            "GET /v1/agent/link",
             "GET /v1/agent/whoami",
             "GET /v1/health",
             "POST /v1/login",
@@ -512,6 +513,8 @@ async fn the_openapi_document_lists_exactly_what_is_served() {
             "DELETE /v1/machines/{id}",
             "POST /v1/machines/{id}/approve",
             "POST /v1/machines/{id}/ban",
+            "POST /v1/machines/{id}/clear",
+            "POST /v1/machines/{id}/quarantine",
             "POST /v1/machines/{id}/unban",
             "GET /v1/machines/{id}/keys",
             "DELETE /v1/machines/{id}/keys/{key_id}",

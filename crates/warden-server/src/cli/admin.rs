@@ -164,12 +164,20 @@ pub async fn machines(db: &Db, json: bool, command: MachinesCommand) -> anyhow::
                 ms_.iter()
                     .map(|m| {
                         format!(
-                            "{}  {:<12} {:<24} {:<8}{} seen {}\n",
+                            "{}  {:<12} {:<24} {:<11}{} {:<12} key {:<4} agent {:<10} seen {}\n",
                             m.machine_id,
                             m.site_code,
                             m.hostname,
                             m.state,
                             if m.banned { " banned" } else { "" },
+                            if m.connected {
+                                "connected"
+                            } else {
+                                "disconnected"
+                            },
+                            m.machine_key_version
+                                .map_or_else(|| "-".to_owned(), |v| format!("v{v}")),
+                            m.agent_version.as_deref().unwrap_or("-"),
                             ms(m.last_seen_ms)
                         )
                     })
@@ -197,6 +205,23 @@ pub async fn machines(db: &Db, json: bool, command: MachinesCommand) -> anyhow::
             db.ban(&machine_id).await.map_err(done)?;
             event("machine.ban", machine_id.clone()).await?;
             println!("{machine_id} banned");
+        }
+        MachinesCommand::Quarantine { machine_id } => {
+            let done = db.quarantine(&machine_id).await.map_err(done)?;
+            event("machine.quarantine", machine_id.clone()).await?;
+            println!(
+                "{machine_id} {}",
+                if done {
+                    "quarantined: its link closes within seconds; `machines clear` lets it back"
+                } else {
+                    "was not active: unchanged"
+                }
+            );
+        }
+        MachinesCommand::Clear { machine_id } => {
+            db.clear_quarantine(&machine_id).await.map_err(done)?;
+            event("machine.clear", machine_id.clone()).await?;
+            println!("{machine_id} cleared: it may link again with its current key");
         }
         MachinesCommand::Unban { machine_id } => {
             let was = db.unban(&machine_id).await.map_err(done)?;

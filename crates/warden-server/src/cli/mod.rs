@@ -100,7 +100,7 @@ pub enum MachinesCommand {
     List {
         #[arg(long)]
         site: Option<String>,
-        /// active, pending or removed.
+        /// active, pending, quarantined or removed.
         #[arg(long)]
         state: Option<String>,
         /// Part of a machine id or hostname.
@@ -122,6 +122,14 @@ pub enum MachinesCommand {
         machine_id: String,
     },
     Unban {
+        machine_id: String,
+    },
+    /// Quarantine a machine: its live link closes; no link and no dispatch until cleared.
+    Quarantine {
+        machine_id: String,
+    },
+    /// Clear a quarantine: the machine may link again with its current key.
+    Clear {
         machine_id: String,
     },
 }

@@ -1,5 +1,7 @@
-//! Enrolled machines: `/v1/machines` (list, show, approve, remove, bulk remove, ban, unban)
-//! and their keys (metadata only, revocation). Every change is recorded in the audit trail.
+//! Enrolled machines: `/v1/machines` (list with their link state, show, approve, remove, bulk
+//! remove, ban, unban, quarantine, clear) and their keys (metadata only, revocation). Every
+//! change is recorded in the audit trail; a change that takes a machine's link away closes it
+//! (through the revocation the store records).
 
 use std::sync::Arc;
 
@@ -26,6 +28,8 @@ pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(approve))
         .routes(routes!(ban))
         .routes(routes!(unban))
+        .routes(routes!(quarantine))
+        .routes(routes!(clear))
         .routes(routes!(machine_keys))
         .routes(routes!(revoke_machine_key))
 }
@@ -120,6 +124,33 @@ async fn unban(
     require(&op, Role::Admin)?;
     s.db.unban(&id).await?;
     audit(&s, &op, "machine.unban", &format!("machine {id}")).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(post, path = "/v1/machines/{id}/quarantine", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "Quarantined (admin): its live link closes, it gets no link and no dispatch until cleared"), (status = 404, description = "No such machine")))]
+async fn quarantine(
+    State(s): Shared,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    let done = s.db.quarantine(&id).await?;
+    audit(&s, &op, "machine.quarantine", &format!("machine {id}")).await;
+    Ok(
+        Json(json!({"machine_id": id, "result": if done { "quarantined" } else { "unchanged" }}))
+            .into_response(),
+    )
+}
+
+#[utoipa::path(post, path = "/v1/machines/{id}/clear", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 204, description = "Cleared (admin): it may link again with its current key"), (status = 404, description = "No such machine"), (status = 409, description = "It is not quarantined")))]
+async fn clear(
+    State(s): Shared,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&op, Role::Admin)?;
+    s.db.clear_quarantine(&id).await?;
+    audit(&s, &op, "machine.clear", &format!("machine {id}")).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -10,6 +10,7 @@ mod auth;
 mod enroll;
 pub mod error;
 mod events;
+mod link;
 mod machines;
 pub mod operator;
 mod sites;
@@ -51,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(enroll::routes())
         .merge(agent::routes())
+        .merge(link::routes())
         .routes(routes!(health))
         .merge(auth::routes())
         .merge(sites::routes())

@@ -161,17 +161,23 @@ impl Placement {
         .bind(id)
         .execute(&mut *self.0)
         .await?;
+        // A link still held with an old key closes.
+        super::links::ring(&mut self.0, id, now_ms).await?;
         Ok(())
     }
 
     /// Stores a new key of row `id` by its hash.
     pub async fn add_key(&mut self, id: i64, key_hash: &str, now_ms: i64) -> Result<()> {
-        sqlx::query("INSERT INTO machine_keys (machine_row, hash, created_ms) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(key_hash)
-            .bind(now_ms)
-            .execute(&mut *self.0)
-            .await?;
+        // Versions count up per machine, across re-enrollments and rotations.
+        sqlx::query(
+            "INSERT INTO machine_keys (machine_row, hash, created_ms, version) VALUES ($1, $2, $3,
+             (SELECT COALESCE(MAX(version), 0) + 1 FROM machine_keys WHERE machine_row = $1))",
+        )
+        .bind(id)
+        .bind(key_hash)
+        .bind(now_ms)
+        .execute(&mut *self.0)
+        .await?;
         Ok(())
     }
 

@@ -13,8 +13,11 @@ use crate::keys;
 macro_rules! machine_select {
     () => {
         "SELECT m.machine_id, s.site_code, m.hostname, m.labels, m.state,
-         m.key_version, m.created_ms, m.last_seen_ms,
-         (SELECT COUNT(*) FROM bans b WHERE b.machine_id = m.machine_id) AS banned
+         m.key_version, m.created_ms, m.last_seen_ms, m.linked_ms, m.agent_version,
+         (SELECT COUNT(*) FROM bans b WHERE b.machine_id = m.machine_id) AS banned,
+         (SELECT MAX(k.version) FROM machine_keys k WHERE k.machine_row = m.id
+          AND k.revoked_ms IS NULL AND k.retired_ms IS NULL AND k.pending = 0)
+          AS machine_key_version
          FROM machines m JOIN sites s ON s.id = m.site_id"
     };
 }
@@ -27,17 +30,39 @@ pub struct Machine {
     pub labels: serde_json::Value,
     pub state: String,
     pub banned: bool,
+    /// The enrollment key version it last enrolled with.
     pub key_version: i64,
     pub created_ms: i64,
+    /// When anything last came from it: its enrollment, or its link (written in batches).
     pub last_seen_ms: i64,
+    /// Whether it holds a live link: one came up and it has been heard from within
+    /// [`CONNECTED_WITHIN_MS`] (so a server that died without saying so does not leave
+    /// machines shown connected).
+    pub connected: bool,
+    /// When its live link came up.
+    pub linked_ms: Option<i64>,
+    /// The version of the machine key in use (the current one; a pending one is not yet).
+    pub machine_key_version: Option<i64>,
+    /// What its agent said it is, at its last link.
+    pub agent_version: Option<String>,
 }
+
+/// A linked machine not heard from for this long is shown disconnected: the silent-peer
+/// deadline plus the longest `last_seen` batch interval, with room to spare.
+pub const CONNECTED_WITHIN_MS: i64 = 120_000;
 
 /// A machine key's record, never the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MachineKeyInfo {
     pub id: i64,
+    /// 1 for the machine's first key, one more for each after it.
+    pub version: i64,
     pub created_ms: i64,
     pub revoked: bool,
+    /// Issued by a rotation and not used yet.
+    pub pending: bool,
+    /// Retired by a newer key's first use: presenting it again quarantines the machine.
+    pub retired: bool,
 }
 
 /// What a bulk removal did with one id.
@@ -131,6 +156,7 @@ impl Db {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        super::links::ring(&mut tx, id, now_ms()).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -148,6 +174,14 @@ impl Db {
         sqlx::query(
             "UPDATE machine_keys SET revoked_ms = $1 WHERE revoked_ms IS NULL AND machine_row IN
              (SELECT id FROM machines WHERE machine_id = $2)",
+        )
+        .bind(now_ms())
+        .bind(machine_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO machine_revocations (machine_row, created_ms)
+             SELECT id, $1 FROM machines WHERE machine_id = $2",
         )
         .bind(now_ms())
         .bind(machine_id)
@@ -196,7 +230,8 @@ impl Db {
     pub async fn machine_keys(&self, machine_id: &str) -> Result<Vec<MachineKeyInfo>> {
         self.machine(machine_id).await?;
         let rows = sqlx::query(
-            "SELECT k.id, k.created_ms, k.revoked_ms FROM machine_keys k
+            "SELECT k.id, k.version, k.created_ms, k.revoked_ms, k.pending, k.retired_ms
+             FROM machine_keys k
              JOIN machines m ON m.id = k.machine_row WHERE m.machine_id = $1 ORDER BY k.id DESC",
         )
         .bind(machine_id)
@@ -206,8 +241,11 @@ impl Db {
             .map(|r| {
                 Ok(MachineKeyInfo {
                     id: r.try_get("id")?,
+                    version: r.try_get("version")?,
                     created_ms: r.try_get("created_ms")?,
                     revoked: r.try_get::<Option<i64>, _>("revoked_ms")?.is_some(),
+                    pending: r.try_get::<i64, _>("pending")? > 0,
+                    retired: r.try_get::<Option<i64>, _>("retired_ms")?.is_some(),
                 })
             })
             .collect()
@@ -224,11 +262,19 @@ impl Db {
         if key.revoked {
             return Ok(false);
         }
-        sqlx::query("UPDATE machine_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
-            .bind(now_ms())
-            .bind(key_id)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE machine_keys SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL
+             RETURNING machine_row",
+        )
+        .bind(now_ms())
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            super::links::ring(&mut tx, row.try_get("machine_row")?, now_ms()).await?;
+        }
+        tx.commit().await?;
         Ok(true)
     }
 
@@ -258,6 +304,8 @@ impl Db {
 fn machine_of(r: &sqlx::any::AnyRow) -> Result<Machine> {
     let labels: String = r.try_get("labels")?;
     let banned: i64 = r.try_get("banned")?;
+    let last_seen_ms: i64 = r.try_get("last_seen_ms")?;
+    let linked_ms: Option<i64> = r.try_get("linked_ms")?;
     Ok(Machine {
         machine_id: r.try_get("machine_id")?,
         site_code: r.try_get("site_code")?,
@@ -267,6 +315,10 @@ fn machine_of(r: &sqlx::any::AnyRow) -> Result<Machine> {
         banned: banned > 0,
         key_version: r.try_get("key_version")?,
         created_ms: r.try_get("created_ms")?,
-        last_seen_ms: r.try_get("last_seen_ms")?,
+        last_seen_ms,
+        connected: linked_ms.is_some() && last_seen_ms >= now_ms() - CONNECTED_WITHIN_MS,
+        linked_ms,
+        machine_key_version: r.try_get("machine_key_version")?,
+        agent_version: r.try_get("agent_version")?,
     })
 }

@@ -10,6 +10,7 @@
 pub mod db;
 pub mod enroll;
 pub mod events;
+pub mod links;
 pub mod machines;
 pub mod operators;
 pub mod secrets;
