@@ -275,12 +275,9 @@ async fn rotation_offers_one_pending_key_until_its_first_use() {
             "asking again must give the same key"
         );
         say(&mut ws, json!({"type": "key_stored", "key_version": 2})).await;
-        let mut ws2 = loop {
-            match connect(&s, &k2).await {
-                Ok(w) => break w,
-                Err(e) => panic!("the new key must link: {e:?}"),
-            }
-        };
+        let mut ws2 = connect(&s, &k2)
+            .await
+            .unwrap_or_else(|e| panic!("the new key must link: {e:?}"));
         let w = until(&mut ws2, "welcome", Duration::from_secs(2))
             .await
             .unwrap();
@@ -302,4 +299,242 @@ async fn rotation_offers_one_pending_key_until_its_first_use() {
         assert_eq!(s.db().machine(&m).await.unwrap().state, "active");
         s.running.stop().await.unwrap();
     }
+}
+
+/// Rotates `key`'s machine once over a live link: the new key, and its link (welcomed).
+async fn rotate(s: &TestServer, key: &str) -> (String, Ws) {
+    let mut ws = connect(s, key).await.unwrap();
+    until(&mut ws, "welcome", Duration::from_secs(2))
+        .await
+        .unwrap();
+    say(&mut ws, json!({"type": "rotate_key"})).await;
+    let offer = until(&mut ws, "new_key", Duration::from_secs(2))
+        .await
+        .unwrap();
+    let next = offer["machine_key"].as_str().unwrap().to_owned();
+    let mut ws2 = connect(s, &next).await.unwrap();
+    until(&mut ws2, "welcome", Duration::from_secs(2))
+        .await
+        .unwrap();
+    (next, ws2)
+}
+
+/// Pins: a retired key presented again gets 401, quarantines that machine alone (its live
+/// link closes with `quarantined`, its current key gets 403 quarantined, one
+/// `machine.key_replayed` event per replay), leaves another machine's link up, and an admin's clear lets
+/// the current key link again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_retired_key_quarantines_only_its_machine() {
+    for url in backends() {
+        let (s, key) = server(url.as_deref(), quick()).await;
+        let (m, k1) = enrolled(&s, &key, "victim").await;
+        let (_, other_key) = enrolled(&s, &key, "bystander").await;
+        let mut other = connect(&s, &other_key).await.unwrap();
+        until(&mut other, "welcome", Duration::from_secs(2))
+            .await
+            .unwrap();
+        let (k2, mut live) = rotate(&s, &k1).await;
+
+        let (status, kind, _) = connect(&s, &k1).await.err().unwrap();
+        assert_eq!((status, kind.as_str()), (401, "unauthorized"));
+        let bye = until(&mut live, "goodbye", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(bye["reason"], "quarantined");
+        assert_eq!(s.db().machine(&m).await.unwrap().state, "quarantined");
+        let (status, kind, _) = connect(&s, &k2).await.err().unwrap();
+        assert_eq!((status, kind.as_str()), (403, "quarantined"));
+        // A second replay is refused the same way and recorded too (within the event budget).
+        assert_eq!(connect(&s, &k1).await.err().unwrap().0, 401);
+        let events = s
+            .db()
+            .events(Some("machine.key_replayed"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 2, "each replay is an alert");
+        assert!(events[0].target.contains(&m));
+
+        // The bystander is untouched.
+        say(&mut other, json!({"type": "heartbeat"})).await;
+        assert_eq!(
+            until(&mut other, "heartbeat", Duration::from_secs(2))
+                .await
+                .unwrap()["type"],
+            "heartbeat"
+        );
+
+        s.db().clear_quarantine(&m).await.unwrap();
+        let mut back = connect(&s, &k2).await.unwrap();
+        assert_eq!(
+            until(&mut back, "welcome", Duration::from_secs(2))
+                .await
+                .unwrap()["key_version"],
+            2
+        );
+        s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: two live links with the same current key: the newer is refused with 409
+/// `duplicate_link` and recorded, the first stays up; once it closes the key links again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_link_with_the_same_key_is_refused_and_recorded() {
+    for url in backends() {
+        let (s, key) = server(url.as_deref(), quick()).await;
+        let (_, k) = enrolled(&s, &key, "twin").await;
+        let mut first = connect(&s, &k).await.unwrap();
+        until(&mut first, "welcome", Duration::from_secs(2))
+            .await
+            .unwrap();
+        let (status, kind, _) = connect(&s, &k).await.err().unwrap();
+        assert_eq!((status, kind.as_str()), (409, "duplicate_link"));
+        let events = s
+            .db()
+            .events(Some("machine.link_duplicate"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        say(&mut first, json!({"type": "heartbeat"})).await;
+        assert!(
+            until(&mut first, "heartbeat", Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        first.close(None).await.unwrap();
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match connect(&s, &k).await {
+                Ok(_) => break,
+                Err((409, _, _)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("the key must link once its link closed: {e:?}"),
+            }
+        }
+        s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: a machine turned pending by a likely clone gets 403 `pending` with Retry-After 60;
+/// after approval the clone's re-enrollment gets a key that links, and the old key is revoked
+/// (401, no quarantine: revocation is not a replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_machines_get_no_link_until_approved() {
+    for url in backends() {
+        let (s, key) = server(url.as_deref(), quick()).await;
+        let m = machine_id();
+        let first = s.enroll(&body("hq", &key, &m, "pc-1")).await;
+        let k1 = first.json["machine_key"].as_str().unwrap().to_owned();
+        let clone = s.enroll(&body("hq", &key, &m, "pc-2")).await;
+        assert_eq!(clone.status, 202, "{}", clone.raw);
+        let (status, kind, retry) = connect(&s, &k1).await.err().unwrap();
+        assert_eq!(
+            (status, kind.as_str(), retry.as_deref()),
+            (403, "pending", Some("60"))
+        );
+        s.db().approve(&m).await.unwrap();
+        let again = s.enroll(&body("hq", &key, &m, "pc-2")).await;
+        assert_eq!(again.status, 200, "{}", again.raw);
+        let k2 = again.json["machine_key"].as_str().unwrap();
+        let mut ws = connect(&s, k2).await.unwrap();
+        assert!(
+            until(&mut ws, "welcome", Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        assert_eq!(connect(&s, &k1).await.err().unwrap().0, 401);
+        assert_eq!(s.db().machine(&m).await.unwrap().state, "active");
+        s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: past the upgrade rate a link is refused with 503 `unavailable` and an exact
+/// Retry-After, before its key is looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_past_the_rate_get_503_with_retry_after() {
+    let (s, key) = server(
+        None,
+        LinkConfig {
+            upgrades_per_second: 2,
+            ..quick()
+        },
+    )
+    .await;
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        keys.push(enrolled(&s, &key, &format!("h{i}")).await.1);
+    }
+    let _a = connect(&s, &keys[0]).await.unwrap();
+    let _b = connect(&s, &keys[1]).await.unwrap();
+    let (status, kind, retry) = connect(&s, &keys[2]).await.err().unwrap();
+    assert_eq!(
+        (status, kind.as_str(), retry.as_deref()),
+        (503, "unavailable", Some("1"))
+    );
+    let (status, _, _) = connect(&s, "wmk_nonsense").await.err().unwrap();
+    assert_eq!(status, 503, "admission comes before the key check");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(connect(&s, &keys[2]).await.is_ok());
+    s.running.stop().await.unwrap();
+}
+
+/// Pins: a graceful stop tells every linked agent to come back after a delay spread over the
+/// restart window (not all at once), then closes the links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_spreads_the_agents_returns() {
+    let (s, key) = server(None, quick()).await;
+    let mut links = Vec::new();
+    for i in 0..8 {
+        let (_, k) = enrolled(&s, &key, &format!("h{i}")).await;
+        let mut ws = connect(&s, &k).await.unwrap();
+        until(&mut ws, "welcome", Duration::from_secs(2))
+            .await
+            .unwrap();
+        links.push(ws);
+    }
+    let stopping = tokio::spawn(s.running.stop());
+    let mut delays = Vec::new();
+    for ws in &mut links {
+        let bye = until(ws, "goodbye", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(bye["reason"], "server_stopping");
+        let after = bye["reconnect_after_ms"].as_u64().unwrap();
+        assert!(after <= 3000, "{after} ms is past the spread");
+        delays.push(after);
+        assert!(
+            next(ws, Duration::from_secs(2)).await.is_none(),
+            "the link closes"
+        );
+    }
+    stopping.await.unwrap().unwrap();
+    delays.sort_unstable();
+    delays.dedup();
+    assert!(delays.len() >= 6, "returns not spread: {delays:?}");
+}
+
+/// Pins: a key due for rotation is offered by the server on its own (no agent request),
+/// within the pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_key_is_offered_on_schedule() {
+    let (s, key) = server(
+        None,
+        LinkConfig {
+            rotation_every: Duration::from_millis(500),
+            ..quick()
+        },
+    )
+    .await;
+    let (_, k) = enrolled(&s, &key, "sched").await;
+    let mut ws = connect(&s, &k).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let m = next(&mut ws, Duration::from_secs(3)).await.unwrap();
+        if m["type"] == "new_key" {
+            assert_eq!(m["key_version"], 2);
+            break;
+        }
+        say(&mut ws, json!({"type": "heartbeat"})).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    s.running.stop().await.unwrap();
 }
