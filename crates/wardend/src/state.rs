@@ -1,8 +1,7 @@
 //! The state every connection and handler shares ([`Shared`]): the policy in force and its
 //! reload, the brakes, the stores (jobs, audit, resources), the machine identity, the limits
-//! and counters. It sits
-//! below the request path: the server builds it, `dispatch` and the handlers read it, and it
-//! imports none of them.
+//! and counters. It sits below the request path: the server builds it, `dispatch` and the
+//! handlers read it, and it imports none of them.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -245,12 +245,12 @@ mod tests {
         assert!(d.passed_over.is_empty());
         let id = &d.identity.machine_id;
         assert!(
-            warden_proto_machine_id_shape(id),
+            has_machine_id_shape(id),
             "{id} is not muid_ + 64 lowercase hex"
         );
     }
 
-    fn warden_proto_machine_id_shape(id: &str) -> bool {
+    fn has_machine_id_shape(id: &str) -> bool {
         id.strip_prefix(PREFIX).is_some_and(|h| {
             h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         })
