@@ -15,9 +15,10 @@ use warden_proto::envelope::{self, Incoming};
 use warden_proto::frame::{read_frame, write_frame};
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, JobState};
 use warden_proto::messages::{
-    AuditVerifyResult, HealthResult, HelloResult, StatusResult, VersionResult, WhoamiResult,
+    AuditVerifyResult, HealthResult, HelloResult, HostIdentityResult, StatusResult, VersionResult,
+    WhoamiResult,
 };
-use warden_proto::{DEFAULT_MAX_FRAME, ErrorKind, PROTOCOL_VERSION, RpcError};
+use warden_proto::{DEFAULT_MAX_FRAME, ErrorKind, Method, PROTOCOL_VERSION, RpcError};
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -357,6 +358,13 @@ impl Client {
 
     pub async fn status(&mut self) -> Result<StatusResult, ClientError> {
         self.call("status", &serde_json::json!({})).await
+    }
+
+    /// The host's machine identity (the fleet agent's uid while `[fleet]` is enabled, and
+    /// admins); `unavailable` when the host has no usable identity source.
+    pub async fn host_identity(&mut self) -> Result<HostIdentityResult, ClientError> {
+        self.call(Method::HostIdentity.as_str(), &serde_json::json!({}))
+            .await
     }
 
     /// The actions this caller could start.

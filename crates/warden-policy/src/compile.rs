@@ -12,6 +12,7 @@ use warden_proto::{ActionName, Gid, Limits, Tier, Uid};
 
 use crate::actions::{self, ActionSpec};
 use crate::config::{self, ConfigError, ConfigFile, Problem, line_of};
+use crate::fleet::{self, FleetPolicy};
 use crate::resources::{self, ResourceKind};
 
 /// Longest socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
@@ -135,6 +136,8 @@ pub struct Policy {
     pub actions: BTreeMap<ActionName, Arc<ActionSpec>>,
     /// Declared kinds of owned resources, by kind; shared for the same reason.
     pub resources: BTreeMap<String, Arc<ResourceKind>>,
+    /// `[fleet]`: the agent's uid, the fleet principal's cap, the identity sources.
+    pub fleet: FleetPolicy,
 }
 
 /// A policy and the warnings found while building it.
@@ -346,6 +349,8 @@ fn compile(
         }),
     };
 
+    let fleet = fleet::compile_fleet(file.fleet.as_ref(), text, dir, &mut errors, &mut warnings);
+
     if !errors.is_empty() {
         return Err(ConfigError {
             origin: origin.to_owned(),
@@ -365,6 +370,7 @@ fn compile(
             audit,
             actions,
             resources,
+            fleet,
         },
         warnings,
     })
@@ -391,6 +397,7 @@ pub(crate) mod tests {
             Ok(match name {
                 "alice" => Some((Uid(1001), Gid(1001))),
                 "bob" => Some((Uid(1002), Gid(1002))),
+                "root" => Some((Uid(0), Gid(0))),
                 _ => None,
             })
         }

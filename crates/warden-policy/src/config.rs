@@ -108,6 +108,8 @@ pub struct ConfigFile {
     pub actions: Vec<Spanned<ActionSection>>,
     #[serde(default, rename = "resource")]
     pub resources: Vec<Spanned<ResourceSection>>,
+    #[serde(default)]
+    pub fleet: Option<Spanned<crate::fleet::FleetSection>>,
 }
 
 /// One `[[resource]]`: a kind of directory users own.

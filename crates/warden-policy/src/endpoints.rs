@@ -1,8 +1,9 @@
 //! The endpoint table: every method's required tier, required ops and whether it mutates, in one
 //! place. The match is exhaustive, so a new [`Method`] does not compile until it is declared here.
 //!
-//! Two refinements live in the gate, next to this table: `job.start` must also meet the started
-//! action's own declaration, and `job.list` with `scope = "all"` needs `operator`. Methods about
+//! Refinements live in the gate, next to this table: `job.start` must also meet the started
+//! action's own declaration, `job.list` with `scope = "all"` needs `operator`, and
+//! `host.identity` is also open to the fleet agent's uid while `[fleet]` is enabled. Methods about
 //! one job are also limited to the job's requester and admins.
 
 use std::borrow::Cow;
@@ -56,6 +57,8 @@ pub fn spec(method: Method) -> EndpointSpec {
         // Ownership decides who may: the owner or an admin.
         Method::ResourceDelete => (Tier::ReadOnly, &[], true),
         Method::ResourceList | Method::ResourceGet => (Tier::ReadOnly, &[], false),
+        // Admins, and the `[fleet] agent_user` whatever its tier (the gate's refinement).
+        Method::HostIdentity => (Tier::Admin, &[], false),
     };
     EndpointSpec {
         method,

@@ -264,6 +264,21 @@ impl Policy {
             need.tier = Tier::Operator;
             need.what = Cow::Borrowed("job.list of everyone's jobs");
         }
+        // The machine identity is for admins and for the fleet agent, whatever tier its uid
+        // has otherwise (usually none): it needs the id to enroll this host.
+        if let Request::HostIdentity = request
+            && self.fleet.agent_uid() == Some(peer.uid)
+        {
+            trace.note(|| {
+                format!(
+                    "uid {} is [fleet] agent_user `{}`",
+                    peer.uid,
+                    self.fleet.agent.as_ref().map_or("", |(_, n)| n.as_str())
+                )
+            });
+            need.tier = Tier::None;
+            need.what = Cow::Borrowed("host.identity for the fleet agent");
+        }
         // Alerts are for operators (as alerts.list), the audit trail for admins.
         if let Request::EventsSubscribe(p) = request {
             for topic in &p.topics {

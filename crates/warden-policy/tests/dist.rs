@@ -57,6 +57,8 @@ fn the_example_configuration_loads_without_problems() {
     let without = format!("{}{}", &text[..start], &text[end..]);
     let defaults = Policy::load(&without, "dist/warden.toml", &EveryName).unwrap();
     assert_eq!(loaded.policy.jobs, defaults.policy.jobs);
+    // Its [fleet] tables show the defaults, the real identity locations included.
+    assert_eq!(loaded.policy.fleet, warden_policy::FleetPolicy::default());
 }
 
 /// `(ListenStream, SocketMode, SocketGroup)` of a socket unit, which must have one socket.

@@ -335,3 +335,43 @@ pub struct ResourceInfo {
 pub struct ResourceList {
     pub resources: Vec<ResourceInfo>,
 }
+
+/// Which hardware signal a host's machine id was derived from, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// The DMI (SMBIOS) product UUID of the machine.
+    DmiProductUuid,
+    /// The DMI board serial together with the serial of the root disk.
+    BoardAndDiskSerial,
+    /// `/etc/machine-id`: changes with a reinstall, so the answer is `degraded`.
+    MachineId,
+}
+
+impl IdentitySource {
+    /// The wire name, also the name hashed into the machine id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySource::DmiProductUuid => "dmi_product_uuid",
+            IdentitySource::BoardAndDiskSerial => "board_and_disk_serial",
+            IdentitySource::MachineId => "machine_id",
+        }
+    }
+}
+
+impl std::fmt::Display for IdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Answer to `host.identity`: the machine id a fleet knows this host by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostIdentityResult {
+    /// `muid_` and 64 lowercase hex digits: SHA-256 over a fixed namespace and the source's
+    /// values, so the same hardware gives the same id across reinstalls.
+    pub machine_id: String,
+    pub source: IdentitySource,
+    /// True when only `/etc/machine-id` was usable: a reinstall makes this host a new machine.
+    pub degraded: bool,
+}

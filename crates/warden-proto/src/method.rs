@@ -35,10 +35,11 @@ pub enum Method {
     ResourceDelete,
     ResourceList,
     ResourceGet,
+    HostIdentity,
 }
 
 impl Method {
-    pub const ALL: [Method; 29] = [
+    pub const ALL: [Method; 30] = [
         Method::Hello,
         Method::Health,
         Method::Version,
@@ -68,6 +69,7 @@ impl Method {
         Method::ResourceDelete,
         Method::ResourceList,
         Method::ResourceGet,
+        Method::HostIdentity,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +103,7 @@ impl Method {
             Method::ResourceDelete => "resource.delete",
             Method::ResourceList => "resource.list",
             Method::ResourceGet => "resource.get",
+            Method::HostIdentity => "host.identity",
         }
     }
 

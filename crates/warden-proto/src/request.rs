@@ -48,6 +48,8 @@ pub enum Request {
     ResourceDelete(ResourceParams),
     ResourceList(ResourceListParams),
     ResourceGet(ResourceParams),
+    /// The host's machine identity, as wardend derives it (for the fleet agent and admins).
+    HostIdentity,
 }
 
 /// Longest idempotency key, in bytes.
@@ -471,6 +473,7 @@ impl Request {
                 Request::ResourceGet(p)
             }
             Method::ResourceList => Request::ResourceList(typed(method, raw)?),
+            Method::HostIdentity => none(method, raw, Request::HostIdentity)?,
         })
     }
 
@@ -524,6 +527,7 @@ impl Request {
             Request::ResourceDelete(_) => Method::ResourceDelete,
             Request::ResourceList(_) => Method::ResourceList,
             Request::ResourceGet(_) => Method::ResourceGet,
+            Request::HostIdentity => Method::HostIdentity,
         }
     }
 }
@@ -592,6 +596,7 @@ mod tests {
             Method::Version,
             Method::Whoami,
             Method::Status,
+            Method::HostIdentity,
         ] {
             assert_eq!(Request::parse(m, None).unwrap().method(), m);
             assert_eq!(Request::parse(m, Some(&raw("{}"))).unwrap().method(), m);

@@ -184,6 +184,7 @@ fn requests_match_their_fixtures_and_parse_back() {
         ),
         ("request.policy_reload", Method::PolicyReload, json!({})),
         ("request.doctor", Method::Doctor, json!({})),
+        ("request.host_identity", Method::HostIdentity, json!({})),
         (
             "request.policy_explain",
             Method::PolicyExplain,
@@ -303,6 +304,22 @@ fn results_match_their_fixtures() {
                 "the caller has tier read_only as a member of group warden (998)".into(),
             ],
             params: None,
+        }),
+    );
+    check(
+        "result.host_identity",
+        ok(&HostIdentityResult {
+            machine_id: format!("muid_{}", "3f".repeat(32)),
+            source: IdentitySource::DmiProductUuid,
+            degraded: false,
+        }),
+    );
+    check(
+        "result.host_identity_degraded",
+        ok(&HostIdentityResult {
+            machine_id: format!("muid_{}", "a0".repeat(32)),
+            source: IdentitySource::MachineId,
+            degraded: true,
         }),
     );
     check(

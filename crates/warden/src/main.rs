@@ -107,6 +107,11 @@ enum Command {
     },
     /// Check the installation's security posture through the daemon (admin); exits 1 on errors.
     Doctor,
+    /// This host as a fleet sees it (admin, or the fleet agent's user).
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// Show the newest alerts (operator).
     Alerts {
         /// How many.
@@ -205,6 +210,12 @@ enum ResourceCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// The machine id wardend derives from the hardware, its source, and whether it is degraded.
+    Identity,
+}
+
+#[derive(Debug, Subcommand)]
 enum LockdownCommand {
     /// Engage it; running jobs that change state are asked to stop.
     Engage {
@@ -281,6 +292,12 @@ async fn run(cli: Cli) -> ExitCode {
             .whoami()
             .await
             .map(|w| show(json, &w, render::whoami)),
+        Command::Host {
+            command: HostCommand::Identity,
+        } => client
+            .host_identity()
+            .await
+            .map(|h| show(json, &h, render::host_identity)),
         Command::Call {
             method,
             params,

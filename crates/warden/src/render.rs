@@ -102,6 +102,17 @@ pub fn status(s: &StatusResult) -> String {
     out
 }
 
+pub fn host_identity(h: &warden_proto::messages::HostIdentityResult) -> String {
+    let mut out = format!("machine id  {}\nsource      {}\n", h.machine_id, h.source);
+    if h.degraded {
+        out.push_str(
+            "degraded    only /etc/machine-id was usable: a reinstall makes this host a new \
+             machine to the fleet\n",
+        );
+    }
+    out
+}
+
 pub fn whoami(w: &WhoamiResult) -> String {
     let p = &w.peer;
     let user = w

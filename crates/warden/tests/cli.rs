@@ -465,3 +465,48 @@ fn json_errors_have_one_shape_and_documented_exit_statuses() {
         assert!(!e["message"].as_str().unwrap().is_empty());
     }
 }
+
+/// Pins: `warden host identity` prints the machine id, its source and the degraded note for a
+/// host whose only signal is its machine-id fixture, and `--json` prints the wire result.
+#[test]
+fn host_identity_prints_the_machine_id_and_its_source() {
+    if !warden_testkit::root_or_skip("host_identity_prints_the_machine_id_and_its_source") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    std::fs::write(
+        dir.path().join("machine-id"),
+        "3d1219c7c4c5404aaa1f6d2a48adfda4\n",
+    )
+    .unwrap();
+    let text_conf = warden_testkit::config(
+        "[daemon]\nruntime_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n\
+         [[listener]]\npath = \"{dir}/run/w.sock\"\nmode = \"0600\"\n\
+         [fleet.identity]\nproduct_uuid = \"{dir}/none\"\nboard_serial = \"{dir}/none\"\n\
+         disk_serial = \"{dir}/none\"\nmachine_id = \"{dir}/machine-id\"\n",
+        dir.path(),
+    );
+    let d =
+        Daemon::spawn_thread(Settings::from_toml(&text_conf, "test", DaemonMode::System).unwrap())
+            .unwrap();
+    let sock = d.socket().to_str().unwrap().to_owned();
+
+    let out = warden(&["--socket", &sock, "--json", "host", "identity"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["source"], "machine_id");
+    assert_eq!(v["degraded"], true);
+    let id = v["machine_id"].as_str().unwrap();
+    assert!(id.starts_with("muid_") && id.len() == 69, "{id}");
+
+    let out = warden(&["--socket", &sock, "host", "identity"]);
+    let s = text(&out.stdout);
+    assert!(
+        s.starts_with(&format!("machine id  {id}\nsource      machine_id\n")),
+        "{s}"
+    );
+    assert!(
+        s.contains("degraded    only /etc/machine-id was usable"),
+        "{s}"
+    );
+}

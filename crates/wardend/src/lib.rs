@@ -17,6 +17,7 @@ mod events;
 mod files;
 mod fswork;
 mod handlers;
+pub mod host_identity;
 mod identity;
 mod jobs;
 mod limits;

@@ -27,6 +27,7 @@ use crate::brakes::Brakes;
 use crate::call::{correlation_id, framed_error};
 use crate::connection::Connection;
 use crate::events::Bus;
+use crate::host_identity::HostIdentity;
 use crate::identity::DigestCache;
 use crate::jobs::{Jobs, JobsError};
 use crate::limits::{Admission, Pool, Refusal};
@@ -195,7 +196,10 @@ impl Daemon {
         // survived the restart defers the reconciles it stops.
         let brakes = Brakes::open(&policy.state_dir, &policy.ops).map_err(StartError::Brakes)?;
         jobs.recover(lost, &policy, &brakes.ops(), brakes.lockdown().as_ref());
+        // Before the first socket is served: `host.identity` answers from memory.
+        let host_identity = HostIdentity::compute(&policy.fleet);
         let shared = Arc::new(Shared {
+            host_identity,
             static_status,
             jobs,
             audit,

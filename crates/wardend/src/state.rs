@@ -1,7 +1,7 @@
 //! The state every connection and handler shares ([`Shared`]): the policy in force and its
-//! reload, the brakes, the stores (jobs, audit, resources), the limits and counters. It sits
-//! below the request path: the server builds it, `dispatch` and the handlers read it, and it
-//! imports none of them.
+//! reload, the brakes, the stores (jobs, audit, resources), the machine identity, the limits
+//! and counters. It sits below the request path: the server builds it, `dispatch` and the
+//! handlers read it, and it imports none of them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::alerts::Alerts;
 use crate::audit::{AuditLog, Changes, Denials};
 use crate::brakes::Brakes;
 use crate::events::Bus;
+use crate::host_identity::HostIdentity;
 use crate::identity::{DigestCache, PidfdSource};
 use crate::jobs::Jobs;
 use crate::limits::Admission;
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub alerts: Alerts,
     /// Events for `events.subscribe`.
     pub bus: Bus,
+    /// The machine identity, computed at start and reload so `host.identity` reads no file.
+    pub host_identity: HostIdentity,
     /// Owned resources and the one lock of their changes.
     pub resources: Arc<crate::resources::Registry>,
     /// Keeps peer-caused log lines from flooding the log.
@@ -124,6 +127,8 @@ impl Shared {
             new.audit = old.audit.clone();
         }
         self.brakes.reconfigure(&new.ops);
+        // `[fleet.identity]` may name other files, and the hardware may have changed.
+        self.host_identity.refresh(&new.fleet);
         *self
             .policy
             .write()

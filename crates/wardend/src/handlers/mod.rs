@@ -19,8 +19,8 @@ use warden_policy::gate::{Judged, Target};
 use warden_proto::jobs::{ActionInfo, ActionList, JobList, JobRecord, JobStarted, LogChunk};
 use warden_proto::messages::{
     AlertsResult, AuditQueryResult, AuditVerifyResult, DoctorFinding, DoctorResult, ExplainResult,
-    HealthResult, HelloResult, LockdownInfo, LockdownResult, OpsResult, PeerInfo,
-    PolicyReloadResult, ResourceInfo, ResourceList, VersionResult, WhoamiResult,
+    HealthResult, HelloResult, HostIdentityResult, LockdownInfo, LockdownResult, OpsResult,
+    PeerInfo, PolicyReloadResult, ResourceInfo, ResourceList, VersionResult, WhoamiResult,
 };
 use warden_proto::{Request, Tier};
 
@@ -52,6 +52,7 @@ pub(crate) enum Reply<'a> {
     Doctor(DoctorResult),
     Resource(ResourceInfo),
     Resources(ResourceList),
+    HostIdentity(HostIdentityResult),
 }
 
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
@@ -186,6 +187,13 @@ pub(crate) fn handle<'a>(
         Request::ActionsList => Reply::Actions(actions::list(shared, s)),
         Request::ActionsDescribe(p) => Reply::Action(actions::describe(shared, &p)?),
         Request::OpsGet => Reply::Ops(brakes::get(shared)),
+        // Computed at start and reload: no file is read here.
+        Request::HostIdentity => Reply::HostIdentity(
+            shared
+                .host_identity
+                .answer()
+                .map_err(|m| Failure::new(warden_proto::ErrorKind::Unavailable, m))?,
+        ),
         Request::PolicyExplain(p) => return explain::explain(shared, &p),
         Request::AlertsList(p) => Reply::Alerts(AlertsResult {
             alerts: shared.alerts.list(p.limit.unwrap_or(50) as usize),
