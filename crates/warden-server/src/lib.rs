@@ -125,7 +125,12 @@ impl Running {
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let db = store::Db::open(&config.data_dir, config.database_url.as_deref()).await?;
     let signing = auth::SigningKey::load_or_create(&db).await?;
-    let hub = link::Hub::new(config.link.clone(), db.clone(), signing.clone());
+    let mut link_config = config.link.clone();
+    link_config.max_links = serve::fitted_max_links(
+        link_config.max_links,
+        serve::fitted_max_connections(&config.limits),
+    );
+    let hub = link::Hub::new(link_config, db.clone(), signing.clone());
     let link_tasks = link::watch::spawn(&hub);
     let capacity = limiter::MAX_KEYS;
     let state = Arc::new(AppState {

@@ -80,6 +80,26 @@ pub fn fitted_max_connections(limits: &Limits) -> usize {
     }
 }
 
+/// `max_links`, lowered so that the links and the connection cap together fit this process's
+/// open-file limit (with the reserve): a link holds its descriptor after it leaves the
+/// connection cap, so it needs room of its own.
+pub fn fitted_max_links(max_links: usize, max_connections: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let Some(n) = soft else { return max_links };
+    let room = n.saturating_sub(FD_RESERVE + max_connections as u64);
+    if room >= max_links as u64 {
+        return max_links;
+    }
+    let fitted = usize::try_from(room).unwrap_or(1).max(1);
+    tracing::warn!(
+        wanted = max_links,
+        allowed = fitted,
+        open_file_limit = n,
+        "the open-file limit leaves room for fewer links than --link-max; raise it (LimitNOFILE)"
+    );
+    fitted
+}
+
 /// The clock every connection's idle deadline counts on: milliseconds since the server began.
 #[derive(Debug)]
 struct Activity {

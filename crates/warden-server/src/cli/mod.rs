@@ -167,6 +167,55 @@ pub struct ServeArgs {
     /// cut.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub drain_timeout_ms: u64,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// The agent link's timing and bounds (the defaults are the protocol's; see docs/FLEET.md).
+#[derive(Debug, clap::Args)]
+pub struct LinkArgs {
+    /// How often the server heartbeats each link (± 10%), and tells agents to.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub link_heartbeat_ms: u64,
+    /// A link on which nothing arrived for this long is closed.
+    #[arg(long, default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub link_dead_after_ms: u64,
+    /// Links held at once (lowered to fit the open-file limit); past it agents get 503.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub link_max: u64,
+    /// Link upgrades admitted per second; past it agents get 503 with Retry-After.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub link_upgrades_per_second: u32,
+    /// A graceful stop tells agents to come back spread over this long.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub link_restart_spread_ms: u64,
+    /// How often last_seen is written (in one batch).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub link_seen_flush_ms: u64,
+    /// How often each machine key is rotated (± 20%), e.g. `7d`, `12h`.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub key_rotation_every: std::time::Duration,
+    /// Rotations started per minute at most, in thousandths of the links up (at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub key_rotations_per_minute_permille: u32,
+}
+
+impl LinkArgs {
+    /// The link's configuration these flags make.
+    pub fn config(&self) -> crate::link::LinkConfig {
+        use std::time::Duration;
+        crate::link::LinkConfig {
+            heartbeat: Duration::from_millis(self.link_heartbeat_ms),
+            dead_after: Duration::from_millis(self.link_dead_after_ms),
+            max_links: usize::try_from(self.link_max).unwrap_or(usize::MAX),
+            upgrades_per_second: self.link_upgrades_per_second,
+            restart_spread: Duration::from_millis(self.link_restart_spread_ms),
+            seen_flush: Duration::from_millis(self.link_seen_flush_ms),
+            rotation_every: self.key_rotation_every,
+            rotations_per_minute_permille: self.key_rotations_per_minute_permille,
+            ..crate::link::LinkConfig::default()
+        }
+    }
 }
 
 /// Runs the command `cli` names.

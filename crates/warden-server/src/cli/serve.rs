@@ -33,6 +33,7 @@ pub async fn run(
         idle_timeout_ms,
         max_connections,
         drain_timeout_ms,
+        link,
     } = args;
     // In place before anything is served, so a stop at any moment is a graceful one.
     let mut term = signal(SignalKind::terminate())?;
@@ -49,6 +50,7 @@ pub async fn run(
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
         drain_timeout: Duration::from_millis(drain_timeout_ms),
     };
+    config.link = link.config();
     let mut running = crate::start(&config).await?;
     tracing::info!(listen = %running.addr, tls = config.tls.is_some(), "warden-server serving");
     notify(&[sd_notify::NotifyState::Ready]);
