@@ -1,0 +1,336 @@
+//! The link client's own behaviours, with the real `warden-agent` binary (as a throwaway user,
+//! in `--dev` over plain TCP) against a small WebSocket peer in the test that speaks
+//! `warden_fleet_proto::link`: the upgrade's headers, heartbeats, closing a silent server,
+//! refusals before the upgrade, Goodbye's return time, and the agent's half of rotation.
+
+#![allow(clippy::unwrap_used)]
+// tungstenite's handshake callback returns its own large error type.
+#![allow(clippy::result_large_err)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Host, assert_no_secret, field};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http;
+use warden_fleet_proto::link::{AGENT_VERSION_HEADER, AgentMessage, GoodbyeReason, ServerMessage};
+use warden_fleet_proto::{KeyVersion, MachineId};
+
+type Ws = WebSocketStream<TcpStream>;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn new_key() -> String {
+    format!("wmk_{}", warden_testkit::random_hex(32))
+}
+
+fn machine() -> MachineId {
+    format!("muid_{}", warden_testkit::random_hex(32))
+        .parse()
+        .unwrap()
+}
+
+/// A host holding `key`, configured for the peer at `addr`, with short timings.
+fn host_with_key(addr: std::net::SocketAddr, key: &str) -> (Host, PathBuf) {
+    let host = Host::new();
+    let file = host.key_file();
+    std::fs::write(&file, serde_json::json!({ "machine_key": key }).to_string()).unwrap();
+    host.give(&file, 0o600);
+    let extra = format!(
+        "[test_overrides]\nmachine_id_override = \"{}\"\nreconnect_first_ms = 200\n\
+         reconnect_cap_ms = 1000\nrejected_base_ms = 300\nrejected_cap_ms = 2000\n\
+         welcome_timeout_ms = 2000\n",
+        machine()
+    );
+    let wrong_enrollment_key = format!("wek_{}", warden_testkit::random_hex(16));
+    let cfg = host.config(
+        &format!("http://{addr}"),
+        "hq",
+        &wrong_enrollment_key,
+        &extra,
+    );
+    (host, cfg)
+}
+
+/// What the agent sent with its upgrade request.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    authorization: String,
+    version: String,
+    path: String,
+}
+
+/// A refusal before the upgrade: status, error kind, Retry-After seconds.
+type Refuse = (u16, &'static str, Option<u64>);
+
+/// Accepts the next connection and upgrades it, or refuses it with `refuse`.
+async fn accept(listener: &TcpListener, refuse: Option<Refuse>) -> (Option<Ws>, Seen) {
+    let (tcp, _) = tokio::time::timeout(LONG, listener.accept())
+        .await
+        .expect("the agent did not connect")
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let record = Arc::clone(&seen);
+    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        *record.lock().unwrap() = Seen {
+            authorization: h("authorization"),
+            version: h(AGENT_VERSION_HEADER),
+            path: req.uri().path().to_owned(),
+        };
+        match refuse {
+            None => Ok(resp),
+            Some((status, kind, retry_after)) => {
+                let body = serde_json::json!({"error": {"kind": kind, "message": "no", "correlation_id": "c1"}});
+                let mut b = http::Response::builder().status(status);
+                if let Some(s) = retry_after {
+                    b = b.header("retry-after", s.to_string());
+                }
+                Err(b.body(Some(body.to_string())).unwrap())
+            }
+        }
+    };
+    let ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
+        .await
+        .ok();
+    let seen = seen.lock().unwrap().clone();
+    (ws, seen)
+}
+
+async fn send(ws: &mut Ws, m: &ServerMessage) {
+    ws.send(Message::text(serde_json::to_string(m).unwrap()))
+        .await
+        .unwrap();
+}
+
+fn welcome(heartbeat_ms: u64, dead_after_ms: u64, v: u64) -> ServerMessage {
+    ServerMessage::Welcome {
+        machine_id: machine(),
+        key_version: KeyVersion(v),
+        heartbeat_ms,
+        dead_after_ms,
+    }
+}
+
+/// The next agent message, skipping control frames; `None` when the link closed.
+async fn next(ws: &mut Ws, within: Duration) -> Option<AgentMessage> {
+    loop {
+        match tokio::time::timeout(within, ws.next()).await.ok()?? {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Pins: the upgrade carries `Bearer <key>` and the agent's version on the link path; the
+/// agent heartbeats at the Welcome's interval (± 10%), records the key version it was told,
+/// ignores a message type it does not know, closes a server that went silent for the
+/// dead-after interval, and links again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_then_a_silent_server_is_closed_and_linked_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let key = new_key();
+    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &key);
+    let agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
+    let (ws, seen) = accept(&listener, None).await;
+    let mut ws = ws.unwrap();
+    assert_eq!(seen.authorization, format!("Bearer {key}"));
+    assert_eq!(seen.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(seen.path, "/v1/agent/link");
+    send(&mut ws, &welcome(100, 700, 7)).await;
+    ws.send(Message::text(r#"{"type":"dispatch_v9","job":1}"#))
+        .await
+        .unwrap();
+    // One second of a lively server: the agent beats about every 100 ms.
+    let start = Instant::now();
+    let mut beats = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        send(&mut ws, &ServerMessage::Heartbeat {}).await;
+        if let Some(AgentMessage::Heartbeat {}) = next(&mut ws, Duration::from_millis(100)).await {
+            beats += 1;
+        }
+    }
+    assert!(
+        (6..=12).contains(&beats),
+        "{beats} heartbeats in 1 s at 100 ms"
+    );
+    agent.wait_log("link: up", LONG).await;
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(host.key_file()).unwrap()).unwrap();
+    assert_eq!(stored["key_version"], 7);
+    assert_eq!(stored["machine_key"], key.as_str());
+    // Silence: the agent keeps beating, then closes after 700 ms without a word from us.
+    let silent = Instant::now();
+    while next(&mut ws, LONG).await.is_some() {}
+    let closed_after = silent.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(550) && closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?} of silence (dead after 700 ms)"
+    );
+    agent.wait_log("dead-after interval", LONG).await;
+    let (again, seen) = accept(&listener, None).await;
+    assert!(again.is_some());
+    assert_eq!(seen.authorization, format!("Bearer {key}"));
+    assert_no_secret(&agent.logs(), &[&key]);
+}
+
+/// Pins: refusals before the upgrade follow link.rs's table: 401 keeps the key and backs off;
+/// 503 and 403 pending wait Retry-After plus at most 20%; 409 duplicate_link backs off; 403
+/// forbidden (banned) stops the agent with status 3. The key file never changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_upgrade() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let key = new_key();
+    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &key);
+    let before = std::fs::read(host.key_file()).unwrap();
+    let mut agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
+
+    accept(&listener, Some((401, "unauthorized", None))).await;
+    let line = agent
+        .wait_log("does not accept this host's machine key", LONG)
+        .await;
+    let wait = field(&line, "wait_ms").unwrap();
+    assert!((300..=360).contains(&wait), "{line}");
+    assert_eq!(std::fs::read(host.key_file()).unwrap(), before);
+
+    let t = Instant::now();
+    let (_, seen) = accept(&listener, Some((503, "unavailable", Some(1)))).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "401 was not backed off"
+    );
+    assert_eq!(
+        seen.authorization,
+        format!("Bearer {key}"),
+        "the key changed after a 401"
+    );
+    let line = agent.wait_log("busy or stopping", LONG).await;
+    let wait = field(&line, "wait_ms").unwrap();
+    assert!((1000..=1200).contains(&wait), "{line}");
+
+    let t = Instant::now();
+    accept(&listener, Some((403, "pending", Some(1)))).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(950),
+        "503 Retry-After not honoured"
+    );
+    let line = agent.wait_log("pending approval", LONG).await;
+    assert!(
+        (1000..=1200).contains(&field(&line, "wait_ms").unwrap()),
+        "{line}"
+    );
+
+    accept(&listener, Some((409, "duplicate_link", None))).await;
+    agent.wait_log("already holds a live link", LONG).await;
+
+    accept(&listener, Some((403, "forbidden", None))).await;
+    let status = agent
+        .wait_exit(LONG)
+        .await
+        .expect("a banned agent kept going");
+    assert_eq!(status.code(), Some(3), "{}", agent.logs());
+    assert_eq!(std::fs::read(host.key_file()).unwrap(), before);
+    assert_no_secret(&agent.logs(), &[&key]);
+}
+
+/// Pins: rotation on the agent's side: on NewKey the agent stores the key durably first (the
+/// key file holds it when KeyStored arrives), acknowledges with its version, closes, and links
+/// again at once with the new key; neither key reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_stores_before_acknowledging_then_links_with_the_new_key() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old = new_key();
+    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &old);
+    let agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
+    let (ws, _) = accept(&listener, None).await;
+    let mut ws = ws.unwrap();
+    send(&mut ws, &welcome(5_000, 15_000, 1)).await;
+    let new = new_key();
+    send(
+        &mut ws,
+        &ServerMessage::NewKey {
+            key_version: KeyVersion(2),
+            machine_key: new.parse().unwrap(),
+        },
+    )
+    .await;
+    let ack = next(&mut ws, LONG).await;
+    assert!(
+        matches!(
+            ack,
+            Some(AgentMessage::KeyStored {
+                key_version: KeyVersion(2)
+            })
+        ),
+        "{ack:?}"
+    );
+    // At the acknowledgement the new key is already on disk, whole.
+    assert_eq!(host.stored_key().unwrap(), new);
+    assert!(
+        next(&mut ws, LONG).await.is_none(),
+        "the agent kept the old link"
+    );
+    let t = Instant::now();
+    let (again, seen) = accept(&listener, None).await;
+    assert!(again.is_some());
+    assert_eq!(seen.authorization, format!("Bearer {new}"));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the agent did not relink at once"
+    );
+    agent.wait_log("linking again with the new key", LONG).await;
+    assert_no_secret(&agent.logs(), &[&old, &new]);
+}
+
+/// Pins: Goodbye's reconnect_after_ms is when the agent comes back (not sooner); a malformed
+/// message closes the link and the agent links again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goodbye_says_when_to_come_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let key = new_key();
+    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &key);
+    let agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
+    let (ws, _) = accept(&listener, None).await;
+    let mut ws = ws.unwrap();
+    send(&mut ws, &welcome(5_000, 15_000, 1)).await;
+    send(
+        &mut ws,
+        &ServerMessage::Goodbye {
+            reason: GoodbyeReason::ServerStopping,
+            reconnect_after_ms: Some(1_500),
+        },
+    )
+    .await;
+    let t = Instant::now();
+    while next(&mut ws, LONG).await.is_some() {}
+    let (ws, _) = accept(&listener, None).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(1_400),
+        "came back after {:?}, asked 1500 ms",
+        t.elapsed()
+    );
+    let line = agent.wait_log("link: down", LONG).await;
+    assert_eq!(field(&line, "wait_ms"), Some(1_500), "{line}");
+    let mut ws = ws.unwrap();
+    send(&mut ws, &welcome(5_000, 15_000, 1)).await;
+    ws.send(Message::text(r#"{"type":"heartbeat","surprise":1}"#))
+        .await
+        .unwrap();
+    while next(&mut ws, LONG).await.is_some() {}
+    agent.wait_log("malformed message", LONG).await;
+    assert!(accept(&listener, None).await.0.is_some());
+    assert_no_secret(&agent.logs(), &[&key]);
+}
