@@ -132,6 +132,12 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
         ),
         None => Duration::ZERO,
     };
+    if !delay.is_zero() {
+        tracing::info!(
+            wait_ms = ms(delay),
+            "link: holding a key from before (a restart): first attempt spread out"
+        );
+    }
     let mut attempt: u32 = 1;
     let mut rejected: u32 = 0;
     let mut unauthorized: u32 = 0;
@@ -408,7 +414,12 @@ async fn enroll_until_key(
             );
         }
         let machine: &MachineId = &req.machine_id;
-        let wait = match client.attempt(&req).await {
+        let answer = client.attempt(&req).await;
+        if !matches!(answer, Answer::Failed { .. }) {
+            // The server answered: the network backoff starts over.
+            failures = 0;
+        }
+        let wait = match answer {
             Answer::Enrolled { key, disposition } => {
                 store_key(
                     store,
@@ -449,6 +460,9 @@ async fn enroll_until_key(
                 let fix = if status == 403 {
                     "this machine id is banned: an operator must unban it (warden-server machines \
                      unban ID)"
+                } else if status == 400 {
+                    "the server refused the request as malformed (see server_message): check \
+                     hostname and [labels] in agent.toml"
                 } else {
                     "check site_code and the key in enrollment_key_file: it must be the site's \
                      current enrollment key (warden-server site key SITE shows its version; \

@@ -282,3 +282,34 @@ async fn an_untrusted_server_certificate_is_refused() {
     assert!(host.stored_key().is_none());
     drop(fleet.certs);
 }
+
+/// Pins: without a machine id override the agent asks wardend; with no wardend listening it
+/// does not enroll under a guessed id: it says which socket it asked and tries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wardend_no_enrollment_is_attempted() {
+    let fleet = Fleet::start().await;
+    let host = Host::new();
+    let extra = format!(
+        "ca_file = \"{}\"\n[test_overrides]\nretry_base_ms = 100\nretry_cap_ms = 300\n",
+        fleet.ca.display()
+    );
+    let cfg = host.config(&fleet.url(), "hq", &fleet.hq_key, &extra);
+    let agent = host.start(&["--config", cfg.to_str().unwrap()]);
+    let lines = agent
+        .wait_lines("enrollment: not ready to ask", 3, LONG)
+        .await;
+    assert!(lines[0].contains("no-wardend.sock"), "{}", lines[0]);
+    assert!(agent.lines("enrollment: rejected").is_empty());
+    assert!(host.stored_key().is_none());
+    let events = fleet
+        .running
+        .state
+        .db
+        .events(None, None, 100)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().all(|e| !e.kind.starts_with("enroll.")),
+        "{events:?}"
+    );
+}

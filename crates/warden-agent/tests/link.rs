@@ -38,25 +38,20 @@ fn machine() -> MachineId {
 }
 
 /// A host holding `key`, configured for the peer at `addr`, with short timings.
-fn host_with_key(addr: std::net::SocketAddr, key: &str) -> (Host, PathBuf) {
+fn host_with_key(addr: std::net::SocketAddr, key: &str) -> (Host, PathBuf, String) {
     let host = Host::new();
     let file = host.key_file();
     std::fs::write(&file, serde_json::json!({ "machine_key": key }).to_string()).unwrap();
     host.give(&file, 0o600);
     let extra = format!(
-        "[test_overrides]\nmachine_id_override = \"{}\"\nreconnect_first_ms = 200\n\
+        "hostname = \"pc-1\"\n[test_overrides]\nmachine_id_override = \"{}\"\nreconnect_first_ms = 200\n\
          reconnect_cap_ms = 1000\nrejected_base_ms = 300\nrejected_cap_ms = 2000\n\
          welcome_timeout_ms = 2000\n",
         machine()
     );
-    let wrong_enrollment_key = format!("wek_{}", warden_testkit::random_hex(16));
-    let cfg = host.config(
-        &format!("http://{addr}"),
-        "hq",
-        &wrong_enrollment_key,
-        &extra,
-    );
-    (host, cfg)
+    let enrollment_key = format!("wek_{}", warden_testkit::random_hex(16));
+    let cfg = host.config(&format!("http://{addr}"), "hq", &enrollment_key, &extra);
+    (host, cfg, enrollment_key)
 }
 
 /// What the agent sent with its upgrade request.
@@ -143,7 +138,7 @@ async fn next(ws: &mut Ws, within: Duration) -> Option<AgentMessage> {
 async fn heartbeats_then_a_silent_server_is_closed_and_linked_again() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let key = new_key();
-    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &key);
+    let (host, cfg, _) = host_with_key(listener.local_addr().unwrap(), &key);
     let agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
     let (ws, seen) = accept(&listener, None).await;
     let mut ws = ws.unwrap();
@@ -194,7 +189,7 @@ async fn heartbeats_then_a_silent_server_is_closed_and_linked_again() {
 async fn refusals_before_the_upgrade() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let key = new_key();
-    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &key);
+    let (host, cfg, _) = host_with_key(listener.local_addr().unwrap(), &key);
     let before = std::fs::read(host.key_file()).unwrap();
     let mut agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
 
@@ -253,7 +248,7 @@ async fn refusals_before_the_upgrade() {
 async fn rotation_stores_before_acknowledging_then_links_with_the_new_key() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let old = new_key();
-    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &old);
+    let (host, cfg, _) = host_with_key(listener.local_addr().unwrap(), &old);
     let agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
     let (ws, _) = accept(&listener, None).await;
     let mut ws = ws.unwrap();
@@ -301,7 +296,7 @@ async fn rotation_stores_before_acknowledging_then_links_with_the_new_key() {
 async fn goodbye_says_when_to_come_back() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let key = new_key();
-    let (host, cfg) = host_with_key(listener.local_addr().unwrap(), &key);
+    let (host, cfg, _) = host_with_key(listener.local_addr().unwrap(), &key);
     let agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
     let (ws, _) = accept(&listener, None).await;
     let mut ws = ws.unwrap();
@@ -333,4 +328,98 @@ async fn goodbye_says_when_to_come_back() {
     agent.wait_log("malformed message", LONG).await;
     assert!(accept(&listener, None).await.0.is_some());
     assert_no_secret(&agent.logs(), &[&key]);
+}
+
+/// Answers the next connection, which must be `POST /v1/enroll`, with `status` and `body`;
+/// returns the request's JSON.
+async fn answer_enroll(listener: &TcpListener, status: u16, body: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tcp, _) = tokio::time::timeout(LONG, listener.accept())
+        .await
+        .expect("the agent did not enroll")
+        .unwrap();
+    let mut buf = Vec::new();
+    let (head_len, length) = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed mid-request");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).to_lowercase();
+            assert!(head.starts_with("post /v1/enroll "), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            break (at + 4, length);
+        }
+    };
+    while buf.len() < head_len + length {
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let request = serde_json::from_slice(&buf[head_len..head_len + length]).unwrap();
+    let reply = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(reply.as_bytes()).await.unwrap();
+    let _ = tcp.shutdown().await;
+    request
+}
+
+/// Pins: a host whose key gets 401s keeps it (one 401 proves nothing): it backs off, and only
+/// after three in a row tries to enroll again (with the enrollment key, never the machine key);
+/// a rejected enrollment still keeps the key; a 201 replaces it, and the link goes on with the
+/// new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_never_discards_the_key_and_only_a_new_enrollment_replaces_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let key = new_key();
+    let (host, cfg, enrollment_key) = host_with_key(listener.local_addr().unwrap(), &key);
+    let agent = host.start(&["--dev", "--config", cfg.to_str().unwrap()]);
+    for _ in 0..3 {
+        let (_, seen) = accept(&listener, Some((401, "unauthorized", None))).await;
+        assert_eq!(seen.authorization, format!("Bearer {key}"));
+        assert_eq!(host.stored_key().unwrap(), key);
+    }
+    let rejected = r#"{"error":{"kind":"enroll_rejected","message":"no","correlation_id":"c"}}"#;
+    let req = answer_enroll(&listener, 401, rejected).await;
+    assert_eq!(req["enrollment_key"], enrollment_key.as_str());
+    assert_eq!(req["site_code"], "hq");
+    assert_eq!(req["hostname"], "pc-1");
+    assert!(
+        !req.to_string().contains(&key[4..]),
+        "the machine key was sent to enroll"
+    );
+    agent
+        .wait_log("did not issue a key; keeping the held one", LONG)
+        .await;
+    assert_eq!(host.stored_key().unwrap(), key);
+
+    let (_, seen) = accept(&listener, Some((401, "unauthorized", None))).await;
+    assert_eq!(seen.authorization, format!("Bearer {key}"));
+    let new = new_key();
+    let enrolled = serde_json::json!({
+        "machine_id": req["machine_id"], "machine_key": new, "state": "active", "disposition": "reuse",
+    });
+    answer_enroll(&listener, 200, &enrolled.to_string()).await;
+    let (ws, seen) = accept(&listener, None).await;
+    assert!(ws.is_some());
+    assert_eq!(seen.authorization, format!("Bearer {new}"));
+    assert_eq!(host.stored_key().unwrap(), new);
+    let lines = agent.lines("does not accept this host's machine key");
+    let waits: Vec<u64> = lines.iter().map(|l| field(l, "wait_ms").unwrap()).collect();
+    assert_eq!(waits.len(), 3, "{waits:?}");
+    assert!(
+        waits[0] >= 300 && waits[1] >= 600 && waits[2] >= 1200,
+        "{waits:?}"
+    );
+    assert_no_secret(&agent.logs(), &[&key, &new, &enrollment_key]);
 }
