@@ -14,6 +14,7 @@ pub mod enroll;
 pub mod identity;
 pub mod keystore;
 pub mod link;
+pub mod logging;
 pub mod tls;
 
 pub use agent::{Exit, Stop, run};

@@ -27,14 +27,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    warden_agent::logging::init(std::env::var("WARDEN_AGENT_LOG").ok().as_deref());
     let cfg = match AgentConfig::load(&cli.config, cli.dev) {
         Ok(c) => c,
         Err(e) => {

@@ -423,3 +423,36 @@ async fn a_401_never_discards_the_key_and_only_a_new_enrollment_replaces_it() {
     );
     assert_no_secret(&agent.logs(), &[&key, &new, &enrollment_key]);
 }
+
+/// Pins: even with `WARDEN_AGENT_LOG=trace` (the network crates' trace prints the upgrade
+/// request and every frame), neither the key linked with nor a rotated key reaches the log,
+/// while the agent's own debug lines do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_trace_level_no_key_reaches_the_log() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old = new_key();
+    let (host, cfg, enrollment_key) = host_with_key(listener.local_addr().unwrap(), &old);
+    let agent = host.start_logging(&["--dev", "--config", cfg.to_str().unwrap()], "trace");
+    let (ws, _) = accept(&listener, None).await;
+    let mut ws = ws.unwrap();
+    send(&mut ws, &welcome(100, 15_000, 1)).await;
+    send(&mut ws, &welcome(100, 15_000, 1)).await;
+    assert!(matches!(
+        next(&mut ws, LONG).await,
+        Some(AgentMessage::Heartbeat {})
+    ));
+    let new = new_key();
+    let rotate = ServerMessage::NewKey {
+        key_version: KeyVersion(2),
+        machine_key: new.parse().unwrap(),
+    };
+    send(&mut ws, &rotate).await;
+    while next(&mut ws, LONG).await.is_some() {}
+    let (again, seen) = accept(&listener, None).await;
+    assert!(again.is_some());
+    assert_eq!(seen.authorization, format!("Bearer {new}"));
+    agent.wait_log("a second Welcome", LONG).await;
+    agent.wait_log("linking again with the new key", LONG).await;
+    assert!(agent.logs().contains("DEBUG"), "{}", agent.logs());
+    assert_no_secret(&agent.logs(), &[&old, &new, &enrollment_key]);
+}

@@ -83,12 +83,17 @@ impl Host {
 
     /// Starts the agent with `args`.
     pub fn start(&self, args: &[&str]) -> Agent {
+        self.start_logging(args, "info")
+    }
+
+    /// Starts the agent with `args` and `WARDEN_AGENT_LOG=log`.
+    pub fn start_logging(&self, args: &[&str], log: &str) -> Agent {
         let mut cmd = match &self.user {
             Some(u) => u.command(&self.bin),
             None => Command::new(&self.bin),
         };
         cmd.args(args)
-            .env("WARDEN_AGENT_LOG", "info")
+            .env("WARDEN_AGENT_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
