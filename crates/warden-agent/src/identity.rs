@@ -18,6 +18,8 @@ pub enum IdentityError {
         socket: String,
         source: Box<warden_client::ClientError>,
     },
+    #[error("wardend at {socket} did not answer host.identity in time")]
+    Timeout { socket: String },
     #[error("wardend's host.identity answer has no valid machine_id")]
     Malformed,
     #[error(
@@ -49,14 +51,21 @@ pub async fn machine_id(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
         socket: socket.clone(),
         source: Box::new(source),
     };
-    let mut client = warden_client::Client::connect(&cfg.wardend_socket, "warden-agent")
+    let ask = async {
+        let mut client = warden_client::Client::connect(&cfg.wardend_socket, "warden-agent")
+            .await
+            .map_err(wardend)?;
+        // Read field by field: the answer's type belongs to the local protocol (warden-proto).
+        client
+            .call::<_, serde_json::Value>(HOST_IDENTITY, &serde_json::json!({}))
+            .await
+            .map_err(wardend)
+    };
+    let answer = tokio::time::timeout(cfg.timings.request_timeout, ask)
         .await
-        .map_err(wardend)?;
-    // Read field by field: the answer's type belongs to the local protocol (warden-proto).
-    let answer: serde_json::Value = client
-        .call(HOST_IDENTITY, &serde_json::json!({}))
-        .await
-        .map_err(wardend)?;
+        .map_err(|_| IdentityError::Timeout {
+            socket: socket.clone(),
+        })??;
     let machine_id = answer
         .get("machine_id")
         .and_then(|v| v.as_str())

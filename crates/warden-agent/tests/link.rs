@@ -159,7 +159,7 @@ async fn heartbeats_then_a_silent_server_is_closed_and_linked_again() {
         }
     }
     assert!(
-        (6..=12).contains(&beats),
+        (4..=14).contains(&beats),
         "{beats} heartbeats in 1 s at 100 ms"
     );
     agent.wait_log("link: up", LONG).await;

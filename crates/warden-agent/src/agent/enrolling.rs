@@ -125,7 +125,10 @@ pub(super) async fn until_key(
             );
         }
         let machine: &MachineId = &req.machine_id;
-        let answer = client.attempt(&req).await;
+        let answer = tokio::select! {
+            a = client.attempt(&req) => a,
+            () = stop.wait() => return Ok(None),
+        };
         if !matches!(answer, Answer::Failed { .. }) {
             // The server answered: the network backoff starts over.
             failures = 0;

@@ -96,6 +96,21 @@ async fn load_key(store: &Arc<KeyStore>) -> Result<Option<StoredKey>, AgentError
         .map_err(|e| AgentError::Task(e.to_string()))??)
 }
 
+/// Warns when the enrollment key file can be read by any user (it should be the agent's alone).
+fn warn_if_exposed(path: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(md) = std::fs::metadata(path)
+        && md.mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:04o}", md.mode() & 0o7777),
+            "the enrollment key file is readable by every user; make it readable by the agent's \
+             user only (e.g. chown root:warden-agent, chmod 0640)"
+        );
+    }
+}
+
 /// The link's retry counters.
 #[derive(Debug)]
 pub(crate) struct Retry {
@@ -155,6 +170,7 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
         tracing::warn!(machine_id = %id, "TEST OVERRIDE: machine id taken from agent.toml, not from wardend");
     }
     let store = Arc::new(KeyStore::open(&cfg.state_dir)?);
+    warn_if_exposed(&cfg.enrollment_key_file);
     let tls = tls::client_config(cfg.ca_file.as_deref())?;
     let client = EnrollClient::new(&cfg, &tls)?;
     tracing::info!(
@@ -193,7 +209,11 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
                 Some(Held::Key(k)) => k,
             },
         };
-        let mut ws = match link::connect(&cfg, &tls, &held.key).await {
+        let connected = tokio::select! {
+            c = link::connect(&cfg, &tls, &held.key) => c,
+            () = stop.wait() => return Ok(Exit::Shutdown),
+        };
+        let mut ws = match connected {
             Ok(ws) => ws,
             Err(ConnectError::Failed(why)) => {
                 delay = retry.reconnect(&cfg.timings);
