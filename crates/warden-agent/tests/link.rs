@@ -456,3 +456,100 @@ async fn at_trace_level_no_key_reaches_the_log() {
     assert!(agent.logs().contains("DEBUG"), "{}", agent.logs());
     assert_no_secret(&agent.logs(), &[&old, &new, &enrollment_key]);
 }
+
+/// A TLS acceptor for the test's server certificate.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Pins: over `https://` the link is WSS: with the configured CA file the agent verifies the
+/// server's certificate and links (Bearer key over TLS, heartbeats); without it (system roots
+/// only) the same server is refused at the TLS handshake, and no upgrade request is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_server_certificate_is_verified() {
+    let certs = warden_testkit::safe_tempdir();
+    let (ca, cert, tls_key) = common::certificates(certs.path());
+    let acceptor = tls_acceptor(&cert, &tls_key);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let key = new_key();
+    let host = Host::new();
+    let file = host.key_file();
+    std::fs::write(&file, serde_json::json!({ "machine_key": key }).to_string()).unwrap();
+    host.give(&file, 0o600);
+    let overrides = format!(
+        "[test_overrides]\nmachine_id_override = \"{}\"\nreconnect_first_ms = 200\n\
+         reconnect_cap_ms = 1000\n",
+        machine()
+    );
+    let trusted = format!("ca_file = \"{}\"\n{overrides}", ca.display());
+    let cfg = host.config(&url, "hq", "wek_unused", &trusted);
+    let agent = host.start(&["--config", cfg.to_str().unwrap()]);
+    let (tcp, _) = tokio::time::timeout(LONG, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let tls = acceptor.accept(tcp).await.unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let record = Arc::clone(&seen);
+    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        *record.lock().unwrap() = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        Ok(resp)
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async(tls, callback)
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), format!("Bearer {key}"));
+    ws.send(Message::text(
+        serde_json::to_string(&welcome(100, 5_000, 1)).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let beat = tokio::time::timeout(LONG, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        beat.into_text().unwrap().as_str(),
+        r#"{"type":"heartbeat"}"#
+    );
+    agent.wait_log("link: up", LONG).await;
+    drop(agent);
+
+    // The same server without the CA file: the system's roots do not know it.
+    let untrusting = host.config(&url, "hq", "wek_unused", &overrides);
+    let agent = host.start(&["--config", untrusting.to_str().unwrap()]);
+    let (tcp, _) = tokio::time::timeout(LONG, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        acceptor.accept(tcp).await.is_err(),
+        "the handshake succeeded"
+    );
+    let line = agent.wait_log("link: cannot connect", LONG).await;
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    assert_no_secret(&agent.logs(), &[&key]);
+}
