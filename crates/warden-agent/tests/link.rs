@@ -130,8 +130,8 @@ async fn next(ws: &mut Ws, within: Duration) -> Option<AgentMessage> {
     }
 }
 
-/// Pins: the upgrade carries `Bearer <key>` and the agent's version on the link path; the
-/// agent heartbeats at the Welcome's interval (± 10%), records the key version it was told,
+/// Pins: a restarted agent spreads its first link within the first-reconnect window; the
+/// upgrade carries `Bearer <key>` and the agent's version on the link path; the agent heartbeats at the Welcome's interval (± 10%), records the key version it was told,
 /// ignores a message type it does not know, closes a server that went silent for the
 /// dead-after interval, and links again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +163,9 @@ async fn heartbeats_then_a_silent_server_is_closed_and_linked_again() {
         "{beats} heartbeats in 1 s at 100 ms"
     );
     agent.wait_log("link: up", LONG).await;
+    // A key held from before: the first link was spread within reconnect_first (200 ms here).
+    let spread = agent.wait_log("first attempt spread out", LONG).await;
+    assert!(field(&spread, "wait_ms").unwrap() <= 200, "{spread}");
     let stored: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(host.key_file()).unwrap()).unwrap();
     assert_eq!(stored["key_version"], 7);
