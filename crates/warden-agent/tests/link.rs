@@ -131,9 +131,10 @@ async fn next(ws: &mut Ws, within: Duration) -> Option<AgentMessage> {
 }
 
 /// Pins: a restarted agent spreads its first link within the first-reconnect window; the
-/// upgrade carries `Bearer <key>` and the agent's version on the link path; the agent heartbeats at the Welcome's interval (± 10%), records the key version it was told,
-/// ignores a message type it does not know, closes a server that went silent for the
-/// dead-after interval, and links again.
+/// upgrade carries `Bearer <key>` and the agent's version on the link path; the agent
+/// heartbeats at the Welcome's interval (± 10%), records the key version it was told, ignores a
+/// message type it does not know, closes a server that went silent for the dead-after
+/// interval, and links again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_then_a_silent_server_is_closed_and_linked_again() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
