@@ -192,3 +192,35 @@ fn sigkill_during_writes_leaves_the_old_or_the_new_key() {
         "the writer was killed before writing in most rounds ({moved}/40)"
     );
 }
+
+/// Pins: the agent refuses to run as root (outside --dev), before touching its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_is_refused() {
+    if !warden_testkit::root_or_skip("root_is_refused") {
+        return;
+    }
+    let dir = warden_testkit::safe_tempdir();
+    let state = dir.path().join("state");
+    let key_file = dir.path().join("enrollment.key");
+    std::fs::write(&key_file, "wek_x").unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server_url = \"https://127.0.0.1:9\"\nsite_code = \"hq\"\n\
+             enrollment_key_file = \"{}\"\nstate_dir = \"{}\"\n",
+            key_file.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warden-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to run as root"), "{err}");
+    assert!(!state.exists(), "it made its state directory first");
+}

@@ -49,6 +49,12 @@ pub enum AgentError {
     Identity(#[from] identity::IdentityError),
     #[error("key store task failed: {0}")]
     Task(String),
+    #[error(
+        "refusing to run as root: warden-agent is the host's only network-facing process and \
+         runs as its own unprivileged user (useradd --system warden-agent; dist/warden-agent.service \
+         runs it so)"
+    )]
+    Root,
 }
 
 /// The stop signal, cloneable, awaitable any number of times.
@@ -151,6 +157,12 @@ impl Retry {
 
 /// Runs the agent until `stop` or a final answer.
 pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
+    if rustix::process::geteuid().is_root() {
+        if !cfg.dev {
+            return Err(AgentError::Root);
+        }
+        tracing::warn!("DEV MODE as root: a real host runs the agent as its own user");
+    }
     if cfg.dev {
         tracing::warn!(
             server = %cfg.server.base,
