@@ -13,29 +13,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::peer::{accept, answer_enroll, machine, new_key, next, send, tls_acceptor, welcome};
 use common::{Host, assert_no_secret, field};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http;
-use warden_fleet_proto::link::{AGENT_VERSION_HEADER, AgentMessage, GoodbyeReason, ServerMessage};
-use warden_fleet_proto::{KeyVersion, MachineId};
-
-type Ws = WebSocketStream<TcpStream>;
+use warden_fleet_proto::KeyVersion;
+use warden_fleet_proto::link::{AgentMessage, GoodbyeReason, ServerMessage};
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn new_key() -> String {
-    format!("wmk_{}", warden_testkit::random_hex(32))
-}
-
-fn machine() -> MachineId {
-    format!("muid_{}", warden_testkit::random_hex(32))
-        .parse()
-        .unwrap()
-}
 
 /// A host holding `key`, configured for the peer at `addr`, with short timings.
 fn host_with_key(addr: std::net::SocketAddr, key: &str) -> (Host, PathBuf, String) {
@@ -52,82 +39,6 @@ fn host_with_key(addr: std::net::SocketAddr, key: &str) -> (Host, PathBuf, Strin
     let enrollment_key = format!("wek_{}", warden_testkit::random_hex(16));
     let cfg = host.config(&format!("http://{addr}"), "hq", &enrollment_key, &extra);
     (host, cfg, enrollment_key)
-}
-
-/// What the agent sent with its upgrade request.
-#[derive(Debug, Clone, Default)]
-struct Seen {
-    authorization: String,
-    version: String,
-    path: String,
-}
-
-/// A refusal before the upgrade: status, error kind, Retry-After seconds.
-type Refuse = (u16, &'static str, Option<u64>);
-
-/// Accepts the next connection and upgrades it, or refuses it with `refuse`.
-async fn accept(listener: &TcpListener, refuse: Option<Refuse>) -> (Option<Ws>, Seen) {
-    let (tcp, _) = tokio::time::timeout(LONG, listener.accept())
-        .await
-        .expect("the agent did not connect")
-        .unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let record = Arc::clone(&seen);
-    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        let h = |n: &str| {
-            req.headers()
-                .get(n)
-                .map(|v| v.to_str().unwrap().to_owned())
-                .unwrap_or_default()
-        };
-        *record.lock().unwrap() = Seen {
-            authorization: h("authorization"),
-            version: h(AGENT_VERSION_HEADER),
-            path: req.uri().path().to_owned(),
-        };
-        match refuse {
-            None => Ok(resp),
-            Some((status, kind, retry_after)) => {
-                let body = serde_json::json!({"error": {"kind": kind, "message": "no", "correlation_id": "c1"}});
-                let mut b = http::Response::builder().status(status);
-                if let Some(s) = retry_after {
-                    b = b.header("retry-after", s.to_string());
-                }
-                Err(b.body(Some(body.to_string())).unwrap())
-            }
-        }
-    };
-    let ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
-        .await
-        .ok();
-    let seen = seen.lock().unwrap().clone();
-    (ws, seen)
-}
-
-async fn send(ws: &mut Ws, m: &ServerMessage) {
-    ws.send(Message::text(serde_json::to_string(m).unwrap()))
-        .await
-        .unwrap();
-}
-
-fn welcome(heartbeat_ms: u64, dead_after_ms: u64, v: u64) -> ServerMessage {
-    ServerMessage::Welcome {
-        machine_id: machine(),
-        key_version: KeyVersion(v),
-        heartbeat_ms,
-        dead_after_ms,
-    }
-}
-
-/// The next agent message, skipping control frames; `None` when the link closed.
-async fn next(ws: &mut Ws, within: Duration) -> Option<AgentMessage> {
-    loop {
-        match tokio::time::timeout(within, ws.next()).await.ok()?? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
 }
 
 /// Pins: a restarted agent spreads its first link within the first-reconnect window; the
@@ -334,50 +245,6 @@ async fn goodbye_says_when_to_come_back() {
     assert_no_secret(&agent.logs(), &[&key]);
 }
 
-/// Answers the next connection, which must be `POST /v1/enroll`, with `status` and `body`;
-/// returns the request's JSON.
-async fn answer_enroll(listener: &TcpListener, status: u16, body: &str) -> serde_json::Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut tcp, _) = tokio::time::timeout(LONG, listener.accept())
-        .await
-        .expect("the agent did not enroll")
-        .unwrap();
-    let mut buf = Vec::new();
-    let (head_len, length) = loop {
-        let mut chunk = [0u8; 4096];
-        let n = tcp.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "closed mid-request");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..at]).to_lowercase();
-            assert!(head.starts_with("post /v1/enroll "), "{head}");
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            break (at + 4, length);
-        }
-    };
-    while buf.len() < head_len + length {
-        let mut chunk = [0u8; 4096];
-        let n = tcp.read(&mut chunk).await.unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let request = serde_json::from_slice(&buf[head_len..head_len + length]).unwrap();
-    let reply = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(reply.as_bytes()).await.unwrap();
-    let _ = tcp.shutdown().await;
-    request
-}
-
 /// Pins: a host whose key gets 401s keeps it (one 401 proves nothing): it backs off, and only
 /// after three in a row tries to enroll again (with the enrollment key, never the machine key);
 /// a rejected enrollment still keeps the key; a 201 replaces it, and the link goes on with the
@@ -459,25 +326,6 @@ async fn at_trace_level_no_key_reaches_the_log() {
     agent.wait_log("linking again with the new key", LONG).await;
     assert!(agent.logs().contains("DEBUG"), "{}", agent.logs());
     assert_no_secret(&agent.logs(), &[&old, &new, &enrollment_key]);
-}
-
-/// A TLS acceptor for the test's server certificate.
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// Pins: over `https://` the link is WSS: with the configured CA file the agent verifies the

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
