@@ -140,25 +140,71 @@ fn rss_kib(pid: u32) -> f64 {
         .unwrap()
 }
 
-/// A self-signed certificate for 127.0.0.1, and a client configuration trusting only it.
+/// Runs `openssl` with `args`, panicking with its message when it fails.
+fn openssl(args: &[&str]) {
+    let made = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        made.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 it signed, and a client configuration trusting
+/// only that CA.
 fn certificate(dir: &Path) -> ((PathBuf, PathBuf), Arc<rustls::ClientConfig>) {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=bench CA"];
+    ca.extend(ec);
+    let (ca_key, ca_cert) = (p("ca.key"), p("ca.pem"));
+    ca.extend(["-keyout", &ca_key, "-out", &ca_cert]);
+    openssl(&ca);
+    let (key, csr, cert, ext) = (p("key.pem"), p("req.csr"), p("cert.pem"), p("ext.cnf"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let mut req = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ];
+    req.extend(ec);
+    openssl(&req);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca_cert,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_file(&cert).unwrap())
+        .add(CertificateDer::from_pem_file(&ca_cert).unwrap())
         .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -166,11 +212,14 @@ fn certificate(dir: &Path) -> ((PathBuf, PathBuf), Arc<rustls::ClientConfig>) {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    ((cert, key), Arc::new(config))
+    ((PathBuf::from(cert), PathBuf::from(key)), Arc::new(config))
 }
 
 /// A fresh connection to `addr`, in TLS when `tls` is given.
-async fn stream(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> std::io::Result<Box<dyn Io>> {
+async fn stream(
+    addr: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> std::io::Result<Box<dyn Io>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     Ok(match tls {
@@ -280,7 +329,10 @@ async fn open_all(
         held.push(ws);
     }
     let rate = LINKS as f64 / start.elapsed().as_secs_f64();
-    (rate, held.into_iter().map(|ws| tokio::spawn(hold(ws))).collect())
+    (
+        rate,
+        held.into_iter().map(|ws| tokio::spawn(hold(ws))).collect(),
+    )
 }
 
 /// Fresh-connection `GET /v1/health` per second, `AT_ONCE` at a time.
@@ -319,7 +371,10 @@ struct Memory {
     health_per_s: f64,
 }
 
-async fn memory(data: &Path, tls: Option<(&(PathBuf, PathBuf), Arc<rustls::ClientConfig>)>) -> Memory {
+async fn memory(
+    data: &Path,
+    tls: Option<(&(PathBuf, PathBuf), Arc<rustls::ClientConfig>)>,
+) -> Memory {
     let server = serve(
         data,
         "127.0.0.1:0".parse().unwrap(),
@@ -436,8 +491,18 @@ fn main() {
     let (files, client) = certificate(dir.path());
     eprintln!("plain links…");
     let plain = rt.block_on(memory(&data, None));
+    eprintln!(
+        "plain: {:.1} KiB per link, {:.0} upgrades/s",
+        (plain.with_links_kib - plain.base_kib) / LINKS as f64,
+        plain.upgrades_per_s
+    );
     eprintln!("TLS links…");
     let tls = rt.block_on(memory(&data, Some((&files, client))));
+    eprintln!(
+        "TLS: {:.1} KiB per link, {:.0} upgrades/s",
+        (tls.with_links_kib - tls.base_kib) / LINKS as f64,
+        tls.upgrades_per_s
+    );
     eprintln!("restart…");
     let (mut back, told, retries) = rt.block_on(restart(&data));
     back.sort_by(f64::total_cmp);
@@ -451,7 +516,10 @@ fn main() {
     println!("warden-server link benchmark ({LINKS} links, same machine, same run)");
     let row = |what: &str, v: f64| println!("{what:<70} {v:>10.1}");
     for (name, m) in [("plain", &plain), ("TLS", &tls)] {
-        row(&format!("server memory with no link, {name}, KiB"), m.base_kib);
+        row(
+            &format!("server memory with no link, {name}, KiB"),
+            m.base_kib,
+        );
         row(
             &format!("server memory with {LINKS} idle links, {name}, KiB"),
             m.with_links_kib,
@@ -460,7 +528,10 @@ fn main() {
             &format!("memory per idle link, {name}, KiB (target <= 16)"),
             (m.with_links_kib - m.base_kib) / LINKS as f64,
         );
-        row(&format!("link upgrades/s, {name}, {AT_ONCE} at a time"), m.upgrades_per_s);
+        row(
+            &format!("link upgrades/s, {name}, {AT_ONCE} at a time"),
+            m.upgrades_per_s,
+        );
         row(
             &format!("fresh-connection GET /v1/health/s, {name} (baseline)"),
             m.health_per_s,
@@ -471,8 +542,14 @@ fn main() {
         );
     }
     let told_max = told.iter().max().copied().unwrap_or(0);
-    row("restart: goodbyes that named a return time", told.len() as f64);
-    row("restart: latest return time named, s", told_max as f64 / 1000.0);
+    row(
+        "restart: goodbyes that named a return time",
+        told.len() as f64,
+    );
+    row(
+        "restart: latest return time named, s",
+        told_max as f64 / 1000.0,
+    );
     row("restart: first link back, s after SIGTERM", pct(&back, 0.0));
     row("restart: median link back, s", pct(&back, 0.5));
     row("restart: 90th percentile back, s", pct(&back, 0.9));
@@ -482,5 +559,8 @@ fn main() {
         "restart: mean links back per second over the spread",
         LINKS as f64 / span.max(1.0),
     );
-    row("restart: attempts refused or failed on the way", retries as f64);
+    row(
+        "restart: attempts refused or failed on the way",
+        retries as f64,
+    );
 }

@@ -108,8 +108,9 @@ async fn say(ws: &mut Ws, m: Value) {
 }
 
 /// Pins: a missing, malformed or unknown key gets 401 before any upgrade; a live key gets a
-/// link whose first message is the welcome with the machine, key version 1 and the timing, and
-/// the server then heartbeats on its own.
+/// link whose first message is the welcome with the machine, key version 1 and the timing, the
+/// server then heartbeats on its own, and the machine shows connected (agent version, key
+/// version) while linked and disconnected after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_is_checked_before_the_upgrade_and_the_link_heartbeats() {
     for url in backends() {
@@ -140,8 +141,30 @@ async fn the_key_is_checked_before_the_upgrade_and_the_link_heartbeats() {
         assert_eq!(w["dead_after_ms"], 800);
         let hb = next(&mut ws, Duration::from_secs(1)).await.unwrap();
         assert_eq!(hb, json!({"type": "heartbeat"}));
-        let listed = s.db().machine(&m).await.unwrap();
+        // The operator's view: connected, with the agent's version and the key in use, written
+        // in the next batch; then disconnected once the link is gone.
+        let seen = |connected: bool| {
+            let (db, m) = (s.db(), m.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(3);
+                loop {
+                    let listed = db.machine(&m).await.unwrap();
+                    if listed.connected == connected || Instant::now() > deadline {
+                        return listed;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let listed = seen(true).await;
+        assert!(listed.connected, "{listed:?}");
         assert_eq!(listed.state, "active");
+        assert_eq!(listed.agent_version.as_deref(), Some("0.1.0-test"));
+        assert_eq!(listed.machine_key_version, Some(1));
+        assert!(listed.linked_ms.is_some());
+        ws.close(None).await.unwrap();
+        let listed = seen(false).await;
+        assert!(!listed.connected, "{listed:?}");
         s.running.stop().await.unwrap();
     }
 }

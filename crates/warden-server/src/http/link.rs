@@ -190,14 +190,9 @@ pub async fn link(
     if live.next_rotation_ms.is_none() {
         link.set_rotate_due_ms(first_rotation);
     }
-    if let Err(e) = state
-        .db
-        .link_up(live.machine_row, &version, first_rotation)
-        .await
-    {
-        hub.registry.remove(&link);
-        return Err(e.into());
-    }
+    // Written with the next batch (within a poll interval), so admitting a link costs one
+    // read of the database and no write.
+    hub.up(&link, first_rotation);
     hub.stats.upgrades.fetch_add(1, Ordering::Relaxed);
     tracing::info!(machine_id = %live.machine_id, key_version = %live.key_version, agent_version = %version, "link up");
     let failed = {

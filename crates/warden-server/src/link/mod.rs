@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use warden_fleet_proto::link::{self, GoodbyeReason};
 
 use crate::auth::SigningKey;
+use crate::store::links::LinkUp;
 use crate::store::{Db, now_ms};
 use admission::Admission;
 use registry::{Link, Registry};
@@ -103,6 +104,9 @@ pub struct Hub {
     /// Hub milliseconds count from here (monotonic).
     epoch: Instant,
     next_conn: AtomicU64,
+    /// Links that came up since the last batch: (machine row, unix ms, agent version, the
+    /// rotation due time for a machine without one).
+    ups: Mutex<Vec<LinkUp>>,
     /// Machines whose link went down since the last batch.
     down: Mutex<Vec<i64>>,
     /// Rotations started in the current minute: (minute began, count).
@@ -138,6 +142,7 @@ impl Hub {
             secret,
             epoch: Instant::now(),
             next_conn: AtomicU64::new(1),
+            ups: Mutex::new(Vec::new()),
             down: Mutex::new(Vec::new()),
             rotations: Mutex::new((Instant::now(), 0)),
             config,
@@ -170,6 +175,24 @@ impl Hub {
         let first = jitter(self.config.heartbeat, link::HEARTBEAT_JITTER_PERCENT);
         link.set_next_heartbeat(self.now() + u64::try_from(first.as_millis()).unwrap_or(0));
         self.wheel.schedule(link, first.min(self.config.dead_after));
+    }
+
+    /// Notes a link up, for the next batch.
+    pub fn up(&self, link: &Link, first_rotation_ms: i64) {
+        self.ups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(LinkUp {
+                machine_row: link.machine_row,
+                linked_ms: link.linked_ms,
+                agent_version: link.agent_version.clone(),
+                first_rotation_ms,
+            });
+    }
+
+    /// Links that came up since the last call.
+    fn take_ups(&self) -> Vec<LinkUp> {
+        std::mem::take(&mut *self.ups.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A link's task ended: unregister it (if it still is) and note it down.

@@ -1,8 +1,8 @@
 //! The link's background work, in two tasks for the whole process: the wheel's ticks (pure
 //! memory work, never waiting on the database), and the database side: polling revocations so
 //! that a revoked, removed, banned or quarantined machine's live link closes within a second
-//! whichever process or command revoked it, writing `last_seen` in batches, and noting links
-//! gone down.
+//! whichever process or command revoked it, and writing links come up and gone down (within a
+//! poll interval) and `last_seen` (every flush interval) in batches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,7 +97,8 @@ async fn revocations(hub: &Hub, seen: &mut HashMap<i64, Instant>) {
     }
 }
 
-/// Writes links gone down and, when `all_seen`, every live link's `last_seen`, in one batch.
+/// Writes links come up and gone down and, when `all_seen`, every live link's `last_seen`, in
+/// one batch.
 pub async fn flush(hub: &Hub, all_seen: bool) {
     let seen: Vec<(i64, i64)> = if all_seen {
         hub.registry
@@ -108,8 +109,10 @@ pub async fn flush(hub: &Hub, all_seen: bool) {
     } else {
         Vec::new()
     };
+    // Ups before downs: a link that came up and went down since the last batch ends down.
+    let ups = hub.take_ups();
     let down = hub.take_down();
-    if let Err(e) = hub.db.link_batch(&seen, &down).await {
+    if let Err(e) = hub.db.link_batch(&seen, &ups, &down).await {
         tracing::warn!(error = %e, "cannot write the link batch");
     }
 }

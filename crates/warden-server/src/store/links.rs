@@ -24,6 +24,16 @@ pub struct LinkKey {
     pub next_rotation_ms: Option<i64>,
 }
 
+/// A link that came up, written with the next batch.
+#[derive(Debug, Clone)]
+pub struct LinkUp {
+    pub machine_row: i64,
+    pub linked_ms: i64,
+    pub agent_version: Box<str>,
+    /// When a machine without a rotation due time gets its first.
+    pub first_rotation_ms: i64,
+}
+
 /// Why a known machine gets no link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -286,28 +296,6 @@ impl Db {
         Ok(())
     }
 
-    /// Notes a link up: when, and the agent's version; a machine with no rotation due yet gets
-    /// `first_rotation_ms`.
-    pub async fn link_up(
-        &self,
-        machine_row: i64,
-        agent_version: &str,
-        first_rotation_ms: i64,
-    ) -> Result<()> {
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE machines SET linked_ms = $1, last_seen_ms = $1, agent_version = $2,
-             next_rotation_ms = COALESCE(next_rotation_ms, $3) WHERE id = $4",
-        )
-        .bind(now)
-        .bind(agent_version)
-        .bind(first_rotation_ms)
-        .bind(machine_row)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Sets when a machine's key is next due for rotation.
     pub async fn set_next_rotation(&self, machine_row: i64, at_ms: i64) -> Result<()> {
         sqlx::query("UPDATE machines SET next_rotation_ms = $1 WHERE id = $2")
@@ -318,13 +306,31 @@ impl Db {
         Ok(())
     }
 
-    /// Writes a batch of `last_seen` times and links gone down, in one transaction: the link
-    /// never writes once per heartbeat.
-    pub async fn link_batch(&self, seen: &[(i64, i64)], down: &[i64]) -> Result<()> {
-        if seen.is_empty() && down.is_empty() {
+    /// Writes a batch of links come up (when, the agent's version, and a first rotation due
+    /// time for a machine without one), `last_seen` times and links gone down, in one
+    /// transaction: the link never writes once per heartbeat, nor once per upgrade.
+    pub async fn link_batch(
+        &self,
+        seen: &[(i64, i64)],
+        ups: &[LinkUp],
+        down: &[i64],
+    ) -> Result<()> {
+        if seen.is_empty() && ups.is_empty() && down.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        for up in ups {
+            sqlx::query(
+                "UPDATE machines SET linked_ms = $1, last_seen_ms = $1, agent_version = $2,
+                 next_rotation_ms = COALESCE(next_rotation_ms, $3) WHERE id = $4",
+            )
+            .bind(up.linked_ms)
+            .bind(&*up.agent_version)
+            .bind(up.first_rotation_ms)
+            .bind(up.machine_row)
+            .execute(&mut *tx)
+            .await?;
+        }
         for (row, ms) in seen {
             sqlx::query(
                 "UPDATE machines SET last_seen_ms = $1 WHERE id = $2 AND last_seen_ms < $1",
