@@ -237,7 +237,7 @@ async fn stream(
 
 /// How a link attempt ended.
 enum Opened {
-    Up(WebSocketStream<Box<dyn Io>>),
+    Up(Box<WebSocketStream<Box<dyn Io>>>),
     /// Refused with this Retry-After, in seconds.
     Refused(Option<u64>),
     Failed,
@@ -261,7 +261,7 @@ async fn open(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>, key: &s
         .max_message_size(Some(1 << 20));
     match tokio_tungstenite::client_async_with_config(req, io, Some(config)).await {
         Ok((mut ws, _)) => match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Opened::Up(ws),
+            Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Opened::Up(Box::new(ws)),
             _ => Opened::Failed,
         },
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Opened::Refused(
@@ -276,7 +276,7 @@ async fn open(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>, key: &s
 
 /// Keeps a link alive (a heartbeat every interval) until the server says goodbye or closes;
 /// the goodbye's `reconnect_after_ms`, if any.
-async fn hold(mut ws: WebSocketStream<Box<dyn Io>>) -> Option<u64> {
+async fn hold(mut ws: Box<WebSocketStream<Box<dyn Io>>>) -> Option<u64> {
     let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_MS));
     loop {
         tokio::select! {
