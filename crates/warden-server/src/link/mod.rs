@@ -53,7 +53,9 @@ pub struct LinkConfig {
     pub restart_spread: Duration,
     /// How long a stop waits for links to say goodbye.
     pub goodbye_timeout: Duration,
-    /// The WebSocket read buffer of each link.
+    /// The WebSocket read buffer of each link, allocated for the link's life. Small on purpose:
+    /// an idle link reads a heartbeat now and then, and rustls under it keeps a 4 KiB buffer
+    /// of its own; larger messages are gathered across reads.
     pub read_buffer: usize,
     /// A message that cannot be written within this is a dead peer.
     pub send_timeout: Duration,
@@ -72,7 +74,7 @@ impl Default for LinkConfig {
             poll: Duration::from_millis(500),
             restart_spread: link::RESTART_SPREAD,
             goodbye_timeout: Duration::from_secs(5),
-            read_buffer: 4096,
+            read_buffer: 2048,
             send_timeout: Duration::from_secs(10),
         }
     }
