@@ -40,29 +40,19 @@ pub fn prefixed_hex64(s: &str, prefix: &str) -> bool {
     })
 }
 
-macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $check:expr, $err:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
+/// `FromStr` through `$check`, and serde and (with `openapi`) a string schema through it: a
+/// value of `$name` is well formed wherever it came from.
+macro_rules! parsed_from_str {
+    ($name:ident, $check:expr, $err:expr) => {
         impl FromStr for $name {
             type Err = IdError;
             fn from_str(s: &str) -> Result<Self, IdError> {
                 let check: fn(&str) -> bool = $check;
-                if check(s) { Ok($name(s.to_owned())) } else { Err($err) }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                if check(s) {
+                    Ok($name(s.to_owned()))
+                } else {
+                    Err($err)
+                }
             }
         }
 
@@ -88,6 +78,28 @@ macro_rules! string_id {
 
         #[cfg(feature = "openapi")]
         impl utoipa::ToSchema for $name {}
+    };
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $check:expr, $err:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        parsed_from_str!($name, $check, $err);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
     };
 }
 
@@ -154,36 +166,7 @@ macro_rules! secret {
             }
         }
 
-        impl FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
-                let check: fn(&str) -> bool = $check;
-                if check(s) { Ok($name(s.to_owned())) } else { Err($err) }
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-
-        #[cfg(feature = "openapi")]
-        impl utoipa::PartialSchema for $name {
-            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                String::schema()
-            }
-        }
-
-        #[cfg(feature = "openapi")]
-        impl utoipa::ToSchema for $name {}
+        parsed_from_str!($name, $check, $err);
     };
 }
 

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod deps;
 pub mod fuse;
 pub mod raw;
 pub mod users;

@@ -4,74 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeSet, HashMap};
-use std::process::Command;
-
-use serde_json::Value;
-
-fn metadata() -> Value {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--locked",
-            "--manifest-path",
-        ])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Names of every package the `wardend` package links in normal (non-dev, non-build) use.
-fn daemon_tree(meta: &Value) -> BTreeSet<String> {
-    let nodes: HashMap<&str, &Value> = meta["resolve"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
-    let names: HashMap<&str, &str> = meta["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
-        .collect();
-    let root = names
-        .iter()
-        .find(|(_, n)| **n == "wardend")
-        .map(|(id, _)| *id)
-        .unwrap();
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![root];
-    while let Some(id) = stack.pop() {
-        if !seen.insert(names[id].to_owned()) {
-            continue;
-        }
-        for dep in nodes[id]["deps"].as_array().unwrap() {
-            let normal = dep["dep_kinds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|k| k["kind"].is_null());
-            if normal {
-                stack.push(dep["pkg"].as_str().unwrap());
-            }
-        }
-    }
-    seen
-}
+use warden_testkit::deps::{Kinds, metadata, tree};
 
 #[test]
 fn the_daemon_links_no_http_websocket_or_sql_server_stack() {
-    let tree = daemon_tree(&metadata());
+    let tree = tree(&metadata(), "wardend", Kinds::Normal);
     let banned = [
         "hyper",
         "h2",
@@ -84,6 +21,8 @@ fn the_daemon_links_no_http_websocket_or_sql_server_stack() {
         "tungstenite",
         "tokio-tungstenite",
         "rustls",
+        "tokio-rustls",
+        "ring",
         "openssl",
         "native-tls",
         "sqlx",
