@@ -14,9 +14,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader};
+use common::ServerProcess;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -95,50 +96,16 @@ async fn fill(db: &Db) {
     tx.commit().await.unwrap();
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &std::path::Path, url: Option<&str>) -> Server {
+fn serve(data: &std::path::Path, url: Option<&str>) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden-server"));
     cmd.arg("--data-dir")
         .arg(data)
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("WARDEN_SERVER_LOG", "warn,warden_server=info")
-        .env_remove("WARDEN_SERVER_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("WARDEN_SERVER_LOG", "warn,warden_server=info");
     if let Some(url) = url {
         cmd.arg("--database-url").arg(url);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024.0
+    ServerProcess::spawn(cmd)
 }
 
 /// Enrollments per second: `CLIENTS` clients enrolling new machines for `FLOOD`.
@@ -253,7 +220,7 @@ async fn measure(label: &str, url: Option<String>) -> Figures {
         format!("/v1/machines?limit=100&text=host-{}", (i * 331) % MACHINES)
     })
     .await;
-    let rss = rss_mib(server.child.id());
+    let rss = server.rss_kib() / 1024.0;
     eprintln!("{label}: done");
     Figures {
         rate: median(rates),

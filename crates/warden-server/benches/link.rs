@@ -19,14 +19,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::ServerProcess;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -92,19 +95,12 @@ async fn fill(data: &Path) {
     db.pool.close().await;
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path, listen: SocketAddr, tls: Option<&(PathBuf, PathBuf)>, rate: u32) -> Server {
+fn serve(
+    data: &Path,
+    listen: SocketAddr,
+    tls: Option<&(PathBuf, PathBuf)>,
+    rate: u32,
+) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden-server"));
     cmd.arg("--data-dir")
         .arg(data)
@@ -112,32 +108,11 @@ fn serve(data: &Path, listen: SocketAddr, tls: Option<&(PathBuf, PathBuf)>, rate
         .args(["--link-heartbeat-ms", &HEARTBEAT_MS.to_string()])
         .args(["--link-upgrades-per-second", &rate.to_string()])
         .args(["--link-max", "20000"])
-        .env("WARDEN_SERVER_LOG", "warn,warden_server::cli=info")
-        .env_remove("WARDEN_SERVER_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("WARDEN_SERVER_LOG", "warn,warden_server::cli=info");
     if let Some((cert, key)) = tls {
         cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
-}
-
-fn rss_kib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    ServerProcess::spawn(cmd)
 }
 
 /// Runs `openssl` with `args`, panicking with its message when it fails.
@@ -386,11 +361,11 @@ async fn memory(
     // links' alone.
     let health_per_s = health_rate(server.addr, client.clone()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let base_kib = rss_kib(server.child.id());
+    let base_kib = server.rss_kib();
     let (upgrades_per_s, held) = open_all(server.addr, client).await;
     // Several heartbeat rounds both ways, then idle between them.
     tokio::time::sleep(Duration::from_millis(4 * HEARTBEAT_MS + 500)).await;
-    let with_links_kib = rss_kib(server.child.id());
+    let with_links_kib = server.rss_kib();
     drop(server);
     for h in held {
         let _ = h.await;

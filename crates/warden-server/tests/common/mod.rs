@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -217,4 +219,47 @@ pub fn body(site: &str, key: &str, machine: &str, hostname: &str) -> Value {
         "hostname": hostname,
         "labels": {"company": "acme", "site": site, "department": "it", "device_type": "laptop", "tags": ["a"]}
     })
+}
+
+/// The real `warden-server` binary serving, killed when dropped (for the benchmarks).
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServerProcess {
+    /// Spawns `cmd` (`warden-server … serve …`, logging at least its `listen=` line to stderr)
+    /// and waits until it listens; the rest of its log is read and dropped.
+    pub fn spawn(mut cmd: Command) -> ServerProcess {
+        cmd.env_remove("WARDEN_SERVER_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(rest) = line.split("listen=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess { child, addr }
+    }
+
+    /// Its resident memory, in KiB.
+    pub fn rss_kib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
 }
