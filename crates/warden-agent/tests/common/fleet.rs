@@ -222,13 +222,29 @@ impl Server {
 
     /// SIGTERM, and waits for the exit.
     pub async fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        signal(child.id(), "TERM");
+        self.terminate();
         let end = Instant::now() + PATIENCE;
-        while child.try_wait().unwrap().is_none() {
+        while !self.exited() {
             assert!(Instant::now() < end, "the server did not stop");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn terminate(&self) {
+        signal(self.pid(), "TERM");
+    }
+
+    /// Whether the server process has exited (then it may be [`Server::run`] again).
+    pub fn exited(&mut self) -> bool {
+        let gone = self
+            .child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some());
+        if gone {
+            self.child = None;
+        }
+        gone
     }
 
     pub fn freeze(&self) {
