@@ -33,7 +33,7 @@ fn the_example_configuration_loads() {
         uncommented.push('\n');
     }
     let c = AgentConfig::parse(&uncommented, Path::new("agent.toml"), false).unwrap();
-    assert_eq!(c.overrides_used.len(), 11, "{:?}", c.overrides_used);
+    assert_eq!(c.overrides_used.len(), 13, "{:?}", c.overrides_used);
 }
 
 fn settings(unit: &str) -> Vec<(String, String)> {

@@ -166,8 +166,8 @@ async fn a_new_host_enrolls_and_a_reinstall_is_the_same_machine() {
         let dir = std::fs::metadata(&first_host.state).unwrap();
         assert_eq!((dir.mode() & 0o7777, dir.uid()), (0o700, first_host.uid()));
         let k1 = first_host.stored_key().unwrap();
-        // It goes on to link (this server has no link endpoint yet) and keeps its key.
-        agent.wait_log("link: refused; trying again", LONG).await;
+        // It goes on to link with that key, and keeps it.
+        agent.wait_log("link: up", LONG).await;
         assert_eq!(agent.stop().await.unwrap().code(), Some(0));
         assert_eq!(first_host.stored_key().unwrap(), k1);
         let log1 = agent.logs();

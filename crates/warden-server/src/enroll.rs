@@ -40,6 +40,9 @@ pub enum Outcome {
     SiteConflict,
     /// Banned machine id: 403.
     Banned,
+    /// Quarantined machine (a retired key of it was replayed): 403 `quarantined`, no key, until
+    /// an admin clears it. Enrolling again must not lift a quarantine.
+    Quarantined,
     /// Too many failures from this address for this site, or for any site: 429.
     RateLimited(Duration),
     /// The verification pool is full: 503.
@@ -56,6 +59,7 @@ impl Outcome {
             Outcome::Rejected => "enroll.rejected",
             Outcome::SiteConflict => "enroll.site_conflict",
             Outcome::Banned => "enroll.banned",
+            Outcome::Quarantined => "enroll.quarantined",
             Outcome::RateLimited(_) => "enroll.rate_limited",
             Outcome::Busy => "enroll.busy",
         }
@@ -64,7 +68,7 @@ impl Outcome {
     fn is_failure(&self) -> bool {
         matches!(
             self,
-            Outcome::Rejected | Outcome::SiteConflict | Outcome::Banned
+            Outcome::Rejected | Outcome::SiteConflict | Outcome::Banned | Outcome::Quarantined
         )
     }
 }
@@ -202,6 +206,11 @@ impl Gate<'_> {
             Some(m) => {
                 if m.site_id != site_id {
                     return Ok(Outcome::SiteConflict);
+                }
+                if m.state == "quarantined" {
+                    // Whoever replayed the retired key also has the site's enrollment key; a
+                    // new key here would hand the machine to them and end the quarantine.
+                    return Ok(Outcome::Quarantined);
                 }
                 let recent = now - m.last_seen_ms < CLONE_WINDOW_MS;
                 let is_clone = m.state != "removed"

@@ -398,6 +398,47 @@ async fn a_replayed_retired_key_quarantines_only_its_machine() {
     }
 }
 
+/// Pins: a quarantined machine cannot enroll its way out: an enrollment with its machine id
+/// (the site's valid enrollment key, the same hostname, as a clone holding the retired key
+/// would send after its 401s) gets 403 `quarantined` and no key, is recorded, leaves the
+/// machine quarantined and its current key unrevoked; once an admin clears it, that key links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_machine_cannot_enroll_its_way_out() {
+    for url in backends() {
+        let (s, key) = server(url.as_deref(), quick()).await;
+        let (m, k1) = enrolled(&s, &key, "victim").await;
+        let (k2, mut live) = rotate(&s, &k1).await;
+        assert_eq!(connect(&s, &k1).await.err().unwrap().0, 401);
+        until(&mut live, "goodbye", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(s.db().machine(&m).await.unwrap().state, "quarantined");
+
+        let r = s.enroll(&body("hq", &key, &m, "victim")).await;
+        assert_eq!((r.status, r.kind()), (403, "quarantined"), "{}", r.raw);
+        assert!(r.json.get("machine_key").is_none(), "{}", r.raw);
+        assert_eq!(s.db().machine(&m).await.unwrap().state, "quarantined");
+        let events = s
+            .db()
+            .events(Some("enroll.quarantined"), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        let (status, kind, _) = connect(&s, &k2).await.err().unwrap();
+        assert_eq!((status, kind.as_str()), (403, "quarantined"));
+
+        s.db().clear_quarantine(&m).await.unwrap();
+        let mut back = connect(&s, &k2).await.unwrap();
+        assert_eq!(
+            until(&mut back, "welcome", Duration::from_secs(2))
+                .await
+                .unwrap()["key_version"],
+            2
+        );
+        s.running.stop().await.unwrap();
+    }
+}
+
 /// Pins: two live links with the same current key: the newer is refused with 409
 /// `duplicate_link` and recorded, the first stays up; once it closes the key links again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

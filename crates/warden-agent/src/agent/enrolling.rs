@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use warden_fleet_proto::{EnrollRequest, EnrollmentKey, MachineId};
+use warden_fleet_proto::{EnrollRequest, EnrollmentKey, ErrorKind, MachineId};
 
 use super::{AgentError, Stop, ms, store_key};
 use crate::backoff::{self, draw};
@@ -171,7 +171,11 @@ pub(super) async fn until_key(
             } => {
                 let wait = backoff::rejected(t.rejected_base, t.rejected_cap, rejections, draw());
                 rejections = rejections.saturating_add(1);
-                let fix = if status == 403 {
+                let fix = if kind == Some(ErrorKind::Quarantined) {
+                    "this machine is QUARANTINED (a retired key of it was presented: a clone or a \
+                     stolen key); an admin must investigate and clear it (warden-server machines \
+                     clear ID)"
+                } else if status == 403 {
                     "this machine id is banned: an operator must unban it (warden-server machines \
                      unban ID)"
                 } else if status == 400 {

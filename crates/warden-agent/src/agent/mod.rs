@@ -209,6 +209,7 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
         );
     }
     let mut retry = Retry::default();
+    let mut rotation_asked = false;
     loop {
         if !delay.is_zero() && !stop.sleep(delay).await {
             return Ok(Exit::Shutdown);
@@ -270,7 +271,17 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
         };
         retry.unauthorized = 0;
         retry.rejected = 0;
-        match link::session::run(&mut ws, &cfg.timings, &store, &held, &stop).await {
+        match link::session::run(
+            &mut ws,
+            &cfg.timings,
+            &cfg.hooks,
+            &mut rotation_asked,
+            &store,
+            &held,
+            &stop,
+        )
+        .await
+        {
             SessionEnd::Shutdown => return Ok(Exit::Shutdown),
             SessionEnd::Rotated { version } => {
                 tracing::info!(key_version = %version, "link: linking again with the new key");

@@ -19,7 +19,7 @@ use warden_fleet_proto::{KeyVersion, MachineId};
 use super::connect::{Link, describe};
 use crate::agent::Stop;
 use crate::backoff;
-use crate::config::Timings;
+use crate::config::{PausePoint, TestHooks, Timings};
 use crate::keystore::{KeyStore, StoredKey};
 
 /// Shortest and longest liveness timings taken from a Welcome.
@@ -71,10 +71,35 @@ async fn close(ws: &mut Link, code: CloseCode, reason: &'static str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
 }
 
-/// Runs the link until it ends. `held` is the key it was opened with.
+/// Test only (`[test_overrides] pause_at`): at `point`, says so in one line and waits for the
+/// stop (the crash tests kill the agent here).
+async fn pause(hooks: &TestHooks, point: PausePoint, stop: &Stop) -> Option<SessionEnd> {
+    if hooks.pause_at != Some(point) {
+        return None;
+    }
+    tracing::warn!(
+        "TEST OVERRIDE: paused at {} (pause_at); waiting to be killed",
+        point.as_str()
+    );
+    stop.wait().await;
+    Some(SessionEnd::Shutdown)
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the link until it ends. `held` is the key it was opened with. `rotation_asked` is
+/// `[test_overrides] rotate_after_ms`'s memory: it asks once per run.
 pub async fn run(
     ws: &mut Link,
     timings: &Timings,
+    hooks: &TestHooks,
+    rotation_asked: &mut bool,
     store: &Arc<KeyStore>,
     held: &StoredKey,
     stop: &Stop,
@@ -166,6 +191,10 @@ pub async fn run(
             backoff::draw(),
         );
     let mut unknown: u64 = 0;
+    let mut ask_at = hooks
+        .rotate_after
+        .filter(|_| !*rotation_asked)
+        .map(|d| Instant::now() + d);
     loop {
         let dead_at = last_rx + welcome.dead_after;
         let incoming = tokio::select! {
@@ -197,6 +226,15 @@ pub async fn run(
                 );
                 continue;
             }
+            () = until(ask_at) => {
+                ask_at = None;
+                *rotation_asked = true;
+                tracing::info!("link: asking for a new key (test override rotate_after_ms)");
+                if let Err(e) = send(ws, &AgentMessage::RotateKey {}, welcome.dead_after).await {
+                    return dropped(true, format!("sending RotateKey: {e}"));
+                }
+                continue;
+            }
             m = ws.next() => m,
         };
         let msg = match incoming {
@@ -223,6 +261,9 @@ pub async fn run(
                 key_version,
                 machine_key,
             })) => {
+                if let Some(end) = pause(hooks, PausePoint::RotationReceived, stop).await {
+                    return end;
+                }
                 let new = StoredKey {
                     key: machine_key,
                     version: Some(key_version),
@@ -245,10 +286,16 @@ pub async fn run(
                     }
                 }
                 tracing::info!(key_version = %key_version, "link: new key stored; acknowledging");
+                if let Some(end) = pause(hooks, PausePoint::RotationStored, stop).await {
+                    return end;
+                }
                 let ack = AgentMessage::KeyStored { key_version };
                 if let Err(e) = send(ws, &ack, welcome.dead_after).await {
                     // The key is stored: linking with it promotes it all the same.
                     tracing::warn!(error = %e, "link: KeyStored not sent; linking with the new key");
+                }
+                if let Some(end) = pause(hooks, PausePoint::RotationAcknowledged, stop).await {
+                    return end;
                 }
                 close(ws, CloseCode::Normal, "rotating").await;
                 return SessionEnd::Rotated {

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod peer;
 
 use std::io::{BufRead, BufReader};

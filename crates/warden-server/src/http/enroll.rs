@@ -34,7 +34,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
         (status = 202, description = "A likely clone: pending, no key until an operator approves"),
         (status = 400, description = "A malformed request"),
         (status = 401, description = "enroll_rejected: unknown site, no active key, wrong or rotated key (one answer for all)"),
-        (status = 403, description = "The machine id is banned"),
+        (status = 403, description = "The machine id is banned, or the machine is quarantined (kind `quarantined`)"),
         (status = 409, description = "enroll_site_conflict: the machine belongs to another site"),
         (status = 429, description = "Too many failures from this address for this site, or for any site (Retry-After)"),
         (status = 503, description = "Too many enrollments being checked (Retry-After)"),
@@ -93,6 +93,7 @@ async fn enroll(
         Outcome::Rejected => return Err(ApiError::EnrollRejected),
         Outcome::SiteConflict => return Err(ApiError::EnrollSiteConflict),
         Outcome::Banned => return Err(ApiError::forbidden("this machine may not enroll")),
+        Outcome::Quarantined => return Err(ApiError::Quarantined),
         Outcome::RateLimited(wait) => {
             return Err(ApiError::rate_limited(
                 "too many failed enrollments from this address",

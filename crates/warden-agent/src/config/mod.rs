@@ -10,6 +10,10 @@ use serde::Deserialize;
 use warden_fleet_proto::enroll::Labels;
 use warden_fleet_proto::{Hostname, MachineId, SiteCode};
 
+mod overrides;
+
+pub use overrides::{PausePoint, TestHooks, TestOverrides};
+
 /// Where the configuration is read from by default.
 pub const DEFAULT_CONFIG: &str = "/etc/warden/agent.toml";
 /// Where the machine key lives by default (systemd's `StateDirectory=warden-agent`).
@@ -55,31 +59,6 @@ struct File {
     labels: Labels,
     #[serde(default)]
     test_overrides: Option<TestOverrides>,
-}
-
-/// `[test_overrides]`: for tests and trying things out only. Every value shortens a safety
-/// margin or skips a check, and the agent logs a warning naming each one it uses.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TestOverrides {
-    /// Use this machine id instead of asking wardend's `host.identity`.
-    pub machine_id_override: Option<MachineId>,
-    /// Heartbeat interval and silence limit instead of those the server's Welcome gives.
-    pub heartbeat_ms: Option<u64>,
-    pub dead_after_ms: Option<u64>,
-    /// How long to wait for the server's Welcome after the upgrade.
-    pub welcome_timeout_ms: Option<u64>,
-    /// Link reconnects: the first attempt's spread, and the backoff cap.
-    pub reconnect_first_ms: Option<u64>,
-    pub reconnect_cap_ms: Option<u64>,
-    /// Network errors and 5xx: the backoff base and cap.
-    pub retry_base_ms: Option<u64>,
-    pub retry_cap_ms: Option<u64>,
-    /// 401/403 (rejected): the backoff base and cap.
-    pub rejected_base_ms: Option<u64>,
-    pub rejected_cap_ms: Option<u64>,
-    /// 202 (pending): the polling interval.
-    pub pending_poll_ms: Option<u64>,
 }
 
 /// Every delay the agent uses, in one place; the defaults are the protocol's.
@@ -237,6 +216,7 @@ pub struct AgentConfig {
     pub labels: Labels,
     pub machine_id_override: Option<MachineId>,
     pub timings: Timings,
+    pub hooks: TestHooks,
     /// Which `[test_overrides]` were set, for the warning at start.
     pub overrides_used: Vec<&'static str>,
     pub dev: bool,
@@ -307,6 +287,8 @@ impl AgentConfig {
             ("rejected_base_ms", overrides.rejected_base_ms.is_some()),
             ("rejected_cap_ms", overrides.rejected_cap_ms.is_some()),
             ("pending_poll_ms", overrides.pending_poll_ms.is_some()),
+            ("rotate_after_ms", overrides.rotate_after_ms.is_some()),
+            ("pause_at", overrides.pause_at.is_some()),
         ] {
             if set {
                 used.push(name);
@@ -352,6 +334,10 @@ impl AgentConfig {
             labels: file.labels,
             machine_id_override: overrides.machine_id_override,
             timings,
+            hooks: TestHooks {
+                rotate_after: overrides.rotate_after_ms.map(Duration::from_millis),
+                pause_at: overrides.pause_at,
+            },
             overrides_used: used,
             dev,
         })
@@ -425,6 +411,20 @@ enrollment_key_file = "/etc/warden/enrollment.key"
         assert_eq!(
             c.overrides_used,
             ["machine_id_override", "rejected_base_ms"]
+        );
+        let hooks = format!(
+            "{MINIMAL}\n[test_overrides]\npause_at = \"rotation.stored\"\nrotate_after_ms = 5\n"
+        );
+        let c = parse(&hooks, false).unwrap();
+        assert_eq!(c.hooks.pause_at, Some(PausePoint::RotationStored));
+        assert_eq!(c.hooks.rotate_after, Some(Duration::from_millis(5)));
+        assert_eq!(c.overrides_used, ["rotate_after_ms", "pause_at"]);
+        assert!(
+            parse(
+                &format!("{MINIMAL}\n[test_overrides]\npause_at = \"rotation.elsewhere\"\n"),
+                false
+            )
+            .is_err()
         );
         assert!(
             parse(
