@@ -33,7 +33,7 @@ fn host_with_key(addr: std::net::SocketAddr, key: &str) -> (Host, PathBuf, Strin
     let extra = format!(
         "hostname = \"pc-1\"\n[test_overrides]\nmachine_id_override = \"{}\"\nreconnect_first_ms = 200\n\
          reconnect_cap_ms = 1000\nrejected_base_ms = 300\nrejected_cap_ms = 2000\n\
-         welcome_timeout_ms = 2000\n",
+         welcome_timeout_ms = 2000\npending_poll_ms = 1000\n",
         machine()
     );
     let enrollment_key = format!("wek_{}", warden_testkit::random_hex(16));
@@ -98,8 +98,9 @@ async fn heartbeats_then_a_silent_server_is_closed_and_linked_again() {
 }
 
 /// Pins: refusals before the upgrade follow link.rs's table: 401 keeps the key and backs off;
-/// 503 and 403 pending wait Retry-After plus at most 20%; 409 duplicate_link backs off; 403
-/// forbidden (banned) stops the agent with status 3. The key file never changes.
+/// 503 waits Retry-After plus at most 20%; 403 quarantined asks again at the operator-wait
+/// pace; 409 duplicate_link backs off; 403 forbidden (banned) stops the agent with status 3.
+/// The key file never changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_before_the_upgrade() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -132,12 +133,14 @@ async fn refusals_before_the_upgrade() {
     assert!((1000..=1200).contains(&wait), "{line}");
 
     let t = Instant::now();
-    accept(&listener, Some((403, "pending", Some(1)))).await;
+    accept(&listener, Some((403, "quarantined", None))).await;
     assert!(
         t.elapsed() >= Duration::from_millis(950),
         "503 Retry-After not honoured"
     );
-    let line = agent.wait_log("pending approval", LONG).await;
+    // Quarantined: asked again at the operator-wait pace (here 1 s + at most 20%), never the
+    // rejection backoff, so a clear takes effect soon.
+    let line = agent.wait_log("QUARANTINED", LONG).await;
     assert!(
         (1000..=1200).contains(&field(&line, "wait_ms").unwrap()),
         "{line}"

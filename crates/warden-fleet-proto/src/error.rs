@@ -22,8 +22,6 @@ pub enum ErrorKind {
     EnrollRejected,
     /// Enrollment: the machine is bound to another site.
     EnrollSiteConflict,
-    /// The link: the machine is pending approval; try again later.
-    Pending,
     /// The link: the machine is quarantined until an admin clears it.
     Quarantined,
     /// The link: this key already holds a live link.
@@ -47,7 +45,6 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::EnrollRejected => "enroll_rejected",
             ErrorKind::EnrollSiteConflict => "enroll_site_conflict",
-            ErrorKind::Pending => "pending",
             ErrorKind::Quarantined => "quarantined",
             ErrorKind::DuplicateLink => "duplicate_link",
             ErrorKind::RateLimited => "rate_limited",
@@ -95,7 +92,6 @@ mod tests {
             ErrorKind::Conflict,
             ErrorKind::EnrollRejected,
             ErrorKind::EnrollSiteConflict,
-            ErrorKind::Pending,
             ErrorKind::Quarantined,
             ErrorKind::DuplicateLink,
             ErrorKind::RateLimited,

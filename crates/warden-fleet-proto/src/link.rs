@@ -9,7 +9,6 @@
 //! |---|---|---|
 //! | 401 | `unauthorized` | no live key: backs off, keeps its key (one 401 proves nothing) |
 //! | 403 | `forbidden` | banned: stops linking, says so |
-//! | 403 | `pending` | waiting for approval: tries again after `Retry-After` |
 //! | 403 | `quarantined` | a retired key was replayed: waits for an admin, says so |
 //! | 409 | `duplicate_link` | this key already holds a live link: backs off |
 //! | 503 | `unavailable` | admission is full or the server is stopping: waits `Retry-After` |

@@ -480,27 +480,52 @@ async fn a_second_link_with_the_same_key_is_refused_and_recorded() {
     }
 }
 
-/// Pins: a machine turned pending by a likely clone gets 403 `pending` with Retry-After 60;
-/// after approval the clone's re-enrollment gets a key that links, and the old key is revoked
-/// (401, no quarantine: revocation is not a replay).
+/// Pins: a likely clone waiting for approval gets no key and no link, and does not cut off the
+/// host that holds the machine's live key (its link stays up, and it may link again), so
+/// enrolling someone else's machine id cannot take that host off the fleet; once an operator
+/// approves the clone, its enrollment gets a key that links, the old key is revoked (401, no
+/// quarantine: revocation is not a replay) and the old link closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_machines_get_no_link_until_approved() {
+async fn a_pending_clone_gets_no_link_and_does_not_cut_off_the_host() {
     for url in backends() {
         let (s, key) = server(url.as_deref(), quick()).await;
         let m = machine_id();
         let first = s.enroll(&body("hq", &key, &m, "pc-1")).await;
         let k1 = first.json["machine_key"].as_str().unwrap().to_owned();
+        let mut host = connect(&s, &k1).await.unwrap();
+        until(&mut host, "welcome", Duration::from_secs(2))
+            .await
+            .unwrap();
         let clone = s.enroll(&body("hq", &key, &m, "pc-2")).await;
         assert_eq!(clone.status, 202, "{}", clone.raw);
-        let (status, kind, retry) = connect(&s, &k1).await.err().unwrap();
-        assert_eq!(
-            (status, kind.as_str(), retry.as_deref()),
-            (403, "pending", Some("60"))
-        );
+        assert!(clone.json.get("machine_key").is_none());
+        assert_eq!(s.db().machine(&m).await.unwrap().state, "pending");
+        // The host is not cut off: it keeps heartbeating, and its key still links.
+        for _ in 0..3 {
+            say(&mut host, json!({"type": "heartbeat"})).await;
+            let m = until(&mut host, "heartbeat", Duration::from_secs(2)).await;
+            assert!(m.is_some(), "the host's link closed while a clone waits");
+        }
+        host.close(None).await.unwrap();
+        let mut again = loop {
+            match connect(&s, &k1).await {
+                Ok(ws) => break ws,
+                Err((409, _, _)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("the host's key must still link: {e:?}"),
+            }
+        };
+        until(&mut again, "welcome", Duration::from_secs(2))
+            .await
+            .unwrap();
+
         s.db().approve(&m).await.unwrap();
-        let again = s.enroll(&body("hq", &key, &m, "pc-2")).await;
-        assert_eq!(again.status, 200, "{}", again.raw);
-        let k2 = again.json["machine_key"].as_str().unwrap();
+        let approved = s.enroll(&body("hq", &key, &m, "pc-2")).await;
+        assert_eq!(approved.status, 200, "{}", approved.raw);
+        let k2 = approved.json["machine_key"].as_str().unwrap();
+        let bye = until(&mut again, "goodbye", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(bye["reason"], "revoked");
         let mut ws = connect(&s, k2).await.unwrap();
         assert!(
             until(&mut ws, "welcome", Duration::from_secs(2))

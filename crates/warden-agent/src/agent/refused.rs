@@ -25,20 +25,10 @@ pub fn next(cfg: &AgentConfig, r: Refusal, retry: &mut Retry) -> Next {
         Refusal::Unauthorized => {
             delay = retry.rejected(&cfg.timings);
         }
-        Refusal::Pending { retry_after } => {
-            delay = match retry_after {
-                Some(ra) => backoff::retry_after(ra, draw()),
-                None => backoff::pending_poll(cfg.timings.pending_poll, draw()),
-            };
-            tracing::info!(
-                status = 403,
-                wait_ms = ms(delay),
-                "link: this machine is pending approval; an operator must approve it \
-                 (warden-server machines approve MACHINE_ID)"
-            );
-        }
         Refusal::Quarantined => {
-            delay = retry.rejected(&cfg.timings);
+            // Asked again at the pace of waiting for an operator, not the long backoff of a
+            // rejection, so that an admin's clear takes effect within a minute or so.
+            delay = backoff::pending_poll(cfg.timings.pending_poll, draw());
             tracing::error!(
                 status = 403,
                 wait_ms = ms(delay),

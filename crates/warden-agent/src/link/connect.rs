@@ -46,8 +46,6 @@ pub type Link = WebSocketStream<Box<dyn Io>>;
 pub enum Refusal {
     /// 401: the key is not (or no longer) live.
     Unauthorized,
-    /// 403 `pending`: waiting for an operator.
-    Pending { retry_after: Option<Duration> },
     /// 403 `quarantined`: a retired key was replayed; an admin must clear the machine.
     Quarantined,
     /// 403 otherwise: banned.
@@ -75,7 +73,6 @@ pub fn refusal(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Refus
         .map(|b| b.error.kind);
     match (status, kind) {
         (401, _) => Refusal::Unauthorized,
-        (403, Some(ErrorKind::Pending)) => Refusal::Pending { retry_after },
         (403, Some(ErrorKind::Quarantined)) => Refusal::Quarantined,
         (403, _) => Refusal::Forbidden,
         (409, _) => Refusal::DuplicateLink,
@@ -180,10 +177,6 @@ mod tests {
             |k: &str| format!(r#"{{"error":{{"kind":"{k}","message":"m","correlation_id":"c"}}}}"#);
         let s = Some(Duration::from_secs(3));
         assert_eq!(refusal(401, None, b""), Refusal::Unauthorized);
-        assert_eq!(
-            refusal(403, s, body("pending").as_bytes()),
-            Refusal::Pending { retry_after: s }
-        );
         assert_eq!(
             refusal(403, None, body("quarantined").as_bytes()),
             Refusal::Quarantined

@@ -53,10 +53,6 @@ pub enum ApiError {
     /// 409 `enroll_site_conflict`: the machine is bound to another site.
     #[error("this machine is enrolled at another site; an operator must remove it there first")]
     EnrollSiteConflict,
-    /// 403 `pending`: the machine waits for an operator's approval; try again after
-    /// `Retry-After`.
-    #[error("this machine waits for an operator's approval")]
-    Pending { retry_after: Duration },
     /// 403 `quarantined`: a retired key of this machine was presented; an admin must clear it.
     #[error(
         "this machine is quarantined: an admin must clear it (warden-server machines clear ID)"
@@ -136,9 +132,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) | ApiError::EnrollRejected => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::Pending { .. } | ApiError::Quarantined => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::Forbidden(_) | ApiError::Quarantined => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::EnrollSiteConflict | ApiError::DuplicateLink => {
                 StatusCode::CONFLICT
@@ -161,7 +155,6 @@ impl ApiError {
             ApiError::Conflict(_) => ErrorKind::Conflict,
             ApiError::EnrollRejected => ErrorKind::EnrollRejected,
             ApiError::EnrollSiteConflict => ErrorKind::EnrollSiteConflict,
-            ApiError::Pending { .. } => ErrorKind::Pending,
             ApiError::Quarantined => ErrorKind::Quarantined,
             ApiError::DuplicateLink => ErrorKind::DuplicateLink,
             ApiError::RateLimited { .. } => ErrorKind::RateLimited,
@@ -174,8 +167,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. }
-            | ApiError::Unavailable { retry_after, .. }
-            | ApiError::Pending { retry_after } => Some(*retry_after),
+            | ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -29,9 +29,6 @@ pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(link))
 }
 
-/// How long a pending machine is told to wait before it tries again.
-const PENDING_RETRY: Duration = Duration::from_secs(60);
-
 /// The agent's version as it says it: printable ASCII, at most 64 bytes, else `unknown`.
 fn agent_version(headers: &HeaderMap) -> Box<str> {
     headers
@@ -55,7 +52,7 @@ fn agent_version(headers: &HeaderMap) -> Box<str> {
         (status = 101, description = "Upgraded: the link is up"),
         (status = 400, description = "Not a WebSocket upgrade"),
         (status = 401, description = "unauthorized: no live machine key"),
-        (status = 403, description = "forbidden (banned), pending (Retry-After) or quarantined"),
+        (status = 403, description = "forbidden (banned) or quarantined"),
         (status = 409, description = "duplicate_link: this key already holds a live link"),
         (status = 503, description = "unavailable: upgrade rate or link cap reached (Retry-After)"),
     )
@@ -118,9 +115,6 @@ pub async fn link(
         LinkAuth::Refused { why, .. } => {
             return Err(match why {
                 Refusal::Banned => ApiError::forbidden("this machine is banned"),
-                Refusal::Pending => ApiError::Pending {
-                    retry_after: PENDING_RETRY,
-                },
                 Refusal::Quarantined => ApiError::Quarantined,
             });
         }

@@ -34,10 +34,12 @@ pub struct LinkUp {
     pub first_rotation_ms: i64,
 }
 
-/// Why a known machine gets no link.
+/// Why a known machine gets no link. A machine *pending* approval is not among them: its
+/// state says a second claimant without a key (a likely clone) waits for an operator, while
+/// the host that holds the machine's live key keeps its link; else anyone holding the site's
+/// enrollment key could take a host off the fleet by enrolling its machine id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    Pending,
     Banned,
     Quarantined,
 }
@@ -112,7 +114,6 @@ impl Db {
         }
         let why = match state.as_str() {
             _ if banned > 0 => Some(Refusal::Banned),
-            "pending" => Some(Refusal::Pending),
             "quarantined" => Some(Refusal::Quarantined),
             _ => None,
         };
@@ -246,7 +247,7 @@ impl Db {
         let banned: i64 = row.try_get("banned")?;
         Ok(if banned > 0 {
             Standing::Banned
-        } else if revoked.is_some() || state == "removed" || state == "pending" {
+        } else if revoked.is_some() || state == "removed" {
             Standing::Revoked
         } else if state == "quarantined" {
             Standing::Quarantined
