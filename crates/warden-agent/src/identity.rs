@@ -7,9 +7,6 @@ use warden_fleet_proto::{Hostname, MachineId};
 
 use crate::config::AgentConfig;
 
-/// The local request that answers `{machine_id, source, degraded}`.
-pub const HOST_IDENTITY: &str = "host.identity";
-
 /// Why the host's identity is not known.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -55,33 +52,20 @@ pub async fn machine_id(cfg: &AgentConfig) -> Result<Identity, IdentityError> {
         let mut client = warden_client::Client::connect(&cfg.wardend_socket, "warden-agent")
             .await
             .map_err(wardend)?;
-        // Read field by field: the answer's type belongs to the local protocol (warden-proto).
-        client
-            .call::<_, serde_json::Value>(HOST_IDENTITY, &serde_json::json!({}))
-            .await
-            .map_err(wardend)
+        client.host_identity().await.map_err(wardend)
     };
     let answer = tokio::time::timeout(cfg.timings.request_timeout, ask)
         .await
         .map_err(|_| IdentityError::Timeout {
             socket: socket.clone(),
         })??;
-    let machine_id = answer
-        .get("machine_id")
-        .and_then(|v| v.as_str())
-        .and_then(|s| s.parse::<MachineId>().ok())
-        .ok_or(IdentityError::Malformed)?;
     Ok(Identity {
-        machine_id,
-        source: answer
-            .get("source")
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown")
-            .to_owned(),
-        degraded: answer
-            .get("degraded")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false),
+        machine_id: answer
+            .machine_id
+            .parse()
+            .map_err(|_| IdentityError::Malformed)?,
+        source: answer.source.as_str().to_owned(),
+        degraded: answer.degraded,
     })
 }
 
