@@ -103,6 +103,14 @@ impl Db {
         let revoked: Option<i64> = row.try_get("revoked_ms")?;
         let retired: Option<i64> = row.try_get("retired_ms")?;
         let banned: i64 = row.try_get("banned")?;
+        // Banned first, whatever the key (a ban also revokes them all): the agent is told it
+        // is banned and stops, instead of backing off and knocking again for hours.
+        if banned > 0 {
+            return Ok(LinkAuth::Refused {
+                machine_id,
+                why: Refusal::Banned,
+            });
+        }
         if retired.is_some() && revoked.is_none() && state != "removed" {
             return Ok(LinkAuth::Replayed {
                 machine_row,
@@ -112,13 +120,11 @@ impl Db {
         if revoked.is_some() || state == "removed" {
             return Ok(LinkAuth::Unknown);
         }
-        let why = match state.as_str() {
-            _ if banned > 0 => Some(Refusal::Banned),
-            "quarantined" => Some(Refusal::Quarantined),
-            _ => None,
-        };
-        if let Some(why) = why {
-            return Ok(LinkAuth::Refused { machine_id, why });
+        if state == "quarantined" {
+            return Ok(LinkAuth::Refused {
+                machine_id,
+                why: Refusal::Quarantined,
+            });
         }
         let key_id: i64 = row.try_get("id")?;
         let version: i64 = row.try_get("version")?;
