@@ -12,6 +12,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const MACHINE_ID_PREFIX: &str = "muid_";
 /// Prefix of a machine key.
 pub const MACHINE_KEY_PREFIX: &str = "wmk_";
+/// Prefix of a dispatch id.
+pub const DISPATCH_ID_PREFIX: &str = "dsp_";
 /// Prefix of an enrollment key.
 pub const ENROLLMENT_KEY_PREFIX: &str = "wek_";
 /// Longest enrollment key the server reads (anything longer is a malformed request; anything
@@ -31,6 +33,8 @@ pub enum IdError {
     MachineKey,
     #[error("enrollment_key is too long")]
     EnrollmentKey,
+    #[error("a dispatch id is dsp_ and 32 lowercase hex digits")]
+    DispatchId,
 }
 
 /// Whether `s` is `prefix` + 64 lowercase hex digits.
@@ -133,6 +137,17 @@ string_id!(
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
     },
     IdError::Hostname
+);
+
+string_id!(
+    /// `dsp_` + 32 lowercase hex digits: one dispatch (one action run on a set of hosts).
+    DispatchId,
+    |s| {
+        s.strip_prefix(DISPATCH_ID_PREFIX).is_some_and(|rest| {
+            rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+    },
+    IdError::DispatchId
 );
 
 /// Which of a machine's keys: 1 for the key issued at enrollment, one more at each rotation.

@@ -13,4 +13,6 @@ pub mod link;
 
 pub use enroll::{Disposition, EnrollRequest, Enrolled, Labels, MachineState};
 pub use error::{ErrorBody, ErrorInfo, ErrorKind};
-pub use ids::{EnrollmentKey, Hostname, IdError, KeyVersion, MachineId, MachineKey, SiteCode};
+pub use ids::{
+    DispatchId, EnrollmentKey, Hostname, IdError, KeyVersion, MachineId, MachineKey, SiteCode,
+};

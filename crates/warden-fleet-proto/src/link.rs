@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{KeyVersion, MachineId, MachineKey};
+use crate::ids::{DispatchId, KeyVersion, MachineId, MachineKey};
 
 /// Path of the link endpoint.
 pub const LINK_PATH: &str = "/v1/agent/link";
@@ -75,6 +75,27 @@ pub enum ServerMessage {
         key_version: KeyVersion,
         machine_key: MachineKey,
     },
+    /// Run `action` with `params` on this host as dispatch `dispatch_id`, for `operator` of
+    /// server `server`. The agent submits it to wardend under the fleet origin (wardend judges
+    /// it, under the host's own policy) and answers [`AgentMessage::Accepted`] or
+    /// [`AgentMessage::Refused`]. Sent again after a reconnect until answered: the agent
+    /// answers a dispatch it already took with what it knows.
+    Dispatch {
+        dispatch_id: DispatchId,
+        action: String,
+        #[serde(default)]
+        params: serde_json::Map<String, serde_json::Value>,
+        operator: String,
+        server: String,
+    },
+    /// Cancel the job of a dispatch (wardend's rules apply: past the commit point only a
+    /// rollback undoes it).
+    Cancel { dispatch_id: DispatchId },
+    /// The server has stored a dispatch's output up to chunk `seq` (inclusive): the agent may
+    /// drop those chunks from its spool.
+    OutputStored { dispatch_id: DispatchId, seq: u64 },
+    /// The server has stored the job's end: the agent may forget the dispatch.
+    EndStored { dispatch_id: DispatchId },
     /// The server is about to close the link, and why. `reconnect_after_ms` says when to come
     /// back (a graceful stop spreads it over [`RESTART_SPREAD`]); without it the agent uses its
     /// own backoff.
@@ -83,6 +104,19 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reconnect_after_ms: Option<u64>,
     },
+}
+
+/// An action the host offers the fleet (`remote = true`), as wardend shows it to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteAction {
+    pub name: String,
+    pub description: String,
+    /// The tier it needs on the host (the fleet's principal is capped by `[fleet] max_tier`).
+    pub tier: String,
+    /// Its parameters as wardend describes them (`name → {type, …}`).
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why the server closes a link.
@@ -114,6 +148,51 @@ pub enum AgentMessage {
     RotateKey {},
     /// Rotation: the key of this version is stored durably; the agent links again with it.
     KeyStored { key_version: KeyVersion },
+    /// The actions this host offers the fleet; sent after each Welcome and when they change.
+    Actions { actions: Vec<RemoteAction> },
+    /// wardend took the dispatch as job `job_id`.
+    Accepted {
+        dispatch_id: DispatchId,
+        job_id: String,
+    },
+    /// The host refused the dispatch: wardend's error kind (`forbidden`, `locked_down`,
+    /// `not_found`, …) and message, or the agent's own when it could not ask.
+    Refused {
+        dispatch_id: DispatchId,
+        kind: String,
+        message: String,
+    },
+    /// The job's state changed (`running`), or its progress moved.
+    Progress {
+        dispatch_id: DispatchId,
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        percent: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phase: Option<String>,
+    },
+    /// Output chunk `seq` (1, 2, … per dispatch, no gaps): the job's output from byte `offset`
+    /// on, as wardend logs it. Sent again after a reconnect until the server has stored it.
+    Output {
+        dispatch_id: DispatchId,
+        seq: u64,
+        offset: u64,
+        data: String,
+    },
+    /// The job ended: its final state, exit code and result, the number of output chunks it
+    /// made (`last_seq`), and whether output was dropped at a cap (wardend's log or the
+    /// agent's spool).
+    Ended {
+        dispatch_id: DispatchId,
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
+        last_seq: u64,
+        #[serde(default)]
+        output_truncated: bool,
+    },
 }
 
 /// Reads a message whose `type` is known; `Ok(None)` for a well-formed object of a type this
