@@ -154,8 +154,11 @@ pub struct JobRecord {
     #[serde(default)]
     pub malformed_status_lines: u32,
     pub requester: Requester,
-    /// `local`, or `fleet:<operator>` for remote dispatch.
+    /// `local`, or `fleet:<operator>@<server>` for remote dispatch.
     pub origin: String,
+    /// The fleet dispatch this job runs for (`dsp_…`); `None` for a local job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
     /// The parameters, secret values replaced by `"<redacted>"`.
     pub params: BTreeMap<String, Value>,
     /// RFC 3339 times.
@@ -173,6 +176,9 @@ pub struct JobSummary {
     pub progress: Option<u8>,
     pub requester_uid: Uid,
     pub origin: String,
+    /// The fleet dispatch this job runs for; absent for a local job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
     pub created_at: String,
     pub ended_at: Option<String>,
 }

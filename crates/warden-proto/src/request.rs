@@ -24,7 +24,7 @@ pub enum Request {
     Version,
     Whoami,
     Status,
-    ActionsList,
+    ActionsList(ActionsListParams),
     ActionsDescribe(ActionParams),
     JobStart(JobStartParams),
     JobGet(JobParams),
@@ -68,7 +68,7 @@ pub struct ActionParams {
     pub action: ActionName,
 }
 
-/// `job.start {action, params, idempotency_key?}`
+/// `job.start {action, params, idempotency_key?, fleet?}`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobStartParams {
@@ -76,9 +76,92 @@ pub struct JobStartParams {
     /// Parameter values, checked against the action's declaration.
     #[serde(default)]
     pub params: BTreeMap<String, serde_json::Value>,
-    /// The same key from the same uid within 10 minutes returns the same job.
+    /// The same key from the same uid within 10 minutes returns the same job (a fleet start's
+    /// key is its dispatch id, kept as long as the job's record).
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Set only by the fleet agent: the request comes from a fleet operator through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetOrigin>,
+}
+
+/// Longest fleet operator or server name, in bytes.
+pub const MAX_FLEET_NAME: usize = 64;
+
+/// The tier a fleet operator claims for a dispatch (capped by the host's `[fleet] max_tier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetTier {
+    Operator,
+    Admin,
+}
+
+impl From<FleetTier> for crate::Tier {
+    fn from(t: FleetTier) -> crate::Tier {
+        match t {
+            FleetTier::Operator => crate::Tier::Operator,
+            FleetTier::Admin => crate::Tier::Admin,
+        }
+    }
+}
+
+/// `job.start`'s `fleet`: who asked through the fleet, for which dispatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetOrigin {
+    /// The operator's name on the fleet server.
+    pub operator: String,
+    /// The fleet server's name.
+    pub server: String,
+    /// `dsp_` and 32 lowercase hex digits.
+    pub dispatch_id: String,
+    pub tier: FleetTier,
+}
+
+impl FleetOrigin {
+    /// The job's origin: `fleet:<operator>@<server>`.
+    pub fn origin(&self) -> String {
+        format!("fleet:{}@{}", self.operator, self.server)
+    }
+
+    /// Why this origin is malformed, or `None`.
+    pub fn problem(&self) -> Option<String> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= MAX_FLEET_NAME
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'@' && b != b':')
+        };
+        if !name_ok(&self.operator) {
+            return Some(format!(
+                "`fleet.operator` must be 1 to {MAX_FLEET_NAME} printable ASCII characters, no spaces, `@` or `:`"
+            ));
+        }
+        if !name_ok(&self.server) {
+            return Some(format!(
+                "`fleet.server` must be 1 to {MAX_FLEET_NAME} printable ASCII characters, no spaces, `@` or `:`"
+            ));
+        }
+        let hex = self.dispatch_id.strip_prefix("dsp_");
+        if !hex.is_some_and(|h| {
+            h.len() == 32
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }) {
+            return Some("`fleet.dispatch_id` must be `dsp_` and 32 lowercase hex digits".into());
+        }
+        None
+    }
+}
+
+/// `actions.list {fleet?}`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsListParams {
+    /// The host's `remote = true` actions as the fleet principal may run them (the fleet
+    /// agent only).
+    #[serde(default)]
+    pub fleet: bool,
 }
 
 /// `{job_id}`
@@ -148,6 +231,9 @@ pub struct ExplainParams {
     /// For `job.start`: the values to check against the action's declaration.
     #[serde(default)]
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    /// For `job.start`: the fleet origin, as the agent would send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetOrigin>,
 }
 
 /// `alerts.list {limit}`
@@ -390,7 +476,7 @@ impl Request {
             Method::Version => none(method, raw, Request::Version)?,
             Method::Whoami => none(method, raw, Request::Whoami)?,
             Method::Status => none(method, raw, Request::Status)?,
-            Method::ActionsList => none(method, raw, Request::ActionsList)?,
+            Method::ActionsList => Request::ActionsList(typed(method, raw)?),
             Method::AuditVerify => none(method, raw, Request::AuditVerify)?,
             Method::AuditQuery => Request::AuditQuery(typed(method, raw)?),
             Method::OpsGet => none(method, raw, Request::OpsGet)?,
@@ -417,6 +503,15 @@ impl Request {
                     Some(format!(
                         "`idempotency_key` must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
                     ))
+                } else if let Some(f) = &p.fleet {
+                    f.problem().or_else(|| {
+                        p.idempotency_key
+                            .as_ref()
+                            .is_some_and(|k| *k != f.dispatch_id)
+                            .then(|| {
+                                "`idempotency_key` of a fleet start must be its dispatch id".into()
+                            })
+                    })
                 } else {
                     None
                 };
@@ -503,7 +598,7 @@ impl Request {
             Request::Version => Method::Version,
             Request::Whoami => Method::Whoami,
             Request::Status => Method::Status,
-            Request::ActionsList => Method::ActionsList,
+            Request::ActionsList(_) => Method::ActionsList,
             Request::ActionsDescribe(_) => Method::ActionsDescribe,
             Request::JobStart(_) => Method::JobStart,
             Request::JobGet(_) => Method::JobGet,
@@ -560,6 +655,69 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    /// Pins: a fleet origin is typed with unknown fields refused; operator and server are
+    /// short printable names, the dispatch id is `dsp_` and 32 lowercase hex digits, the tier
+    /// operator or admin, and an idempotency key other than the dispatch id is refused.
+    #[test]
+    fn fleet_origins_are_typed_and_validated() {
+        let start = |fleet: &str, key: &str| {
+            Request::parse(
+                Method::JobStart,
+                Some(&raw(&format!(
+                    r#"{{"action":"a","params":{{}}{key},"fleet":{fleet}}}"#
+                ))),
+            )
+        };
+        let good = r#"{"operator":"alice","server":"hq.example","dispatch_id":"dsp_0123456789abcdef0123456789abcdef","tier":"admin"}"#;
+        let Request::JobStart(p) = start(good, "").unwrap() else {
+            panic!("not a job.start");
+        };
+        let f = p.fleet.unwrap();
+        assert_eq!(f.origin(), "fleet:alice@hq.example");
+        assert_eq!(f.tier, FleetTier::Admin);
+        assert!(
+            start(
+                good,
+                r#","idempotency_key":"dsp_0123456789abcdef0123456789abcdef""#
+            )
+            .is_ok()
+        );
+        for (fleet, key, needle) in [
+            (good, r#","idempotency_key":"other""#, "dispatch id"),
+            (&good.replace("alice", "al ice"), "", "fleet.operator"),
+            (&good.replace("alice", "a@b"), "", "fleet.operator"),
+            (
+                &good.replace("alice", &"a".repeat(65)),
+                "",
+                "fleet.operator",
+            ),
+            (&good.replace("hq.example", ""), "", "fleet.server"),
+            (&good.replace("dsp_0123", "dsp_X123"), "", "dispatch_id"),
+            (&good.replace("dsp_0123", "dsp_123"), "", "dispatch_id"),
+            (&good.replace("dsp_", "job_"), "", "dispatch_id"),
+            (&good.replace("admin", "root"), "", "unknown variant"),
+            (
+                &good.replace("\"tier\"", "\"extra\":1,\"tier\""),
+                "",
+                "unknown field",
+            ),
+        ] {
+            let e = start(fleet, key).unwrap_err();
+            assert!(e.reason.contains(needle), "{fleet} {key}: {}", e.reason);
+        }
+        let list = |p: &str| Request::parse(Method::ActionsList, Some(&raw(p)));
+        assert_eq!(
+            list(r#"{"fleet":true}"#).unwrap(),
+            Request::ActionsList(ActionsListParams { fleet: true })
+        );
+        assert_eq!(
+            list("{}").unwrap(),
+            Request::ActionsList(ActionsListParams::default())
+        );
+        assert!(list(r#"{"fleet":1}"#).is_err());
+        assert!(list(r#"{"fleets":true}"#).is_err());
     }
 
     #[test]

@@ -157,6 +157,26 @@ fn requests_match_their_fixtures_and_parse_back() {
             Method::JobStart,
             json!({"action": "restart-unit", "params": {"unit": "nginx.service"}, "idempotency_key": "deploy-42"}),
         ),
+        (
+            "request.job_start_fleet",
+            Method::JobStart,
+            json!({
+                "action": "restart-unit",
+                "params": {"unit": "nginx.service"},
+                "idempotency_key": "dsp_0123456789abcdef0123456789abcdef",
+                "fleet": {
+                    "operator": "alice",
+                    "server": "fleet.example.com",
+                    "dispatch_id": "dsp_0123456789abcdef0123456789abcdef",
+                    "tier": "operator"
+                }
+            }),
+        ),
+        (
+            "request.actions_list_fleet",
+            Method::ActionsList,
+            json!({"fleet": true}),
+        ),
         ("request.job_get", Method::JobGet, job.clone()),
         (
             "request.job_list",
@@ -525,6 +545,7 @@ fn record() -> JobRecord {
             connection: 17,
         },
         origin: "local".into(),
+        dispatch_id: None,
         params: [
             ("unit".to_owned(), json!("nginx.service")),
             ("token".to_owned(), json!("<redacted>")),
@@ -593,6 +614,31 @@ fn job_messages_match_their_fixtures() {
                 progress: Some(100),
                 requester_uid: Uid(1000),
                 origin: "local".into(),
+                dispatch_id: None,
+                created_at: "2026-11-22T09:39:17.641Z".into(),
+                ended_at: Some("2026-11-22T09:39:19.002Z".into()),
+            }],
+        }),
+    );
+    // A job a fleet dispatch started: its origin names the operator and server, and its
+    // record and summary carry the dispatch id.
+    let fleet_record = JobRecord {
+        origin: "fleet:alice@fleet.example.com".into(),
+        dispatch_id: Some("dsp_0123456789abcdef0123456789abcdef".into()),
+        ..record()
+    };
+    check("result.job_fleet", ok(&fleet_record));
+    check(
+        "result.job_list_fleet",
+        ok(&JobList {
+            jobs: vec![warden_proto::jobs::JobSummary {
+                origin: fleet_record.origin.clone(),
+                dispatch_id: fleet_record.dispatch_id.clone(),
+                job_id: job_id(),
+                action: fleet_record.action.clone(),
+                state: JobState::Succeeded,
+                progress: Some(100),
+                requester_uid: Uid(998),
                 created_at: "2026-11-22T09:39:17.641Z".into(),
                 ended_at: Some("2026-11-22T09:39:19.002Z".into()),
             }],
