@@ -372,6 +372,31 @@ impl Client {
         self.call("actions.list", &serde_json::json!({})).await
     }
 
+    /// The host's `remote = true` actions the fleet may run here, within `[fleet] max_tier`
+    /// (the fleet agent's uid only; anyone else is refused `forbidden`).
+    pub async fn fleet_actions(&mut self) -> Result<ActionList, ClientError> {
+        self.call("actions.list", &serde_json::json!({ "fleet": true }))
+            .await
+    }
+
+    /// Starts a job for a fleet dispatch (the fleet agent's uid only). The dispatch id is the
+    /// idempotency key: the same dispatch sent again returns the same job (`existing: true`)
+    /// as long as the host keeps the job's record.
+    pub async fn start_fleet(
+        &mut self,
+        action: &str,
+        params: &serde_json::Map<String, serde_json::Value>,
+        fleet: &warden_proto::request::FleetOrigin,
+    ) -> Result<JobStarted, ClientError> {
+        let p = serde_json::json!({
+            "action": action,
+            "params": params,
+            "idempotency_key": fleet.dispatch_id,
+            "fleet": fleet,
+        });
+        self.call("job.start", &p).await
+    }
+
     pub async fn describe(&mut self, action: &str) -> Result<ActionInfo, ClientError> {
         self.call("actions.describe", &serde_json::json!({ "action": action }))
             .await

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use warden_proto::request::Scope;
+use warden_proto::request::{FleetOrigin, Scope};
 use warden_proto::{ActionName, ErrorKind, Gid, Pid, Request, Tier, Uid};
 
 use crate::actions::ActionSpec;
@@ -257,6 +257,18 @@ impl Policy {
         runtime: &Runtime<'_>,
         trace: &mut Trace,
     ) -> Decision {
+        // A fleet start is judged as the fleet principal, not as the agent's own uid.
+        if let Request::JobStart(p) = request
+            && let Some(fleet) = &p.fleet
+        {
+            return self.fleet_start(peer, listener, &p.action, fleet, runtime, trace);
+        }
+        if let Request::ActionsList(p) = request
+            && p.fleet
+        {
+            trace.note(|| "actions.list of what the fleet may run here".to_owned());
+            return self.fleet_list(peer, listener);
+        }
         let mut need = endpoints::spec(request.method()).requirement();
         if let Request::JobList(p) = request
             && p.scope == Scope::All
@@ -278,6 +290,24 @@ impl Policy {
             });
             need.tier = Tier::None;
             need.what = Cow::Borrowed("host.identity for the fleet agent");
+        }
+        // The fleet agent follows, waits for and cancels the jobs it started for the fleet,
+        // and lists its own, whatever tier its uid has otherwise (usually none). Whose job it is
+        // is still checked below: another's is answered as missing.
+        if self.is_fleet_agent(peer) {
+            let own_job = request.job().is_some()
+                && matches!(runtime.target, Target::Job { owner: Some(o) } if o == peer.uid);
+            let own_list = matches!(request, Request::JobList(p) if p.scope == Scope::Mine);
+            if own_job || own_list {
+                trace.note(|| {
+                    format!(
+                        "uid {} is [fleet] agent_user `{}`, asking about its own jobs",
+                        peer.uid,
+                        self.fleet.agent.as_ref().map_or("", |(_, n)| n.as_str())
+                    )
+                });
+                need.tier = Tier::None;
+            }
         }
         // Alerts are for operators (as alerts.list), the audit trail for admins.
         if let Request::EventsSubscribe(p) = request {
@@ -427,6 +457,123 @@ impl Policy {
         Decision::allow(tier)
     }
 
+    /// The tier a fleet principal claiming `claimed` has on `listener`: the claim, capped by
+    /// `[fleet] max_tier` and by the listener's own cap. The server cannot raise either.
+    pub fn fleet_tier(&self, listener: &ListenerPolicy, claimed: Tier) -> Tier {
+        claimed.min(self.fleet.max_tier).min(listener.max_tier)
+    }
+
+    /// Whether `peer` is the enabled fleet's agent, the only uid that may speak for the fleet.
+    pub fn is_fleet_agent(&self, peer: &PeerIdentity) -> bool {
+        self.fleet.agent_uid() == Some(peer.uid)
+    }
+
+    /// The refusal of a fleet request from a uid that is not the fleet agent.
+    fn not_the_agent(&self, peer: &PeerIdentity, listener: &ListenerPolicy) -> Decision {
+        Decision::Deny {
+            tier: self.effective(peer, listener).tier,
+            kind: ErrorKind::Forbidden,
+            reason: format!(
+                "only the [fleet] agent_user may name a fleet origin, and uid {} is not it{}",
+                peer.uid,
+                if self.fleet.enabled {
+                    ""
+                } else {
+                    " (fleet is disabled on this host)"
+                }
+            ),
+        }
+    }
+
+    /// `job.start` with a fleet origin: only the fleet agent may send it; the action must be
+    /// declared `remote = true`; the principal's tier is [`Policy::fleet_tier`]; every local
+    /// brake applies as for a local request.
+    fn fleet_start(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        name: &ActionName,
+        fleet: &FleetOrigin,
+        runtime: &Runtime<'_>,
+        trace: &mut Trace,
+    ) -> Decision {
+        trace.note(|| {
+            format!(
+                "the request names fleet origin fleet:{}@{} (dispatch {}, tier {:?} claimed)",
+                fleet.operator, fleet.server, fleet.dispatch_id, fleet.tier
+            )
+        });
+        if !self.is_fleet_agent(peer) {
+            trace.note(|| format!("uid {} is not the enabled [fleet] agent_user", peer.uid));
+            return self.not_the_agent(peer, listener);
+        }
+        let tier = self.fleet_tier(listener, fleet.tier.into());
+        trace.note(|| {
+            format!(
+                "uid {} is [fleet] agent_user `{}`; the fleet principal has tier {tier} \
+                 (claimed {}, capped by [fleet] max_tier {} and the listener's {})",
+                peer.uid,
+                self.fleet.agent.as_ref().map_or("", |(_, n)| n.as_str()),
+                Tier::from(fleet.tier),
+                self.fleet.max_tier,
+                listener.max_tier
+            )
+        });
+        let Some(action) = self.actions.get(name).filter(|a| a.hook_for.is_empty()) else {
+            trace.note(|| format!("no action `{name}` is declared"));
+            return Decision::Deny {
+                tier,
+                kind: ErrorKind::NotFound,
+                reason: format!("no action `{name}`"),
+            };
+        };
+        if !action.remote {
+            trace.note(|| format!("action {name} is not declared remote = true"));
+            return Decision::Deny {
+                tier,
+                kind: ErrorKind::Forbidden,
+                reason: format!(
+                    "action {name} is not offered to the fleet by this host (it is not declared \
+                     remote = true)"
+                ),
+            };
+        }
+        trace.note(|| format!("action {name} is declared remote = true"));
+        self.decide_as(
+            peer,
+            listener,
+            &action.requirement(),
+            runtime,
+            trace,
+            Some(tier),
+        )
+        .judging(Judged::Action(Arc::clone(action)))
+    }
+
+    /// The actions the fleet principal claiming `claimed` could start on this host now: those
+    /// declared `remote = true`, no hook, within [`Policy::fleet_tier`] (what `actions.list
+    /// {fleet: true}` shows). Brakes (ops, lockdown) do not hide an action: the agent learns
+    /// why it cannot start when it asks.
+    pub fn fleet_actions(
+        &self,
+        listener: &ListenerPolicy,
+        claimed: Tier,
+    ) -> impl Iterator<Item = &Arc<ActionSpec>> {
+        let tier = self.fleet_tier(listener, claimed);
+        self.actions.values().filter(move |a| {
+            a.remote && a.hook_for.is_empty() && a.tier.max(Tier::ReadOnly) <= tier
+        })
+    }
+
+    /// Whether `peer` may ask for the fleet's view of the actions (`actions.list {fleet}`).
+    pub fn fleet_list(&self, peer: &PeerIdentity, listener: &ListenerPolicy) -> Decision {
+        if self.is_fleet_agent(peer) {
+            Decision::allow(self.fleet_tier(listener, Tier::Admin))
+        } else {
+            self.not_the_agent(peer, listener)
+        }
+    }
+
     /// Whether `action` exists for `peer` at all: it is no hook, and the caller's tier on this
     /// listener reaches the action's. Brakes (ops, lockdown, guards) do not hide an action: a
     /// caller who may see it learns why it cannot start now.
@@ -514,8 +661,22 @@ impl Policy {
         runtime: &Runtime<'_>,
         trace: &mut Trace,
     ) -> Decision {
+        self.decide_as(peer, listener, need, runtime, trace, None)
+    }
+
+    /// The decision for `need`, with the caller's tier taken from its uid and groups, or, for
+    /// a fleet principal, `principal`; every brake is the same either way.
+    fn decide_as(
+        &self,
+        peer: &PeerIdentity,
+        listener: &ListenerPolicy,
+        need: &Requirement<'_>,
+        runtime: &Runtime<'_>,
+        trace: &mut Trace,
+        principal: Option<Tier>,
+    ) -> Decision {
         let effective = self.effective(peer, listener);
-        let tier = effective.tier;
+        let tier = principal.unwrap_or(effective.tier);
         trace.note(|| {
             format!(
                 "{} needs tier {}{}{}",
@@ -533,7 +694,10 @@ impl Policy {
                 }
             )
         });
-        trace.note(|| format!("the caller has tier {}", effective.reason(peer, listener)));
+        trace.note(|| match principal {
+            Some(t) => format!("the fleet principal has tier {t}"),
+            None => format!("the caller has tier {}", effective.reason(peer, listener)),
+        });
         let deny = |kind, reason: String| Decision::Deny { tier, kind, reason };
         if tier < need.tier {
             return deny(

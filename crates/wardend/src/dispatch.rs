@@ -546,11 +546,16 @@ fn audited(caller: &Caller, request: &Request, judged: &Judged) -> Option<audit:
             let Judged::Action(action) = judged else {
                 return None;
             };
-            if !action.mutating {
+            // Every fleet request is recorded, with its origin, even one that changes nothing.
+            if !action.mutating && p.fleet.is_none() {
                 return None;
             }
             event.action = Some(p.action.to_string());
             event.params = serde_json::to_value(action.redact(&p.params)).ok();
+            if let Some(f) = &p.fleet {
+                event.origin = Some(f.origin());
+                event.dispatch_id = Some(f.dispatch_id.clone());
+            }
         }
         Request::JobCancel(p) => event.job_id = Some(p.job_id.to_string()),
         Request::OpsSet(p) => {
@@ -643,7 +648,14 @@ fn denied(
             Request::JobStart(p) => Some(p.action.to_string()),
             _ => None,
         };
+        // The origin a refused fleet request claimed, whoever sent it.
+        let fleet = match request {
+            Request::JobStart(p) => p.fleet.as_ref(),
+            _ => None,
+        };
         shared.audit.record(audit::Event {
+            origin: fleet.map(|f| f.origin()),
+            dispatch_id: fleet.map(|f| f.dispatch_id.clone()),
             peer: Some(audit_peer(peer, client)),
             method: Some(request.method().to_string()),
             action,

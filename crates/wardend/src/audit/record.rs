@@ -79,6 +79,12 @@ pub(crate) struct Event {
     pub correlation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// `fleet:<operator>@<server>` for a request or job that came through the fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The fleet dispatch the request or job belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
 }
 
 impl Event {

@@ -33,6 +33,18 @@ pub(super) fn list(shared: &Shared, s: &Session) -> ActionList {
     }
 }
 
+/// `actions.list {fleet: true}`: the host's `remote = true` actions within `[fleet] max_tier`,
+/// as `actions.describe` shows them. The gate allowed only the fleet agent.
+pub(super) fn fleet_list(shared: &Shared, s: &Session) -> ActionList {
+    let policy = shared.policy();
+    ActionList {
+        actions: policy
+            .fleet_actions(&s.listener, warden_proto::Tier::Admin)
+            .map(|a| a.info())
+            .collect(),
+    }
+}
+
 pub(super) fn describe(shared: &Shared, p: &ActionParams) -> Result<ActionInfo, Failure> {
     // The gate already hid actions the caller could not start.
     shared

@@ -75,6 +75,7 @@ pub(super) fn explain(shared: &Shared, p: &ExplainParams) -> Result<Reply<'stati
                 action: action.try_into().map_err(bad)?,
                 params: p.params.clone().unwrap_or_default().into_iter().collect(),
                 idempotency_key: None,
+                fleet: p.fleet.clone(),
             })
         }
         m => {

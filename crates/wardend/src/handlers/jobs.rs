@@ -106,8 +106,17 @@ pub(super) async fn start(
             client: caller.client.clone(),
             connection: caller.connection,
         },
-        origin: "local".into(),
-        idempotency_key: p.idempotency_key,
+        origin: p
+            .fleet
+            .as_ref()
+            .map_or_else(|| "local".to_owned(), |f| f.origin()),
+        dispatch_id: p.fleet.as_ref().map(|f| f.dispatch_id.clone()),
+        // A fleet start is keyed by its dispatch id, whether or not the agent repeated it.
+        idempotency_key: p
+            .fleet
+            .as_ref()
+            .map(|f| f.dispatch_id.clone())
+            .or(p.idempotency_key),
     };
     match shared.jobs.start(request).await {
         Ok(started) => {

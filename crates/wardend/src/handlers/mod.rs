@@ -184,7 +184,8 @@ pub(crate) fn handle<'a>(
         Request::Version => Reply::Version(session::version()),
         Request::Whoami => Reply::Whoami(introspect::whoami(shared, s)),
         Request::Status => Reply::Status(introspect::status(shared)),
-        Request::ActionsList => Reply::Actions(actions::list(shared, s)),
+        Request::ActionsList(p) if p.fleet => Reply::Actions(actions::fleet_list(shared, s)),
+        Request::ActionsList(_) => Reply::Actions(actions::list(shared, s)),
         Request::ActionsDescribe(p) => Reply::Action(actions::describe(shared, &p)?),
         Request::OpsGet => Reply::Ops(brakes::get(shared)),
         // Computed at start and reload: no file is read here.

@@ -126,6 +126,7 @@ async fn run_hook(
             action: action.clone(),
             params,
             idempotency_key: None,
+            fleet: None,
         },
         spec,
     )

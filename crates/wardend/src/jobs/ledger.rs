@@ -440,6 +440,7 @@ mod tests {
                 connection: 1,
             },
             origin: "local".into(),
+            dispatch_id: None,
             params: Default::default(),
             created_at: "2026-01-01T00:00:00.000Z".into(),
             started_at: None,

@@ -138,6 +138,10 @@ pub(crate) struct StartRequest {
     pub secrets: Vec<Vec<u8>>,
     pub requester: Requester,
     pub origin: String,
+    /// The fleet dispatch this job runs for. Its idempotency key (the dispatch id) holds as
+    /// long as the job's record exists, not only [`IDEMPOTENCY_WINDOW`]: an agent that
+    /// restarts and sends the dispatch again gets the same job.
+    pub dispatch_id: Option<String>,
     pub idempotency_key: Option<String>,
 }
 
@@ -384,7 +388,12 @@ impl Jobs {
                     existing: true,
                 });
             }
-            let since = now_ms() - IDEMPOTENCY_WINDOW.as_millis() as i64;
+            // A fleet start's key (its dispatch id) holds while the job's record exists.
+            let since = if req.dispatch_id.is_some() {
+                i64::MIN
+            } else {
+                now_ms() - IDEMPOTENCY_WINDOW.as_millis() as i64
+            };
             if let Some(id) = self.ledger.idempotent(uid, key, since).await? {
                 return Ok(JobStarted {
                     job_id: id,
@@ -409,6 +418,7 @@ impl Jobs {
             malformed_status_lines: 0,
             requester: req.requester,
             origin: req.origin,
+            dispatch_id: req.dispatch_id.clone(),
             params: req.shown,
             created_at: created,
             started_at: None,
@@ -608,6 +618,8 @@ impl Jobs {
                 .then(|| record.message.clone())
                 .flatten(),
             job_id: Some(record.job_id.to_string()),
+            origin: record.dispatch_id.is_some().then(|| record.origin.clone()),
+            dispatch_id: record.dispatch_id.clone(),
             ..audit::Event::new(audit::Kind::Job)
         });
     }
@@ -815,6 +827,7 @@ pub(crate) fn summary(r: &JobRecord) -> JobSummary {
         progress: r.progress,
         requester_uid: r.requester.uid,
         origin: r.origin.clone(),
+        dispatch_id: r.dispatch_id.clone(),
         created_at: r.created_at.clone(),
         ended_at: r.ended_at.clone(),
     }
