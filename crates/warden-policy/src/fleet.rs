@@ -413,4 +413,156 @@ machine_id = "/fx/machine-id"
             "{steps:?}"
         );
     }
+
+    /// Pins the gate's table for a fleet start: only the enabled fleet's agent may name an
+    /// origin; the action must be `remote = true`; the principal's tier is the claim capped
+    /// by `[fleet] max_tier` and the listener (never raised by the claim); ops, lockdown and
+    /// guards apply as to a local request; `fleet_actions` lists what the cap lets through.
+    #[test]
+    fn a_fleet_start_is_judged_as_the_capped_fleet_principal() {
+        use std::collections::BTreeMap;
+
+        use warden_proto::request::{FleetOrigin, FleetTier, JobStartParams};
+        use warden_proto::{ErrorKind, Gid, Request};
+
+        use crate::gate::{Decision, Lockdown, PeerIdentity, Runtime, Target};
+
+        let conf = |extra: &str| {
+            format!(
+                "[fleet]\nenabled = true\nagent_user = \"alice\"\nmax_tier = \"operator\"\n\
+                 [ops]\nnet = true\n\
+                 [[action]]\nname = \"greet\"\nargv = [\"/bin/true\"]\ntier = \"operator\"\n\
+                 mutating = true\nremote = true\n\
+                 [[action]]\nname = \"pull\"\nargv = [\"/bin/true\"]\ntier = \"read_only\"\n\
+                 ops = [\"net\"]\nremote = true\n\
+                 [[action]]\nname = \"wipe\"\nargv = [\"/bin/true\"]\ntier = \"admin\"\n\
+                 remote = true\n\
+                 [[action]]\nname = \"local\"\nargv = [\"/bin/true\"]\ntier = \"operator\"\n\
+                 {extra}"
+            )
+        };
+        let start = |action: &str, tier: FleetTier| {
+            Request::JobStart(JobStartParams {
+                action: action.to_owned().try_into().unwrap(),
+                params: BTreeMap::new(),
+                idempotency_key: None,
+                fleet: Some(FleetOrigin {
+                    operator: "op".into(),
+                    server: "hq".into(),
+                    dispatch_id: format!("dsp_{}", "a".repeat(32)),
+                    tier,
+                }),
+            })
+        };
+        let on = BTreeMap::from([("net".to_owned(), true)]);
+        let off = BTreeMap::from([("net".to_owned(), false)]);
+        let lock = Lockdown {
+            reason: "incident".into(),
+            by_uid: 0,
+            since: "now".into(),
+        };
+        let rt = |ops, lockdown| Runtime {
+            ops,
+            lockdown,
+            target: Target::Nothing,
+        };
+        let agent = PeerIdentity::new(Uid(1001), Gid(1001), vec![]);
+        let other = PeerIdentity::new(Uid(1002), Gid(1002), vec![]);
+        let root = PeerIdentity::new(Uid(0), Gid(0), vec![]);
+        let p = load(&conf("")).unwrap().policy;
+        let main = &p.listeners[0];
+        let deny = |d: Decision| match d {
+            Decision::Deny { kind, reason, .. } => (kind, reason),
+            allow => panic!("allowed: {allow:?}"),
+        };
+
+        let d = p.authorize(
+            &agent,
+            main,
+            &start("greet", FleetTier::Admin),
+            &rt(&on, None),
+        );
+        assert!(
+            matches!(
+                d,
+                Decision::Allow {
+                    tier: Tier::Operator,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        for who in [&other, &root] {
+            let (kind, reason) = deny(p.authorize(
+                who,
+                main,
+                &start("greet", FleetTier::Operator),
+                &rt(&on, None),
+            ));
+            assert_eq!(kind, ErrorKind::Forbidden);
+            assert!(reason.contains("only the [fleet] agent_user"), "{reason}");
+        }
+        let (kind, reason) = deny(p.authorize(
+            &agent,
+            main,
+            &start("local", FleetTier::Admin),
+            &rt(&on, None),
+        ));
+        assert_eq!(kind, ErrorKind::Forbidden);
+        assert!(reason.contains("not offered to the fleet"), "{reason}");
+        let (kind, reason) = deny(p.authorize(
+            &agent,
+            main,
+            &start("wipe", FleetTier::Admin),
+            &rt(&on, None),
+        ));
+        assert_eq!(kind, ErrorKind::Forbidden);
+        assert_eq!(reason, "action wipe needs tier admin; you have operator");
+        let (kind, _) = deny(p.authorize(
+            &agent,
+            main,
+            &start("pull", FleetTier::Operator),
+            &rt(&off, None),
+        ));
+        assert_eq!(kind, ErrorKind::Forbidden, "ops off stops a fleet job");
+        let (kind, _) = deny(p.authorize(
+            &agent,
+            main,
+            &start("greet", FleetTier::Operator),
+            &rt(&on, Some(&lock)),
+        ));
+        assert_eq!(kind, ErrorKind::LockedDown);
+
+        // Guards hold the agent's uid like any other.
+        let guarded = load(&conf("[guards]\nmutating_uids = [0]\n"))
+            .unwrap()
+            .policy;
+        let (kind, reason) = deny(guarded.authorize(
+            &agent,
+            &guarded.listeners[0],
+            &start("greet", FleetTier::Operator),
+            &rt(&on, None),
+        ));
+        assert_eq!(kind, ErrorKind::Forbidden);
+        assert!(reason.contains("guards.mutating_uids"), "{reason}");
+
+        // A read_only cap: the claim cannot raise it, and the list shows only what it allows.
+        let low = load(&conf("").replace("max_tier = \"operator\"", "max_tier = \"read_only\""))
+            .unwrap()
+            .policy;
+        let (kind, _) = deny(low.authorize(
+            &agent,
+            &low.listeners[0],
+            &start("greet", FleetTier::Admin),
+            &rt(&on, None),
+        ));
+        assert_eq!(kind, ErrorKind::Forbidden);
+        let names = |p: &crate::Policy| {
+            p.fleet_actions(&p.listeners[0], Tier::Admin)
+                .map(|a| a.name.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&p), ["greet", "pull"]);
+        assert_eq!(names(&low), ["pull"]);
+    }
 }

@@ -1140,6 +1140,7 @@ ops = ["storage"]
             action: action.to_owned().try_into().unwrap(),
             params: Default::default(),
             idempotency_key: None,
+            fleet: None,
         })
     }
 
