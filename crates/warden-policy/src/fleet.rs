@@ -446,12 +446,12 @@ machine_id = "/fx/machine-id"
                 action: action.to_owned().try_into().unwrap(),
                 params: BTreeMap::new(),
                 idempotency_key: None,
-                fleet: Some(FleetOrigin {
+                fleet: Some(Box::new(FleetOrigin {
                     operator: "op".into(),
                     server: "hq".into(),
                     dispatch_id: format!("dsp_{}", "a".repeat(32)),
                     tier,
-                }),
+                })),
             })
         };
         let on = BTreeMap::from([("net".to_owned(), true)]);

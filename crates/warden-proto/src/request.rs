@@ -81,8 +81,9 @@ pub struct JobStartParams {
     #[serde(default)]
     pub idempotency_key: Option<String>,
     /// Set only by the fleet agent: the request comes from a fleet operator through it.
+    /// (Boxed: rare, and it would make every request larger.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<FleetOrigin>,
+    pub fleet: Option<Box<FleetOrigin>>,
 }
 
 /// Longest fleet operator or server name, in bytes.
@@ -233,7 +234,7 @@ pub struct ExplainParams {
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
     /// For `job.start`: the fleet origin, as the agent would send it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet: Option<FleetOrigin>,
+    pub fleet: Option<Box<FleetOrigin>>,
 }
 
 /// `alerts.list {limit}`
