@@ -412,3 +412,72 @@ fn the_agent_cancels_its_fleet_job() {
     );
     assert_eq!(done["result"]["state"], "cancelled", "{done}");
 }
+
+/// Run as the agent user by [`the_agents_typed_client_calls_work`]: when
+/// `WARDEN_TEST_FLEET_CLIENT_SOCKET` is set, calls `Client::fleet_actions` and
+/// `Client::start_fleet` twice, and prints the answers as one line `ANSWER {json}`.
+#[test]
+#[ignore = "run by other tests as a throwaway user"]
+fn fleet_client_helper() {
+    let Some(sock) = std::env::var_os("WARDEN_TEST_FLEET_CLIENT_SOCKET") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = warden_client::Client::connect(Path::new(&sock), "fleet-test")
+            .await
+            .unwrap();
+        let listed = c.fleet_actions().await.unwrap();
+        let origin: warden_proto::request::FleetOrigin =
+            serde_json::from_value(origin("operator")).unwrap();
+        let first = c
+            .start_fleet("greet", &serde_json::Map::new(), &origin)
+            .await
+            .unwrap();
+        let again = c
+            .start_fleet("greet", &serde_json::Map::new(), &origin)
+            .await
+            .unwrap();
+        let answer = json!({ "listed": listed, "first": first, "again": again });
+        println!("ANSWER {answer}");
+    });
+}
+
+/// Pins: the typed calls the agent uses (`Client::fleet_actions`, `Client::start_fleet`) speak
+/// the wire shapes wardend takes: the list shows the remote actions, and a start sent twice
+/// gives one job, the second time `existing: true`.
+#[test]
+fn the_agents_typed_client_calls_work() {
+    if !warden_testkit::root_or_skip("the_agents_typed_client_calls_work") {
+        return;
+    }
+    let h = host();
+    let out = h
+        .agent
+        .command(&h.bin)
+        .args(["--exact", "fleet_client_helper", "--ignored", "--nocapture"])
+        .env("WARDEN_TEST_FLEET_CLIENT_SOCKET", h.daemon.socket())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ANSWER "))
+        .unwrap_or_else(|| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    let a: Value = serde_json::from_str(line).unwrap();
+    let names: Vec<&str> = a["listed"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["greet", "hold", "peek"], "{a}");
+    assert_eq!(a["first"]["existing"], false, "{a}");
+    assert_eq!(a["again"]["existing"], true, "{a}");
+    assert_eq!(a["first"]["job_id"], a["again"]["job_id"], "{a}");
+    let job = root(&h, "job.get", json!({ "job_id": a["first"]["job_id"] }));
+    assert_eq!(job["result"]["dispatch_id"], DISPATCH, "{job}");
+}
