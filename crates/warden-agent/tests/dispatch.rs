@@ -140,8 +140,10 @@ struct Received {
     last_seq: u64,
     /// Chunks that arrived again after a reconnect (already held).
     again: u64,
-    /// The first seq of each link after the first.
+    /// The first seq on each link.
     resumed_at: Vec<u64>,
+    /// Jobs named by Accepted answers that came while reading output.
+    accepted: Vec<String>,
 }
 
 impl Received {
@@ -219,6 +221,10 @@ async fn pump(
                     return Step::Closed;
                 }
             }
+            AgentMessage::Accepted {
+                dispatch_id,
+                job_id,
+            } if dispatch_id == *id => rx.accepted.push(job_id),
             AgentMessage::Ended {
                 dispatch_id,
                 state,
@@ -242,18 +248,14 @@ async fn pump(
 /// The next Accepted or Refused for `id`, skipping everything else.
 async fn answer(ws: &mut Ws, id: &DispatchId) -> AgentMessage {
     loop {
-        match next(ws, LONG).await.expect("the link closed") {
-            m @ (AgentMessage::Accepted { .. } | AgentMessage::Refused { .. }) => {
-                let (AgentMessage::Accepted { dispatch_id, .. }
-                | AgentMessage::Refused { dispatch_id, .. }) = &m
-                else {
-                    unreachable!()
-                };
-                if dispatch_id == id {
-                    return m;
-                }
-            }
-            _ => {}
+        let m = next(ws, LONG).await.expect("the link closed");
+        let about = match &m {
+            AgentMessage::Accepted { dispatch_id, .. }
+            | AgentMessage::Refused { dispatch_id, .. } => dispatch_id,
+            _ => continue,
+        };
+        if about == id {
+            return m;
         }
     }
 }
@@ -392,7 +394,6 @@ async fn a_dispatch_runs_in_wardend_and_its_output_arrives_once_in_order() {
         AgentMessage::Refused { kind, .. } => assert_eq!(kind, "not_found"),
         other => panic!("expected Refused, got {other:?}"),
     }
-    let _ = job;
     assert_no_secret(&agent.logs(), &[&site.key]);
     drop(site.wardend);
 }
@@ -446,8 +447,12 @@ async fn a_cut_link_resends_unstored_chunks_and_loses_none() {
         "resent from the first unstored chunk"
     );
     assert_eq!(rx.again, 7 - stored, "only unstored chunks come again");
+    assert_eq!(
+        rx.accepted,
+        vec![job],
+        "the Dispatch sent again: the same job"
+    );
     assert!(rx.text == expected(LINES), "the output differs");
-    let _ = job;
     assert_no_secret(&agent.logs(), &[&site.key]);
 }
 
@@ -472,6 +477,15 @@ async fn a_killed_agent_resumes_from_its_spool() {
         pump(&mut ws, &id, &mut rx, Some(2), Some(5)).await,
         Step::Closed
     ));
+    // The kill comes once the agent has recorded that chunks 1..=4 are stored.
+    let meta = site.spool().join(id.as_str()).join("meta.json");
+    let acked = || {
+        std::fs::read_to_string(&meta)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["acked_seq"].as_u64())
+    };
+    assert!(eventually(LONG, || acked() == Some(4)).await, "{:?}", acked());
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     drop(ws);
@@ -537,4 +551,43 @@ async fn the_spool_cap_truncates_and_says_so() {
         agent.logs()
     );
     assert_no_secret(&agent.logs(), &[&site.key]);
+}
+
+/// Pins: Cancel from the server becomes wardend's `job.cancel`; the job's progress (`running`)
+/// and then its end (`cancelled`) arrive as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_goes_to_wardend_and_the_end_arrives() {
+    if !warden_testkit::is_root() {
+        eprintln!("skipped: needs root (a throwaway agent user and wardend)");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site::new(listener.local_addr().unwrap(), "").await;
+    let agent = site.start();
+    let mut ws = link(&listener).await;
+    let id = dispatch_id();
+    send(&mut ws, &dispatch(&id, "trickle", LINES)).await;
+    accepted_job(&answer(&mut ws, &id).await);
+    let mut running = false;
+    let mut output = false;
+    let end = loop {
+        match next(&mut ws, LONG).await.expect("the link closed") {
+            AgentMessage::Progress { state, .. } if state == "running" => running = true,
+            AgentMessage::Output { .. } if !output => {
+                output = true;
+                send(
+                    &mut ws,
+                    &ServerMessage::Cancel {
+                        dispatch_id: id.clone(),
+                    },
+                )
+                .await;
+            }
+            AgentMessage::Ended { state, .. } => break state,
+            _ => {}
+        }
+    };
+    assert!(running, "a Progress said running");
+    assert_eq!(end, "cancelled", "{}", agent.logs());
+    agent.wait_log("cancelled as the server asked", LONG).await;
 }
