@@ -485,7 +485,11 @@ async fn a_killed_agent_resumes_from_its_spool() {
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["acked_seq"].as_u64())
     };
-    assert!(eventually(LONG, || acked() == Some(4)).await, "{:?}", acked());
+    assert!(
+        eventually(LONG, || acked() == Some(4)).await,
+        "{:?}",
+        acked()
+    );
     agent.child.kill().unwrap();
     agent.child.wait().unwrap();
     drop(ws);
@@ -590,4 +594,43 @@ async fn cancel_goes_to_wardend_and_the_end_arrives() {
     assert!(running, "a Progress said running");
     assert_eq!(end, "cancelled", "{}", agent.logs());
     agent.wait_log("cancelled as the server asked", LONG).await;
+}
+
+/// Pins: the agent reports the host's actions again when wardend's list changes (here after a
+/// configuration reload adds one), and not while it stays the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_actions_are_reported_again() {
+    if !warden_testkit::is_root() {
+        eprintln!("skipped: needs root (a throwaway agent user and wardend)");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site::new(listener.local_addr().unwrap(), "actions_poll_ms = 200\n").await;
+    let agent = site.start();
+    let mut ws = link(&listener).await;
+    let names = |actions: &[warden_fleet_proto::link::RemoteAction]| -> Vec<String> {
+        actions.iter().map(|a| a.name.clone()).collect()
+    };
+    let mut reports = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(AgentMessage::Actions { actions }) =
+            next(&mut ws, Duration::from_millis(200)).await
+        {
+            reports.push(names(&actions));
+        }
+    }
+    assert_eq!(reports.len(), 1, "the same list is sent once: {reports:?}");
+    site.wardend.reload_with(
+        "[[action]]\nname = \"hello\"\nargv = [\"/bin/echo\", \"hi\"]\ntier = \"read_only\"\n\
+         mutating = false\n",
+    );
+    let changed = loop {
+        match next(&mut ws, LONG).await {
+            Some(AgentMessage::Actions { actions }) => break names(&actions),
+            Some(_) => {}
+            None => panic!("the link closed: {}", agent.logs()),
+        }
+    };
+    assert!(changed.contains(&"hello".to_owned()), "{changed:?}");
 }

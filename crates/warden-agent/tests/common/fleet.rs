@@ -458,6 +458,15 @@ impl Wardend {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Appends `extra` to wardend's configuration and reloads it (SIGHUP).
+    pub fn reload_with(&self, extra: &str) {
+        let file = self.dir.path().join("warden.toml");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(extra);
+        std::fs::write(&file, text).unwrap();
+        signal(self.child.id(), "HUP");
+    }
 }
 
 impl Drop for Wardend {
@@ -528,7 +537,12 @@ impl FleetHost {
     /// Empties the agent's state directory (a re-install).
     pub fn wipe_state(&self) {
         for e in std::fs::read_dir(&self.host.state).unwrap() {
-            std::fs::remove_file(e.unwrap().path()).unwrap();
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
         }
     }
 
