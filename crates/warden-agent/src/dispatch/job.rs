@@ -13,7 +13,7 @@ use warden_fleet_proto::link::AgentMessage;
 use warden_proto::jobs::JobRecord;
 
 use super::LinkOut;
-use super::spool::{Chunk, EndRecord, Meta, Spool};
+use super::spool::{Chunk, EndRecord, Meta, Spool, SpoolError};
 use super::wardend::{self, Followed};
 use crate::agent::Stop;
 
@@ -49,7 +49,7 @@ pub struct JobTask {
     pub end_stored: watch::Receiver<bool>,
     pub stop: Stop,
     /// Called when the task is done with the dispatch (the server stored its end).
-    pub done: Box<dyn FnOnce() + Send>,
+    pub done: Box<dyn FnOnce() + Send + Sync>,
 }
 
 impl std::fmt::Debug for JobTask {
@@ -125,7 +125,7 @@ impl JobTask {
                 () = self.stop.wait() => return,
                 r = self.end_stored.changed() => {
                     if r.is_err() || *self.end_stored.borrow_and_update() {
-                        if let Err(e) = self.spool.forget(&id) {
+                        if let Err(e) = self.on_disk({ let id = id.clone(); move |s| s.forget(&id) }).await {
                             tracing::warn!(dispatch_id = %id, error = %e, "dispatch: cannot remove the spooled dispatch");
                         }
                         tracing::info!(dispatch_id = %id, "dispatch: the server stored the end; forgotten");
@@ -138,7 +138,7 @@ impl JobTask {
                         continue;
                     }
                     let seq = (*self.acked.borrow_and_update()).min(self.meta.last_seq);
-                    self.ack(seq);
+                    self.ack(seq).await;
                     sent = sent.max(self.meta.acked_seq);
                 }
                 r = self.links.changed() => {
@@ -154,14 +154,14 @@ impl JobTask {
                 f = follow_rx.recv(), if following => match f {
                     Some(Followed::Output(piece)) => {
                         for chunk in split(piece.from, piece.data) {
-                            self.spool_chunk(chunk, &mut cap_logged);
+                            self.spool_chunk(chunk, &mut cap_logged).await;
                         }
                         self.meta.next_offset = piece.next;
-                        self.save();
+                        self.save().await;
                     }
                     Some(Followed::Truncated) => {
                         self.meta.truncated = true;
-                        self.save();
+                        self.save().await;
                     }
                     Some(Followed::End(record)) => {
                         following = false;
@@ -170,7 +170,7 @@ impl JobTask {
                             exit_code: record.exit_code,
                             result: record.result.clone(),
                         });
-                        self.save();
+                        self.save().await;
                         tracing::info!(dispatch_id = %id, job_id = %self.job_id,
                             state = record.state.as_str(), last_seq = self.meta.last_seq,
                             output_truncated = self.meta.truncated,
@@ -181,7 +181,7 @@ impl JobTask {
                         tracing::warn!(dispatch_id = %id, job_id = %self.job_id, reason = %why,
                             "dispatch: wardend no longer knows the job; reporting it lost");
                         self.meta.ended = Some(EndRecord { state: "lost".into(), exit_code: None, result: None });
-                        self.save();
+                        self.save().await;
                     }
                     None => following = false,
                 },
@@ -209,7 +209,7 @@ impl JobTask {
                     let Some(l) = &link else { continue };
                     let msg = if sent < self.meta.last_seq {
                         let seq = sent + 1;
-                        match self.spool.chunk(&id, seq) {
+                        match self.on_disk({ let id = id.clone(); move |s| s.chunk(&id, seq) }).await {
                             Ok(c) => {
                                 sent = seq;
                                 AgentMessage::Output { dispatch_id: id.clone(), seq, offset: c.offset, data: c.data }
@@ -244,15 +244,33 @@ impl JobTask {
         }
     }
 
-    fn save(&self) {
-        if let Err(e) = self.spool.save(&self.meta) {
+    /// Runs `f` on the spool off the runtime's thread (files are fsynced).
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let spool = Arc::clone(&self.spool);
+        tokio::task::spawn_blocking(move || f(&spool))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SpoolError::Io {
+                    step: "run",
+                    path: self.spool.path().into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    async fn save(&self) {
+        let meta = self.meta.clone();
+        if let Err(e) = self.on_disk(move |s| s.save(&meta)).await {
             tracing::error!(dispatch_id = %self.meta.dispatch_id, error = %e,
                 "dispatch: cannot update the spool record");
         }
     }
 
     /// Spools one chunk, or counts it as dropped past the cap.
-    fn spool_chunk(&mut self, chunk: Chunk, cap_logged: &mut bool) {
+    async fn spool_chunk(&mut self, chunk: Chunk, cap_logged: &mut bool) {
         let len = chunk.data.len() as u64;
         if self.meta.dropped_bytes > 0 || self.meta.held_bytes + len > self.cap {
             if !*cap_logged {
@@ -267,7 +285,8 @@ impl JobTask {
             return;
         }
         let seq = self.meta.last_seq + 1;
-        if let Err(e) = self.spool.put_chunk(&self.meta.dispatch_id, seq, &chunk) {
+        let id = self.meta.dispatch_id.clone();
+        if let Err(e) = self.on_disk(move |s| s.put_chunk(&id, seq, &chunk)).await {
             tracing::error!(dispatch_id = %self.meta.dispatch_id, error = %e,
                 "dispatch: cannot spool output; it is dropped");
             self.meta.truncated = true;
@@ -279,23 +298,34 @@ impl JobTask {
     }
 
     /// The server stored chunks up to `seq`: drop them.
-    fn ack(&mut self, seq: u64) {
+    async fn ack(&mut self, seq: u64) {
         if seq <= self.meta.acked_seq {
             return;
         }
         let id = self.meta.dispatch_id.clone();
-        let mut freed = 0;
-        for s in self.meta.acked_seq + 1..=seq {
-            if let Ok(c) = self.spool.chunk(&id, s) {
-                freed += c.data.len() as u64;
-            }
-        }
+        let from = self.meta.acked_seq + 1;
+        let freed = {
+            let id = id.clone();
+            self.on_disk(move |s| {
+                Ok((from..=seq)
+                    .filter_map(|n| s.chunk(&id, n).ok())
+                    .map(|c| c.data.len() as u64)
+                    .sum::<u64>())
+            })
+            .await
+            .unwrap_or(0)
+        };
         // The record first: a crash after it only leaves files that load() removes.
         let before = self.meta.acked_seq;
         self.meta.acked_seq = seq;
         self.meta.held_bytes = self.meta.held_bytes.saturating_sub(freed);
-        self.save();
-        if let Err(e) = self.spool.drop_chunks(&id, before + 1, seq) {
+        self.save().await;
+        let dropped = {
+            let id = id.clone();
+            self.on_disk(move |s| s.drop_chunks(&id, before + 1, seq))
+                .await
+        };
+        if let Err(e) = dropped {
             tracing::warn!(dispatch_id = %id, error = %e, "dispatch: cannot drop stored chunks");
         }
     }
