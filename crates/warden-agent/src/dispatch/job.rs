@@ -344,3 +344,33 @@ pub fn control(acked: u64) -> (JobCtl, watch::Receiver<u64>, watch::Receiver<boo
         e_rx,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins: output longer than a chunk is split on character boundaries into pieces of at
+    /// most MAX_CHUNK bytes whose offsets follow on, and nothing is lost.
+    #[test]
+    fn split_keeps_characters_whole_and_offsets_exact() {
+        let text = "é".repeat(MAX_CHUNK); // two bytes each
+        let pieces = split(100, text.clone());
+        assert_eq!(pieces.len(), 2);
+        let mut at = 100;
+        let mut joined = String::new();
+        for p in &pieces {
+            assert!(p.data.len() <= MAX_CHUNK);
+            assert_eq!(p.offset, at);
+            at += p.data.len() as u64;
+            joined.push_str(&p.data);
+        }
+        assert_eq!(joined, text);
+        assert_eq!(
+            split(7, "short".into()),
+            vec![Chunk {
+                offset: 7,
+                data: "short".into()
+            }]
+        );
+    }
+}

@@ -71,6 +71,8 @@ enum Entry {
     Refused {
         kind: String,
         message: String,
+        /// When the dispatch arrived (seconds since the epoch).
+        at: u64,
     },
 }
 
@@ -147,7 +149,8 @@ impl Dispatcher {
                 Some(Answer::Refused { kind, message })
                     if now_s().saturating_sub(meta.received_at) < REFUSAL_KEPT_S =>
                 {
-                    d.entries().insert(id, Entry::Refused { kind, message });
+                    let at = meta.received_at;
+                    d.entries().insert(id, Entry::Refused { kind, message, at });
                 }
                 // Not answered before a crash (the server sends it again, and the same
                 // idempotency key finds the same job), or an old refusal.
@@ -267,7 +270,7 @@ impl Dispatcher {
                     dispatch_id: id.clone(),
                     job_id: job_id.clone(),
                 }),
-                Some(Entry::Refused { kind, message }) => Some(AgentMessage::Refused {
+                Some(Entry::Refused { kind, message, .. }) => Some(AgentMessage::Refused {
                     dispatch_id: id.clone(),
                     kind: kind.clone(),
                     message: message.clone(),
@@ -361,13 +364,25 @@ impl Dispatcher {
                 if let Err(e) = self.inner.spool.save(&meta) {
                     tracing::warn!(dispatch_id = %id, error = %e, "dispatch: cannot record the refusal");
                 }
-                self.entries().insert(
+                let mut entries = self.entries();
+                // Old refusals go (their spool records went at the last start or go now).
+                let now = now_s();
+                entries.retain(|old, e| match e {
+                    Entry::Refused { at, .. } if now.saturating_sub(*at) >= REFUSAL_KEPT_S => {
+                        let _ = self.inner.spool.forget(old);
+                        false
+                    }
+                    _ => true,
+                });
+                entries.insert(
                     id.clone(),
                     Entry::Refused {
                         kind: kind.clone(),
                         message: message.clone(),
+                        at: meta.received_at,
                     },
                 );
+                drop(entries);
                 AgentMessage::Refused {
                     dispatch_id: id,
                     kind,

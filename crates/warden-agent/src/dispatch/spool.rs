@@ -380,5 +380,9 @@ mod tests {
         assert!(!dir.join(chunk_name(3)).exists());
         spool.forget(&id()).unwrap();
         assert!(!dir.exists());
+        // A spool open to others is refused, saying what to fix.
+        std::fs::set_permissions(spool.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = Spool::open(base.path()).unwrap_err().to_string();
+        assert!(e.contains("0755") && e.contains("0700"), "{e}");
     }
 }
