@@ -245,6 +245,19 @@ impl Dispatcher {
         }
     }
 
+    /// Runs `f` on the spool off the runtime's thread (files are fsynced).
+    async fn on_disk(
+        &self,
+        f: impl FnOnce(&Spool) -> Result<(), SpoolError> + Send + 'static,
+    ) -> Result<(), String> {
+        let spool = Arc::clone(&self.inner.spool);
+        match tokio::task::spawn_blocking(move || f(&spool)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Answers on the link that is up now (if the link is gone, the server sends the Dispatch
     /// again on the next one).
     async fn answer(&self, msg: AgentMessage) {
@@ -302,14 +315,8 @@ impl Dispatcher {
             dropped_bytes: 0,
             ended: None,
         };
-        let spool = Arc::clone(&self.inner.spool);
         let m = meta.clone();
-        let recorded = tokio::task::spawn_blocking(move || spool.create(&m)).await;
-        if let Some(why) = match recorded {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        } {
+        if let Err(why) = self.on_disk(move |s| s.create(&m)).await {
             tracing::error!(dispatch_id = %id, error = %why, "dispatch: cannot record it; refusing");
             self.entries().remove(&id);
             self.answer(AgentMessage::Refused {
@@ -342,7 +349,8 @@ impl Dispatcher {
                 meta.answer = Some(Answer::Accepted {
                     job_id: job_id.clone(),
                 });
-                if let Err(e) = self.inner.spool.save(&meta) {
+                let m = meta.clone();
+                if let Err(e) = self.on_disk(move |s| s.save(&m)).await {
                     tracing::error!(dispatch_id = %id, error = %e,
                         "dispatch: cannot record the job; following it until the agent stops");
                 }
@@ -361,7 +369,8 @@ impl Dispatcher {
                     kind: kind.clone(),
                     message: message.clone(),
                 });
-                if let Err(e) = self.inner.spool.save(&meta) {
+                let m = meta.clone();
+                if let Err(e) = self.on_disk(move |s| s.save(&m)).await {
                     tracing::warn!(dispatch_id = %id, error = %e, "dispatch: cannot record the refusal");
                 }
                 let mut entries = self.entries();
@@ -392,7 +401,8 @@ impl Dispatcher {
             Err(e) => {
                 // Not wardend's answer: nothing to remember, a later Dispatch asks again.
                 tracing::warn!(dispatch_id = %id, error = %e, "dispatch: cannot ask wardend");
-                let _ = self.inner.spool.forget(&id);
+                let gone = id.clone();
+                let _ = self.on_disk(move |s| s.forget(&gone)).await;
                 self.entries().remove(&id);
                 AgentMessage::Refused {
                     dispatch_id: id,
