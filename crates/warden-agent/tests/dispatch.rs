@@ -100,8 +100,12 @@ impl Site {
     }
 
     fn start(&self) -> Agent {
+        self.start_logging("info")
+    }
+
+    fn start_logging(&self, level: &str) -> Agent {
         self.host
-            .start(&["--dev", "--config", self.cfg.to_str().unwrap()])
+            .start_logging(&["--dev", "--config", self.cfg.to_str().unwrap()], level)
     }
 
     fn spool(&self) -> PathBuf {
@@ -400,7 +404,7 @@ async fn a_dispatch_runs_in_wardend_and_its_output_arrives_once_in_order() {
 
 /// Pins: a link cut mid-job loses nothing: after the reconnect the agent resends every chunk
 /// the server has not stored, from the first unstored one, in order, and the job (which ran on
-/// in wardend) ends with every byte delivered exactly once.
+/// in wardend) ends with every byte delivered exactly once; no key in a debug-level log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_resends_unstored_chunks_and_loses_none() {
     if !warden_testkit::is_root() {
@@ -409,7 +413,7 @@ async fn a_cut_link_resends_unstored_chunks_and_loses_none() {
     }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let site = Site::new(listener.local_addr().unwrap(), "").await;
-    let agent = site.start();
+    let agent = site.start_logging("debug");
     let mut ws = link(&listener).await;
     let id = dispatch_id();
     send(&mut ws, &dispatch(&id, "trickle", LINES)).await;
