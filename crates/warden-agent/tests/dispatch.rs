@@ -561,8 +561,9 @@ async fn the_spool_cap_truncates_and_says_so() {
     assert_no_secret(&agent.logs(), &[&site.key]);
 }
 
-/// Pins: Cancel from the server becomes wardend's `job.cancel`; the job's progress (`running`)
-/// and then its end (`cancelled`) arrive as usual.
+/// Pins: Cancel from the server becomes wardend's `job.cancel`, also when it comes before
+/// wardend answered the Dispatch; the job's progress (`running`) and then its end
+/// (`cancelled`) arrive as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_goes_to_wardend_and_the_end_arrives() {
     if !warden_testkit::is_root() {
@@ -598,6 +599,26 @@ async fn cancel_goes_to_wardend_and_the_end_arrives() {
     assert!(running, "a Progress said running");
     assert_eq!(end, "cancelled", "{}", agent.logs());
     agent.wait_log("cancelled as the server asked", LONG).await;
+
+    // A Cancel right behind its Dispatch (wardend may not have answered yet) still cancels.
+    let id = dispatch_id();
+    send(&mut ws, &dispatch(&id, "trickle", LINES)).await;
+    send(
+        &mut ws,
+        &ServerMessage::Cancel {
+            dispatch_id: id.clone(),
+        },
+    )
+    .await;
+    let end = loop {
+        match next(&mut ws, LONG).await.expect("the link closed") {
+            AgentMessage::Ended {
+                dispatch_id, state, ..
+            } if dispatch_id == id => break state,
+            _ => {}
+        }
+    };
+    assert_eq!(end, "cancelled", "{}", agent.logs());
 }
 
 /// Pins: the agent reports the host's actions again when wardend's list changes (here after a

@@ -62,8 +62,10 @@ impl LinkOut {
 
 /// What the agent knows of a dispatch.
 enum Entry {
-    /// wardend is being asked.
-    Starting,
+    /// wardend is being asked; `cancel`: a Cancel came meanwhile, sent on once it answers.
+    Starting {
+        cancel: bool,
+    },
     Accepted {
         job_id: String,
         ctl: JobCtl,
@@ -204,24 +206,21 @@ impl Dispatcher {
                 });
             }
             ServerMessage::Cancel { dispatch_id } => {
-                let job = match self.entries().get(&dispatch_id) {
+                let job = match self.entries().get_mut(&dispatch_id) {
                     Some(Entry::Accepted { job_id, .. }) => Some(job_id.clone()),
+                    Some(Entry::Starting { cancel }) => {
+                        *cancel = true;
+                        tracing::info!(dispatch_id = %dispatch_id,
+                            "dispatch: Cancel before wardend answered; cancelling once it does");
+                        return;
+                    }
                     _ => None,
                 };
-                let Some(job_id) = job else {
-                    tracing::warn!(dispatch_id = %dispatch_id, "dispatch: Cancel for a dispatch with no job here; ignored");
-                    return;
-                };
-                let socket = self.inner.settings.wardend_socket.clone();
-                tokio::spawn(async move {
-                    match wardend::cancel(&socket, &job_id).await {
-                        Ok(r) => tracing::info!(dispatch_id = %dispatch_id, job_id = %job_id,
-                            state = r.state.as_str(), "dispatch: cancelled as the server asked"),
-                        Err(e) => tracing::warn!(dispatch_id = %dispatch_id, job_id = %job_id,
-                            kind = e.kind().map(|k| k.as_str()), error = %e,
-                            "dispatch: wardend did not cancel the job"),
-                    }
-                });
+                match job {
+                    Some(job_id) => self.cancel_job(dispatch_id, job_id),
+                    None => tracing::warn!(dispatch_id = %dispatch_id,
+                        "dispatch: Cancel for a dispatch with no job here; ignored"),
+                }
             }
             ServerMessage::OutputStored { dispatch_id, seq } => {
                 if let Some(Entry::Accepted { ctl, .. }) = self.entries().get(&dispatch_id) {
@@ -278,7 +277,7 @@ impl Dispatcher {
         let known = {
             let mut entries = self.entries();
             let known = match entries.get(&id) {
-                Some(Entry::Starting) => return,
+                Some(Entry::Starting { .. }) => return,
                 Some(Entry::Accepted { job_id, .. }) => Some(AgentMessage::Accepted {
                     dispatch_id: id.clone(),
                     job_id: job_id.clone(),
@@ -291,7 +290,7 @@ impl Dispatcher {
                 None => None,
             };
             if known.is_none() {
-                entries.insert(id.clone(), Entry::Starting);
+                entries.insert(id.clone(), Entry::Starting { cancel: false });
             }
             known
         };
@@ -414,17 +413,35 @@ impl Dispatcher {
         self.answer(answer).await;
     }
 
-    /// Starts the task of an accepted dispatch.
+    /// Asks wardend to cancel a dispatch's job and logs what it says (the job's end arrives
+    /// through its task as usual).
+    fn cancel_job(&self, dispatch_id: DispatchId, job_id: String) {
+        let socket = self.inner.settings.wardend_socket.clone();
+        tokio::spawn(async move {
+            match wardend::cancel(&socket, &job_id).await {
+                Ok(r) => tracing::info!(dispatch_id = %dispatch_id, job_id = %job_id,
+                    state = r.state.as_str(), "dispatch: cancelled as the server asked"),
+                Err(e) => tracing::warn!(dispatch_id = %dispatch_id, job_id = %job_id,
+                    kind = e.kind().map(|k| k.as_str()), error = %e,
+                    "dispatch: wardend did not cancel the job"),
+            }
+        });
+    }
+
+    /// Starts the task of an accepted dispatch (and sends on a Cancel that came meanwhile).
     fn spawn_job(&self, meta: Meta, job_id: String) {
         let id = meta.dispatch_id.clone();
         let (ctl, acked, end_stored) = job::control(meta.acked_seq);
-        self.entries().insert(
+        let before = self.entries().insert(
             id.clone(),
             Entry::Accepted {
                 job_id: job_id.clone(),
                 ctl,
             },
         );
+        if let Some(Entry::Starting { cancel: true }) = before {
+            self.cancel_job(id.clone(), job_id.clone());
+        }
         let me = self.clone();
         let task = JobTask {
             spool: Arc::clone(&self.inner.spool),
