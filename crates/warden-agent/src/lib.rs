@@ -5,11 +5,13 @@
 //!
 //! Layout: [`config`] (agent.toml) → [`agent`] (the life cycle and every wait decision, with
 //! the pure schedule math in [`backoff`]) → [`enroll`] and [`link`] (the two exchanges, over
-//! [`tls`]) → [`keystore`] (the key on disk). [`identity`] asks wardend who this host is.
+//! [`tls`]) → [`keystore`] (the key on disk). [`dispatch`] runs the fleet's dispatches between
+//! the link and wardend, with its spool beside the key. [`identity`] asks wardend who this host is.
 
 pub mod agent;
 pub mod backoff;
 pub mod config;
+pub mod dispatch;
 pub mod enroll;
 pub mod identity;
 pub mod keystore;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::backoff::{self, draw};
 use crate::config::{AgentConfig, Timings};
+use crate::dispatch::{self, Dispatcher};
 use crate::enroll::{ClientError, EnrollClient};
 use crate::identity;
 use crate::keystore::{KeyStore, KeyStoreError, StoredKey};
@@ -47,6 +48,8 @@ pub enum AgentError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Spool(#[from] dispatch::spool::SpoolError),
     #[error("key store task failed: {0}")]
     Task(String),
     #[error(
@@ -182,6 +185,17 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
         tracing::warn!(machine_id = %id, "TEST OVERRIDE: machine id taken from agent.toml, not from wardend");
     }
     let store = Arc::new(KeyStore::open(&cfg.state_dir)?);
+    // After the key store: its lock keeps a second agent away from the spool too.
+    let dispatcher = Dispatcher::open(
+        dispatch::Settings {
+            state_dir: cfg.state_dir.clone(),
+            wardend_socket: cfg.wardend_socket.clone(),
+            spool_cap: cfg.hooks.spool_cap.unwrap_or(dispatch::SPOOL_CAP),
+            actions_poll: cfg.hooks.actions_poll.unwrap_or(dispatch::ACTIONS_POLL),
+            without_fleet_origin: cfg.hooks.without_fleet_origin,
+        },
+        stop.clone(),
+    )?;
     warn_if_exposed(&cfg.enrollment_key_file);
     let tls = tls::client_config(cfg.ca_file.as_deref())?;
     let client = EnrollClient::new(&cfg, &tls)?;
@@ -278,6 +292,7 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
             &mut rotation_asked,
             &store,
             &held,
+            &dispatcher,
             &stop,
         )
         .await

@@ -289,6 +289,12 @@ impl AgentConfig {
             ("pending_poll_ms", overrides.pending_poll_ms.is_some()),
             ("rotate_after_ms", overrides.rotate_after_ms.is_some()),
             ("pause_at", overrides.pause_at.is_some()),
+            ("spool_cap_bytes", overrides.spool_cap_bytes.is_some()),
+            ("actions_poll_ms", overrides.actions_poll_ms.is_some()),
+            (
+                "dispatch_without_fleet_origin",
+                overrides.dispatch_without_fleet_origin == Some(true),
+            ),
         ] {
             if set {
                 used.push(name);
@@ -337,6 +343,9 @@ impl AgentConfig {
             hooks: TestHooks {
                 rotate_after: overrides.rotate_after_ms.map(Duration::from_millis),
                 pause_at: overrides.pause_at,
+                spool_cap: overrides.spool_cap_bytes,
+                actions_poll: overrides.actions_poll_ms.map(Duration::from_millis),
+                without_fleet_origin: overrides.dispatch_without_fleet_origin == Some(true),
             },
             overrides_used: used,
             dev,

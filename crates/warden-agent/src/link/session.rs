@@ -20,6 +20,7 @@ use super::connect::{Link, describe};
 use crate::agent::Stop;
 use crate::backoff;
 use crate::config::{PausePoint, TestHooks, Timings};
+use crate::dispatch::Dispatcher;
 use crate::keystore::{KeyStore, StoredKey};
 
 /// Shortest and longest liveness timings taken from a Welcome.
@@ -93,8 +94,19 @@ async fn until(at: Option<Instant>) {
     }
 }
 
+/// Tells the dispatcher the link is down however the session ends.
+struct Down<'a>(&'a Dispatcher);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        self.0.link_down();
+    }
+}
+
 /// Runs the link until it ends. `held` is the key it was opened with. `rotation_asked` is
-/// `[test_overrides] rotate_after_ms`'s memory: it asks once per run.
+/// `[test_overrides] rotate_after_ms`'s memory: it asks once per run. Dispatch messages go to
+/// `dispatch`, and what it queues for the server is sent from here.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     ws: &mut Link,
     timings: &Timings,
@@ -102,6 +114,7 @@ pub async fn run(
     rotation_asked: &mut bool,
     store: &Arc<KeyStore>,
     held: &StoredKey,
+    dispatch: &Dispatcher,
     stop: &Stop,
 ) -> SessionEnd {
     let dropped = |welcomed, why: String| SessionEnd::Dropped {
@@ -191,6 +204,9 @@ pub async fn run(
             backoff::draw(),
         );
     let mut unknown: u64 = 0;
+    // The dispatcher's queue for this link: bounded, so its senders wait while we send.
+    let mut outbox = dispatch.link_up();
+    let _down = Down(dispatch);
     let mut ask_at = hooks
         .rotate_after
         .filter(|_| !*rotation_asked)
@@ -232,6 +248,12 @@ pub async fn run(
                 tracing::info!("link: asking for a new key (test override rotate_after_ms)");
                 if let Err(e) = send(ws, &AgentMessage::RotateKey {}, welcome.dead_after).await {
                     return dropped(true, format!("sending RotateKey: {e}"));
+                }
+                continue;
+            }
+            Some(m) = outbox.recv() => {
+                if let Err(e) = send(ws, &m, welcome.dead_after).await {
+                    return dropped(true, format!("sending a dispatch message: {e}"));
                 }
                 continue;
             }
@@ -315,6 +337,12 @@ pub async fn run(
                     why: format!("goodbye: {reason:?}"),
                 };
             }
+            Ok(Some(
+                m @ (ServerMessage::Dispatch { .. }
+                | ServerMessage::Cancel { .. }
+                | ServerMessage::OutputStored { .. }
+                | ServerMessage::EndStored { .. }),
+            )) => dispatch.on_message(m),
             Ok(None) => {
                 unknown += 1;
                 if unknown.is_power_of_two() {

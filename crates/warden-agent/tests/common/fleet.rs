@@ -392,6 +392,12 @@ pub struct Wardend {
 impl Wardend {
     /// Starts wardend with `[fleet]` enabled for `agent_user` on hardware `uuid`.
     pub async fn start(agent_user: &str, uuid: &str) -> Wardend {
+        Wardend::start_with(agent_user, uuid, "").await
+    }
+
+    /// Starts wardend as [`Wardend::start`] does, with `extra` appended to its configuration
+    /// (`{dir}` in it stands for wardend's directory).
+    pub async fn start_with(agent_user: &str, uuid: &str, extra: &str) -> Wardend {
         let dir = warden_testkit::safe_tempdir();
         let d = dir.path();
         let hw = d.join("hw");
@@ -414,10 +420,11 @@ impl Wardend {
              [fleet]\nenabled = true\nagent_user = \"{agent_user}\"\n\n\
              [fleet.identity]\nproduct_uuid = \"{h}/product_uuid\"\nboard_serial = \
              \"{h}/board_serial\"\ndisk_serial = \"{h}/disk_serial\"\nmachine_id = \
-             \"{h}/machine_id\"\n",
+             \"{h}/machine_id\"\n{extra}",
             d = d.display(),
             s = socket.display(),
-            h = hw.display()
+            h = hw.display(),
+            extra = extra.replace("{dir}", &d.display().to_string()),
         );
         let file = d.join("warden.toml");
         std::fs::write(&file, config).unwrap();
@@ -450,6 +457,15 @@ impl Wardend {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Appends `extra` to wardend's configuration and reloads it (SIGHUP).
+    pub fn reload_with(&self, extra: &str) {
+        let file = self.dir.path().join("warden.toml");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(extra);
+        std::fs::write(&file, text).unwrap();
+        signal(self.child.id(), "HUP");
     }
 }
 
@@ -521,7 +537,12 @@ impl FleetHost {
     /// Empties the agent's state directory (a re-install).
     pub fn wipe_state(&self) {
         for e in std::fs::read_dir(&self.host.state).unwrap() {
-            std::fs::remove_file(e.unwrap().path()).unwrap();
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(path).unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
         }
     }
 

@@ -97,6 +97,9 @@ async fn serve(hub: &Hub, link: &Link, ws: &mut WebSocket) {
                         tracing::info!(machine_id = %link.machine_id, %key_version,
                             "the agent stored its next key");
                     }
+                    // Dispatch messages: handled by the server's dispatch work (issue 14); this
+                    // arm only keeps this branch compiling until it lands.
+                    Ok(Some(_)) => {}
                     Ok(None) => {
                         hub.stats.unknown_messages.fetch_add(1, Ordering::Relaxed);
                     }
