@@ -183,6 +183,17 @@ fn check_config_of_a_missing_file_fails_and_usage_errors_exit_2() {
 
 /// wardend on one listener with a NOTIFY_SOCKET, once it has said READY=1; the notify socket
 /// for what it says next.
+/// One datagram from the notify socket. A receive with a timeout fails with EINTR when any
+/// signal reaches this test process (whatever SA_RESTART says), so it is tried again.
+fn recv_notify(notify: &UnixDatagram, buf: &mut [u8]) -> usize {
+    loop {
+        match notify.recv(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r.unwrap(),
+        }
+    }
+}
+
 fn ready_with_notify() -> (tempfile::TempDir, Proc, UnixDatagram) {
     let dir = warden_testkit::safe_tempdir();
     let cfg = write_config(dir.path(), "[[listener]]\npath = \"{dir}/run/w.sock\"\n");
@@ -195,7 +206,7 @@ fn ready_with_notify() -> (tempfile::TempDir, Proc, UnixDatagram) {
         .env("NOTIFY_SOCKET", &notify_path);
     let p = Proc::spawn(cmd, dir.path());
     let mut buf = [0u8; 512];
-    let n = notify.recv(&mut buf).unwrap();
+    let n = recv_notify(&notify, &mut buf);
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.contains("READY=1"), "{msg}");
     (dir, p, notify)
@@ -226,7 +237,7 @@ fn sigterm_shuts_down_gracefully_and_tells_systemd_ready_and_stopping() {
     assert!(c.call(2, "health", json!({})).get("result").is_some());
 
     p.signal("TERM");
-    let n = notify.recv(&mut buf).unwrap();
+    let n = recv_notify(&notify, &mut buf);
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert_eq!(p.wait(), Some(0));
     assert!(c.is_closed());

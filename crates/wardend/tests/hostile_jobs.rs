@@ -127,6 +127,10 @@ fn job_state(c: &mut RawClient, id: &str) -> Value {
 /// daemon: root's `hello` and `status` answer within 100 ms each, and every job ends.
 #[test]
 fn a_run_as_user_stopping_its_processes_does_not_stall_the_daemon() {
+    // A stalled daemon stays stalled for as long as the user keeps its child stopped (seconds
+    // here); a loaded machine answers within a few hundred milliseconds. A bound between the
+    // two tells them apart without failing on a busy CI host.
+    const ANSWER_WITHIN: Duration = Duration::from_secs(1);
     if !warden_testkit::root_or_skip(
         "a_run_as_user_stopping_its_processes_does_not_stall_the_daemon",
     ) {
@@ -167,7 +171,7 @@ fn a_run_as_user_stopping_its_processes_does_not_stall_the_daemon() {
         let (hello, status) = hello_and_status(d.socket());
         slowest = (slowest.0.max(hello), slowest.1.max(status));
         assert!(
-            hello < Duration::from_millis(100) && status < Duration::from_millis(100),
+            hello < ANSWER_WITHIN && status < ANSWER_WITHIN,
             "the daemon stalled: hello took {hello:?}, status {status:?} after {} jobs",
             jobs.len()
         );
@@ -179,7 +183,7 @@ fn a_run_as_user_stopping_its_processes_does_not_stall_the_daemon() {
         let (hello, status) = hello_and_status(d.socket());
         slowest = (slowest.0.max(hello), slowest.1.max(status));
         assert!(
-            hello < Duration::from_millis(100) && status < Duration::from_millis(100),
+            hello < ANSWER_WITHIN && status < ANSWER_WITHIN,
             "the daemon stalled: hello took {hello:?}, status {status:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -224,7 +228,7 @@ fn a_run_as_user_stopping_its_processes_does_not_stall_the_daemon() {
         "the loop never caught a child before its exec: nothing was tested"
     );
     let (hello, status) = hello_and_status(d.socket());
-    assert!(hello < Duration::from_millis(100) && status < Duration::from_millis(100));
+    assert!(hello < ANSWER_WITHIN && status < ANSWER_WITHIN);
     drop(stopper);
     drop(d);
     assert!(processes_of(user.uid).is_empty());
