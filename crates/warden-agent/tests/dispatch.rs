@@ -3,10 +3,8 @@
 //! the server: the host's actions reported after the Welcome, a Dispatch taken to wardend and
 //! answered (once, then from the spool), a job's output arriving as ordered chunks exactly once
 //! across a cut link and an agent killed with SIGKILL, the spool's modes, and its cap.
-//!
-//! wardend's `fleet` origin on `job.start` and `actions.list {fleet: true}` are being added on
-//! wardend's side; until then these tests run the agent with `[test_overrides]
-//! dispatch_without_fleet_origin`, which asks wardend as a plain local caller.
+//! The agent asks wardend as the fleet agent: `actions.list {fleet: true}` and `job.start`
+//! with its fleet origin, for the host's `remote = true` actions.
 
 #![allow(clippy::unwrap_used)]
 
@@ -44,11 +42,11 @@ fn actions() -> String {
     format!(
         "[[action]]\nname = \"spew\"\ndescription = \"prints numbers\"\n\
          argv = [\"/bin/sh\", \"-c\", \"seq 1 $1\", \"spew\", \"{{n}}\"]\ntier = \"read_only\"\n\
-         mutating = false\n{param}\
+         mutating = false\nremote = true\n{param}\
          [[action]]\nname = \"trickle\"\ndescription = \"prints numbers slowly\"\n\
          argv = [\"/bin/sh\", \"-c\", \"s=$(($1 / 40)); i=0; while [ $i -lt 40 ]; do \
          seq $((i * s + 1)) $((i * s + s)); i=$((i + 1)); sleep 0.15; done\", \"trickle\", \
-         \"{{n}}\"]\ntier = \"read_only\"\nmutating = false\n{param}"
+         \"{{n}}\"]\ntier = \"read_only\"\nmutating = false\nremote = true\n{param}"
     )
 }
 
@@ -65,12 +63,7 @@ impl Site {
     async fn new(addr: std::net::SocketAddr, extra: &str) -> Site {
         let host = Host::new();
         let user = host.user.as_ref().map(|u| u.name.clone()).unwrap();
-        let wardend = Wardend::start_with(
-            &user,
-            &product_uuid(),
-            &format!("[tiers.users]\n{user} = \"operator\"\n\n{}", actions()),
-        )
-        .await;
+        let wardend = Wardend::start_with(&user, &product_uuid(), &actions()).await;
         let key = new_key();
         let file = host.key_file();
         std::fs::write(&file, serde_json::json!({ "machine_key": key }).to_string()).unwrap();
@@ -83,8 +76,7 @@ impl Site {
             "server_url = \"http://{addr}\"\nsite_code = \"hq\"\nenrollment_key_file = \"{}\"\n\
              state_dir = \"{}\"\nwardend_socket = \"{}\"\nhostname = \"pc-1\"\n\
              [test_overrides]\nmachine_id_override = \"{}\"\nreconnect_first_ms = 200\n\
-             reconnect_cap_ms = 500\nwelcome_timeout_ms = 5000\n\
-             dispatch_without_fleet_origin = true\n{extra}",
+             reconnect_cap_ms = 500\nwelcome_timeout_ms = 5000\n{extra}",
             enrollment.display(),
             host.state.display(),
             wardend.socket.display(),
@@ -648,7 +640,7 @@ async fn changed_actions_are_reported_again() {
     assert_eq!(reports.len(), 1, "the same list is sent once: {reports:?}");
     site.wardend.reload_with(
         "[[action]]\nname = \"hello\"\nargv = [\"/bin/echo\", \"hi\"]\ntier = \"read_only\"\n\
-         mutating = false\n",
+         mutating = false\nremote = true\n",
     );
     let changed = loop {
         match next(&mut ws, LONG).await {

@@ -192,7 +192,6 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
             wardend_socket: cfg.wardend_socket.clone(),
             spool_cap: cfg.hooks.spool_cap.unwrap_or(dispatch::SPOOL_CAP),
             actions_poll: cfg.hooks.actions_poll.unwrap_or(dispatch::ACTIONS_POLL),
-            without_fleet_origin: cfg.hooks.without_fleet_origin,
         },
         stop.clone(),
     )?;

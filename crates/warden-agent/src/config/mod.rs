@@ -291,10 +291,6 @@ impl AgentConfig {
             ("pause_at", overrides.pause_at.is_some()),
             ("spool_cap_bytes", overrides.spool_cap_bytes.is_some()),
             ("actions_poll_ms", overrides.actions_poll_ms.is_some()),
-            (
-                "dispatch_without_fleet_origin",
-                overrides.dispatch_without_fleet_origin == Some(true),
-            ),
         ] {
             if set {
                 used.push(name);
@@ -345,7 +341,6 @@ impl AgentConfig {
                 pause_at: overrides.pause_at,
                 spool_cap: overrides.spool_cap_bytes,
                 actions_poll: overrides.actions_poll_ms.map(Duration::from_millis),
-                without_fleet_origin: overrides.dispatch_without_fleet_origin == Some(true),
             },
             overrides_used: used,
             dev,

@@ -40,9 +40,6 @@ pub struct TestOverrides {
     pub spool_cap_bytes: Option<u64>,
     /// How often to ask wardend again for the actions the host offers the fleet.
     pub actions_poll_ms: Option<u64>,
-    /// Ask wardend as a plain local caller: `job.start` without its `fleet` origin and
-    /// `actions.list` without `fleet: true` (for tests against a wardend without them).
-    pub dispatch_without_fleet_origin: Option<bool>,
 }
 
 /// A step of a key rotation where `[test_overrides] pause_at` stops the agent.
@@ -76,5 +73,4 @@ pub struct TestHooks {
     pub pause_at: Option<PausePoint>,
     pub spool_cap: Option<u64>,
     pub actions_poll: Option<Duration>,
-    pub without_fleet_origin: bool,
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use warden_fleet_proto::DispatchId;
 use warden_fleet_proto::link::{AgentMessage, ServerMessage};
+use warden_proto::request::{FleetOrigin, FleetTier};
 
 use crate::agent::Stop;
 use job::{JobCtl, JobTask};
@@ -36,7 +37,7 @@ pub const LINK_QUEUE: usize = 8;
 const REFUSAL_KEPT_S: u64 = 24 * 3600;
 /// The tier the agent asks for: the link's Dispatch carries none, and wardend caps it by
 /// `[fleet] max_tier` anyway.
-const FLEET_TIER: &str = "operator";
+const FLEET_TIER: FleetTier = FleetTier::Operator;
 
 /// The send side of the link that is up.
 #[derive(Debug, Clone)]
@@ -85,8 +86,6 @@ pub struct Settings {
     pub wardend_socket: PathBuf,
     pub spool_cap: u64,
     pub actions_poll: Duration,
-    /// Test only: ask wardend as a plain local caller.
-    pub without_fleet_origin: bool,
 }
 
 struct Inner {
@@ -326,18 +325,17 @@ impl Dispatcher {
             .await;
             return;
         }
-        let fleet = (!self.inner.settings.without_fleet_origin).then_some(wardend::FleetOrigin {
-            operator: &operator,
-            server: &server,
-            dispatch_id: id.as_str(),
+        let fleet = FleetOrigin {
+            operator: operator.clone(),
+            server: server.clone(),
+            dispatch_id: id.to_string(),
             tier: FLEET_TIER,
-        });
+        };
         let started = wardend::start(
             &self.inner.settings.wardend_socket,
             &action,
             &params,
-            id.as_str(),
-            fleet,
+            &fleet,
         )
         .await;
         let answer = match started {
@@ -466,8 +464,7 @@ async fn report_actions(settings: Settings, out: LinkOut, stop: Stop) {
     let mut last: Option<Vec<warden_fleet_proto::link::RemoteAction>> = None;
     let mut warned = false;
     loop {
-        match wardend::fleet_actions(&settings.wardend_socket, !settings.without_fleet_origin).await
-        {
+        match wardend::fleet_actions(&settings.wardend_socket).await {
             Ok(actions) => {
                 warned = false;
                 if last.as_ref() != Some(&actions) {

@@ -7,57 +7,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use warden_client::{Client, ClientError};
 use warden_fleet_proto::link::RemoteAction;
 use warden_proto::envelope::Incoming;
 use warden_proto::jobs::{JobRecord, JobStarted, LogChunk, notification};
+use warden_proto::request::FleetOrigin;
 
 /// The name the agent gives wardend in `hello`.
 const CLIENT: &str = "warden-agent";
 /// Wait between attempts when wardend cannot be reached while following a job.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// `job.start`'s `fleet` field: who asked, from which server, as which dispatch.
-#[derive(Debug, Clone, Serialize)]
-pub struct FleetOrigin<'a> {
-    pub operator: &'a str,
-    pub server: &'a str,
-    pub dispatch_id: &'a str,
-    pub tier: &'a str,
-}
-
-#[derive(Serialize)]
-struct StartParams<'a> {
-    action: &'a str,
-    params: &'a serde_json::Map<String, serde_json::Value>,
-    idempotency_key: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fleet: Option<FleetOrigin<'a>>,
-}
-
-#[derive(Serialize)]
-struct ActionsParams {
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    fleet: bool,
-}
-
-/// An action as `actions.list` shows it; what the link does not carry is ignored.
-#[derive(Deserialize)]
-struct ListedAction {
-    name: String,
-    #[serde(default)]
-    description: String,
-    tier: String,
-    #[serde(default)]
-    params: serde_json::Map<String, serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct Listed {
-    actions: Vec<ListedAction>,
-}
 
 #[derive(Serialize)]
 struct LogsParams<'a> {
@@ -75,41 +36,37 @@ async fn connect(socket: &Path) -> Result<Client, ClientError> {
     Client::connect(socket, CLIENT).await
 }
 
-/// The host's remote-capable actions as wardend shows them to the agent.
-pub async fn fleet_actions(socket: &Path, fleet: bool) -> Result<Vec<RemoteAction>, ClientError> {
-    let mut c = connect(socket).await?;
-    let listed: Listed = c.call("actions.list", &ActionsParams { fleet }).await?;
+/// The host's remote-capable actions as wardend shows them to the agent
+/// (`actions.list {fleet: true}`), in the link's shape.
+pub async fn fleet_actions(socket: &Path) -> Result<Vec<RemoteAction>, ClientError> {
+    let listed = connect(socket).await?.fleet_actions().await?;
     Ok(listed
         .actions
         .into_iter()
         .map(|a| RemoteAction {
-            name: a.name,
+            name: a.name.to_string(),
             description: a.description,
-            tier: a.tier,
-            params: a.params,
+            tier: a.tier.to_string(),
+            params: a
+                .params
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, serde_json::to_value(v).ok()?)))
+                .collect(),
         })
         .collect())
 }
 
-/// Starts the dispatch's job (the dispatch id is the idempotency key).
+/// Starts the dispatch's job under its fleet origin (the dispatch id is the idempotency key).
 pub async fn start(
     socket: &Path,
     action: &str,
     params: &serde_json::Map<String, serde_json::Value>,
-    dispatch_id: &str,
-    fleet: Option<FleetOrigin<'_>>,
+    fleet: &FleetOrigin,
 ) -> Result<JobStarted, ClientError> {
-    let mut c = connect(socket).await?;
-    c.call(
-        "job.start",
-        &StartParams {
-            action,
-            params,
-            idempotency_key: dispatch_id,
-            fleet,
-        },
-    )
-    .await
+    connect(socket)
+        .await?
+        .start_fleet(action, params, fleet)
+        .await
 }
 
 /// `job.get`.
