@@ -1,8 +1,10 @@
 //! The `warden-server` command line: its flags (clap), and each command's run. `serve` starts
-//! the server (`serve.rs`); the admin commands work on the database directly (`admin.rs`). The
+//! the server (`serve.rs`); the admin commands work on the database directly (`admin.rs`);
+//! `dispatch` talks to a server's HTTP API (`dispatch.rs`). The
 //! binary only parses the flags, sets up logging and calls [`run`].
 
 mod admin;
+pub mod dispatch;
 mod serve;
 
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ pub enum Command {
         #[command(subcommand)]
         command: MachinesCommand,
     },
+    /// Remote dispatch, through the server's HTTP API (not the database).
+    Dispatch(dispatch::DispatchArgs),
     /// The audit trail, newest first.
     Events {
         #[arg(long)]
@@ -226,13 +230,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         json,
         command,
     } = cli;
-    if let Command::Serve(args) = command {
-        return serve::run(data_dir, database_url, args).await;
-    }
+    let command = match command {
+        Command::Serve(args) => return serve::run(data_dir, database_url, args).await,
+        Command::Dispatch(args) => return dispatch::run(args, json).await,
+        other => other,
+    };
     let db = Db::open(&data_dir, database_url.as_deref()).await?;
     match command {
-        // Served above, without this handle on the database.
-        Command::Serve(_) => Ok(()),
+        // Run above, without this handle on the database.
+        Command::Serve(_) | Command::Dispatch(_) => Ok(()),
         Command::User { command } => admin::user(&db, json, command).await,
         Command::Site { command } => admin::site(&db, json, command).await,
         Command::Machines { command } => admin::machines(&db, json, command).await,
