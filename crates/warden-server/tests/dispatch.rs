@@ -1187,3 +1187,58 @@ async fn the_cli_runs_watches_and_reads_dispatches() {
     assert!(err.contains("unauthorized"), "{err}");
     s.running.stop().await.unwrap();
 }
+
+/// Pins: a host not linked when its turn comes is `offline` and takes no batch slot; it gets
+/// the dispatch when it links while the dispatch is open, and a host that never links ends
+/// `offline` once the offline wait passed, which ends the dispatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_hosts_run_when_they_link_and_end_offline_after_the_wait() {
+    for url in backends() {
+        let (s, key) = server(url.as_deref()).await;
+        let tok = token(&s, "olga", Role::Operator).await;
+        let f = fleet(&s, &key, vec![Behavior::ok(&["x\n"], 100)]).await;
+        let (late, late_key) = enrolled(&s, &key, "late").await;
+        let (never, _) = enrolled(&s, &key, "never").await;
+        let mut targets = ids(&f);
+        targets.extend([late.clone(), never.clone()]);
+        let r = dispatch(
+            &s,
+            &tok,
+            json!({"target": {"machines": targets}, "action": "a", "batch": 1}),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.raw);
+        let id = r.json["dispatch"]["dispatch_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = call(&s, &tok, "GET", &format!("/v1/dispatches/{id}"), None).await;
+            if host(&v.json, &late)["state"] == "offline"
+                && host(&v.json, &never)["state"] == "offline"
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}", v.raw);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = Arc::new(Seen::default());
+        let _late = stand_in(
+            Arc::clone(&f.addr),
+            late_key,
+            "late",
+            actions(&["a"]),
+            Behavior::ok(&["late\n"], 0),
+            Arc::clone(&seen),
+        );
+        let v = ended(&s, &tok, &id).await;
+        assert_eq!(v["dispatch"]["state"], "done", "{v}");
+        assert_eq!(host(&v, &f.hosts[0].0)["state"], "succeeded");
+        assert_eq!(host(&v, &late)["state"], "succeeded", "{v}");
+        assert_eq!(host(&v, &never)["state"], "offline", "{v}");
+        assert_eq!(v["summary"]["offline"], 1);
+        assert_eq!(seen.dispatches.lock().unwrap().len(), 1);
+        s.running.stop().await.unwrap();
+    }
+}
