@@ -391,13 +391,40 @@ async fn output(s: &TestServer, tok: &str, id: &str, m: &str) -> Vec<(i64, Strin
         .collect()
 }
 
+/// Everything the server logs at any level, from here on (one subscriber for the binary).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    Arc::clone(LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buf);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warden_server=trace"))
+            .with_writer(move || Capture(Arc::clone(&writer)))
+            .try_init();
+        buf
+    }))
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Pins: a dispatch to three linked machines runs on all three (each gets the Dispatch once,
 /// with the operator, the server's name and the parameters), each ends `succeeded` with its
 /// result and exit code, its output is stored in order exactly once, the summary counts it,
-/// a secret parameter is sent to the host but recorded redacted, and the audit trail has the
-/// dispatch.
+/// a secret parameter is sent to the host but recorded, answered and logged only redacted,
+/// and the audit trail has the dispatch and its target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatch_to_three_hosts_runs_on_all_and_stores_output_in_order_once() {
+    let logs = captured_logs();
     for url in backends() {
         let (s, key) = server(url.as_deref()).await;
         let tok = token(&s, "olga", Role::Operator).await;
@@ -459,10 +486,19 @@ async fn a_dispatch_to_three_hosts_runs_on_all_and_stores_output_in_order_once()
             .events(Some("dispatch.create"), None, 10)
             .await
             .unwrap();
+        let created = events
+            .iter()
+            .find(|e| e.target == format!("dispatch {id}"))
+            .unwrap();
+        assert_eq!(created.actor, "operator olga");
         assert!(
-            events.iter().any(|e| e.target == format!("dispatch {id}")),
-            "{events:?}"
+            created.detail.contains("restart-service") && created.detail.contains(&f.hosts[0].0),
+            "{created:?}"
         );
+        assert!(!created.detail.contains("hunter2"));
+        let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        assert!(logged.contains(&id), "the capture works: {logged}");
+        assert!(!logged.contains("hunter2"), "a secret in the log: {logged}");
         let list = call(&s, &tok, "GET", "/v1/dispatches", None).await;
         assert_eq!(list.json["dispatches"][0]["dispatch_id"], id.as_str());
         s.running.stop().await.unwrap();

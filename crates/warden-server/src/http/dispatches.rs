@@ -53,6 +53,15 @@ async fn create(
     require(&op, Role::Operator)?;
     let r = body(b)?;
     let action = r.action.clone();
+    let mut spec = serde_json::to_string(&r.target).unwrap_or_default();
+    if spec.len() > 512 {
+        let cut = (0..=512)
+            .rev()
+            .find(|i| spec.is_char_boundary(*i))
+            .unwrap_or(0);
+        spec.truncate(cut);
+        spec.push('…');
+    }
     let created = target::create(&s.dispatch, &s.db, &op.name, r).await?;
     let target = format!("dispatch {}", created.dispatch_id);
     if let Err(e) =
@@ -62,7 +71,7 @@ async fn create(
             &target,
             &op.source,
             &format!(
-                "action {action:?} hosts {} excluded {} refused {}",
+                "action {action:?} target {spec} hosts {} excluded {} refused {}",
                 created.hosts,
                 created.excluded.len(),
                 created.refused.len()
