@@ -507,7 +507,8 @@ async fn a_dispatch_to_three_hosts_runs_on_all_and_stores_output_in_order_once()
 
 /// Pins: a Dispatch not answered before the link dropped is sent again on the next link, and
 /// output chunks sent again after a reconnect (and ones the server already stored) are stored
-/// exactly once, in order; the end is acknowledged only once every chunk is stored.
+/// exactly once, in order; the end is acknowledged only once every chunk is stored; another
+/// machine's reports about the dispatch change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_resends_the_dispatch_and_output_is_stored_exactly_once() {
     for url in backends() {
@@ -600,6 +601,26 @@ async fn a_reconnect_resends_the_dispatch_and_output_is_stored_exactly_once() {
         )
         .await;
         until(&mut ws, "end_stored", WAIT).await.unwrap();
+        // Another machine cannot write into this machine's part: its reports are dropped
+        // (and acknowledged, so its agent lets go of them).
+        let (_, other_key) = enrolled(&s, &key, "other").await;
+        let mut other = connect(&s, &other_key).await.unwrap();
+        until(&mut other, "welcome", WAIT).await.unwrap();
+        say(
+            &mut other,
+            json!({"type": "output", "dispatch_id": id, "seq": 5, "offset": 8, "data": "forged\n"}),
+        )
+        .await;
+        assert_eq!(
+            until(&mut other, "output_stored", WAIT).await.unwrap()["seq"],
+            5
+        );
+        say(
+            &mut other,
+            json!({"type": "ended", "dispatch_id": id, "state": "failed", "last_seq": 5}),
+        )
+        .await;
+        until(&mut other, "end_stored", WAIT).await.unwrap();
         let v = ended(&s, &tok, &id).await;
         assert_eq!(host(&v, &m)["state"], "succeeded");
         let out = output(&s, &tok, &id, &m).await;

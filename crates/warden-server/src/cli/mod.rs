@@ -173,6 +173,14 @@ pub struct ServeArgs {
     pub drain_timeout_ms: u64,
     #[command(flatten)]
     pub link: LinkArgs,
+    /// A dispatch's host that had no link when its turn came may link and run it within this
+    /// long (while the dispatch is open), e.g. `15m`.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub dispatch_offline_wait: std::time::Duration,
+    /// The name this server gives itself in a dispatch's fleet origin
+    /// (`fleet:<operator>@<name>`); default: the host name.
+    #[arg(long)]
+    pub server_name: Option<String>,
 }
 
 /// The agent link's timing and bounds (the defaults are the protocol's; see docs/FLEET.md).

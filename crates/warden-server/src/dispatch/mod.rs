@@ -165,12 +165,20 @@ impl Engine {
     /// machine whose outbox is full stays owed.
     async fn pay_owed(&self) -> Result<(), StoreError> {
         let rows: Vec<i64> = lock(&self.owed).drain().collect();
-        for row in rows {
+        for (i, &row) in rows.iter().enumerate() {
             let Some(link) = self.hub.registry.get(row) else {
                 continue;
             };
+            let owed = match self.db.owed(row).await {
+                Ok(o) => o,
+                Err(e) => {
+                    // Still owed, this machine and the ones not looked at yet.
+                    lock(&self.owed).extend(&rows[i..]);
+                    return Err(e);
+                }
+            };
             let mut ok = true;
-            for o in self.db.owed(row).await? {
+            for o in owed {
                 let m = if o.cancel_requested {
                     o.dispatch
                         .dispatch_id
