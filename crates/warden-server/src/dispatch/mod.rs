@@ -267,6 +267,8 @@ impl Engine {
             .iter()
             .filter(|p| p.state == "sent" || p.state == "running")
             .count() as i64;
+        let mut sending = Vec::new();
+        let mut offline = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             if active >= d.batch {
                 break;
@@ -276,19 +278,31 @@ impl Engine {
             }
             match self.hub.registry.get(p.machine_row) {
                 Some(link) => {
-                    let Some(m) = self.dispatch_message(d) else {
-                        return Ok(());
-                    };
-                    if self.db.part_sent(p.id).await? {
-                        active += 1;
-                        if !link.send(m) {
-                            // Sent from the owed list once the link's outbox has room.
-                            lock(&self.owed).insert(p.machine_row);
-                        }
-                    }
+                    active += 1;
+                    sending.push((p, link));
                 }
-                None if p.state == "queued" => self.db.part_offline(p.id).await?,
+                None if p.state == "queued" => offline.push(p.id),
                 None => {}
+            }
+        }
+        if sending.is_empty() && offline.is_empty() {
+            return Ok(());
+        }
+        // Never marked sent without a message to send (secret values unknown here).
+        let Some(m) = self.dispatch_message(d) else {
+            return Ok(());
+        };
+        let ids: Vec<i64> = sending.iter().map(|(p, _)| p.id).collect();
+        let sent: HashSet<i64> = self
+            .db
+            .parts_started(&ids, &offline)
+            .await?
+            .into_iter()
+            .collect();
+        for (p, link) in sending {
+            if sent.contains(&p.id) && !link.send(m.clone()) {
+                // Sent from the owed list once the link's outbox has room.
+                lock(&self.owed).insert(p.machine_row);
             }
         }
         Ok(())

@@ -312,31 +312,38 @@ impl Db {
             .collect()
     }
 
-    /// A part is being sent: `queued`/`offline` → `sent`. `false` if it was not waiting.
-    pub async fn part_sent(&self, part: i64) -> Result<bool> {
+    /// Parts whose turn came, in one transaction: `sent` ones (`queued`/`offline` → `sent`) and
+    /// `offline` ones (`queued` → `offline`, their machine has no link). Answers the sent
+    /// parts that really were waiting (another process may have sent one first).
+    pub async fn parts_started(&self, sent: &[i64], offline: &[i64]) -> Result<Vec<i64>> {
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE dispatch_hosts SET state = 'sent', sent_ms = $2, updated_ms = $2
-             WHERE id = $1 AND state IN ('queued', 'offline')",
-        )
-        .bind(part)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    /// A part's turn came while its machine has no link: `queued` → `offline`.
-    pub async fn part_offline(&self, part: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE dispatch_hosts SET state = 'offline', updated_ms = $2
-             WHERE id = $1 AND state = 'queued'",
-        )
-        .bind(part)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut tx = self.pool.begin().await?;
+        let mut done = Vec::with_capacity(sent.len());
+        for &part in sent {
+            let r = sqlx::query(
+                "UPDATE dispatch_hosts SET state = 'sent', sent_ms = $2, updated_ms = $2
+                 WHERE id = $1 AND state IN ('queued', 'offline')",
+            )
+            .bind(part)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() > 0 {
+                done.push(part);
+            }
+        }
+        for &part in offline {
+            sqlx::query(
+                "UPDATE dispatch_hosts SET state = 'offline', updated_ms = $2
+                 WHERE id = $1 AND state = 'queued'",
+            )
+            .bind(part)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Stops starting hosts: every part not started (`queued`, `offline`) ends `cancelled` with
