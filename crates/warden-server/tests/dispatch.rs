@@ -40,6 +40,7 @@ fn quick(c: &mut Config) {
         tick: Duration::from_millis(50),
         offline_wait: Duration::from_secs(2),
         server_name: "srv-test".into(),
+        resend_after: Duration::from_secs(60),
     };
 }
 
@@ -1296,6 +1297,63 @@ async fn offline_hosts_run_when_they_link_and_end_offline_after_the_wait() {
         assert_eq!(host(&v, &never)["state"], "offline", "{v}");
         assert_eq!(v["summary"]["offline"], 1);
         assert_eq!(seen.dispatches.lock().unwrap().len(), 1);
+        s.running.stop().await.unwrap();
+    }
+}
+
+/// Pins: a Dispatch left unanswered on a live link is sent again after `resend_after` (a lost
+/// message does not leave the host's part waiting forever), and not again once answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_dispatch_is_sent_again_on_a_live_link() {
+    for url in backends() {
+        let s = TestServer::start_with(url.as_deref(), |c| {
+            quick(c);
+            c.dispatch.resend_after = Duration::from_millis(300);
+        })
+        .await;
+        s.db().add_site("hq", "Headquarters", "Acme").await.unwrap();
+        let key = s.db().rotate_key("hq").await.unwrap().key;
+        let tok = token(&s, "olga", Role::Operator).await;
+        let (m, mk) = enrolled(&s, &key, "pc").await;
+        let mut ws = connect(&s, &mk).await.unwrap();
+        until(&mut ws, "welcome", WAIT).await.unwrap();
+        let r = dispatch(
+            &s,
+            &tok,
+            json!({"target": {"machines": [m]}, "action": "a"}),
+        )
+        .await;
+        let id = r.json["dispatch"]["dispatch_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let first = Instant::now();
+        assert_eq!(
+            until(&mut ws, "dispatch", WAIT).await.unwrap()["dispatch_id"],
+            id.as_str()
+        );
+        assert_eq!(
+            until(&mut ws, "dispatch", WAIT).await.unwrap()["dispatch_id"],
+            id.as_str()
+        );
+        assert!(
+            first.elapsed() >= Duration::from_millis(250),
+            "sent again too soon"
+        );
+        say(
+            &mut ws,
+            json!({"type": "accepted", "dispatch_id": id, "job_id": "j"}),
+        )
+        .await;
+        // Answered: nothing but heartbeats for a few resend periods.
+        let quiet = Instant::now() + Duration::from_millis(1200);
+        while Instant::now() < quiet {
+            if let Ok(Some(Ok(Message::Text(t)))) =
+                tokio::time::timeout(Duration::from_millis(100), ws.next()).await
+            {
+                assert!(!t.contains("\"dispatch\""), "sent again once answered: {t}");
+            }
+        }
         s.running.stop().await.unwrap();
     }
 }

@@ -4,7 +4,8 @@
 //! succeeded, stops starting hosts once failures pass `max_failures` (or a canary fails), marks
 //! a host whose turn comes while it has no link `offline` (it gets the dispatch when it links,
 //! while the dispatch is open, and ends `offline` after `offline_wait`), sends what a machine
-//! is owed when it links again (a Dispatch not yet answered, a Cancel), and ends the dispatch
+//! is owed when it links again or when it left one unanswered for `resend_after` (a Dispatch
+//! not yet answered, a Cancel), and ends the dispatch
 //! when no part is left to wait for. The database is the truth, so a restarted server simply
 //! goes on.
 //!
@@ -35,6 +36,9 @@ pub struct DispatchConfig {
     pub offline_wait: Duration,
     /// The name this server gives itself in the fleet origin (`fleet:<operator>@<server>`).
     pub server_name: String,
+    /// A Dispatch (or Cancel) not answered this long on a live link is sent again (the agent
+    /// answers one it already took with what it knows).
+    pub resend_after: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -48,6 +52,7 @@ impl Default for DispatchConfig {
             tick: Duration::from_millis(250),
             offline_wait: Duration::from_secs(15 * 60),
             server_name: host,
+            resend_after: Duration::from_secs(60),
         }
     }
 }
@@ -234,6 +239,19 @@ impl Engine {
             } else {
                 self.start(d, &parts, canary).await?;
                 parts = self.db.parts(d.id).await?;
+            }
+        }
+        // Unanswered for too long on a live link: owed again.
+        let resend_ms = i64::try_from(self.config.resend_after.as_millis()).unwrap_or(i64::MAX);
+        for p in &parts {
+            let waiting_answer = p.state == "sent" || (p.state == "running" && p.cancel_requested);
+            if waiting_answer
+                && now - p.updated_ms >= resend_ms
+                && self.hub.registry.contains(p.machine_row)
+                && self.db.part_touched(p.id).await?
+            {
+                lock(&self.owed).insert(p.machine_row);
+                self.hub.dispatch_bell.notify_one();
             }
         }
         let open = parts.iter().any(|p| {

@@ -369,6 +369,20 @@ impl Db {
         Ok(done.rows_affected())
     }
 
+    /// Notes that a part's unanswered message is being sent again (so it is not resent at
+    /// every pass). `false` if the part moved on meanwhile.
+    pub async fn part_touched(&self, part: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE dispatch_hosts SET updated_ms = $2
+             WHERE id = $1 AND (state = 'sent' OR (state = 'running' AND cancel_requested = 1))",
+        )
+        .bind(part)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Ends a dispatch (`done` or `cancelled`).
     pub async fn finish_dispatch(&self, dispatch_row: i64, state: &str) -> Result<()> {
         sqlx::query(
