@@ -7,13 +7,15 @@
 //!
 //! Where things are: a connection enters in [`serve`] (deadlines, the cap, the drain), its
 //! request is routed by [`http`] (one file per endpoint family, every error an
-//! [`http::ApiError`]), judged by [`enroll`] or [`auth`], and written by [`store`] (every SQL
+//! [`http::ApiError`]), judged by [`enroll`] or [`auth`], remote dispatch fanned out by
+//! [`dispatch`], and written by [`store`] (every SQL
 //! statement, the pool and migrations in [`store::db`]). [`state::AppState`] is what the
 //! handlers share; [`cli`] is the command line. The wire types are `warden_fleet_proto`'s.
 
 pub mod auth;
 pub mod budget;
 pub mod cli;
+pub mod dispatch;
 pub mod enroll;
 pub mod http;
 pub mod keys;
@@ -64,6 +66,8 @@ pub struct Config {
     pub event_window: Duration,
     /// The agent link's timing and bounds.
     pub link: link::LinkConfig,
+    /// Remote dispatch's engine.
+    pub dispatch: dispatch::DispatchConfig,
 }
 
 impl Config {
@@ -82,6 +86,7 @@ impl Config {
             limits: serve::Limits::default(),
             event_window: budget::WINDOW,
             link: link::LinkConfig::default(),
+            dispatch: dispatch::DispatchConfig::default(),
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Running {
     flusher: tokio::task::JoinHandle<()>,
     /// The link's wheel and database loops.
     link_tasks: (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>),
+    /// The dispatch engine's task.
+    engine: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -107,6 +114,7 @@ impl Running {
             let _ = tx.send(());
         }
         let served = (&mut self.task).await.unwrap_or(Ok(()));
+        self.engine.abort();
         self.state.link.stop().await;
         self.link_tasks.0.abort();
         self.link_tasks.1.abort();
@@ -132,6 +140,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     );
     let hub = link::Hub::new(link_config, db.clone(), signing.clone());
     let link_tasks = link::watch::spawn(&hub);
+    let engine = dispatch::Engine::new(Arc::clone(&hub), db.clone(), config.dispatch.clone());
+    let engine_task = engine.spawn();
     let capacity = limiter::MAX_KEYS;
     let state = Arc::new(AppState {
         db,
@@ -148,6 +158,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         trusted_proxies: config.trusted_proxies.clone(),
         body_timeout: config.limits.body_timeout,
         link: hub,
+        dispatch: engine,
     });
     let mut limits = config.limits;
     limits.max_connections = serve::fitted_max_connections(&limits);
@@ -190,5 +201,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         task,
         flusher,
         link_tasks,
+        engine: engine_task,
     })
 }

@@ -40,4 +40,6 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// The agent links this process holds.
     pub link: std::sync::Arc<crate::link::Hub>,
+    /// Remote dispatch's fan-out engine.
+    pub dispatch: std::sync::Arc<crate::dispatch::Engine>,
 }

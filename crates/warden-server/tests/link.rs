@@ -10,16 +10,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::agent::{Ws, connect, next, say, until};
 use common::{TestServer, backends, body, machine_id};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use futures_util::StreamExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use warden_server::link::LinkConfig;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Short timing so liveness can be watched in a test.
 fn quick() -> LinkConfig {
@@ -46,65 +42,6 @@ async fn enrolled(s: &TestServer, key: &str, host: &str) -> (String, String) {
     let r = s.enroll(&body("hq", key, &m, host)).await;
     assert_eq!(r.status, 201, "{}", r.raw);
     (m, r.json["machine_key"].as_str().unwrap().to_owned())
-}
-
-/// Opens a link: the socket, or the refusal's status, kind and Retry-After.
-async fn connect(s: &TestServer, key: &str) -> Result<Ws, (u16, String, Option<String>)> {
-    let mut req = format!("ws://{}/v1/agent/link", s.running.addr)
-        .into_client_request()
-        .unwrap();
-    let h = req.headers_mut();
-    h.insert("authorization", format!("Bearer {key}").parse().unwrap());
-    h.insert("x-warden-agent-version", "0.1.0-test".parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
-            let body: Value = r
-                .body()
-                .as_ref()
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or(Value::Null);
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
-            Err((
-                r.status().as_u16(),
-                body["error"]["kind"].as_str().unwrap_or("").to_owned(),
-                retry,
-            ))
-        }
-        Err(e) => panic!("link: {e}"),
-    }
-}
-
-/// The next JSON message, or `None` when the link closed, within `within`.
-async fn next(ws: &mut Ws, within: Duration) -> Option<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await {
-            Err(_) => panic!("nothing arrived within {within:?}"),
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
-            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-}
-
-/// Reads until a message of `kind` arrives (answering nothing); `None` if the link closed.
-async fn until(ws: &mut Ws, kind: &str, within: Duration) -> Option<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let m = next(ws, deadline.saturating_duration_since(Instant::now())).await?;
-        if m["type"] == kind {
-            return Some(m);
-        }
-    }
-}
-
-async fn say(ws: &mut Ws, m: Value) {
-    ws.send(Message::Text(m.to_string().into())).await.unwrap();
 }
 
 /// Pins: a missing, malformed or unknown key gets 401 before any upgrade; a live key gets a

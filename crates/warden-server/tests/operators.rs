@@ -519,12 +519,22 @@ async fn the_openapi_document_lists_exactly_what_is_served() {
             "GET /v1/machines/{id}/keys",
             "DELETE /v1/machines/{id}/keys/{key_id}",
             "GET /v1/events",
+            "POST /v1/dispatches",
+            "GET /v1/dispatches",
+            "GET /v1/dispatches/{id}",
+            "GET /v1/dispatches/{id}/hosts/{machine_id}/output",
+            "POST /v1/dispatches/{id}/cancel",
+            "GET /v1/dispatches/{id}/events",
+            "GET /v1/machines/{id}/actions",
         ];
         expected.sort();
         assert_eq!(listed, expected);
         for entry in &listed {
             let (method, path) = entry.split_once(' ').unwrap();
-            let concrete = path.replace("{id}", "1").replace("{key_id}", "1");
+            let concrete = path
+                .replace("{id}", "1")
+                .replace("{key_id}", "1")
+                .replace("{machine_id}", "1");
             let r = s.request(method, &concrete, None, &[]).await;
             assert_ne!(
                 r.json["error"]["message"], "no such endpoint",

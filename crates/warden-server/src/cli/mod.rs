@@ -1,8 +1,10 @@
 //! The `warden-server` command line: its flags (clap), and each command's run. `serve` starts
-//! the server (`serve.rs`); the admin commands work on the database directly (`admin.rs`). The
+//! the server (`serve.rs`); the admin commands work on the database directly (`admin.rs`);
+//! `dispatch` talks to a server's HTTP API (`dispatch.rs`). The
 //! binary only parses the flags, sets up logging and calls [`run`].
 
 mod admin;
+pub mod dispatch;
 mod serve;
 
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ pub enum Command {
         #[command(subcommand)]
         command: MachinesCommand,
     },
+    /// Remote dispatch, through the server's HTTP API (not the database).
+    Dispatch(dispatch::DispatchArgs),
     /// The audit trail, newest first.
     Events {
         #[arg(long)]
@@ -169,6 +173,14 @@ pub struct ServeArgs {
     pub drain_timeout_ms: u64,
     #[command(flatten)]
     pub link: LinkArgs,
+    /// A dispatch's host that had no link when its turn came may link and run it within this
+    /// long (while the dispatch is open), e.g. `15m`.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub dispatch_offline_wait: std::time::Duration,
+    /// The name this server gives itself in a dispatch's fleet origin
+    /// (`fleet:<operator>@<name>`); default: the host name.
+    #[arg(long)]
+    pub server_name: Option<String>,
 }
 
 /// The agent link's timing and bounds (the defaults are the protocol's; see docs/FLEET.md).
@@ -226,13 +238,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         json,
         command,
     } = cli;
-    if let Command::Serve(args) = command {
-        return serve::run(data_dir, database_url, args).await;
-    }
+    let command = match command {
+        Command::Serve(args) => return serve::run(data_dir, database_url, args).await,
+        Command::Dispatch(args) => return dispatch::run(args, json).await,
+        other => other,
+    };
     let db = Db::open(&data_dir, database_url.as_deref()).await?;
     match command {
-        // Served above, without this handle on the database.
-        Command::Serve(_) => Ok(()),
+        // Run above, without this handle on the database.
+        Command::Serve(_) | Command::Dispatch(_) => Ok(()),
         Command::User { command } => admin::user(&db, json, command).await,
         Command::Site { command } => admin::site(&db, json, command).await,
         Command::Machines { command } => admin::machines(&db, json, command).await,

@@ -34,6 +34,8 @@ pub async fn run(
         max_connections,
         drain_timeout_ms,
         link,
+        dispatch_offline_wait,
+        server_name,
     } = args;
     // In place before anything is served, so a stop at any moment is a graceful one.
     let mut term = signal(SignalKind::terminate())?;
@@ -51,6 +53,14 @@ pub async fn run(
         drain_timeout: Duration::from_millis(drain_timeout_ms),
     };
     config.link = link.config();
+    config.dispatch.offline_wait = dispatch_offline_wait;
+    if let Some(name) = server_name {
+        anyhow::ensure!(
+            !name.is_empty() && name.len() <= 253 && name.bytes().all(|b| b.is_ascii_graphic()),
+            "--server-name must be 1 to 253 printable ASCII characters"
+        );
+        config.dispatch.server_name = name;
+    }
     let mut running = crate::start(&config).await?;
     tracing::info!(listen = %running.addr, tls = config.tls.is_some(), "warden-server serving");
     notify(&[sd_notify::NotifyState::Ready]);

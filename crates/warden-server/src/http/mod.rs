@@ -7,6 +7,7 @@
 
 mod agent;
 mod auth;
+mod dispatches;
 mod enroll;
 pub mod error;
 mod events;
@@ -58,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
         .merge(sites::routes())
         .merge(machines::routes())
         .merge(events::routes())
+        .merge(dispatches::routes())
         .split_for_parts();
     let doc = Arc::new(doc);
     router

@@ -8,9 +8,13 @@
 //! batches. Each link's own task ([`session`]) only moves messages. The upgrade itself (the key
 //! checked before any WebSocket state exists) is the HTTP route in `http/link.rs`.
 //!
+//! Dispatch reports from agents are stored by [`dispatch`]; the fan-out itself is
+//! `crate::dispatch`'s engine, which this module only rings.
+//!
 //! Nothing here ever logs or stores a key in plaintext.
 
 pub mod admission;
+pub mod dispatch;
 pub mod registry;
 pub mod rotation;
 pub mod session;
@@ -113,6 +117,11 @@ pub struct Hub {
     down: Mutex<Vec<i64>>,
     /// Rotations started in the current minute: (minute began, count).
     rotations: Mutex<(Instant, u32)>,
+    /// Rung when a dispatch's part moved or a machine linked: the dispatch engine looks now.
+    pub dispatch_bell: tokio::sync::Notify,
+    /// Machines that linked since the dispatch engine last looked (it sends what they are
+    /// owed).
+    relinked: Mutex<Vec<i64>>,
 }
 
 /// Uniform in [0, 1), from the kernel's random source.
@@ -147,6 +156,8 @@ impl Hub {
             ups: Mutex::new(Vec::new()),
             down: Mutex::new(Vec::new()),
             rotations: Mutex::new((Instant::now(), 0)),
+            dispatch_bell: tokio::sync::Notify::new(),
+            relinked: Mutex::new(Vec::new()),
             config,
         })
     }
@@ -190,6 +201,20 @@ impl Hub {
                 agent_version: link.agent_version.clone(),
                 first_rotation_ms,
             });
+    }
+
+    /// A machine linked (again): the dispatch engine sends it what it is owed.
+    pub fn relinked(&self, machine_row: i64) {
+        self.relinked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(machine_row);
+        self.dispatch_bell.notify_one();
+    }
+
+    /// Machines that linked since the last call.
+    pub fn take_relinked(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.relinked.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Links that came up since the last call.

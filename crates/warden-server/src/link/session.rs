@@ -1,6 +1,8 @@
 //! One link's task: writes what the hub queued for it, reads what the agent sends, and ends
 //! the link when either side closes it. It owns no timer (the hub's wheel decides when to
-//! heartbeat and when a link is dead) and touches the database only to offer a rotated key.
+//! heartbeat and when a link is dead) and touches the database only to offer a rotated key and
+//! to store what the agent reports about a dispatch (`dispatch.rs`), answering those reports
+//! itself.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,6 +28,7 @@ pub async fn run(hub: Arc<Hub>, link: Arc<Link>, mut ws: WebSocket) {
     };
     if send(&hub, &mut ws, &welcome).await {
         hub.schedule_new(&link);
+        hub.relinked(link.machine_row);
         serve(&hub, &link, &mut ws).await;
     }
     hub.closed(&link);
@@ -97,9 +100,13 @@ async fn serve(hub: &Hub, link: &Link, ws: &mut WebSocket) {
                         tracing::info!(machine_id = %link.machine_id, %key_version,
                             "the agent stored its next key");
                     }
-                    // Dispatch messages: handled by the server's dispatch work (issue 14); this
-                    // arm only keeps this branch compiling until it lands.
-                    Ok(Some(_)) => {}
+                    Ok(Some(m)) => {
+                        if let Some(reply) = super::dispatch::handle(hub, link, m).await
+                            && !send(hub, ws, &reply).await
+                        {
+                            return;
+                        }
+                    }
                     Ok(None) => {
                         hub.stats.unknown_messages.fetch_add(1, Ordering::Relaxed);
                     }

@@ -8,6 +8,7 @@
 //! Keys, passwords and tokens are stored only as hashes, and never logged from here.
 
 pub mod db;
+pub mod dispatch;
 pub mod enroll;
 pub mod events;
 pub mod links;
