@@ -58,6 +58,8 @@ CREATE TABLE dispatch_hosts (
     -- The number of chunks the host said the job made, once it ended.
     end_seq BIGINT,
     output_truncated BIGINT NOT NULL DEFAULT 0,
+    -- Bytes of output stored for this part, against the server's cap.
+    output_bytes BIGINT NOT NULL DEFAULT 0,
     cancel_requested BIGINT NOT NULL DEFAULT 0,
     sent_ms BIGINT,
     updated_ms BIGINT NOT NULL,

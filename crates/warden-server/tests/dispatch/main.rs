@@ -876,3 +876,94 @@ async fn an_unanswered_dispatch_is_sent_again_on_a_live_link() {
         s.running.stop().await.unwrap();
     }
 }
+
+/// Pins: a host cannot fill the server's database: output past the per-part cap is
+/// acknowledged in order but not stored, and the part says its output was truncated; a chunk
+/// numbered far past the last one stored is neither stored nor acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cannot_store_output_past_the_cap() {
+    use warden_server::store::dispatch::agent::{MAX_PART_OUTPUT, SEQ_WINDOW};
+    for url in backends() {
+        let (s, key) = server(url.as_deref()).await;
+        let tok = token(&s, "olga", Role::Operator).await;
+        let f = fleet(&s, &key, vec![Behavior::ok(&["one\n"], 50)]).await;
+        let r = dispatch(
+            &s,
+            &tok,
+            json!({"target": {"machines": ids(&f)}, "action": "restart-service",
+                   "params": {"service": "nginx"}}),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.raw);
+        let id = r.json["dispatch"]["dispatch_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        ended(&s, &tok, &id).await;
+        let machine = &f.hosts[0].0;
+        let row: i64 = sqlx::query_scalar("SELECT id FROM machines WHERE machine_id = $1")
+            .bind(machine)
+            .fetch_one(&s.db().pool)
+            .await
+            .unwrap();
+        // One chunk (seq 1) is stored; fill up to the cap with 1 MiB chunks, then one more.
+        let mib = "x".repeat(1 << 20);
+        let whole = usize::try_from(MAX_PART_OUTPUT >> 20).unwrap();
+        let mut seq = 1u64;
+        for _ in 0..whole {
+            seq += 1;
+            let stored = s
+                .db()
+                .part_output(&id, row, seq, 0, &mib)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(stored.last_seq, seq, "acknowledged in order");
+        }
+        let count = |s: &TestServer| {
+            let pool = s.db().pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM dispatch_output")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        let before = count(&s).await;
+        let far = seq + u64::try_from(SEQ_WINDOW).unwrap() + 5;
+        let stored = s
+            .db()
+            .part_output(&id, row, far, 0, "far")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.last_seq, seq,
+            "a chunk far ahead is not acknowledged"
+        );
+        assert_eq!(count(&s).await, before, "nor stored");
+        let stored = s
+            .db()
+            .part_output(&id, row, seq + 1, 0, &mib)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.last_seq, seq + 1, "past the cap: acknowledged");
+        assert_eq!(count(&s).await, before, "but not stored");
+        let out = call(
+            &s,
+            &tok,
+            "GET",
+            &format!("/v1/dispatches/{id}/hosts/{machine}/output?after=0"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            out.json["output_truncated"],
+            true,
+            "{}",
+            &out.raw[..200.min(out.raw.len())]
+        );
+        s.running.stop().await.unwrap();
+    }
+}

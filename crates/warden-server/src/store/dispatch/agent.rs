@@ -7,6 +7,14 @@ use sqlx::Row;
 
 use super::super::{Db, Result, now_ms};
 
+/// Most output stored for one host's part of a dispatch: as much as the agent's spool holds for
+/// a job. Past it the rest is acknowledged but dropped, and the part says it was truncated, so a
+/// host cannot fill the server's database.
+pub const MAX_PART_OUTPUT: i64 = 64 * 1024 * 1024;
+/// How far past the last chunk stored in order a chunk may be numbered: the agent sends its
+/// chunks in order, so a chunk far ahead is not stored (and not acknowledged).
+pub const SEQ_WINDOW: i64 = 1024;
+
 /// What an output chunk changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
@@ -128,8 +136,44 @@ impl Db {
         };
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // Written first, so SQLite takes its write lock at once and PostgreSQL locks the part.
+        sqlx::query("UPDATE dispatch_hosts SET last_seq = last_seq WHERE id = $1")
+            .bind(part)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT last_seq, output_bytes FROM dispatch_hosts WHERE id = $1")
+            .bind(part)
+            .fetch_one(&mut *tx)
+            .await?;
+        let last: i64 = row.try_get("last_seq")?;
+        let bytes: i64 = row.try_get("output_bytes")?;
+        if seq <= last || seq > last.saturating_add(SEQ_WINDOW) {
+            // Stored already, or too far ahead to keep: nothing changes.
+            tx.commit().await?;
+            return Ok(Some(Stored {
+                last_seq: u64::try_from(last).unwrap_or(0),
+            }));
+        }
+        if bytes.saturating_add(len) > MAX_PART_OUTPUT {
+            // Over the cap: in order, the chunk counts as handled (dropped, and said so).
+            if seq == last + 1 {
+                sqlx::query(
+                    "UPDATE dispatch_hosts SET last_seq = $2, output_truncated = 1 WHERE id = $1",
+                )
+                .bind(part)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            let last = if seq == last + 1 { seq } else { last };
+            return Ok(Some(Stored {
+                last_seq: u64::try_from(last).unwrap_or(0),
+            }));
+        }
+        let inserted = sqlx::query(
             "INSERT INTO dispatch_output (dispatch_row, machine_row, seq, \"offset\", data)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (dispatch_row, machine_row, seq) DO NOTHING",
@@ -140,36 +184,38 @@ impl Db {
         .bind(offset)
         .bind(data)
         .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query("SELECT last_seq FROM dispatch_hosts WHERE id = $1")
-            .bind(part)
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut last: i64 = row.try_get("last_seq")?;
-        if seq > last {
-            // Chunks mostly arrive in order, so this walk is one row long.
-            let rows = sqlx::query(
-                "SELECT seq FROM dispatch_output WHERE dispatch_row = $1 AND machine_row = $2
-                 AND seq > $3 ORDER BY seq LIMIT 1000",
-            )
-            .bind(dispatch_row)
-            .bind(machine_row)
-            .bind(last)
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in &rows {
-                let s: i64 = r.try_get("seq")?;
-                if s != last + 1 {
-                    break;
-                }
-                last = s;
-            }
-            sqlx::query("UPDATE dispatch_hosts SET last_seq = $2 WHERE id = $1 AND last_seq < $2")
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            sqlx::query("UPDATE dispatch_hosts SET output_bytes = output_bytes + $2 WHERE id = $1")
                 .bind(part)
-                .bind(last)
+                .bind(len)
                 .execute(&mut *tx)
                 .await?;
         }
+        let mut last = last;
+        // Chunks mostly arrive in order, so this walk is one row long.
+        let rows = sqlx::query(
+            "SELECT seq FROM dispatch_output WHERE dispatch_row = $1 AND machine_row = $2
+             AND seq > $3 ORDER BY seq LIMIT 1000",
+        )
+        .bind(dispatch_row)
+        .bind(machine_row)
+        .bind(last)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &rows {
+            let s: i64 = r.try_get("seq")?;
+            if s != last + 1 {
+                break;
+            }
+            last = s;
+        }
+        sqlx::query("UPDATE dispatch_hosts SET last_seq = $2 WHERE id = $1 AND last_seq < $2")
+            .bind(part)
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(Stored {
             last_seq: u64::try_from(last).unwrap_or(0),
