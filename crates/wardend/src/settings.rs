@@ -131,7 +131,13 @@ impl Settings {
             Some(p) => absolute(p)?,
             None => runtime.join("state"),
         };
-        let text = dev_config(&runtime, &state, &socket);
+        // The fleet agent of a try-out (`warden-agent --dev`) runs as the same user; root may
+        // not be the fleet's agent, so as root the demo has no fleet.
+        let agent = match warden_sys::users::effective_uid() {
+            0 => None,
+            uid => warden_sys::users::user_name(uid).ok().flatten(),
+        };
+        let text = dev_config(&runtime, &state, &socket, agent.as_deref());
         let mut s = Self::from_toml(&text, "built-in dev configuration", DaemonMode::Dev)?;
         s.policy.grant_dev_admin(Uid(s.trusted_uid));
         Ok(s)
@@ -306,9 +312,17 @@ fn quoted_str(s: &str) -> String {
 }
 
 /// The demo policy of `--dev`, as configuration text so it goes through the same parser and
-/// checks as any file. Actions run as the user running the daemon.
-fn dev_config(runtime: &Path, state: &Path, socket: &Path) -> String {
+/// checks as any file. Actions run as the user running the daemon; with `agent` (that user's
+/// name), the fleet is on with that user as its agent, and the demo actions are offered to it.
+fn dev_config(runtime: &Path, state: &Path, socket: &Path, agent: Option<&str>) -> String {
     let demo_dir = state.join("demo");
+    let fleet = agent.map_or_else(String::new, |name| {
+        format!(
+            "\n# `warden-agent --dev` runs as you: it may run the remote actions for the fleet.\n\
+             [fleet]\nenabled = true\nagent_user = {}\n",
+            quoted_str(name)
+        )
+    });
     format!(
         r#"# Built-in configuration of `wardend --dev`. Not for production.
 [daemon]
@@ -332,6 +346,7 @@ description = "Counts through three phases, reporting progress and a result"
 argv = ["/bin/sh", "-c", {progress}, "demo-progress", "{{steps}}"]
 tier = "read_only"
 mutating = false
+remote = true
 timeout_s = 120
 [action.params.steps]
 type = "int"
@@ -357,6 +372,7 @@ argv = ["/bin/sh", "-c", {commit}, "demo-commit", {demo_dir}, "{{name}}"]
 rollback = ["/bin/rm", "-f", {demo_file}]
 tier = "operator"
 ops = ["storage"]
+remote = true
 timeout_s = 60
 concurrency_group = "demo"
 [action.params.name]
@@ -369,7 +385,7 @@ kind = "workspace"
 base_dir = {workspaces}
 max_per_uid = 8
 tier = "read_only"
-"#,
+{fleet}"#,
         runtime = quoted(runtime),
         state = quoted(state),
         socket = quoted(socket),
@@ -378,6 +394,7 @@ tier = "read_only"
         demo_dir = quoted_str(&literal_arg(&demo_dir)),
         workspaces = quoted(&state.join("workspaces")),
         demo_file = quoted_str(&format!("{}/{{name}}", literal_arg(&demo_dir))),
+        fleet = fleet,
     )
 }
 
@@ -457,6 +474,30 @@ under = ["{}"]
                        tier = \"read_only\"\nmutating = false\ntimeout_s = 30\n";
         let s = Settings::from_toml(careful, "t", DaemonMode::System).unwrap();
         assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    /// Pins: run by a user with a name, the demo turns the fleet on with that user as its agent
+    /// and offers the demo actions to it (`remote = true`); run by root, it has no fleet.
+    #[test]
+    fn the_dev_demo_offers_its_actions_to_an_agent_running_as_the_same_user() {
+        let dir = Path::new("/tmp/w");
+        let (uid, _) = warden_sys::users::user_by_name("nobody")
+            .unwrap()
+            .expect("a `nobody` user");
+        let text = dev_config(dir, &dir.join("s"), &dir.join("w.sock"), Some("nobody"));
+        let s = Settings::from_toml(&text, "dev", DaemonMode::Dev).unwrap();
+        assert_eq!(s.policy.fleet.agent_uid(), Some(Uid(uid)));
+        let remote: Vec<&str> = s
+            .policy
+            .actions
+            .values()
+            .filter(|a| a.remote)
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(remote, ["demo-commit", "demo-progress"]);
+        let text = dev_config(dir, &dir.join("s"), &dir.join("w.sock"), None);
+        let s = Settings::from_toml(&text, "dev", DaemonMode::Dev).unwrap();
+        assert_eq!(s.policy.fleet.agent_uid(), None);
     }
 
     #[test]
