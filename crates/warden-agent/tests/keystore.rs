@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::Host;
 use warden_agent::keystore::{KeyStore, StoredKey};
@@ -223,4 +223,53 @@ async fn root_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("refusing to run as root"), "{err}");
     assert!(!state.exists(), "it made its state directory first");
+}
+
+/// Pins: a `--dev` agent keeps its state under the user's own directories and makes the ones
+/// missing (as on a fresh account without `~/.local/state`), its key store 0700.
+#[tokio::test]
+async fn a_dev_agent_makes_its_state_directory_and_the_missing_parents() {
+    if !warden_testkit::root_or_skip(
+        "a_dev_agent_makes_its_state_directory_and_the_missing_parents",
+    ) {
+        return;
+    }
+    let host = Host::new();
+    let user = host.user.as_ref().unwrap();
+    let key_file = host.write("enrollment.key", "wek_x\n");
+    let cfg = host.write(
+        "agent.toml",
+        &format!(
+            "server_url = \"http://127.0.0.1:9\"\nsite_code = \"hq\"\nenrollment_key_file = \"{}\"\n\
+             wardend_socket = \"{}\"\n",
+            key_file.display(),
+            host.dir.path().join("no.sock").display()
+        ),
+    );
+    // XDG_STATE_HOME points two levels below a directory that exists (the user's own).
+    let xdg = host.state.join("home/.local/state");
+    let mut child = user
+        .command(&host.bin)
+        .args(["--dev", "--config", cfg.to_str().unwrap()])
+        .env("XDG_STATE_HOME", &xdg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = xdg.join("warden-agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("agent.lock").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no state directory at {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(meta.uid(), user.uid);
+    assert_eq!(std::fs::metadata(&xdg).unwrap().uid(), user.uid);
 }

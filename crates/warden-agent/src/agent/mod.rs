@@ -184,6 +184,22 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
     if let Some(id) = &cfg.machine_id_override {
         tracing::warn!(machine_id = %id, "TEST OVERRIDE: machine id taken from agent.toml, not from wardend");
     }
+    if cfg.dev
+        && let Some(parent) = cfg.state_dir.parent()
+    {
+        // A try-out's state goes under the user's own directories (~/.local/state may not
+        // exist yet); the key store still makes and checks its own directory itself.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|source| KeyStoreError::Io {
+                step: "create",
+                path: parent.to_owned(),
+                source,
+            })?;
+    }
     let store = Arc::new(KeyStore::open(&cfg.state_dir)?);
     // After the key store: its lock keeps a second agent away from the spool too.
     let dispatcher = Dispatcher::open(

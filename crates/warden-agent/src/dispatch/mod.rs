@@ -359,7 +359,8 @@ impl Dispatcher {
             }
             Err(warden_client::ClientError::Rpc(e)) => {
                 let kind = e.kind().as_str().to_owned();
-                let message = e.to_string();
+                // The kind travels on its own; the message is wardend's alone.
+                let message = e.message.clone();
                 tracing::info!(dispatch_id = %id, action = %action, operator = %operator,
                     kind = %kind, "dispatch: wardend refused");
                 meta.answer = Some(Answer::Refused {
