@@ -22,7 +22,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::Agent;
 use common::fleet::{FleetHost, PATIENCE, QUICK, Server, Wardend, product_uuid};
@@ -40,8 +40,8 @@ pub const SPEW: u64 = 800_000;
 pub const ACTIONS: &str = r#"
 [[action]]
 name = "greet"
-description = "names its job"
-argv = ["/bin/sh", "-c", "echo \"job $WARDEN_JOB_ID\"; echo 'progress 50 halfway' >&3; sleep 0.2; echo done"]
+description = "names its job and when it wrote that (ns since the epoch)"
+argv = ["/bin/sh", "-c", "echo \"job $WARDEN_JOB_ID at $(date +%s%N)\"; echo 'progress 50 halfway' >&3; sleep 0.2; echo done"]
 tier = "operator"
 mutating = true
 remote = true
@@ -374,10 +374,10 @@ pub fn root_call(w: &Wardend, method: &str, params: Value) -> Value {
 }
 
 /// The live stream of a dispatch (`GET /v1/dispatches/{id}/events` through curl), each line
-/// stamped when it arrived.
+/// stamped with the wall clock when it arrived.
 pub struct Stream {
     child: std::process::Child,
-    pub lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    pub lines: Arc<Mutex<Vec<(SystemTime, String)>>>,
 }
 
 impl Stream {
@@ -396,14 +396,14 @@ impl Stream {
         let sink = Arc::clone(&lines);
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push((Instant::now(), l));
+                sink.lock().unwrap().push((SystemTime::now(), l));
             }
         });
         Stream { child, lines }
     }
 
     /// The events so far: (arrival, event name, data).
-    pub fn events(&self) -> Vec<(Instant, String, Value)> {
+    pub fn events(&self) -> Vec<(SystemTime, String, Value)> {
         let lines = self.lines.lock().unwrap();
         let mut out = Vec::new();
         let mut name = String::new();
