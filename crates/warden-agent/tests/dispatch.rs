@@ -651,3 +651,90 @@ async fn changed_actions_are_reported_again() {
     };
     assert!(changed.contains(&"hello".to_owned()), "{changed:?}");
 }
+
+/// Pins: a Cancel for a dispatch whose Dispatch never reached the host is answered `refused
+/// {kind: "not_found"}` (nothing ran here), and the Dispatch arriving after it starts nothing;
+/// a Dispatch sent again after the server stored a job's end is answered with the same job and
+/// its output is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_for_an_unknown_dispatch_and_a_dispatch_after_its_end() {
+    if !warden_testkit::is_root() {
+        eprintln!("skipped: needs root (a throwaway agent user and wardend)");
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site::new(listener.local_addr().unwrap(), "").await;
+    let agent = site.start();
+    let mut ws = link(&listener).await;
+
+    let id = dispatch_id();
+    let cancel = ServerMessage::Cancel {
+        dispatch_id: id.clone(),
+    };
+    send(&mut ws, &cancel).await;
+    let refused = |m: AgentMessage| match m {
+        AgentMessage::Refused { kind, message, .. } => (kind, message),
+        other => panic!("not a refusal: {other:?}"),
+    };
+    let (kind, message) = refused(answer(&mut ws, &id).await);
+    assert_eq!(kind, "not_found", "{message}");
+    assert!(message.contains("nothing ran here"), "{message}");
+    // The Dispatch overtaken by its Cancel arrives after all: nothing starts.
+    send(&mut ws, &dispatch(&id, "spew", 10)).await;
+    let (kind, _) = refused(answer(&mut ws, &id).await);
+    assert_eq!(kind, "not_found");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        agent.lines("wardend accepted").is_empty(),
+        "{}",
+        agent.logs()
+    );
+
+    // A job runs to its end and the end is stored.
+    let id = dispatch_id();
+    send(&mut ws, &dispatch(&id, "spew", 10)).await;
+    let job = accepted_job(&answer(&mut ws, &id).await);
+    let mut rx = Received::default();
+    let Step::Ended { last_seq, .. } = pump(&mut ws, &id, &mut rx, Some(1), None).await else {
+        panic!("the link closed: {}", agent.logs());
+    };
+    assert_eq!(rx.text, expected(10));
+    send(
+        &mut ws,
+        &ServerMessage::OutputStored {
+            dispatch_id: id.clone(),
+            seq: last_seq,
+        },
+    )
+    .await;
+    send(
+        &mut ws,
+        &ServerMessage::EndStored {
+            dispatch_id: id.clone(),
+        },
+    )
+    .await;
+    agent
+        .wait_log("the server stored the end; forgotten", LONG)
+        .await;
+    // Sent again: the same job, and no output or end a second time.
+    send(&mut ws, &dispatch(&id, "spew", 10)).await;
+    assert_eq!(accepted_job(&answer(&mut ws, &id).await), job);
+    let quiet = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < quiet {
+        let Some(m) = next(&mut ws, Duration::from_millis(200)).await else {
+            continue;
+        };
+        match m {
+            AgentMessage::Output { dispatch_id, .. }
+            | AgentMessage::Ended { dispatch_id, .. }
+            | AgentMessage::Progress { dispatch_id, .. }
+                if dispatch_id == id =>
+            {
+                panic!("the ended job is followed again: {}", agent.logs())
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(agent.lines("wardend accepted").len(), 1, "{}", agent.logs());
+}

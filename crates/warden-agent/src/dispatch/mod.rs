@@ -77,6 +77,13 @@ enum Entry {
         /// When the dispatch arrived (seconds since the epoch).
         at: u64,
     },
+    /// The server stored the job's end and the spool forgot it; kept (like a refusal) so a
+    /// Dispatch arriving again is answered with the same job and nothing is followed again.
+    Done {
+        job_id: String,
+        /// When the end was stored (seconds since the epoch).
+        at: u64,
+    },
 }
 
 /// How dispatch is set up.
@@ -217,8 +224,7 @@ impl Dispatcher {
                 };
                 match job {
                     Some(job_id) => self.cancel_job(dispatch_id, job_id),
-                    None => tracing::warn!(dispatch_id = %dispatch_id,
-                        "dispatch: Cancel for a dispatch with no job here; ignored"),
+                    None => self.cancel_unknown(dispatch_id),
                 }
             }
             ServerMessage::OutputStored { dispatch_id, seq } => {
@@ -241,6 +247,47 @@ impl Dispatcher {
             | ServerMessage::NewKey { .. }
             | ServerMessage::Goodbye { .. } => {}
         }
+    }
+
+    /// A Cancel for a dispatch that never ran here (its Dispatch never arrived, or wardend
+    /// refused it): answers `refused {kind: "not_found"}` so the server closes the part, and
+    /// remembers that answer so a Dispatch arriving after it (sent again) starts nothing.
+    fn cancel_unknown(&self, dispatch_id: DispatchId) {
+        let answer = {
+            let mut entries = self.entries();
+            match entries.get(&dispatch_id) {
+                // Refused already: the same answer again.
+                Some(Entry::Refused { kind, message, .. }) => AgentMessage::Refused {
+                    dispatch_id: dispatch_id.clone(),
+                    kind: kind.clone(),
+                    message: message.clone(),
+                },
+                Some(_) => return,
+                None => {
+                    let kind = "not_found".to_owned();
+                    let message =
+                        "cancelled before its dispatch reached this host; nothing ran here"
+                            .to_owned();
+                    entries.insert(
+                        dispatch_id.clone(),
+                        Entry::Refused {
+                            kind: kind.clone(),
+                            message: message.clone(),
+                            at: now_s(),
+                        },
+                    );
+                    AgentMessage::Refused {
+                        dispatch_id: dispatch_id.clone(),
+                        kind,
+                        message,
+                    }
+                }
+            }
+        };
+        tracing::info!(dispatch_id = %dispatch_id,
+            "dispatch: Cancel for a dispatch with no job here; answered refused");
+        let d = self.clone();
+        tokio::spawn(async move { d.answer(answer).await });
     }
 
     /// Runs `f` on the spool off the runtime's thread (files are fsynced).
@@ -277,10 +324,12 @@ impl Dispatcher {
             let mut entries = self.entries();
             let known = match entries.get(&id) {
                 Some(Entry::Starting { .. }) => return,
-                Some(Entry::Accepted { job_id, .. }) => Some(AgentMessage::Accepted {
-                    dispatch_id: id.clone(),
-                    job_id: job_id.clone(),
-                }),
+                Some(Entry::Accepted { job_id, .. } | Entry::Done { job_id, .. }) => {
+                    Some(AgentMessage::Accepted {
+                        dispatch_id: id.clone(),
+                        job_id: job_id.clone(),
+                    })
+                }
                 Some(Entry::Refused { kind, message, .. }) => Some(AgentMessage::Refused {
                     dispatch_id: id.clone(),
                     kind: kind.clone(),
@@ -375,7 +424,9 @@ impl Dispatcher {
                 // Old refusals go (their spool records went at the last start or go now).
                 let now = now_s();
                 entries.retain(|old, e| match e {
-                    Entry::Refused { at, .. } if now.saturating_sub(*at) >= REFUSAL_KEPT_S => {
+                    Entry::Refused { at, .. } | Entry::Done { at, .. }
+                        if now.saturating_sub(*at) >= REFUSAL_KEPT_S =>
+                    {
                         let _ = self.inner.spool.forget(old);
                         false
                     }
@@ -442,6 +493,7 @@ impl Dispatcher {
             self.cancel_job(id.clone(), job_id.clone());
         }
         let me = self.clone();
+        let done_job = job_id.clone();
         let task = JobTask {
             spool: Arc::clone(&self.inner.spool),
             socket: self.inner.settings.wardend_socket.clone(),
@@ -453,7 +505,19 @@ impl Dispatcher {
             end_stored,
             stop: self.inner.stop.clone(),
             done: Box::new(move || {
-                me.entries().remove(&id);
+                let now = now_s();
+                let mut entries = me.entries();
+                // Old ends go (they hold no spool record).
+                entries.retain(|_, e| {
+                    !matches!(e, Entry::Done { at, .. } if now.saturating_sub(*at) >= REFUSAL_KEPT_S)
+                });
+                entries.insert(
+                    id,
+                    Entry::Done {
+                        job_id: done_job,
+                        at: now,
+                    },
+                );
             }),
         };
         tokio::spawn(task.run());

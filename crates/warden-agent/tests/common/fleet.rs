@@ -275,6 +275,34 @@ impl Server {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     }
 
+    /// An admin command as [`Server::admin`] runs, with `stdin` on its standard input.
+    pub fn admin_stdin(&self, args: &[&str], stdin: &str) -> Value {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "warden-server {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    }
+
     /// On PostgreSQL, every row of every table of the server's schema as text (SQLite's rows
     /// are in its files under `data`); empty on SQLite.
     pub async fn dump_rows(&self) -> String {
@@ -459,6 +487,25 @@ impl Wardend {
         self.log.lock().unwrap().clone()
     }
 
+    /// Replaces `from` with `to` in wardend's configuration and reloads it (SIGHUP), waiting
+    /// for the reload to be logged.
+    pub async fn rewrite(&self, from: &str, to: &str) {
+        let file = self.dir.path().join("warden.toml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            text.contains(from),
+            "{from:?} is not in wardend's configuration"
+        );
+        std::fs::write(&file, text.replace(from, to)).unwrap();
+        let before = self.log().matches("configuration reloaded").count();
+        signal(self.child.id(), "HUP");
+        let done = eventually(PATIENCE, || {
+            self.log().matches("configuration reloaded").count() > before
+        })
+        .await;
+        assert!(done, "wardend did not reload: {}", self.log());
+    }
+
     /// Appends `extra` to wardend's configuration and reloads it (SIGHUP).
     pub fn reload_with(&self, extra: &str) {
         let file = self.dir.path().join("warden.toml");
@@ -482,7 +529,8 @@ pub struct FleetHost {
     pub wardend: Wardend,
     pub hostname: String,
     pub uuid: String,
-    server_url: String,
+    /// Where the agent finds the server (a proxy may stand in between).
+    pub server_url: String,
     ca: PathBuf,
     enrollment_key: String,
 }
@@ -495,9 +543,20 @@ impl FleetHost {
         uuid: &str,
         hostname: &str,
     ) -> FleetHost {
+        FleetHost::new_with(server, enrollment_key, uuid, hostname, "").await
+    }
+
+    /// A host as [`FleetHost::new`] makes, with `extra` in its wardend's configuration.
+    pub async fn new_with(
+        server: &Server,
+        enrollment_key: &str,
+        uuid: &str,
+        hostname: &str,
+        extra: &str,
+    ) -> FleetHost {
         let host = Host::new();
         let user = host.user.as_ref().expect("the fleet tests run as root");
-        let wardend = Wardend::start(&user.name, uuid).await;
+        let wardend = Wardend::start_with(&user.name, uuid, extra).await;
         FleetHost {
             host,
             wardend,

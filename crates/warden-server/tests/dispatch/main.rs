@@ -967,3 +967,88 @@ async fn a_host_cannot_store_output_past_the_cap() {
         s.running.stop().await.unwrap();
     }
 }
+
+/// Pins: a cancel for a part whose Dispatch never reached the host (lost) is answered by the
+/// agent `refused {kind: "not_found"}`; the server then closes the part `cancelled`
+/// (not_started, the refusal kept) and the dispatch ends `cancelled` instead of waiting; the
+/// ended part is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_the_host_never_got_the_dispatch_for_closes_the_part() {
+    for url in backends() {
+        let (s, key) = server(url.as_deref()).await;
+        let tok = token(&s, "olga", Role::Operator).await;
+        let (m, mk) = enrolled(&s, &key, "pc").await;
+        let mut ws = connect(&s, &mk).await.unwrap();
+        until(&mut ws, "welcome", WAIT).await.unwrap();
+        let r = dispatch(
+            &s,
+            &tok,
+            json!({"target": {"machines": [m]}, "action": "a"}),
+        )
+        .await;
+        let id = r.json["dispatch"]["dispatch_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // The Dispatch is lost on the way: the stand-in drops it.
+        until(&mut ws, "dispatch", WAIT).await.unwrap();
+        let c = call(
+            &s,
+            &tok,
+            "POST",
+            &format!("/v1/dispatches/{id}/cancel"),
+            None,
+        )
+        .await;
+        assert_eq!(c.status, 200, "{}", c.raw);
+        assert_eq!(
+            until(&mut ws, "cancel", WAIT).await.unwrap()["dispatch_id"],
+            id.as_str()
+        );
+        say(
+            &mut ws,
+            json!({"type": "refused", "dispatch_id": id, "kind": "not_found",
+                "message": "cancelled before its dispatch reached this host; nothing ran here"}),
+        )
+        .await;
+        let v = ended(&s, &tok, &id).await;
+        assert_eq!(v["dispatch"]["state"], "cancelled", "{v:#}");
+        let part = host(&v, &m);
+        assert_eq!(part["state"], "cancelled", "{part}");
+        assert_eq!(part["refusal_kind"], "not_found", "{part}");
+        assert!(
+            part["note"].as_str().unwrap().starts_with("not_started"),
+            "{part}"
+        );
+        // A not_found refusal without a cancel stays a refusal (another dispatch).
+        let r = dispatch(
+            &s,
+            &tok,
+            json!({"target": {"machines": [m]}, "action": "a"}),
+        )
+        .await;
+        let other = r.json["dispatch"]["dispatch_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let _ = until(&mut ws, "dispatch", WAIT).await.unwrap();
+        say(
+            &mut ws,
+            json!({"type": "refused", "dispatch_id": other, "kind": "not_found",
+                "message": "no such action"}),
+        )
+        .await;
+        let v = ended(&s, &tok, &other).await;
+        assert_eq!(host(&v, &m)["state"], "refused", "{v:#}");
+        // Neither ended part is sent again.
+        let quiet = Instant::now() + Duration::from_millis(1200);
+        while Instant::now() < quiet {
+            if let Ok(Some(Ok(Message::Text(t)))) =
+                tokio::time::timeout(Duration::from_millis(100), ws.next()).await
+            {
+                assert!(!t.contains("\"dispatch\""), "an ended part sent again: {t}");
+            }
+        }
+        s.running.stop().await.unwrap();
+    }
+}

@@ -71,8 +71,9 @@ impl Db {
         Ok(true)
     }
 
-    /// The host refused the part (wardend's kind and message). `true` when this report ended
-    /// it (not when it had ended already).
+    /// The host refused the part (wardend's kind and message); a `not_found` answer to a
+    /// cancel (the Dispatch never reached the host, nothing ran) ends it `cancelled` instead.
+    /// `true` when this report ended it (not when it had ended already).
     pub async fn part_refused(
         &self,
         dispatch_id: &str,
@@ -85,8 +86,12 @@ impl Db {
         };
         let now = now_ms();
         let done = sqlx::query(
-            "UPDATE dispatch_hosts SET state = 'refused', refusal_kind = $2, refusal_message = $3,
-             updated_ms = $4, ended_ms = $4
+            "UPDATE dispatch_hosts SET
+             state = CASE WHEN cancel_requested = 1 AND $2 = 'not_found' THEN 'cancelled'
+                          ELSE 'refused' END,
+             note = CASE WHEN cancel_requested = 1 AND $2 = 'not_found'
+                         THEN 'not_started: cancelled before the host received it' ELSE note END,
+             refusal_kind = $2, refusal_message = $3, updated_ms = $4, ended_ms = $4
              WHERE id = $1 AND state IN ('queued', 'offline', 'sent', 'running')",
         )
         .bind(part)
