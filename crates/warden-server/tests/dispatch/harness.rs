@@ -175,10 +175,8 @@ pub fn stand_in(
             }
             loop {
                 let next_end = jobs.values().filter_map(|j| j.ends_at).min();
-                let sleep = match next_end {
-                    Some(t) => tokio::time::sleep_until(t.into()),
-                    None => tokio::time::sleep(Duration::from_secs(3600)),
-                };
+                // Wakes for the next job's end; with no job running only messages wake it.
+                let sleep = tokio::time::sleep_until(next_end.unwrap_or_else(Instant::now).into());
                 tokio::select! {
                     m = ws.next() => {
                         let m: Value = match m {
@@ -239,7 +237,7 @@ pub fn stand_in(
                             _ => {}
                         }
                     }
-                    () = sleep => {
+                    () = sleep, if next_end.is_some() => {
                         let now = Instant::now();
                         let due: Vec<String> = jobs
                             .values()
