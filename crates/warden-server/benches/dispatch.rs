@@ -82,6 +82,8 @@ async fn fill(data: &Path) -> String {
         name: info.name,
         role: Role::Operator,
         session: None,
+        expires_ms: None,
+        by_cookie: false,
         source: String::new(),
     };
     let token = db

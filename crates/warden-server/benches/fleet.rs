@@ -190,6 +190,8 @@ async fn measure(label: &str, url: Option<String>) -> Figures {
         name: op.name,
         role: Role::Admin,
         session: None,
+        expires_ms: None,
+        by_cookie: false,
         source: String::new(),
     };
     let (token, _) = db

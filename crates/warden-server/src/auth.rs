@@ -66,6 +66,11 @@ pub struct Operator {
     pub role: Role,
     /// The session behind a login token, to log out.
     pub session: Option<String>,
+    /// When this credential stops working (a login's end; an API token's expiry).
+    pub expires_ms: Option<i64>,
+    /// Whether it came in the console's session cookie rather than `Authorization: Bearer`
+    /// (set by the HTTP layer): such a request needs the CSRF token to change anything.
+    pub by_cookie: bool,
     /// Where the request came from (set by the HTTP layer), for the audit trail.
     pub source: String,
 }
@@ -109,6 +114,9 @@ impl PartialEq for SigningKey {
 
 impl Eq for SigningKey {}
 
+/// What a CSRF token is derived for, before the session id: no other derivation uses it.
+const CSRF_CONTEXT: &str = "csrf:";
+
 /// The signing key's name in `server_secrets`.
 pub const SIGNING_KEY: &str = "session_signing_key";
 
@@ -148,6 +156,19 @@ impl SigningKey {
             .finalize()
             .into_bytes()
             .into()
+    }
+
+    /// The CSRF token of login session `session`: HMAC-SHA256 of its id under this key, in
+    /// hex. Bound to that session (useless for any other), and stateless: nothing is stored.
+    pub fn csrf(&self, session: &str) -> String {
+        hex(&self.derive(&format!("{CSRF_CONTEXT}{session}")))
+    }
+
+    /// Whether `presented` is session `session`'s CSRF token, compared in constant time.
+    pub fn csrf_matches(&self, session: &str, presented: &str) -> bool {
+        let expected = self.csrf(session);
+        presented.len() == expected.len()
+            && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
     }
 
     #[cfg(test)]
@@ -206,5 +227,20 @@ mod tests {
         let forged = t.replacen(&hex(b"abc:1:99"), &hex(b"abc:2:99"), 1);
         assert_eq!(k.open(&forged), None);
         assert_eq!(k.open("wop_zz.00"), None);
+    }
+
+    /// Pins: a CSRF token matches its own session under its own key only, and is not the
+    /// session id or any prefix of a wrong token.
+    #[test]
+    fn csrf_tokens_are_bound_to_their_session_and_key() {
+        let k = SigningKey([7; 32]);
+        let t = k.csrf("s1");
+        assert_eq!(t.len(), 64);
+        assert!(k.csrf_matches("s1", &t));
+        assert!(!k.csrf_matches("s2", &t));
+        assert!(!SigningKey([8; 32]).csrf_matches("s1", &t));
+        assert!(!k.csrf_matches("s1", &t[..63]));
+        assert!(!k.csrf_matches("s1", ""));
+        assert_ne!(k.csrf("s1"), k.csrf("s2"));
     }
 }

@@ -156,6 +156,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         budget: budget::EventBudget::new(budget::PER_WINDOW, config.event_window),
         signing,
         trusted_proxies: config.trusted_proxies.clone(),
+        tls: config.tls.is_some(),
         body_timeout: config.limits.body_timeout,
         link: hub,
         dispatch: engine,

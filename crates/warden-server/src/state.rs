@@ -36,6 +36,9 @@ pub struct AppState {
     pub budget: EventBudget,
     pub signing: SigningKey,
     pub trusted_proxies: Vec<Cidr>,
+    /// Whether this server serves TLS: the console's cookie is then `Secure` and every answer
+    /// carries `Strict-Transport-Security`.
+    pub tls: bool,
     /// Time a request body has to arrive.
     pub body_timeout: Duration,
     /// The agent links this process holds.

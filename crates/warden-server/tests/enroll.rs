@@ -249,7 +249,15 @@ async fn concurrent_rotations_and_first_enrollments_converge() {
             1,
             "{db}: {statuses:?}"
         );
-        let machines = s.db().machines(None, None, None, 100).await.unwrap();
+        let machines = s
+            .db()
+            .machines(&warden_server::store::MachineQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .0;
         assert_eq!(machines.len(), 1, "{db}");
         s.running.stop().await.unwrap();
     }

@@ -109,7 +109,16 @@ async fn logins_and_tokens_work_until_revoked() {
                 .status,
             200
         );
-        let denied = as_bearer(&s, &viewer, "GET", "/v1/machines", None).await;
+        let read = as_bearer(&s, &viewer, "GET", "/v1/machines", None).await;
+        assert_eq!(read.status, 200, "{db}: {}", read.raw);
+        let denied = as_bearer(
+            &s,
+            &viewer,
+            "POST",
+            "/v1/machines/bulk-remove",
+            Some(&json!({"ids": [machine_id()]})),
+        )
+        .await;
         assert_eq!(denied.status, 403, "{db}: {}", denied.raw);
         let too_much = as_bearer(
             &s,
@@ -499,6 +508,7 @@ async fn the_openapi_document_lists_exactly_what_is_served() {
             "GET /v1/health",
             "POST /v1/login",
             "POST /v1/logout",
+            "GET /v1/session",
             "POST /v1/tokens",
             "GET /v1/tokens",
             "DELETE /v1/tokens/{id}",

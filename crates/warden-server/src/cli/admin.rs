@@ -155,11 +155,24 @@ pub async fn machines(db: &Db, json: bool, command: MachinesCommand) -> anyhow::
             state,
             text,
             limit,
+            after,
         } => {
-            let machines = db
-                .machines(site.as_deref(), state.as_deref(), text.as_deref(), limit)
-                .await
-                .map_err(done)?;
+            let after = match after.as_deref() {
+                None => None,
+                Some(c) => Some(crate::store::Cursor::decode(c).map_err(done)?),
+            };
+            let query = crate::store::MachineQuery {
+                site,
+                state,
+                text,
+                after,
+                limit,
+                ..Default::default()
+            };
+            let (machines, next) = db.machines(&query).await.map_err(done)?;
+            if let Some(next) = next {
+                eprintln!("more machines: add --after {}", next.encode());
+            }
             print(json, &machines, |ms_| {
                 ms_.iter()
                     .map(|m| {

@@ -110,8 +110,12 @@ pub enum MachinesCommand {
         /// Part of a machine id or hostname.
         #[arg(long)]
         text: Option<String>,
+        /// At most this many (1 to 1000), by hostname then machine id.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// The next page: the cursor the previous page ended with.
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Let a pending machine (a likely clone) in: its next enrollment gets a key.
     Approve {

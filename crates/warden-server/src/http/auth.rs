@@ -1,6 +1,8 @@
-//! Operator sessions and API tokens: `POST /v1/login` and `/v1/logout`, and `/v1/tokens`. A
-//! wrong name and a wrong password get one answer after one verification; a name is locked out
-//! only from the addresses that failed it. Passwords and tokens are never logged.
+//! Operator sessions and API tokens: `POST /v1/login` (the token in the body, or for the
+//! console in an `HttpOnly` cookie with a CSRF token in the body), `GET /v1/session`,
+//! `/v1/logout`, and `/v1/tokens`. A wrong name and a wrong password get one answer after one
+//! verification; a name is locked out only from the addresses that failed it. Passwords,
+//! tokens and CSRF tokens are never logged.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,14 +12,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::operator::{audit, event};
+use super::operator::{audit, event, session_clear_cookie, session_set_cookie};
 use super::{ApiError, AppState, Shared, body, client_addr};
 use crate::auth::{Operator, Role};
 
@@ -25,6 +27,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(login))
         .routes(routes!(logout))
+        .routes(routes!(session))
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
 }
@@ -34,6 +37,10 @@ pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
 struct Login {
     name: String,
     password: String,
+    /// For the console: the token goes into an `HttpOnly` cookie, never into the body, and the
+    /// body carries the session's CSRF token instead.
+    #[serde(default)]
+    cookie: bool,
 }
 
 /// Longest operator name: a longer one is refused before it costs anything.
@@ -44,7 +51,7 @@ pub const SLOWDOWN_AFTER: u32 = 10;
 /// Same answer for an unknown name and a wrong password, after the same single verification.
 /// A name locks out only the addresses that failed it; from everywhere else it is slowed down,
 /// never refused.
-#[utoipa::path(post, path = "/v1/login", tag = "operators", request_body = Login, responses((status = 200, description = "A login token (wop_), when it ends, and the role"), (status = 400, description = "A name over 64 bytes"), (status = 401, description = "Wrong name or password (one answer for both)"), (status = 429, description = "Too many failed logins from this address, for this name or for any"), (status = 503, description = "Every login verification slot is busy (Retry-After)")))]
+#[utoipa::path(post, path = "/v1/login", tag = "operators", request_body = Login, responses((status = 200, description = "A login token (wop_), when it ends, and the role; with \"cookie\": true the token is set as the HttpOnly cookie warden_session instead and the body is {name, role, expires_ms, csrf}"), (status = 400, description = "A name over 64 bytes"), (status = 401, description = "Wrong name or password (one answer for both)"), (status = 429, description = "Too many failed logins from this address, for this name or for any"), (status = 503, description = "Every login verification slot is busy (Retry-After)")))]
 async fn login(
     State(s): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -122,7 +129,7 @@ async fn login(
         }
         return Err(ApiError::unauthorized("wrong name or password"));
     };
-    let (token, expires_ms) = s.db.open_session(&s.signing, op.id).await?;
+    let (token, session, expires_ms) = s.db.open_session(&s.signing, op.id).await?;
     event(
         &s,
         "login.success",
@@ -131,10 +138,29 @@ async fn login(
         &source.to_string(),
     )
     .await;
-    Ok(Json(json!({"token": token, "expires_ms": expires_ms, "role": op.role})).into_response())
+    if !b.cookie {
+        return Ok(
+            Json(json!({"token": token, "expires_ms": expires_ms, "role": op.role}))
+                .into_response(),
+        );
+    }
+    let max_age_s = (expires_ms - crate::store::now_ms()).max(0) / 1000;
+    Ok((
+        [(
+            header::SET_COOKIE,
+            session_set_cookie(&token, max_age_s, s.tls),
+        )],
+        Json(json!({
+            "name": op.name,
+            "role": op.role,
+            "expires_ms": expires_ms,
+            "csrf": s.signing.csrf(&session),
+        })),
+    )
+        .into_response())
 }
 
-#[utoipa::path(post, path = "/v1/logout", tag = "operators", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", responses((status = 204, description = "The session is over"), (status = 401, description = "Not logged in")))]
+#[utoipa::path(post, path = "/v1/logout", tag = "operators", description = "Needs a login (wop_) as `Authorization: Bearer` or the console's cookie (with X-CSRF-Token).", responses((status = 204, description = "The session is over (the same token fails as bearer and as cookie); with the cookie, it is cleared"), (status = 401, description = "Not logged in"), (status = 403, description = "Cookie without the right CSRF token")))]
 async fn logout(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
     let Some(session) = &op.session else {
         return Err(ApiError::bad_request(
@@ -143,7 +169,29 @@ async fn logout(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
     };
     s.db.close_session(session).await?;
     audit(&s, &op, "logout", "").await;
+    if op.by_cookie {
+        return Ok((
+            StatusCode::NO_CONTENT,
+            [(header::SET_COOKIE, session_clear_cookie(s.tls))],
+        )
+            .into_response());
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(get, path = "/v1/session", tag = "operators", description = "Who the caller is: any login or API token, as bearer or the console's cookie. csrf is the session's CSRF token for cookie authentication (null for bearer); expires_ms is when the credential ends.", responses((status = 200, description = "{name, role, expires_ms, csrf}"), (status = 401, description = "Not logged in")))]
+async fn session(State(s): Shared, op: Operator) -> Result<Response, ApiError> {
+    let csrf = match (&op.session, op.by_cookie) {
+        (Some(session), true) => Some(s.signing.csrf(session)),
+        _ => None,
+    };
+    Ok(Json(json!({
+        "name": op.name,
+        "role": op.role,
+        "expires_ms": op.expires_ms,
+        "csrf": csrf,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -106,15 +106,19 @@ struct Page {
     /// Dispatches older than this cursor (`next_before` of the previous page).
     #[serde(default)]
     before: Option<i64>,
+    /// Only the dispatches that included this machine (muid_…).
+    #[serde(default)]
+    machine: Option<String>,
     #[serde(default)]
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/dispatches", tag = "dispatch", description = "Needs a login (wop_) or API token (wat_), viewer role or above.", params(Page), responses((status = 200, description = "Dispatches, newest first, and where the next page starts")))]
+#[utoipa::path(get, path = "/v1/dispatches", tag = "dispatch", description = "Needs a login (wop_) or API token (wat_), viewer role or above.", params(Page), responses((status = 200, description = "Dispatches, newest first (with machine=muid_…: those that included it), and where the next page starts")))]
 async fn list(State(s): Shared, op: Operator, Query(p): Query<Page>) -> Result<Response, ApiError> {
     require(&op, Role::Viewer)?;
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
-    let rows = s.db.dispatches(p.before, limit).await?;
+    let machine = p.machine.as_deref().filter(|m| !m.is_empty());
+    let rows = s.db.dispatches(p.before, machine, limit).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|(id, _)| *id))
         .flatten();

@@ -1,5 +1,6 @@
-//! Enrolled machines: `/v1/machines` (list with their link state, show, approve, remove, bulk
-//! remove, ban, unban, quarantine, clear) and their keys (metadata only, revocation). Every
+//! Enrolled machines: `/v1/machines` (the keyset-paged list with its filters and their link
+//! state, show, approve, remove, bulk remove, ban, unban, quarantine, clear) and their keys
+//! (metadata only, revocation). Viewers read; admins change. Every
 //! change is recorded in the audit trail; a change that takes a machine's link away closes it
 //! (through the revocation the store records).
 
@@ -18,7 +19,7 @@ use utoipa_axum::routes;
 use super::operator::{audit, require};
 use super::{ApiError, AppState, Shared, body};
 use crate::auth::{Operator, Role};
-use crate::store::{MAX_BULK, Removal};
+use crate::store::{Cursor, MAX_BULK, MachineQuery, Removal};
 
 pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
@@ -38,42 +39,64 @@ pub(super) fn routes() -> OpenApiRouter<Arc<AppState>> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct MachineFilter {
+    /// A site code.
     #[serde(default)]
     site: Option<String>,
+    /// active, pending, quarantined or removed.
     #[serde(default)]
     state: Option<String>,
+    /// Part of a machine id or hostname.
     #[serde(default)]
     text: Option<String>,
+    /// Only machines with (true) or without (false) a live link.
+    #[serde(default)]
+    connected: Option<bool>,
+    /// Only machines last seen after this time (ms since the epoch).
+    #[serde(default)]
+    seen_after: Option<i64>,
+    /// Only machines last seen before this time (ms since the epoch).
+    #[serde(default)]
+    seen_before: Option<i64>,
+    /// 1 to 1000 (default 100).
     #[serde(default)]
     limit: Option<i64>,
+    /// Where the page starts: the previous page's `next`.
+    #[serde(default)]
+    after: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/machines", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(MachineFilter), responses((status = 200, description = "Machines (operator)")))]
+#[utoipa::path(get, path = "/v1/machines", tag = "machines", description = "Needs a login (wop_) or API token (wat_), viewer role or above. Ordered by hostname then machine id, keyset-paged: pass `next` as `after` for the next page (null on the last).", params(MachineFilter), responses((status = 200, description = "{\"machines\": [...], \"next\": cursor or null}"), (status = 400, description = "A bad filter or cursor")))]
 async fn list_machines(
     State(s): Shared,
     op: Operator,
     Query(f): Query<MachineFilter>,
 ) -> Result<Response, ApiError> {
-    require(&op, Role::Operator)?;
-    let limit = f.limit.unwrap_or(100).clamp(1, 1000);
-    let machines =
-        s.db.machines(
-            f.site.as_deref(),
-            f.state.as_deref(),
-            f.text.as_deref(),
-            limit,
-        )
-        .await?;
-    Ok(Json(json!({"machines": machines})).into_response())
+    require(&op, Role::Viewer)?;
+    let after = match f.after.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(Cursor::decode(c)?),
+    };
+    let query = MachineQuery {
+        site: f.site.filter(|v| !v.is_empty()),
+        state: f.state.filter(|v| !v.is_empty()),
+        text: f.text.filter(|v| !v.is_empty()),
+        connected: f.connected,
+        seen_after: f.seen_after,
+        seen_before: f.seen_before,
+        after,
+        limit: f.limit.unwrap_or(100).clamp(1, 1000),
+    };
+    let (machines, next) = s.db.machines(&query).await?;
+    Ok(Json(json!({"machines": machines, "next": next.map(|c| c.encode())})).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/machines/{id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine (operator)"), (status = 404, description = "No such machine")))]
+#[utoipa::path(get, path = "/v1/machines/{id}", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine (viewer)"), (status = 404, description = "No such machine")))]
 async fn get_machine(
     State(s): Shared,
     op: Operator,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&op, Role::Operator)?;
+    require(&op, Role::Viewer)?;
     Ok(Json(s.db.machine(&id).await?).into_response())
 }
 
@@ -186,13 +209,13 @@ async fn bulk_remove(
     Ok(Json(json!({"results": results})).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/machines/{id}/keys", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine's keys, metadata only")))]
+#[utoipa::path(get, path = "/v1/machines/{id}/keys", tag = "machines", description = "Needs a login (wop_) or API token (wat_) as `Authorization: Bearer`.", params(("id" = String, Path, description = "The machine id (muid_…)")), responses((status = 200, description = "The machine's keys, metadata only (viewer)")))]
 async fn machine_keys(
     State(s): Shared,
     op: Operator,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require(&op, Role::Operator)?;
+    require(&op, Role::Viewer)?;
     Ok(Json(json!({"keys": s.db.machine_keys(&id).await?})).into_response())
 }
 

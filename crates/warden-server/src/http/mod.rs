@@ -1,12 +1,14 @@
-//! The HTTP API under `/v1`: the router and its OpenAPI document, and the request limits every
-//! route shares (JSON bodies of at most 64 KiB that must arrive within the body deadline). One
-//! file per endpoint family; every error answer is an [`ApiError`].
+//! The HTTP API under `/v1` and the operator console at `/`: the router and its OpenAPI
+//! document, the request limits every route shares (JSON bodies of at most 64 KiB that must
+//! arrive within the body deadline), and the security headers every answer carries. One file
+//! per endpoint family; every error answer is an [`ApiError`].
 //!
 //! Handlers here parse, authorize and answer; the decisions live in [`crate::enroll`] and
 //! [`crate::auth`], and every SQL statement in [`crate::store`]. No handler logs a key or token.
 
 mod agent;
 mod auth;
+mod console;
 mod dispatches;
 mod enroll;
 pub mod error;
@@ -70,11 +72,17 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
                 async move { Json(doc) }
             }),
         )
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             read_body,
+        ))
+        // Outermost: the answers of the body limits and deadlines carry the headers too.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            console::security_headers,
         ))
         .with_state(state)
 }

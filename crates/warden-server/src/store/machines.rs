@@ -9,16 +9,27 @@ use warden_fleet_proto::{MachineId, MachineKey};
 use super::{Db, Result, StoreError, now_ms};
 use crate::keys;
 
-/// The columns of [`Machine`], for `concat!` (static SQL, nothing spliced in at run time).
-macro_rules! machine_select {
+/// The columns of [`Machine`] (of `machines m` and `sites s`), for `concat!` (static SQL,
+/// nothing spliced in at run time).
+macro_rules! machine_cols {
     () => {
         "SELECT m.machine_id, s.site_code, m.hostname, m.labels, m.state,
          m.key_version, m.created_ms, m.last_seen_ms, m.linked_ms, m.agent_version,
          (SELECT COUNT(*) FROM bans b WHERE b.machine_id = m.machine_id) AS banned,
          (SELECT MAX(k.version) FROM machine_keys k WHERE k.machine_row = m.id
           AND k.revoked_ms IS NULL AND k.retired_ms IS NULL AND k.pending = 0)
-          AS machine_key_version
-         FROM machines m JOIN sites s ON s.id = m.site_id"
+          AS machine_key_version"
+    };
+}
+pub(super) use machine_cols;
+
+/// [`machine_cols`] with its tables.
+macro_rules! machine_select {
+    () => {
+        concat!(
+            machine_cols!(),
+            " FROM machines m JOIN sites s ON s.id = m.site_id"
+        )
     };
 }
 
@@ -80,31 +91,6 @@ pub enum Removal {
 pub const MAX_BULK: usize = 500;
 
 impl Db {
-    /// Machines, of one site and one state when given, whose machine id or hostname contains
-    /// `text` when given; at most `limit`, by machine id.
-    pub async fn machines(
-        &self,
-        site: Option<&str>,
-        state: Option<&str>,
-        text: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Machine>> {
-        let pattern = text.map(|t| format!("%{}%", t.replace(['%', '_'], "")));
-        let rows = sqlx::query(concat!(
-            machine_select!(),
-            " WHERE ($1 = '' OR s.site_code = $1) AND ($2 = '' OR m.state = $2)
-             AND ($3 = '' OR m.machine_id LIKE $3 OR m.hostname LIKE $3)
-             ORDER BY m.machine_id LIMIT $4"
-        ))
-        .bind(site.unwrap_or(""))
-        .bind(state.unwrap_or(""))
-        .bind(pattern.as_deref().unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(machine_of).collect()
-    }
-
     pub async fn machine(&self, machine_id: &str) -> Result<Machine> {
         let row = sqlx::query(concat!(machine_select!(), " WHERE m.machine_id = $1"))
             .bind(machine_id)
@@ -301,7 +287,7 @@ impl Db {
     }
 }
 
-fn machine_of(r: &sqlx::any::AnyRow) -> Result<Machine> {
+pub(super) fn machine_of(r: &sqlx::any::AnyRow) -> Result<Machine> {
     let labels: String = r.try_get("labels")?;
     let banned: i64 = r.try_get("banned")?;
     let last_seen_ms: i64 = r.try_get("last_seen_ms")?;

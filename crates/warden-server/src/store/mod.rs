@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod enroll;
 pub mod events;
 pub mod links;
+pub mod machine_list;
 pub mod machines;
 pub mod operators;
 pub mod secrets;
@@ -20,6 +21,7 @@ pub mod sites;
 pub use db::{Backend, Db, SQLITE_FILE, is_unique_violation, now_ms};
 pub use enroll::{EnrollTarget, ExistingMachine, Placement};
 pub use events::Event;
+pub use machine_list::{Cursor, MachineQuery};
 pub use machines::{MAX_BULK, Machine, MachineKeyInfo, Removal};
 pub use sites::{IssuedKey, KeyInfo, Site};
 

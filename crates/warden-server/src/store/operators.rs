@@ -101,8 +101,12 @@ impl Db {
         )))
     }
 
-    /// A new login session for `operator`: its signed token and when it ends.
-    pub async fn open_session(&self, key: &SigningKey, operator: i64) -> Result<(String, i64)> {
+    /// A new login session for `operator`: its signed token, its id and when it ends.
+    pub async fn open_session(
+        &self,
+        key: &SigningKey,
+        operator: i64,
+    ) -> Result<(String, String, i64)> {
         let id = random_hex(16);
         let now = now_ms();
         let expires = now + SESSION_MS;
@@ -115,10 +119,8 @@ impl Db {
         .bind(expires)
         .execute(&self.pool)
         .await?;
-        Ok((
-            key.sign(&format!("{PURPOSE}:{id}:{operator}:{expires}")),
-            expires,
-        ))
+        let token = key.sign(&format!("{PURPOSE}:{id}:{operator}:{expires}"));
+        Ok((token, id, expires))
     }
 
     pub async fn close_session(&self, session: &str) -> Result<()> {
@@ -168,6 +170,8 @@ impl Db {
                 name: r.try_get("name")?,
                 role: role_of(&r.try_get::<String, _>("role")?)?,
                 session: Some(sid.to_owned()),
+                expires_ms: Some(exp),
+                by_cookie: false,
                 source: String::new(),
             }));
         }
@@ -176,7 +180,7 @@ impl Db {
         }
         let hash = keys::secret_hash(token);
         let row = sqlx::query(
-            "SELECT t.hash, t.role AS token_role, o.id, o.name, o.role FROM api_tokens t
+            "SELECT t.hash, t.role AS token_role, t.expires_ms, o.id, o.name, o.role FROM api_tokens t
              JOIN operators o ON o.id = t.operator_id
              WHERE t.hash = $1 AND t.revoked_ms IS NULL AND t.expires_ms > $2",
         )
@@ -195,6 +199,8 @@ impl Db {
             name: r.try_get("name")?,
             role: own.min(scoped),
             session: None,
+            expires_ms: Some(r.try_get("expires_ms")?),
+            by_cookie: false,
             source: String::new(),
         }))
     }

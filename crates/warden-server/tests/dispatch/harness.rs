@@ -64,6 +64,8 @@ pub async fn token(s: &TestServer, name: &str, role: Role) -> String {
         name: info.name,
         role,
         session: None,
+        expires_ms: None,
+        by_cookie: false,
         source: String::new(),
     };
     s.db()

@@ -1052,3 +1052,112 @@ async fn a_cancel_the_host_never_got_the_dispatch_for_closes_the_part() {
         s.running.stop().await.unwrap();
     }
 }
+
+/// Pins: `GET /v1/dispatches?machine=` lists exactly the dispatches that included that machine,
+/// newest first; `GET /v1/machines?connected=` splits linked from unlinked machines as their
+/// `connected` field says; a viewer reads a machine, its actions and its keys but may not
+/// dispatch to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatches_filter_by_machine_and_machines_by_link() {
+    for url in backends() {
+        let (s, key) = server(url.as_deref()).await;
+        let tok = token(&s, "olga", Role::Operator).await;
+        let viewer = token(&s, "vera", Role::Viewer).await;
+        let f = fleet(&s, &key, vec![Behavior::ok(&["x\n"], 0); 3]).await;
+        let hosts = ids(&f);
+        let (unlinked, _) = enrolled(&s, &key, "z-unlinked").await;
+        let mut made = Vec::new();
+        for targets in [&hosts[0..2], &hosts[1..3]] {
+            let r = dispatch(
+                &s,
+                &tok,
+                json!({"target": {"machines": targets}, "action": "a", "params": {}}),
+            )
+            .await;
+            assert_eq!(r.status, 201, "{}", r.raw);
+            let id = r.json["dispatch"]["dispatch_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            ended(&s, &tok, &id).await;
+            made.push(id);
+        }
+        let listed = |m: String| {
+            let (s, viewer) = (&s, &viewer);
+            async move {
+                let r = call(
+                    s,
+                    viewer,
+                    "GET",
+                    &format!("/v1/dispatches?machine={m}"),
+                    None,
+                )
+                .await;
+                assert_eq!(r.status, 200, "{}", r.raw);
+                r.json["dispatches"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["dispatch_id"].as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed(hosts[0].clone()).await, vec![made[0].clone()]);
+        assert_eq!(
+            listed(hosts[1].clone()).await,
+            vec![made[1].clone(), made[0].clone()]
+        );
+        assert_eq!(listed(hosts[2].clone()).await, vec![made[1].clone()]);
+        assert!(listed(unlinked.clone()).await.is_empty());
+        let all = call(&s, &viewer, "GET", "/v1/dispatches", None).await;
+        assert_eq!(all.json["dispatches"].as_array().unwrap().len(), 2);
+
+        let page = |q: &'static str| {
+            let (s, viewer) = (&s, &viewer);
+            async move {
+                let r = call(s, viewer, "GET", &format!("/v1/machines?{q}"), None).await;
+                assert_eq!(r.status, 200, "{}", r.raw);
+                let mut v: Vec<(String, bool)> = r.json["machines"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| {
+                        (
+                            m["machine_id"].as_str().unwrap().to_owned(),
+                            m["connected"].as_bool().unwrap(),
+                        )
+                    })
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        let mut linked: Vec<(String, bool)> = hosts.iter().map(|m| (m.clone(), true)).collect();
+        linked.sort();
+        assert_eq!(page("connected=true").await, linked);
+        assert_eq!(
+            page("connected=false").await,
+            vec![(unlinked.clone(), false)]
+        );
+        assert_eq!(page("connected=true&text=z-unl").await, vec![]);
+
+        // Viewers read machines; changing or dispatching is refused.
+        for path in [
+            format!("/v1/machines/{}", hosts[0]),
+            format!("/v1/machines/{}/actions", hosts[0]),
+            format!("/v1/machines/{}/keys", hosts[0]),
+        ] {
+            let r = call(&s, &viewer, "GET", &path, None).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.raw);
+        }
+        let r = dispatch(
+            &s,
+            &viewer,
+            json!({"target": {"machines": [hosts[0]]}, "action": "a", "params": {}}),
+        )
+        .await;
+        assert_eq!((r.status, r.kind()), (403, "forbidden"), "{}", r.raw);
+        drop(f);
+        s.running.stop().await.unwrap();
+    }
+}

@@ -138,20 +138,32 @@ pub fn summary(hosts: &[HostPart]) -> BTreeMap<&'static str, u64> {
 }
 
 impl Db {
-    /// Dispatches, newest first, before row `before` when given.
+    /// Dispatches, newest first, before row `before` when given, only those that included
+    /// machine `machine` (its `muid_…`) when given.
     pub async fn dispatches(
         &self,
         before: Option<i64>,
+        machine: Option<&str>,
         limit: i64,
     ) -> Result<Vec<(i64, DispatchInfo)>> {
-        let rows = sqlx::query(concat!(
-            dispatch_cols!(),
-            " WHERE id < $1 ORDER BY id DESC LIMIT $2"
-        ))
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = match machine {
+            None => concat!(
+                dispatch_cols!(),
+                " WHERE id < $1 AND $3 = '' ORDER BY id DESC LIMIT $2"
+            ),
+            // On dispatch_hosts_by_machine_id: a machine's few rows, not every dispatch's.
+            Some(_) => concat!(
+                dispatch_cols!(),
+                " WHERE id < $1 AND id IN (SELECT h.dispatch_row FROM dispatch_hosts h
+                 WHERE h.machine_id = $3) ORDER BY id DESC LIMIT $2"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .bind(machine.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, info_of(r)?)))
             .collect()
