@@ -10,7 +10,6 @@ import {
   env,
   heading,
   logInFresh,
-  shot,
   visit,
 } from './lib.mjs';
 
@@ -44,7 +43,6 @@ export default async function csp(browser, { page, rec }) {
     await visit(page, route);
     check((await heading(page)).length > 0, `${route} has an <h1>`);
   }
-  await shot(page, 'trail-admin');
 
   const byPath = (p) => rec.responses.filter((r) => new URL(r.url()).pathname === p);
   for (const p of ['/', '/assets/app.js', '/assets/app.css', '/v1/session']) {

@@ -23,6 +23,9 @@ export default async function escapes(browser, { page, rec }) {
   await until('the whole output shown', async () => (await pre.textContent()).includes('plain'));
   const row = page.getByRole('row').filter({ hasText: hostname });
   await until('the host succeeded', async () => /succeeded/.test(await row.innerText()));
+  await until('no Cancel dispatch once it is done', async () =>
+    (await page.getByRole('button', { name: 'Cancel dispatch', exact: true }).count()) === 0,
+  );
   await shot(page, 'dispatch-escapes', { phone: true });
 
   const text = await pre.textContent();

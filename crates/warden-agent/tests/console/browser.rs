@@ -5,6 +5,7 @@
 //! (keys and session tokens travel in files, not on the lines).
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,7 +28,11 @@ pub struct Tools {
 pub fn tools_or_skip(test: &str) -> Option<Tools> {
     let console = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../console");
     let node = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("node")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("node"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .into_iter()
         .find(|p| p.is_file());
@@ -134,7 +139,10 @@ impl Browser {
                 self.scenario,
                 self.child.try_wait()
             ),
-            Err(_) => panic!("{}: the browser script was silent for {SILENCE:?}", self.scenario),
+            Err(_) => panic!(
+                "{}: the browser script was silent for {SILENCE:?}",
+                self.scenario
+            ),
         };
         if line == "pass" {
             eprintln!("[browser {}] pass", self.scenario);
@@ -179,7 +187,10 @@ impl Browser {
         };
         for t in tasks.map_while(Result::ok) {
             let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
         out
     }

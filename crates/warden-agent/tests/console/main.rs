@@ -126,7 +126,27 @@ impl Console {
         );
         assert_eq!(code, 200, "{v}");
         c.token = v["token"].as_str().unwrap().to_owned();
+        c.assert_serves_this_console();
         c
+    }
+
+    /// The server binary serves the console files of this tree: `cargo test -p warden-agent`
+    /// rebuilds warden-server's library, not its binary, and a stale one would test old code.
+    fn assert_serves_this_console(&self) {
+        let committed =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../warden-server/console/app.js");
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&self.server.ca)
+            .arg(format!("{}/assets/app.js", self.server.url()))
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout == std::fs::read(&committed).unwrap(),
+            "the warden-server binary does not serve {}: rebuild it (cargo build -p \
+             warden-server)",
+            committed.display()
+        );
     }
 
     /// What the script gets as `WARDEN_E2E`: the server, its CA, the work and screenshot
@@ -219,7 +239,10 @@ impl Console {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         let code = code.trim().parse().unwrap_or_else(|_| {
-            panic!("curl {method} {path}: {}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "curl {method} {path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         (code, serde_json::from_str(body).unwrap_or(Value::Null))
     }

@@ -39,9 +39,7 @@ async fn an_admin_runs_the_fleet_from_the_browser() {
                 assert_eq!(*hostname, "console-a");
                 let key = lab_key.clone();
                 let i = c.add_host("lab", &key, &uuid, "console-b").await;
-                c.agents[i]
-                    .wait_log("enrollment: pending", PATIENCE)
-                    .await;
+                c.agents[i].wait_log("enrollment: pending", PATIENCE).await;
                 c.server
                     .wait_machine("console-a", "pending", |m| m["state"] == "pending")
                     .await;
@@ -76,7 +74,9 @@ async fn an_admin_runs_the_fleet_from_the_browser() {
                     .filter(|r| r["event"] == "job" && r["dispatch_id"] == *id)
                     .collect();
                 assert!(
-                    job_ends.iter().any(|r| r.to_string().contains("\"cancelled\"")),
+                    job_ends
+                        .iter()
+                        .any(|r| r.to_string().contains("\"cancelled\"")),
                     "the host's audit shows no cancelled job for {id}: {job_ends:#?}"
                 );
                 b.answer("ok");
@@ -103,7 +103,12 @@ async fn an_admin_runs_the_fleet_from_the_browser() {
         }
     }
     b.finish().await;
-    assert_eq!(secrets.len(), 3, "the scenario skipped a step: {}", secrets.len());
+    assert_eq!(
+        secrets.len(),
+        3,
+        "the scenario skipped a step: {}",
+        secrets.len()
+    );
     let logs = c.logs();
     for s in &secrets {
         assert!(!holds(logs.as_bytes(), s), "a secret is in a log");
@@ -141,7 +146,11 @@ async fn a_viewer_sees_no_control_that_changes_anything_and_the_api_refuses_one(
                 let v = c.get(&format!("/v1/dispatches/{running}"));
                 assert_eq!(v["dispatch"]["state"], "running", "{v:#}");
                 let list = c.get("/v1/dispatches");
-                assert_eq!(list["dispatches"].as_array().map(Vec::len), Some(2), "{list}");
+                assert_eq!(
+                    list["dispatches"].as_array().map(Vec::len),
+                    Some(2),
+                    "{list}"
+                );
                 let sites = c.get("/v1/sites").to_string();
                 assert!(!sites.contains("evil"), "{sites}");
                 checked = true;
