@@ -69,6 +69,25 @@ export default async function admin(browser, { context, page, rec }) {
   check(/^muid_[0-9a-f]+$/.test(machineId), `the hostname links to ${href}`);
   check((await row.innerText()).includes(SITE), 'the row names the site');
   await shot(page, 'machines', { phone: true });
+  // The text filter: a match keeps the row; no match says so in words.
+  const search = page.getByLabel('Search', { exact: true });
+  await search.fill('console');
+  await search.press('Enter');
+  await until('the search keeps the row', async () => (await row.count()) === 1);
+  await search.fill('nothing-like-this');
+  await search.press('Enter');
+  await until('an empty search says so in words', async () =>
+    (await row.count()) === 0 && /no machines/i.test(await page.locator('body').innerText()),
+  );
+  await search.fill('');
+  await search.press('Enter');
+  await row.waitFor();
+  for (const f of ['Site', 'State', 'Connection']) {
+    const tag = await page.getByLabel(f, { exact: true }).evaluate((e) => e.tagName);
+    check(tag === 'SELECT', `the ${f} filter is a select`);
+  }
+  await page.getByRole('checkbox', { name: `Select ${hostname}`, exact: true }).waitFor();
+  await page.getByRole('button', { name: 'Remove selected', exact: true }).waitFor();
 
   const linked = await approveClone(page, hostname, machineId);
   await machinePage(page, linked, machineId);

@@ -7,6 +7,7 @@ import {
   check,
   checkNoViolations,
   checkOwnOrigin,
+  checkTablesNamed,
   env,
   heading,
   logInFresh,
@@ -42,6 +43,8 @@ export default async function csp(browser, { page, rec }) {
   ]) {
     await visit(page, route);
     check((await heading(page)).length > 0, `${route} has an <h1>`);
+    await page.getByRole('table').first().waitFor().catch(() => {});
+    await checkTablesNamed(page, route);
   }
 
   const byPath = (p) => rec.responses.filter((r) => new URL(r.url()).pathname === p);

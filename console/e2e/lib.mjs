@@ -167,6 +167,31 @@ export async function checkNoViolations(page, rec) {
   check(msgs.length === 0, `CSP complaints on the console: ${msgs.join('; ')}`);
 }
 
+/**
+ * Logs in with the keyboard only: Tab until the `Name` field has the focus, type, Tab to
+ * `Password`, type, Enter.
+ */
+export async function logInByKeyboard(page, name, password) {
+  const focused = () => page.evaluate(() => document.activeElement?.labels?.[0]?.textContent?.trim() ?? '');
+  for (let i = 0; i < 10 && (await focused()) !== 'Name'; i++) await page.keyboard.press('Tab');
+  check((await focused()) === 'Name', 'Tab never reaches the Name field');
+  await page.keyboard.type(name);
+  await page.keyboard.press('Tab');
+  check((await focused()) === 'Password', 'Tab from Name does not reach Password');
+  await page.keyboard.type(password);
+  await page.keyboard.press('Enter');
+}
+
+/** Every table on the page is named (a <caption> or aria-label). */
+export async function checkTablesNamed(page, where) {
+  const unnamed = await page.evaluate(() =>
+    [...document.querySelectorAll('table')].filter(
+      (t) => !(t.caption?.textContent?.trim() || t.getAttribute('aria-label') || t.getAttribute('aria-labelledby')),
+    ).length,
+  );
+  check(unnamed === 0, `${where}: ${unnamed} table(s) without a caption or aria-label`);
+}
+
 /** Logs in through the form. */
 export async function logIn(page, name, password) {
   await page.getByLabel('Name', { exact: true }).fill(name);
@@ -229,6 +254,9 @@ export async function shot(page, name, { phone = false } = {}) {
   if (phone) {
     await page.setViewportSize(PHONE);
     await sleep(150);
+    // Readable on a phone: one column, only tables scroll sideways (in their own box).
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth - innerWidth);
+    check(wide <= 1, `${name} is ${wide}px wider than a phone's screen`);
     await page.screenshot({ path: path.join(env.shots, `${name}-phone.png`), fullPage: true });
     await page.setViewportSize(LAPTOP);
     await sleep(100);
