@@ -102,6 +102,15 @@ export default async function admin(browser, { context, page, rec }) {
   const events = page.getByRole('table').getByRole('row');
   await until('trail rows', async () => (await events.count()) > 3);
   await shot(page, 'trail', { phone: true });
+  const kind = page.getByLabel('Kind', { exact: true });
+  await kind.fill('dispatch.cancel');
+  await kind.press('Enter');
+  await until('only dispatch.cancel events', async () => {
+    const rows = (await events.allInnerTexts()).slice(1);
+    return rows.length === 1 && rows[0].includes('dispatch.cancel');
+  });
+
+  await removeBulk(page, linked, machineId);
 
   checkOwnOrigin(rec);
   await checkNoViolations(page, rec);
@@ -261,6 +270,23 @@ async function runAndCancel(page, hostname, machineId) {
   );
   check(!(await out.textContent()).includes('finished'), 'linger ran to its end');
   await ask(`check cancelled ${id} ${machineId}`);
+}
+
+/** Removes the machine as a selection of one: confirmed in a dialog, a result per machine. */
+async function removeBulk(page, hostname, machineId) {
+  await nav(page).getByRole('link', { name: 'Machines', exact: true }).click();
+  await page.getByRole('checkbox', { name: `Select ${hostname}`, exact: true }).check();
+  // The button counts the selection: "Remove selected (1)".
+  await page.getByRole('button', { name: /^Remove selected/ }).click();
+  const dialog = page.getByRole('dialog');
+  await dialog.waitFor();
+  check((await dialog.innerText()).includes(hostname), 'the confirmation names the machine');
+  await shot(page, 'machines-remove-dialog');
+  await dialog.getByRole('button', { name: 'Remove', exact: true }).click();
+  const result = section(page, 'Removal results').getByRole('row').filter({ hasText: hostname });
+  await until('a result for the machine', async () => /removed/.test(await result.innerText()));
+  await shot(page, 'machines-removed');
+  await ask(`check removed ${machineId}`);
 }
 
 /** Logs out; the session's cookie and token are dead in the browser and on the API. */

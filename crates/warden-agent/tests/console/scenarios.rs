@@ -11,7 +11,8 @@ use crate::{Console, PIN, audit, ready};
 /// again after Done or a reload), a host enrolls with that key and shows connected, a clone
 /// (same hardware) shows pending and is approved and links, `say` runs from a form generated
 /// from the host's parameter types (its secret never shown) with its output arriving live,
-/// `linger` is cancelled (the host's job ends cancelled), the trail shows; after logout the
+/// `linger` is cancelled (the host's job ends cancelled), the trail shows and filters by kind,
+/// a bulk removal confirms and reports per machine (removed on the server); after logout the
 /// session's cookie is dead in the browser and its token refused on the API (401); no key,
 /// token or secret parameter in any log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,6 +80,24 @@ async fn an_admin_runs_the_fleet_from_the_browser() {
                         .any(|r| r.to_string().contains("\"cancelled\"")),
                     "the host's audit shows no cancelled job for {id}: {job_ends:#?}"
                 );
+                b.answer("ok");
+            }
+            ["check", "removed", mid] => {
+                let m = c
+                    .server
+                    .machines()
+                    .into_iter()
+                    .find(|m| m["machine_id"] == *mid)
+                    .unwrap();
+                assert_eq!(m["state"], "removed", "{m}");
+                // Its key stopped working and its link closed.
+                let bye = c.agents[1]
+                    .wait_log("the server said goodbye", PATIENCE)
+                    .await;
+                assert!(bye.contains("reason=Revoked"), "{bye}");
+                c.server
+                    .wait_machine("console-b", "disconnected", |m| m["connected"] == false)
+                    .await;
                 b.answer("ok");
             }
             ["check", "session-live", file] => {
