@@ -153,7 +153,7 @@ export async function dispatchPage(ctx: PageCtx): Promise<void> {
       v.empty = false;
     }
     const stick = v.pre.scrollTop + v.pre.clientHeight >= v.pre.scrollHeight - 4;
-    v.pre.appendChild(document.createTextNode(v.text.push(c.data)));
+    v.pre.append(...v.text.push(c.data));
     if (stick) v.pre.scrollTop = v.pre.scrollHeight;
   }
 

@@ -228,9 +228,15 @@ export async function runPage(ctx: PageCtx): Promise<void> {
     showAction();
   }
 
+  /** The action and parameter types the inputs were made for: typed values survive a new
+   * look at the targets that offers the same action with the same parameters. */
+  let shown = "";
   function showAction(): void {
     const o = offered.get(actionSel.value);
-    inputs = new Map();
+    const spec = o ? JSON.stringify([o.action.name, o.action.params]) : "";
+    const keep = spec !== "" && spec === shown;
+    shown = spec;
+    if (!keep) inputs = new Map();
     if (!o) {
       fill(paramBox);
       fill(
@@ -245,9 +251,10 @@ export async function runPage(ctx: PageCtx): Promise<void> {
     }
     fill(
       actionInfo,
-      o.action.description ? `${plain(o.action.description)} ` : "",
-      `Tier ${o.action.tier}; offered by ${o.hosts} of the ${looked} target machine${looked === 1 ? "" : "s"} looked at (hosts that do not offer it refuse it).`,
+      o.action.description ? h("span", { class: "description" }, plain(o.action.description)) : null,
+      `Tier ${o.action.tier}; offered by ${o.hosts} of the ${looked} target machine${looked === 1 ? "" : "s"} looked at (a host that does not offer it refuses it).`,
     );
+    if (keep) return;
     const fields = Object.entries(o.action.params).map(([name, p]) => {
       const input = paramInput(name, p);
       inputs.set(name, input);
