@@ -4,7 +4,7 @@
 // never shown again), the batch and failure brakes, and the confirmation above 100 targets.
 // The actions on offer are read from up to SAMPLE of the target machines.
 
-import { api, query } from "../api";
+import { api, ApiError, query } from "../api";
 import { checkbox, fill, field, h, uid } from "../dom";
 import { plain } from "../output";
 import { go } from "../route";
@@ -324,7 +324,11 @@ export async function runPage(ctx: PageCtx): Promise<void> {
       for (const input of inputs.values()) if (input.control instanceof HTMLInputElement && input.control.type === "password") input.control.value = "";
       go(`#/dispatches/${res.dispatch.dispatch_id}`);
     } catch (err) {
-      msgs.error(err);
+      // The server counts the targets; above 100 it asks for the confirmation.
+      if (err instanceof ApiError && err.status === 400 && /"confirm"/.test(err.message) && !confirm.box.checked) {
+        msgs.error(`${err.message}. Tick Confirm to run it on all of them.`);
+        confirm.box.focus();
+      } else msgs.error(err);
     } finally {
       submit.disabled = false;
     }
