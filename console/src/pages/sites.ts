@@ -93,9 +93,12 @@ function showKey(s: Site, issued: IssuedKey, reload: () => void): void {
         body,
         h("p", null, `Site ${s.site_code}, key ${issued.fingerprint_label}. This is the only time the key is shown: copy it now into each host's enrollment key file.`),
         h("div", { class: "key-box" }, code),
-        issued.version > 1
-          ? h("p", { class: "warning" }, h("strong", null, "The previous key has stopped working."), " Hosts that enroll with it from now on are refused until their key file holds this one; hosts already enrolled keep their own machine keys.")
-          : h("p", { class: "warning" }, h("strong", null, "Keep it safe:"), " anyone holding this key can enroll a machine at this site until the key is rotated."),
+        h(
+          "p",
+          { class: "warning" },
+          h("strong", null, issued.version > 1 ? `The old key (v${issued.version - 1}) has stopped working.` : "Any old key of this site has stopped working."),
+          " A host that enrolls with it from now on is refused until its key file holds this one; hosts already enrolled keep their own machine keys. Anyone holding this key can enroll a machine at this site until the next rotation.",
+        ),
         copied,
         h("div", { class: "buttons" }, copy, done),
       );
