@@ -54,10 +54,10 @@ function nav(): void {
   });
   fill(
     header,
-    h("span", { class: "brand" }, "warden"),
     h(
       "nav",
       { "aria-label": "Main" },
+      h("span", { class: "brand" }, "warden"),
       h(
         "ul",
         null,

@@ -106,7 +106,9 @@ export function dialog(
     onClose?.();
     if (d.open) d.close();
     d.remove();
+    // Back to what opened it; if the page was redrawn meanwhile, to the page's heading.
     if (opener && opener.isConnected) opener.focus();
+    else document.querySelector<HTMLElement>("main h1")?.focus();
   };
   d.addEventListener("cancel", (e) => {
     e.preventDefault();

@@ -11,6 +11,9 @@ import type { Chunk, DispatchView, HostPart, Summary } from "../types";
 
 /** States a host's part ends in. */
 const FINAL = new Set(["succeeded", "failed", "refused", "cancelled", "not_started", "timed_out", "rolled_back", "lost", "offline"]);
+/** Up to this many hosts, each gets its output box at once ("No output yet."); above it, a box
+ * appears with a host's first output, so a dispatch to thousands stays light. */
+const EAGER_OUTPUT = 50;
 /** The order of the summary's counts. */
 const ORDER = ["queued", "sent", "running", "succeeded", "failed", "refused", "cancelled", "not_started", "timed_out", "rolled_back", "lost", "offline"];
 
@@ -21,7 +24,9 @@ interface HostView {
   progress: HTMLProgressElement;
   exit: HTMLElement;
   detail: HTMLElement;
-  pre: HTMLPreElement;
+  name: string;
+  /** Its output box, once made. */
+  pre: HTMLPreElement | null;
   text: OutputText;
   /** The last output chunk shown. */
   seq: number;
@@ -52,9 +57,7 @@ export async function dispatchPage(ctx: PageCtx): Promise<void> {
         setState(r.dispatch.state, r.dispatch.stopped, r.dispatch.cancel_requested);
       }, msgs, { class: "danger" })
     : null;
-  const excluded = d.excluded?.length
-    ? h("p", { class: "hint" }, `Left out: ${d.excluded.map((x) => `${x.machine_id.slice(0, 13)}… (${x.reason.replace(/_/g, " ")})`).join(", ")}`)
-    : null;
+  const excluded = d.excluded?.length ? leftOut(d.excluded) : null;
   const params = Object.entries(d.params ?? {});
   append(ctx.root, [
     h(
@@ -111,19 +114,28 @@ export async function dispatchPage(ctx: PageCtx): Promise<void> {
       h("td", null, detail),
     );
     body.appendChild(r);
-    const headId = uid("out");
-    const pre = h("pre", { class: "output", tabindex: 0 });
-    pre.appendChild(h("span", { class: "empty" }, "No output yet."));
-    outputs.appendChild(
-      h("section", { role: "region", "aria-label": `Output of ${name}`, class: "output-box" }, h("h3", { id: headId }, `Output of ${name}`), pre),
-    );
-    const v: HostView = { part: p, row: r, state, progress, exit, detail, pre, text: new OutputText(), seq: 0, empty: true };
+    const v: HostView = { part: p, row: r, state, progress, exit, detail, name, pre: null, text: new OutputText(), seq: 0, empty: true };
     hosts.set(p.machine_id, v);
+    if (eager) outputBox(v);
     return v;
   }
 
+  /** The host's output box: a region named `Output of <hostname>` holding a <pre>. */
+  function outputBox(v: HostView): HTMLPreElement {
+    if (v.pre) return v.pre;
+    const pre = h("pre", { class: "output", tabindex: 0 }, h("span", { class: "empty" }, "No output yet."));
+    outputs.appendChild(
+      h("section", { role: "region", "aria-label": `Output of ${v.name}`, class: "output-box" }, h("h3", null, `Output of ${v.name}`), pre),
+    );
+    v.pre = pre;
+    return pre;
+  }
+
   function showHost(p: HostPart): void {
+    const known = hosts.has(p.machine_id);
     const v = host(p);
+    if (known) count(v.part.state, -1);
+    count(p.state, 1);
     v.part = p;
     fill(v.state, p.state.replace(/_/g, " "));
     v.state.className = `state state-${p.state}`;
@@ -141,35 +153,32 @@ export async function dispatchPage(ctx: PageCtx): Promise<void> {
       p.output_truncated ? "output truncated" : null,
     ].filter(Boolean);
     fill(v.detail, why.length ? why.join("; ") : "");
-    updateSummary();
+    if (!ended) showCounts();
   }
 
   function showChunk(c: Chunk): void {
     const v = hosts.get(c.machine_id);
     if (!v || c.seq <= v.seq) return;
     v.seq = c.seq;
+    const pre = outputBox(v);
     if (v.empty) {
-      fill(v.pre);
+      fill(pre);
       v.empty = false;
     }
-    const stick = v.pre.scrollTop + v.pre.clientHeight >= v.pre.scrollHeight - 4;
-    v.pre.appendChild(document.createTextNode(v.text.push(c.data)));
-    if (stick) v.pre.scrollTop = v.pre.scrollHeight;
+    const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.append(...v.text.push(c.data));
+    if (stick) pre.scrollTop = pre.scrollHeight;
   }
 
-  function counts(s: Summary): string {
-    const total = s.total ?? [...hosts.values()].length;
+  /** Hosts by state, kept as host events arrive (the server's summary once it ended). */
+  const tally: Summary = {};
+  function count(state: string, by: number): void {
+    tally[state] = (tally[state] ?? 0) + by;
+  }
+  function showCounts(s: Summary = { ...tally, total: hosts.size }): void {
+    const total = s.total ?? hosts.size;
     const parts = ORDER.filter((k) => (s[k] ?? 0) > 0).map((k) => `${k.replace(/_/g, " ")} ${s[k]}`);
-    return `${total} host${total === 1 ? "" : "s"}${parts.length ? `: ${parts.join(", ")}` : ""}`;
-  }
-
-  function updateSummary(serverSummary?: Summary): void {
-    let s = serverSummary;
-    if (!s) {
-      s = { total: hosts.size };
-      for (const v of hosts.values()) s[v.part.state] = (s[v.part.state] ?? 0) + 1;
-    }
-    fill(summaryText, counts(s));
+    fill(summaryText, `${total} host${total === 1 ? "" : "s"}${parts.length ? `: ${parts.join(", ")}` : ""}`);
   }
 
   function setState(state: string, stopped: string | null, cancelRequested: boolean): void {
@@ -180,9 +189,12 @@ export async function dispatchPage(ctx: PageCtx): Promise<void> {
     if (cancel) cancel.hidden = state !== "running";
   }
 
+  const eager = view.hosts.length <= EAGER_OUTPUT;
+  let ended = false;
   for (const p of view.hosts) showHost(p);
   setState(d.state, d.stopped, d.cancel_requested);
-  updateSummary(view.summary);
+  showCounts(view.summary);
+  if (!eager) outputs.appendChild(h("p", { class: "hint" }, "A host's output appears here once it has some."));
 
   // The stream: every host once, then each change; every stored chunk in order; then the end.
   const es = new EventSource(`${base}/events`);
@@ -206,12 +218,32 @@ export async function dispatchPage(ctx: PageCtx): Promise<void> {
     es.close();
     const end = parse<{ state: string; stopped: string | null; summary: Summary }>(e);
     if (!end) return;
+    ended = true;
     setState(end.state, end.stopped, false);
-    updateSummary(end.summary);
-    for (const v of hosts.values()) if (v.empty) fill(v.pre, h("span", { class: "empty" }, "No output."));
+    showCounts(end.summary);
+    for (const v of hosts.values()) if (v.empty && v.pre) fill(v.pre, h("span", { class: "empty" }, "No output."));
   });
   es.addEventListener("error", () => {
-    // EventSource tries again by itself; a session that ended shows up on the next API call.
-    if (es.readyState === EventSource.CLOSED) msgs.error("The live stream closed; reload the page to follow the dispatch.");
+    // EventSource tries again by itself after a dropped connection; it gives up on an answer
+    // that is not a stream (a session that ended): asking who we are then leads to the login
+    // page if that is why.
+    if (es.readyState !== EventSource.CLOSED || !ctx.alive()) return;
+    api("GET", "/v1/session").then(
+      () => msgs.error("The live stream closed; reload the page to follow the dispatch."),
+      (err) => msgs.error(err),
+    );
   });
+}
+
+/** The machines the target named that were left out: counted by reason, listed on demand. */
+function leftOut(list: { machine_id: string; reason: string }[]): HTMLElement {
+  const by = new Map<string, number>();
+  for (const x of list) by.set(x.reason, (by.get(x.reason) ?? 0) + 1);
+  const why = [...by].map(([r, n]) => `${n} ${r.replace(/_/g, " ")}`).join(", ");
+  return h(
+    "details",
+    { class: "left-out" },
+    h("summary", null, `${list.length} machine${list.length === 1 ? "" : "s"} left out (${why})`),
+    h("ul", null, list.map((x) => h("li", null, h("span", { class: "mono" }, plain(x.machine_id)), ` ${x.reason.replace(/_/g, " ")}`))),
+  );
 }

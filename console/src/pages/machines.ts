@@ -129,7 +129,7 @@ export async function machinesPage(ctx: PageCtx): Promise<void> {
   }
 
   function draw(machines: Machine[]): void {
-    const heads = ["Hostname", "Site", "State", "Connection", "Key", "Agent", "Last seen"];
+    const heads = ["Hostname", "Site", "State", "Connection", "Key version", "Agent version", "Last seen"];
     const boxes: HTMLInputElement[] = [];
     const rows = machines.map((m) => {
       const cells = [

@@ -4,7 +4,7 @@
 // never shown again), the batch and failure brakes, and the confirmation above 100 targets.
 // The actions on offer are read from up to SAMPLE of the target machines.
 
-import { api, query } from "../api";
+import { api, ApiError, query } from "../api";
 import { checkbox, fill, field, h, uid } from "../dom";
 import { plain } from "../output";
 import { go } from "../route";
@@ -228,9 +228,15 @@ export async function runPage(ctx: PageCtx): Promise<void> {
     showAction();
   }
 
+  /** The action and parameter types the inputs were made for: typed values survive a new
+   * look at the targets that offers the same action with the same parameters. */
+  let shown = "";
   function showAction(): void {
     const o = offered.get(actionSel.value);
-    inputs = new Map();
+    const spec = o ? JSON.stringify([o.action.name, o.action.params]) : "";
+    const keep = spec !== "" && spec === shown;
+    shown = spec;
+    if (!keep) inputs = new Map();
     if (!o) {
       fill(paramBox);
       fill(
@@ -245,9 +251,10 @@ export async function runPage(ctx: PageCtx): Promise<void> {
     }
     fill(
       actionInfo,
-      o.action.description ? `${plain(o.action.description)} ` : "",
-      `Tier ${o.action.tier}; offered by ${o.hosts} of the ${looked} target machine${looked === 1 ? "" : "s"} looked at (hosts that do not offer it refuse it).`,
+      o.action.description ? h("span", { class: "description" }, plain(o.action.description)) : null,
+      `Tier ${o.action.tier}; offered by ${o.hosts} of the ${looked} target machine${looked === 1 ? "" : "s"} looked at (a host that does not offer it refuses it).`,
     );
+    if (keep) return;
     const fields = Object.entries(o.action.params).map(([name, p]) => {
       const input = paramInput(name, p);
       inputs.set(name, input);
@@ -317,7 +324,11 @@ export async function runPage(ctx: PageCtx): Promise<void> {
       for (const input of inputs.values()) if (input.control instanceof HTMLInputElement && input.control.type === "password") input.control.value = "";
       go(`#/dispatches/${res.dispatch.dispatch_id}`);
     } catch (err) {
-      msgs.error(err);
+      // The server counts the targets; above 100 it asks for the confirmation.
+      if (err instanceof ApiError && err.status === 400 && /"confirm"/.test(err.message) && !confirm.box.checked) {
+        msgs.error(`${err.message}. Tick Confirm to run it on all of them.`);
+        confirm.box.focus();
+      } else msgs.error(err);
     } finally {
       submit.disabled = false;
     }

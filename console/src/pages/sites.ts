@@ -16,8 +16,8 @@ interface Usage {
 export async function sitesPage(ctx: PageCtx): Promise<void> {
   const msgs = frame(ctx, "Sites");
   const list = h("div", null, h("p", { class: "loading" }, "Loading sites…"));
-  if (may("admin")) ctx.root.appendChild(createForm(msgs, () => void load()));
   ctx.root.appendChild(list);
+  if (may("admin")) ctx.root.appendChild(createForm(msgs, () => void load()));
 
   async function load(): Promise<void> {
     try {
@@ -56,7 +56,7 @@ async function siteRow(s: Site, msgs: Messages, reload: () => void): Promise<HTM
     h("span", { id: codeId }, s.site_code),
     plain(s.display_name),
     plain(s.company) || "—",
-    h("span", { class: "mono" }, key),
+    s.key_version > 0 ? h("span", { class: "mono" }, key) : key,
     older,
   ];
   if (may("admin")) {
@@ -93,7 +93,12 @@ function showKey(s: Site, issued: IssuedKey, reload: () => void): void {
         body,
         h("p", null, `Site ${s.site_code}, key ${issued.fingerprint_label}. This is the only time the key is shown: copy it now into each host's enrollment key file.`),
         h("div", { class: "key-box" }, code),
-        h("p", { class: "warning" }, h("strong", null, "The previous key has stopped working."), " Hosts that enroll with it from now on are refused until their key file holds this one; hosts already enrolled keep their own machine keys."),
+        h(
+          "p",
+          { class: "warning" },
+          h("strong", null, issued.version > 1 ? `The old key (v${issued.version - 1}) has stopped working.` : "Any old key of this site has stopped working."),
+          " A host that enrolls with it from now on is refused until its key file holds this one; hosts already enrolled keep their own machine keys. Anyone holding this key can enroll a machine at this site until the next rotation.",
+        ),
         copied,
         h("div", { class: "buttons" }, copy, done),
       );

@@ -26,7 +26,7 @@ export async function trailPage(ctx: PageCtx): Promise<void> {
   const filter = h(
     "form",
     { class: "filters", role: "search", "aria-label": "Filter events" },
-    field("Kind", kind, "an exact kind, e.g. login.failure; empty: every kind"),
+    field("Kind", kind, "exact, e.g. login.failure; empty: all"),
     h("datalist", { id: listId }, KINDS.map((k) => h("option", { value: k }))),
     h("div", { class: "buttons" }, h("button", { type: "submit" }, "Filter")),
   );
