@@ -21,7 +21,9 @@ import {
   saysConnected,
   secretFile,
   section,
+  settle,
   shot,
+  target,
   until,
   visit,
 } from './lib.mjs';
@@ -91,8 +93,8 @@ export default async function admin(browser, { context, page, rec }) {
 
   const linked = await approveClone(page, hostname, machineId);
   await machinePage(page, linked, machineId);
-  await runQuick(page, linked, machineId);
-  await runAndCancel(page, linked, machineId);
+  await runQuick(page, rec, linked, machineId);
+  await runAndCancel(page, rec, linked, machineId);
 
   await main.getByRole('link', { name: 'Trail', exact: true }).click();
   check((await heading(page)).length > 0, 'the trail has a heading');
@@ -226,12 +228,14 @@ async function dispatchPage(page) {
 }
 
 /** Runs `say` from the machine's page and watches its output arrive. */
-async function runQuick(page, hostname, machineId) {
+async function runQuick(page, rec, hostname, machineId) {
   await page.getByRole('link', { name: 'Run an action', exact: true }).click();
   await until('on #/run', async () => (await hash(page)).startsWith('#/run'));
   const ids = page.getByLabel('Machine ids', { exact: true });
   await until('the machine preselected', async () => (await ids.inputValue()).includes(machineId));
+  await settle(rec);
   await fillSay(page);
+  await settle(rec);
   await shot(page, 'run', { phone: true });
   await page.getByRole('button', { name: 'Run', exact: true }).click();
   const id = await dispatchPage(page);
@@ -249,11 +253,9 @@ async function runQuick(page, hostname, machineId) {
 }
 
 /** Runs `linger` from the Run page, sees it running with output, cancels it. */
-async function runAndCancel(page, hostname, machineId) {
+async function runAndCancel(page, rec, hostname, machineId) {
   await nav(page).getByRole('link', { name: 'Run', exact: true }).click();
-  await page.getByRole('radio', { name: 'Machines', exact: true }).check();
-  await page.getByLabel('Machine ids', { exact: true }).fill(machineId);
-  await page.getByLabel('Action', { exact: true }).selectOption('linger');
+  await target(page, rec, machineId, 'linger');
   await page.getByRole('button', { name: 'Run', exact: true }).click();
   const id = await dispatchPage(page);
   const out = outputOf(page, hostname);

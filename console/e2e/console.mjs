@@ -44,6 +44,13 @@ try {
     log(`the failing page: ${path.join(env.shots, `failure-${name}-laptop.png`)}`);
     log(`recorded console: ${current.rec.console.join(' | ')}`);
     log(`recorded page errors: ${current.rec.errors.join(' | ')}`);
+    log(`the last requests: ${current.rec.exchanges.slice(-12).join(' | ')}`);
+    const invalid = await current.page.evaluate(() =>
+      [...document.querySelectorAll('input:invalid, select:invalid, textarea:invalid')].map(
+        (e) => `${e.labels?.[0]?.textContent?.trim() ?? e.name}: ${e.validationMessage}`,
+      ),
+    );
+    log(`fields the browser holds invalid: ${invalid.join(' | ')}`);
   } catch {
     // No page to show.
   }

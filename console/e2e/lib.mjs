@@ -132,6 +132,10 @@ export async function openPage(browser) {
     console: [],
     dialogs: [],
     errors: [],
+    /** `METHOD path -> status` of each finished request, for the failure report. */
+    exchanges: [],
+    /** Requests started and not yet finished (live streams left out). */
+    inflight: 0,
   };
   // Runs before the page's own script; CSP does not apply to it (Playwright injects it).
   await context.addInitScript(() => {
@@ -141,8 +145,21 @@ export async function openPage(browser) {
     });
   });
   const page = await context.newPage();
-  page.on('request', (r) => rec.requests.push(r.url()));
+  page.on('request', (r) => {
+    rec.requests.push(r.url());
+    // Live streams never finish; every other request counts until it does.
+    if (!r.url().endsWith('/events')) rec.inflight += 1;
+  });
+  const done = (r) => {
+    if (!r.url().endsWith('/events')) rec.inflight -= 1;
+  };
+  page.on('requestfinished', done);
+  page.on('requestfailed', done);
   page.on('response', (r) => rec.responses.push(r));
+  page.on('requestfinished', async (r) => {
+    const status = (await r.response().catch(() => null))?.status();
+    rec.exchanges.push(`${r.method()} ${new URL(r.url()).pathname}${new URL(r.url()).search} -> ${status}`);
+  });
   page.on('console', (m) => rec.console.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => rec.errors.push(String(e)));
   page.on('dialog', (d) => {
@@ -190,6 +207,26 @@ export async function checkTablesNamed(page, where) {
     ).length,
   );
   check(unnamed === 0, `${where}: ${unnamed} table(s) without a caption or aria-label`);
+}
+
+/** Waits until the page has asked nothing for a while (past the app's 400 ms typing pause). */
+export async function settle(rec) {
+  await sleep(600);
+  await until('the page quiet', async () => rec.inflight === 0);
+}
+
+/**
+ * On #/run: targets the machine, leaves the field as a keyboard user does (Tab), waits for the
+ * page to read what it offers, and picks `action`.
+ */
+export async function target(page, rec, machineId, action) {
+  await page.getByRole('radio', { name: 'Machines', exact: true }).check();
+  const ids = page.getByLabel('Machine ids', { exact: true });
+  await ids.fill(machineId);
+  await ids.press('Tab');
+  await settle(rec);
+  await page.getByLabel('Action', { exact: true }).selectOption(action);
+  await settle(rec);
 }
 
 /** Logs in through the form. */
