@@ -87,6 +87,10 @@ export default async function viewer(browser, { page }) {
   check((await heading(page)) === done, 'the done dispatch page is headed by its id');
   await noChanges(page, 'a finished dispatch');
 
+  // The run page by its address: nothing to run with.
+  await visit(page, '#/run');
+  await noChanges(page, '#/run');
+
   // Forced: the viewer's own session and CSRF token, from inside the page.
   const forced = await page.evaluate(
     async ({ machine, running }) => {
