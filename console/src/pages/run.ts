@@ -194,13 +194,20 @@ export async function runPage(ctx: PageCtx): Promise<void> {
   }
 
   let sampling = 0;
+  /** The targets the offer was last read for: the same targets are not read again (a blur
+   * after typing would otherwise redraw the form under the pointer on its way to Run). */
+  let readFor = "";
   async function refreshActions(): Promise<void> {
+    const key = `${kind()}\n${kind() === "machines" ? idList().join(" ") : kind() === "site" ? site.value : labels.value.trim()}`;
+    if (key === readFor) return;
+    readFor = key;
     const mine = ++sampling;
-    fill(actionInfo, "Reading what the targets offer…");
+    if (!offered.size) fill(actionInfo, "Reading what the targets offer…");
     let sample: string[];
     try {
       sample = await sampleIds();
     } catch (e) {
+      readFor = "";
       if (mine === sampling) fill(actionInfo, e instanceof Error ? e.message : String(e));
       return;
     }

@@ -515,6 +515,9 @@ async fn all_pages(s: &TestServer, token: &str, q: &str, limit: usize) -> (Vec<V
     }
 }
 
+/// Which of the filled machines (by index) a query should list.
+type Wanted = Box<dyn Fn(usize) -> bool>;
+
 /// Pins: paging through `GET /v1/machines` with any filter (site, state, both, text,
 /// connected, last seen) returns every matching machine exactly once, in hostname then
 /// machine id order (equal hostnames too), in `ceil(n / limit)` pages with `next` null on the
@@ -551,7 +554,7 @@ async fn keyset_pages_return_every_machine_exactly_once_in_order() {
             .unwrap()
             .to_owned();
         let seen_mid = s.db().machine(&ids[20]).await.unwrap().last_seen_ms;
-        let cases: Vec<(String, Box<dyn Fn(usize) -> bool>)> = vec![
+        let cases: Vec<(String, Wanted)> = vec![
             (String::new(), Box::new(|_| true)),
             ("site=b2".into(), Box::new(|i| i % 3 == 0)),
             (
