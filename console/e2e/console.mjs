@@ -8,6 +8,7 @@
 // `check …`) and waits for `ok …` on stdin. Its last line is `pass`, or `fail <why>` with a
 // screenshot of the page that failed.
 
+import fs from 'node:fs';
 import path from 'node:path';
 import { env, launch, log, openPage, shot } from './lib.mjs';
 import admin from './admin.mjs';
@@ -31,6 +32,9 @@ process.stdin.on('end', () => {
   log('stdin closed by the harness; stopping');
   browser?.close().finally(() => process.exit(3));
 });
+
+// A failure picture of an earlier run would mislead whoever looks at this one.
+fs.rmSync(path.join(env.shots, `failure-${name}-laptop.png`), { force: true });
 
 try {
   browser = await launch();
