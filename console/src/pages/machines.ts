@@ -72,7 +72,19 @@ export async function machinesPage(ctx: PageCtx): Promise<void> {
   const results = h("div", { class: "results" });
   const selected = new Map<string, Machine>();
   const removeSelected = admin
-    ? action("Remove selected", () => removeSelection(), msgs, { class: "danger" })
+    ? action(
+        "Remove selected",
+        async () => {
+          try {
+            await removeSelection();
+          } finally {
+            // After the button's own busy state ends: enabled only with a selection.
+            setTimeout(updateSelection);
+          }
+        },
+        msgs,
+        { class: "danger" },
+      )
     : null;
   const pager = new Pager(["First page", "Next page"], () => void load(), true);
   const count = h("p", { class: "count", role: "status" });
