@@ -106,9 +106,12 @@ export function dialog(
     onClose?.();
     if (d.open) d.close();
     d.remove();
-    // Back to what opened it; if the page was redrawn meanwhile, to the page's heading.
-    if (opener && opener.isConnected) opener.focus();
-    else document.querySelector<HTMLElement>("main h1")?.focus();
+    // Back to what opened it (once the task that opened it is over: a button busy with it is
+    // disabled until then); if the page was redrawn meanwhile, to the page's heading.
+    setTimeout(() => {
+      if (opener && opener.isConnected) opener.focus();
+      else document.querySelector<HTMLElement>("main h1")?.focus();
+    });
   };
   d.addEventListener("cancel", (e) => {
     e.preventDefault();
@@ -148,6 +151,8 @@ export function action(label: string, run: () => Promise<void>, msgs: Messages, 
       msgs.error(e);
     } finally {
       b.disabled = false;
+      // A disabled button loses focus; give it back if nothing else took it.
+      if (b.isConnected && (document.activeElement === document.body || document.activeElement === null)) b.focus();
     }
   });
   return b;

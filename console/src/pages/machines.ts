@@ -72,7 +72,19 @@ export async function machinesPage(ctx: PageCtx): Promise<void> {
   const results = h("div", { class: "results" });
   const selected = new Map<string, Machine>();
   const removeSelected = admin
-    ? action("Remove selected", () => removeSelection(), msgs, { class: "danger" })
+    ? action(
+        "Remove selected",
+        async () => {
+          try {
+            await removeSelection();
+          } finally {
+            // After the button's own busy state ends: enabled only with a selection.
+            setTimeout(updateSelection);
+          }
+        },
+        msgs,
+        { class: "danger" },
+      )
     : null;
   const pager = new Pager(["First page", "Next page"], () => void load(), true);
   const count = h("p", { class: "count", role: "status" });
@@ -203,11 +215,11 @@ export async function machinesPage(ctx: PageCtx): Promise<void> {
     const removed = res.results.filter((r) => r.result === "removed").length;
     msgs.ok(`${removed} of ${res.results.length} removed.`);
     const headId = uid("res");
-    fill(
-      results,
-      h("section", { "aria-labelledby": headId }, h("h2", { id: headId }, "Removal results"), table("Removal results", ["Hostname", "Machine id", "Result"], rows, "No results.")),
-    );
+    const head = h("h2", { id: headId, tabindex: -1 }, "Removal results");
+    fill(results, h("section", { "aria-labelledby": headId }, head, table("Removal results", ["Hostname", "Machine id", "Result"], rows, "No results.")));
     await load();
+    // The results are where the keyboard goes on (the button is disabled again).
+    setTimeout(() => head.focus());
   }
 
   try {
