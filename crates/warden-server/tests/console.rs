@@ -396,8 +396,9 @@ async fn a_cookie_logout_ends_the_session_for_cookie_and_bearer() {
     }
 }
 
-/// Pins: a viewer, by cookie, reads the machine list and a machine but every change to a
-/// machine is refused 403 even with the right CSRF token.
+/// Pins: a viewer, by cookie, reads the machine list, a machine, its keys and actions, and
+/// reaches the live dispatch stream, but every change to a machine is refused 403 even with
+/// the right CSRF token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_reads_machines_and_changes_none() {
     for url in backends() {
@@ -418,6 +419,22 @@ async fn a_viewer_reads_machines_and_changes_none() {
             let r = s.request("GET", &path, None, &[("Cookie", &cookie)]).await;
             assert_eq!(r.status, 200, "{db}: {path}: {}", r.raw);
         }
+        // The live stream takes the cookie too (EventSource sends it): past authentication,
+        // an unknown dispatch is simply not found.
+        let stream = s
+            .request(
+                "GET",
+                &format!("/v1/dispatches/dsp_{}/events", "0".repeat(32)),
+                None,
+                &[("Cookie", &cookie)],
+            )
+            .await;
+        assert_eq!(
+            (stream.status, stream.kind()),
+            (404, "not_found"),
+            "{db}: {}",
+            stream.raw
+        );
         for (method, path, b) in [
             ("POST", format!("/v1/machines/{id}/approve"), None),
             ("POST", format!("/v1/machines/{id}/ban"), None),
@@ -515,6 +532,9 @@ async fn all_pages(s: &TestServer, token: &str, q: &str, limit: usize) -> (Vec<V
     }
 }
 
+/// Which of the filled machines (by index) a query should list.
+type Wanted = Box<dyn Fn(usize) -> bool>;
+
 /// Pins: paging through `GET /v1/machines` with any filter (site, state, both, text,
 /// connected, last seen) returns every matching machine exactly once, in hostname then
 /// machine id order (equal hostnames too), in `ceil(n / limit)` pages with `next` null on the
@@ -551,7 +571,7 @@ async fn keyset_pages_return_every_machine_exactly_once_in_order() {
             .unwrap()
             .to_owned();
         let seen_mid = s.db().machine(&ids[20]).await.unwrap().last_seen_ms;
-        let cases: Vec<(String, Box<dyn Fn(usize) -> bool>)> = vec![
+        let cases: Vec<(String, Wanted)> = vec![
             (String::new(), Box::new(|_| true)),
             ("site=b2".into(), Box::new(|i| i % 3 == 0)),
             (
