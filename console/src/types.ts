@@ -102,6 +102,8 @@ export interface HostPart {
   state: string;
   job_id: string | null;
   exit_code: number | null;
+  /** What the job reported as its result, once it ended. */
+  result?: unknown;
   refusal_kind: string | null;
   refusal_message: string | null;
   note: string | null;

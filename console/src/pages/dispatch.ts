@@ -150,6 +150,7 @@ export async function dispatchPage(ctx: PageCtx): Promise<void> {
       p.progress?.phase && !FINAL.has(p.state) ? plain(p.progress.phase) : null,
       p.refusal_kind ? `${p.refusal_kind}: ${plain(p.refusal_message ?? "")}` : null,
       p.note ? plain(p.note) : null,
+      p.result !== null && p.result !== undefined ? `result ${short(JSON.stringify(p.result))}` : null,
       p.output_truncated ? "output truncated" : null,
     ].filter(Boolean);
     fill(v.detail, why.length ? why.join("; ") : "");
@@ -246,4 +247,10 @@ function leftOut(list: { machine_id: string; reason: string }[]): HTMLElement {
     h("summary", null, `${list.length} machine${list.length === 1 ? "" : "s"} left out (${why})`),
     h("ul", null, list.map((x) => h("li", null, h("span", { class: "mono" }, plain(x.machine_id)), ` ${x.reason.replace(/_/g, " ")}`))),
   );
+}
+
+/** A value shown in a table cell: control characters visible, at most 120 characters. */
+function short(text: string): string {
+  const t = plain(text);
+  return t.length > 120 ? `${t.slice(0, 119)}…` : t;
 }
