@@ -117,12 +117,9 @@ export async function machinesPage(ctx: PageCtx): Promise<void> {
     const mine = ++loading;
     const [after, before] = (SEEN[seen.value] ?? SEEN[""]!).slice(1) as [number | null, number | null];
     const now = Date.now();
-    // A ban is not a state on the server (a banned machine keeps its state): banned machines
-    // are picked out of each page of the list here.
-    const banned = state.value === "banned";
     const q = query({
       site: site.value,
-      state: banned ? "" : state.value,
+      state: state.value,
       text: text.value.trim(),
       connected: connection.value,
       seen_after: after === null ? null : now - after,
@@ -136,14 +133,9 @@ export async function machinesPage(ctx: PageCtx): Promise<void> {
       selected.clear();
       updateSelection();
       pager.loaded(res.next ?? null);
-      const shown = banned ? res.machines.filter((m) => m.banned) : res.machines;
+      const shown = res.machines;
       const n = shown.length;
-      fill(
-        count,
-        banned
-          ? `${n} banned among the ${res.machines.length} machines of this page${res.next ? "; Next page looks further" : ""}`
-          : n ? `${n} machine${n === 1 ? "" : "s"} on this page` : "",
-      );
+      fill(count, n ? `${n} machine${n === 1 ? "" : "s"} on this page` : "");
       draw(shown);
     } catch (e) {
       if (ctx.alive()) msgs.error(e);

@@ -536,7 +536,7 @@ async fn all_pages(s: &TestServer, token: &str, q: &str, limit: usize) -> (Vec<V
 type Wanted = Box<dyn Fn(usize) -> bool>;
 
 /// Pins: paging through `GET /v1/machines` with any filter (site, state, both, text,
-/// connected, last seen) returns every matching machine exactly once, in hostname then
+/// connected, last seen, banned) returns every matching machine exactly once, in hostname then
 /// machine id order (equal hostnames too), in `ceil(n / limit)` pages with `next` null on the
 /// last; a forged cursor is a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,7 +591,16 @@ async fn keyset_pages_return_every_machine_exactly_once_in_order() {
             (format!("seen_after={seen_mid}"), Box::new(|i| i > 20)),
             (format!("seen_before={seen_mid}"), Box::new(|i| i < 20)),
             ("site=nowhere".into(), Box::new(|_| false)),
+            // A ban is asked for like a state, though a banned machine keeps its own state.
+            ("state=banned".into(), Box::new(|i| i % 7 == 0)),
+            (
+                "site=b2&state=banned".into(),
+                Box::new(|i| i % 3 == 0 && i % 7 == 0),
+            ),
         ];
+        for i in (0..ids.len()).filter(|i| i % 7 == 0) {
+            s.db().ban(&ids[i]).await.unwrap();
+        }
         for (q, wanted) in cases {
             let mut expected: Vec<(String, String)> = (0..ids.len())
                 .filter(|i| wanted(*i))

@@ -79,7 +79,9 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// The page query, with the site and state conditions given: `$1` site code, `$2` state,
 /// `$3` text pattern, `$4`/`$5` the cursor, `$6` connected (0 any, 1 yes, 2 no), `$7`/`$8`
 /// last seen bounds, `$9` the oldest `last_seen_ms` that still counts as connected, `$10` the
-/// limit. Every variant names every parameter (PostgreSQL must type each one).
+/// limit, `$11` 1 for banned machines only (a ban is kept apart from the state, by machine
+/// id, so it outlives a removal). Every variant names every parameter (PostgreSQL must type
+/// each one).
 ///
 /// `LEFT JOIN` keeps SQLite from reordering the join: it walks `machines` on the index that
 /// has the page's order and stops at the limit, instead of sorting every machine of a site.
@@ -96,6 +98,7 @@ macro_rules! page {
                   OR ($6 = 2 AND (m.linked_ms IS NULL OR m.last_seen_ms < $9)))
              AND m.last_seen_ms > $7 AND m.last_seen_ms < $8
              AND (m.hostname, m.machine_id) > ($4, $5)
+             AND ($11 = 0 OR EXISTS (SELECT 1 FROM bans b WHERE b.machine_id = m.machine_id))
              ORDER BY m.hostname, m.machine_id LIMIT $10"
         )
     };
@@ -104,8 +107,11 @@ macro_rules! page {
 impl Db {
     /// One page of machines matching `q`, and the cursor of the next page (`None` on the last).
     pub async fn machines(&self, q: &MachineQuery) -> Result<(Vec<Machine>, Option<Cursor>)> {
+        // `banned` is asked for like a state, but a banned machine keeps its own state.
+        let banned = q.state.as_deref() == Some("banned");
+        let state = q.state.as_deref().filter(|_| !banned);
         // One static statement per combination, so each can start on its own index.
-        let sql = match (q.site.is_some(), q.state.is_some()) {
+        let sql = match (q.site.is_some(), state.is_some()) {
             (false, false) => page!("$1 = ''", "$2 = ''"),
             (true, false) => page!(
                 "m.site_id = (SELECT id FROM sites WHERE site_code = $1)",
@@ -129,7 +135,7 @@ impl Db {
             .map_or(("", ""), |c| (c.hostname.as_str(), c.machine_id.as_str()));
         let rows = sqlx::query(sql)
             .bind(q.site.as_deref().unwrap_or(""))
-            .bind(q.state.as_deref().unwrap_or(""))
+            .bind(state.unwrap_or(""))
             .bind(pattern.as_deref().unwrap_or(""))
             .bind(host)
             .bind(id)
@@ -143,6 +149,7 @@ impl Db {
             .bind(now_ms() - CONNECTED_WITHIN_MS)
             // One more than asked: whether a next page exists is known, not guessed.
             .bind(limit + 1)
+            .bind(i64::from(banned))
             .fetch_all(&self.pool)
             .await?;
         let mut machines = rows.iter().map(machine_of).collect::<Result<Vec<_>>>()?;
