@@ -7,9 +7,11 @@
 //! the pure schedule math in [`backoff`]) → [`enroll`] and [`link`] (the two exchanges, over
 //! [`tls`]) → [`keystore`] (the key on disk). [`dispatch`] runs the fleet's dispatches between
 //! the link and wardend, with its spool beside the key. [`identity`] asks wardend who this host is.
+//! [`cli`] declares the flags `main.rs` parses.
 
 pub mod agent;
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod enroll;

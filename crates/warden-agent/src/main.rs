@@ -2,28 +2,12 @@
 //! SIGTERM/SIGINT. Exit status: 0 when stopped, 1 when it cannot run (bad config, an unsafe key
 //! store: the message says what to fix), 3 when the server's answer needs an operator first.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use warden_agent::config::{AgentConfig, DEFAULT_CONFIG};
+use warden_agent::cli::Cli;
+use warden_agent::config::AgentConfig;
 use warden_agent::{EXIT_FINAL, Exit, Stop};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "warden-agent",
-    version,
-    about = "warden's host agent: enrolls this host with warden-server and keeps its link."
-)]
-struct Cli {
-    /// The configuration file.
-    #[arg(long, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// Try it out against a local server: allows plain http://, keeps state in a per-user
-    /// directory and uses the dev wardend socket. Never on a real host.
-    #[arg(long)]
-    dev: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

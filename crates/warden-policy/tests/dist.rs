@@ -108,7 +108,7 @@ fn each_socket_unit_opens_one_example_listener_with_its_mode_and_group() {
 }
 
 /// Where the example actions' helpers are installed (dist/examples/bin goes there).
-const HELPERS: &str = "/usr/local/libexec/warden/";
+const HELPERS: &str = "/usr/libexec/warden/";
 
 /// The example configuration with the example actions pasted at its end, as an admin would.
 fn with_examples() -> Loaded {

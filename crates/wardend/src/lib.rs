@@ -3,13 +3,14 @@
 //! The request path, in the order a request meets it:
 //! [`listener`] (sockets) → [`server`] (accept, admission) → `connection` (framing, deadlines)
 //! → `identity` (who, from the kernel) → `dispatch` (rate limits, the gate) → `handlers` (one
-//! file per endpoint family). [`settings`] loads what the daemon runs with; `main.rs` only parses
-//! flags, sets up logging and signals, and calls [`Daemon::start`].
+//! file per endpoint family). [`settings`] loads what the daemon runs with; [`cli`] declares the
+//! flags; `main.rs` only parses them, sets up logging and signals, and calls [`Daemon::start`].
 
 mod alerts;
 mod audit;
 mod brakes;
 mod call;
+pub mod cli;
 mod connection;
 mod dispatch;
 pub mod doctor;

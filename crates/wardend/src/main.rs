@@ -5,55 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use warden_proto::messages::DaemonMode;
+use wardend::cli::{Cli, Command};
 use wardend::{DEFAULT_CONFIG, Daemon, Settings, notify};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "wardend",
-    version,
-    about = "warden's privilege broker daemon",
-    long_about = "warden's privilege broker daemon. Serves the local control plane on Unix sockets, \
-                  identifies every caller from the kernel and judges every request in one gate."
-)]
-struct Cli {
-    /// Configuration file [default: /etc/warden/warden.toml; built-in default if it is absent]
-    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
-    config: Option<PathBuf>,
-    /// Run unprivileged with a demo configuration on a private socket, for trying warden out.
-    #[arg(long)]
-    dev: bool,
-    /// Serve the first listener on PATH instead of its configured path.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Keep state in DIR instead of the configured state directory.
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Validate a configuration file and print its problems as FILE:LINE: message.
-    /// Exit status: 0 valid (warnings may be printed), 1 invalid or unreadable.
-    CheckConfig {
-        /// The file to check.
-        file: PathBuf,
-    },
-    /// Check the installation's security posture: file owners and modes, sockets, the systemd
-    /// unit, the audit chain, the ledger. Each finding says how to fix it.
-    /// Exit status: 0 no errors (warnings may be printed), 1 errors found.
-    Doctor {
-        /// The configuration to check against.
-        #[arg(default_value = wardend::DEFAULT_CONFIG)]
-        file: PathBuf,
-    },
-}
 
 /// `e` and its causes, each cause only where the message before does not already say it (many
 /// of our errors name their cause in their own message).

@@ -56,7 +56,9 @@ pub enum DispatchCommand {
         /// Machines whose labels hold key=value (repeat: all must hold).
         #[arg(long)]
         label: Vec<String>,
+        /// The action to run, as the hosts declare it (remote = true).
         action: String,
+        /// Parameters as k=v (a string) or k:=JSON (a typed value).
         params: Vec<String>,
         /// Hosts in flight at once.
         #[arg(long)]
@@ -76,20 +78,30 @@ pub enum DispatchCommand {
     },
     /// Dispatches, newest first.
     List {
+        /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
     /// One dispatch: every host's state and the summary.
-    Show { id: String },
+    Show {
+        /// The dispatch id.
+        id: String,
+    },
     /// A host's output, in order.
     Output {
+        /// The dispatch id.
         id: String,
+        /// The host's machine id (muid_…).
         machine: String,
+        /// Only output after this position (a previous answer's next_after).
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
     /// Cancel a dispatch (hosts not started end at once; started ones as wardend decides).
-    Cancel { id: String },
+    Cancel {
+        /// The dispatch id.
+        id: String,
+    },
 }
 
 /// A client of the server's API.

@@ -57,8 +57,10 @@ pub enum Command {
     Dispatch(dispatch::DispatchArgs),
     /// The audit trail, newest first.
     Events {
+        /// Only events of this kind (e.g. enroll.new).
         #[arg(long)]
         kind: Option<String>,
+        /// At most this many.
         #[arg(short = 'n', long, default_value_t = 50)]
         limit: i64,
     },
@@ -68,13 +70,16 @@ pub enum Command {
 pub enum UserCommand {
     /// Add an operator; the password is asked for (or read from stdin).
     Add {
+        /// The operator's login name.
         name: String,
+        /// What the operator may do: admin, operator or viewer.
         #[arg(long, value_parser = ["admin", "operator", "viewer"])]
         role: String,
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
     },
+    /// List the operators and their roles.
     List,
 }
 
@@ -82,26 +87,34 @@ pub enum UserCommand {
 pub enum SiteCommand {
     /// Add a site.
     Add {
+        /// The site's code, as agents name it in agent.toml (site_code).
         code: String,
+        /// The site's display name.
         #[arg(long)]
         name: String,
+        /// The company the site belongs to.
         #[arg(long, default_value = "")]
         company: String,
     },
+    /// List the sites.
     List,
     /// Issue a new enrollment key (shown once); the previous one stops working at once.
     RotateKey {
+        /// The site's code.
         code: String,
     },
     /// The active key's version and fingerprint (never the key).
     Key {
+        /// The site's code.
         code: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MachinesCommand {
+    /// List machines, a page at a time.
     List {
+        /// Only machines of this site (its code).
         #[arg(long)]
         site: Option<String>,
         /// active, pending, quarantined or removed.
@@ -119,25 +132,32 @@ pub enum MachinesCommand {
     },
     /// Let a pending machine (a likely clone) in: its next enrollment gets a key.
     Approve {
+        /// The machine id (muid_…).
         machine_id: String,
     },
     /// Remove a machine: its keys stop working; it may enroll again.
     Remove {
+        /// The machine id (muid_…).
         machine_id: String,
     },
     /// Refuse a machine id's enrollments and revoke its keys.
     Ban {
+        /// The machine id (muid_…).
         machine_id: String,
     },
+    /// Lift a ban: the machine id may enroll again.
     Unban {
+        /// The machine id (muid_…).
         machine_id: String,
     },
     /// Quarantine a machine: its live link closes; no link and no dispatch until cleared.
     Quarantine {
+        /// The machine id (muid_…).
         machine_id: String,
     },
     /// Clear a quarantine: the machine may link again with its current key.
     Clear {
+        /// The machine id (muid_…).
         machine_id: String,
     },
 }
@@ -145,6 +165,7 @@ pub enum MachinesCommand {
 /// `warden-server serve`: where to listen, TLS, trusted proxies, deadlines and limits.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// The address and port to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: std::net::SocketAddr,
     /// A proxy (address or CIDR) whose X-Forwarded-For is believed; repeat for more.
