@@ -12,6 +12,7 @@ use warden_proto::{ActionName, Gid, Limits, Tier, Uid};
 
 use crate::actions::{self, ActionSpec};
 use crate::config::{self, ConfigError, ConfigFile, Problem, line_of};
+use crate::dropin::{self, ConfigErrors, Located, ParsedDropIn, Source};
 use crate::fleet::{self, FleetPolicy};
 use crate::resources::{self, ResourceKind};
 
@@ -147,11 +148,65 @@ pub struct Loaded {
     pub warnings: Vec<Problem>,
 }
 
+/// A policy read from a main file and its drop-ins, and the warnings found, by file.
+#[derive(Debug)]
+pub struct LoadedFiles {
+    pub policy: Policy,
+    pub warnings: Vec<Located>,
+}
+
 impl Policy {
     /// Parses and compiles `text`. `origin` labels problems (usually the file path).
     pub fn load(text: &str, origin: &str, dir: &dyn Directory) -> Result<Loaded, ConfigError> {
         let file = config::parse(text, origin)?;
-        compile(file, text, origin, dir)
+        match compile(file, Source { origin, text }, &[], dir) {
+            Ok(loaded) => Ok(Loaded {
+                policy: loaded.policy,
+                warnings: loaded.warnings.into_iter().map(|w| w.problem).collect(),
+            }),
+            Err(mut e) => Err(e.files.pop().unwrap_or_else(|| ConfigError {
+                origin: origin.to_owned(),
+                problems: Vec::new(),
+            })),
+        }
+    }
+
+    /// Parses and compiles a main file and its drop-ins (in the order given): each drop-in adds
+    /// `[[action]]` and `[[resource]]` tables, which may use the main file's ops and each other's
+    /// actions. A name declared in two files is an error naming both. Every file's problems are
+    /// reported, each under its own origin.
+    pub fn load_with_dropins(
+        main: Source<'_>,
+        dropins: &[Source<'_>],
+        dir: &dyn Directory,
+    ) -> Result<LoadedFiles, ConfigErrors> {
+        let mut errors = Vec::new();
+        let file = config::parse(main.text, main.origin)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let parsed: Vec<ParsedDropIn<'_>> = dropins
+            .iter()
+            .filter_map(|s| dropin::parse(*s).map_err(|e| errors.push(e)).ok())
+            .collect();
+        // The drop-ins that parse are compiled even when others do not, so that one run
+        // reports every file's problems.
+        let compiled = file.map(|file| compile(file, main, &parsed, dir));
+        match compiled {
+            Some(Ok(loaded)) if errors.is_empty() => Ok(loaded),
+            compiled => {
+                if let Some(Err(e)) = compiled {
+                    errors.extend(e.files);
+                }
+                // Main file first, then the drop-ins in the order they were read.
+                let rank = |origin: &str| {
+                    std::iter::once(main.origin)
+                        .chain(dropins.iter().map(|d| d.origin))
+                        .position(|o| o == origin)
+                };
+                errors.sort_by_key(|e| rank(&e.origin));
+                Err(ConfigErrors { files: errors })
+            }
+        }
     }
 
     /// The listener whose path is `path`.
@@ -167,10 +222,11 @@ impl Policy {
 
 fn compile(
     file: ConfigFile,
-    text: &str,
-    origin: &str,
+    main: Source<'_>,
+    dropins: &[ParsedDropIn<'_>],
     dir: &dyn Directory,
-) -> Result<Loaded, ConfigError> {
+) -> Result<LoadedFiles, ConfigErrors> {
+    let Source { origin, text } = main;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let at = |span: std::ops::Range<usize>| Some(line_of(text, &span));
@@ -184,6 +240,7 @@ fn compile(
         if path.as_os_str().len() > MAX_SOCKET_PATH {
             errors.push(Problem {
                 line,
+                column: None,
                 message: format!(
                     "listener path {} is longer than {MAX_SOCKET_PATH} bytes",
                     path.display()
@@ -193,6 +250,7 @@ fn compile(
         if listeners.iter().any(|o: &ListenerPolicy| o.path == path) {
             errors.push(Problem {
                 line,
+                column: None,
                 message: format!("listener path {} is declared twice", path.display()),
             });
         }
@@ -203,6 +261,7 @@ fn compile(
                 Ok(None) => {
                     errors.push(Problem {
                         line: at(g.span()),
+                        column: None,
                         message: format!("listener group `{}` does not exist", g.get_ref()),
                     });
                     None
@@ -210,6 +269,7 @@ fn compile(
                 Err(e) => {
                     errors.push(Problem {
                         line: at(g.span()),
+                        column: None,
                         message: format!("cannot look up group `{}`: {e}", g.get_ref()),
                     });
                     None
@@ -247,6 +307,7 @@ fn compile(
                     if let Some((prev, _)) = tiers.groups.get(&gid) {
                         warnings.push(Problem {
                             line: at(name.span()),
+                            column: None,
                             message: format!(
                                 "group `{}` is mapped to both {prev} and {tier}; {tier} applies",
                                 name.get_ref()
@@ -257,6 +318,7 @@ fn compile(
                 }
                 Ok(None) => warnings.push(Problem {
                     line: at(name.span()),
+                    column: None,
                     message: format!(
                         "group `{}` does not exist; its {tier} mapping has no effect",
                         name.get_ref()
@@ -264,6 +326,7 @@ fn compile(
                 }),
                 Err(e) => errors.push(Problem {
                     line: at(name.span()),
+                    column: None,
                     message: format!("cannot look up group `{}`: {e}", name.get_ref()),
                 }),
             }
@@ -276,6 +339,7 @@ fn compile(
             }
             Ok(None) => warnings.push(Problem {
                 line: at(name.span()),
+                column: None,
                 message: format!(
                     "user `{}` does not exist; its {tier} mapping has no effect",
                     name.get_ref()
@@ -283,6 +347,7 @@ fn compile(
             }),
             Err(e) => errors.push(Problem {
                 line: at(name.span()),
+                column: None,
                 message: format!("cannot look up user `{}`: {e}", name.get_ref()),
             }),
         }
@@ -302,7 +367,28 @@ fn compile(
         &mut errors,
         &mut warnings,
     );
-    let resources = resources::compile_resources(&file.resources, &actions, text, &mut errors);
+    let mut extra = dropins
+        .iter()
+        .map(|d| (d.source, FileProblems::default()))
+        .collect::<Vec<_>>();
+    let actions = add_dropin_actions(
+        actions,
+        &file.actions,
+        main,
+        dropins,
+        &declared_ops,
+        dir,
+        &mut extra,
+    );
+    let mut resources = resources::compile_resources(&file.resources, &actions, text, &mut errors);
+    add_dropin_resources(
+        &mut resources,
+        &file.resources,
+        main,
+        dropins,
+        &actions,
+        &mut extra,
+    );
     let mut actions = actions;
     for kind in resources.values() {
         for hook in [&kind.on_create, &kind.on_delete].into_iter().flatten() {
@@ -351,13 +437,36 @@ fn compile(
 
     let fleet = fleet::compile_fleet(file.fleet.as_ref(), text, dir, &mut errors, &mut warnings);
 
+    let mut failed = Vec::new();
     if !errors.is_empty() {
-        return Err(ConfigError {
+        failed.push(ConfigError {
             origin: origin.to_owned(),
             problems: errors,
         });
     }
-    Ok(Loaded {
+    let mut located: Vec<Located> = warnings
+        .into_iter()
+        .map(|problem| Located {
+            origin: origin.to_owned(),
+            problem,
+        })
+        .collect();
+    for (source, found) in extra {
+        if !found.errors.is_empty() {
+            failed.push(ConfigError {
+                origin: source.origin.to_owned(),
+                problems: found.errors,
+            });
+        }
+        located.extend(found.warnings.into_iter().map(|problem| Located {
+            origin: source.origin.to_owned(),
+            problem,
+        }));
+    }
+    if !failed.is_empty() {
+        return Err(ConfigErrors { files: failed });
+    }
+    Ok(LoadedFiles {
         policy: Policy {
             state_dir: file.daemon.state_dir.0,
             runtime_dir,
@@ -372,8 +481,139 @@ fn compile(
             resources,
             fleet,
         },
-        warnings,
+        warnings: located,
     })
+}
+
+/// Errors and warnings found in one drop-in.
+#[derive(Debug, Default)]
+struct FileProblems {
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+/// The line of each action's name in `sections`.
+fn action_lines<'a>(
+    sections: &'a [toml::Spanned<config::ActionSection>],
+    text: &str,
+) -> Vec<(&'a str, usize)> {
+    sections
+        .iter()
+        .map(|s| {
+            let n = &s.get_ref().name;
+            (n.get_ref().as_str(), line_of(text, &n.span()))
+        })
+        .collect()
+}
+
+/// Compiles each drop-in's actions and adds them to the main file's; a name already declared in
+/// an earlier file is an error in the later one, naming where it was first declared.
+fn add_dropin_actions(
+    mut actions: BTreeMap<ActionName, ActionSpec>,
+    main_sections: &[toml::Spanned<config::ActionSection>],
+    main: Source<'_>,
+    dropins: &[ParsedDropIn<'_>],
+    ops: &BTreeSet<String>,
+    dir: &dyn Directory,
+    found: &mut [(Source<'_>, FileProblems)],
+) -> BTreeMap<ActionName, ActionSpec> {
+    // name → `origin:line` of its first declaration.
+    let mut first: HashMap<String, String> = HashMap::new();
+    for (name, line) in action_lines(main_sections, main.text) {
+        first
+            .entry(name.to_owned())
+            .or_insert_with(|| format!("{}:{line}", main.origin));
+    }
+    for (d, (_, p)) in dropins.iter().zip(found.iter_mut()) {
+        let compiled = actions::compile_actions(
+            &d.file.actions,
+            ops,
+            d.source.text,
+            dir,
+            &mut p.errors,
+            &mut p.warnings,
+        );
+        let here = action_lines(&d.file.actions, d.source.text);
+        for (name, spec) in compiled {
+            let line = here
+                .iter()
+                .find(|(n, _)| *n == name.as_str())
+                .map(|(_, l)| *l);
+            if let Some(at) = first.get(name.as_str()) {
+                p.errors.push(Problem {
+                    line,
+                    column: None,
+                    message: format!("action `{name}` is already declared at {at}"),
+                });
+                continue;
+            }
+            let at = format!("{}:{}", d.source.origin, line.unwrap_or(0));
+            first.insert(name.as_str().to_owned(), at);
+            actions.insert(name, spec);
+        }
+    }
+    actions
+}
+
+/// Compiles each drop-in's resource kinds and adds them; a kind or a base directory already
+/// declared in an earlier file is an error in the later one, naming where.
+fn add_dropin_resources(
+    resources: &mut BTreeMap<String, ResourceKind>,
+    main_sections: &[toml::Spanned<config::ResourceSection>],
+    main: Source<'_>,
+    dropins: &[ParsedDropIn<'_>],
+    actions: &BTreeMap<ActionName, ActionSpec>,
+    found: &mut [(Source<'_>, FileProblems)],
+) {
+    // kind → (where declared, base_dir line there).
+    let mut first: HashMap<String, (String, String)> = HashMap::new();
+    let note = |sections: &[toml::Spanned<config::ResourceSection>],
+                source: Source<'_>,
+                first: &mut HashMap<String, (String, String)>| {
+        for s in sections {
+            let r = s.get_ref();
+            let at = |span| format!("{}:{}", source.origin, line_of(source.text, &span));
+            first
+                .entry(r.kind.get_ref().clone())
+                .or_insert((at(r.kind.span()), at(r.base_dir.span())));
+        }
+    };
+    note(main_sections, main, &mut first);
+    for (d, (_, p)) in dropins.iter().zip(found.iter_mut()) {
+        let compiled =
+            resources::compile_resources(&d.file.resources, actions, d.source.text, &mut p.errors);
+        for section in &d.file.resources {
+            let r = section.get_ref();
+            let kind = r.kind.get_ref();
+            let Some(new) = compiled.get(kind) else {
+                continue;
+            };
+            let line = |span| Some(line_of(d.source.text, &span));
+            if let Some((at, _)) = first.get(kind) {
+                p.errors.push(Problem {
+                    line: line(r.kind.span()),
+                    column: None,
+                    message: format!("resource kind `{kind}` is already declared at {at}"),
+                });
+                continue;
+            }
+            if let Some(other) = resources.values().find(|o| o.base_dir == new.base_dir) {
+                let at = first.get(&other.kind).map_or("", |(_, b)| b.as_str());
+                p.errors.push(Problem {
+                    line: line(r.base_dir.span()),
+                    column: None,
+                    message: format!(
+                        "base_dir {} is already used by resource kind `{}` at {at}",
+                        new.base_dir.display(),
+                        other.kind
+                    ),
+                });
+                continue;
+            }
+            resources.insert(kind.clone(), new.clone());
+        }
+        note(&d.file.resources, d.source, &mut first);
+    }
 }
 
 #[cfg(test)]

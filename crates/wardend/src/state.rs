@@ -88,11 +88,22 @@ pub struct Reloaded {
 }
 
 impl Shared {
-    /// Reads the configuration file again and puts its policy in force at once: tiers, actions,
+    /// Reads the configuration file and its drop-ins again and puts their policy in force at once: tiers, actions,
     /// guards and new ops toggles. What only a restart can change (listeners, limits,
     /// directories, `[jobs]`, `[audit]`) keeps its running value and is named in the answer. A
-    /// file that does not load changes nothing; the error names its problems with their lines.
+    /// file (main or drop-in) that does not load changes nothing; the error names its problems
+    /// with their files and lines.
     pub(crate) fn reload(&self) -> Result<Reloaded, String> {
+        crate::notify::reloading();
+        let result = self.reload_files();
+        crate::notify::reloaded(match &result {
+            Ok(_) => "configuration reloaded",
+            Err(_) => "reload failed; the running policy stays",
+        });
+        result
+    }
+
+    fn reload_files(&self) -> Result<Reloaded, String> {
         let Some(path) = &self.config_path else {
             return Err(
                 "this daemon runs a built-in configuration: there is no file to reload".into(),
@@ -133,13 +144,12 @@ impl Shared {
             .policy
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
-        let origin = path.display().to_string();
         Ok(Reloaded {
             needs_restart,
             warnings: settings
                 .warnings
                 .iter()
-                .map(|w| w.display_warning(&origin).to_string())
+                .map(|w| w.display_warning().to_string())
                 .collect(),
         })
     }

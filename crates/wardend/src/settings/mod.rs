@@ -1,17 +1,28 @@
 //! What a daemon runs with: a policy compiled from `/etc/warden/warden.toml` (or the file named
 //! by `--config`), the built-in default when the default file is absent, or the demo policy of
 //! `--dev`; plus the overrides given on the command line. Reading files and resolving names
-//! happens here so that `warden-policy` stays pure.
+//! happens here so that `warden-policy` stays pure: the main file and the drop-ins beside it
+//! (`warden.d/*.toml`) are opened here, and each must be root's (or the daemon user's) and
+//! writable by no one else before its text is read.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use warden_policy::{ConfigError, Directory, Policy, Problem};
+use warden_policy::{ConfigErrors, Directory, Located, Policy, Problem, Source};
 use warden_proto::messages::DaemonMode;
 use warden_proto::{Gid, Tier, Uid};
 use warden_sys::activation::ActivatedListener;
 
 use crate::identity::PidfdSource;
+
+mod dropin;
+
+pub use dropin::DROPIN_DIR;
+
+/// The drop-in directory of the configuration file `config`.
+pub fn dropin_dir(config: &Path) -> PathBuf {
+    dropin::dir_of(config)
+}
 
 /// The configuration file read when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/warden/warden.toml";
@@ -23,8 +34,11 @@ pub struct Settings {
     pub mode: DaemonMode,
     /// Where the policy came from, for logs and `check-config`.
     pub origin: String,
-    /// Problems that do not stop the daemon (e.g. a tier mapped to a group that does not exist).
-    pub warnings: Vec<Problem>,
+    /// Problems that do not stop the daemon (e.g. a tier mapped to a group that does not exist),
+    /// each with the file it is in.
+    pub warnings: Vec<Located>,
+    /// The drop-in files read, in the order they were read.
+    pub dropins: Vec<PathBuf>,
     /// Besides root, the one uid allowed to own the directories above a socket: the daemon's own.
     pub trusted_uid: u32,
     /// Listening sockets passed in by systemd, matched to listeners by path.
@@ -39,9 +53,12 @@ pub struct Settings {
 pub enum SettingsError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    /// A configuration file (or the drop-in directory) that someone besides root could change.
+    #[error("{path}: refused: {why}")]
+    Unsafe { path: PathBuf, why: String },
     // Transparent: with `{0}` and a source, `{:#}` would print every problem twice.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
     #[error("cannot find the current directory: {0}")]
     CurrentDir(io::Error),
 }
@@ -67,17 +84,31 @@ impl Settings {
         origin: &str,
         mode: DaemonMode,
     ) -> Result<Settings, SettingsError> {
-        let loaded = Policy::load(text, origin, &SystemDirectory)?;
+        Self::from_files(Source { origin, text }, &[], mode)
+    }
+
+    /// Settings from a main file's text and its drop-ins' (in the order they were read).
+    fn from_files(
+        main: Source<'_>,
+        dropins: &[Source<'_>],
+        mode: DaemonMode,
+    ) -> Result<Settings, SettingsError> {
+        let loaded = Policy::load_with_dropins(main, dropins, &SystemDirectory)?;
         let mut warnings = loaded.warnings;
-        warnings.extend(risks(&loaded.policy).into_iter().map(|message| Problem {
-            line: None,
-            message,
+        warnings.extend(risks(&loaded.policy).into_iter().map(|message| Located {
+            origin: main.origin.to_owned(),
+            problem: Problem {
+                line: None,
+                column: None,
+                message,
+            },
         }));
         Ok(Settings {
             policy: loaded.policy,
             mode,
-            origin: origin.to_owned(),
+            origin: main.origin.to_owned(),
             warnings,
+            dropins: Vec::new(),
             trusted_uid: warden_sys::users::effective_uid(),
             activated: Vec::new(),
             pidfd_source: PidfdSource::Socket,
@@ -85,33 +116,57 @@ impl Settings {
         })
     }
 
-    /// Settings of a system daemon from `path`. When `path` was not given explicitly and does not
-    /// exist, the built-in default applies (one socket anyone may open, only root is admin).
+    /// Settings of a system daemon from `path` and the drop-ins in `warden.d` beside it. When
+    /// `path` was not given explicitly and does not exist, the built-in default applies (one
+    /// socket anyone may open, only root is admin), with the drop-ins still read.
     pub fn system(path: &Path, explicit: bool) -> Result<Settings, SettingsError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let mut s =
-                    Self::from_toml(&text, &path.display().to_string(), DaemonMode::System)?;
-                s.config_path = Some(path.to_owned());
-                Ok(s)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
-                let mut s =
-                    Self::from_toml("", "built-in default configuration", DaemonMode::System)?;
-                s.warnings.push(Problem {
-                    line: None,
-                    message: format!(
-                        "{} does not exist; using the built-in default (only root is admin)",
-                        path.display()
-                    ),
-                });
-                Ok(s)
-            }
-            Err(source) => Err(SettingsError::Read {
-                path: path.to_owned(),
-                source,
-            }),
+        let trusted = warden_sys::users::effective_uid();
+        let dropin_paths = dropin::list(&dropin::dir_of(path), trusted)?;
+        let mut texts = Vec::with_capacity(dropin_paths.len());
+        for p in &dropin_paths {
+            texts.push((p.display().to_string(), dropin::read_checked(p, trusted)?));
         }
+        let dropins: Vec<Source<'_>> = texts
+            .iter()
+            .map(|(origin, text)| Source { origin, text })
+            .collect();
+        let origin = path.display().to_string();
+        let mut s = match dropin::read_checked(path, trusted) {
+            Ok(text) => {
+                let mut s = Self::from_files(
+                    Source {
+                        origin: &origin,
+                        text: &text,
+                    },
+                    &dropins,
+                    DaemonMode::System,
+                )?;
+                s.config_path = Some(path.to_owned());
+                s
+            }
+            Err(SettingsError::Read { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && !explicit =>
+            {
+                let origin = "built-in default configuration";
+                let mut s =
+                    Self::from_files(Source { origin, text: "" }, &dropins, DaemonMode::System)?;
+                s.warnings.push(Located {
+                    origin: origin.to_owned(),
+                    problem: Problem {
+                        line: None,
+                        column: None,
+                        message: format!(
+                            "{} does not exist; using the built-in default (only root is admin)",
+                            path.display()
+                        ),
+                    },
+                });
+                s
+            }
+            Err(e) => return Err(e),
+        };
+        s.dropins = dropin_paths;
+        Ok(s)
     }
 
     /// Settings of `wardend --dev`: the demo policy, a private socket (mode 0600) under the
@@ -462,7 +517,11 @@ under = ["{}"]
             open.display()
         );
         let s = Settings::from_toml(&risky, "t", DaemonMode::System).unwrap();
-        let all: Vec<&str> = s.warnings.iter().map(|w| w.message.as_str()).collect();
+        let all: Vec<&str> = s
+            .warnings
+            .iter()
+            .map(|w| w.problem.message.as_str())
+            .collect();
         let said = |what: &str| all.iter().any(|m| m.contains(what));
         assert!(said("may be opened by every user"), "{all:?}");
         assert!(said("changes state and any read_only caller"), "{all:?}");
