@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &PathBuf) -> ExitCode {
+fn check_config(file: &std::path::Path) -> ExitCode {
     // As the daemon reads it: the file and the drop-ins beside it, owners and modes checked.
     match Settings::system(file, true) {
         Ok(s) => {
