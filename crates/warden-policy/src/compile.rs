@@ -153,6 +153,8 @@ pub struct Loaded {
 pub struct LoadedFiles {
     pub policy: Policy,
     pub warnings: Vec<Located>,
+    /// Where each action is declared: its file and the line of its name.
+    pub declared: HashMap<String, (String, usize)>,
 }
 
 impl Policy {
@@ -371,7 +373,7 @@ fn compile(
         .iter()
         .map(|d| (d.source, FileProblems::default()))
         .collect::<Vec<_>>();
-    let actions = add_dropin_actions(
+    let (actions, declared) = add_dropin_actions(
         actions,
         &file.actions,
         main,
@@ -482,6 +484,7 @@ fn compile(
             fleet,
         },
         warnings: located,
+        declared,
     })
 }
 
@@ -516,13 +519,16 @@ fn add_dropin_actions(
     ops: &BTreeSet<String>,
     dir: &dyn Directory,
     found: &mut [(Source<'_>, FileProblems)],
-) -> BTreeMap<ActionName, ActionSpec> {
-    // name → `origin:line` of its first declaration.
-    let mut first: HashMap<String, String> = HashMap::new();
+) -> (
+    BTreeMap<ActionName, ActionSpec>,
+    HashMap<String, (String, usize)>,
+) {
+    // name → file and line of its first declaration.
+    let mut first: HashMap<String, (String, usize)> = HashMap::new();
     for (name, line) in action_lines(main_sections, main.text) {
         first
             .entry(name.to_owned())
-            .or_insert_with(|| format!("{}:{line}", main.origin));
+            .or_insert_with(|| (main.origin.to_owned(), line));
     }
     for (d, (_, p)) in dropins.iter().zip(found.iter_mut()) {
         let compiled = actions::compile_actions(
@@ -539,20 +545,20 @@ fn add_dropin_actions(
                 .iter()
                 .find(|(n, _)| *n == name.as_str())
                 .map(|(_, l)| *l);
-            if let Some(at) = first.get(name.as_str()) {
+            if let Some((origin, at)) = first.get(name.as_str()) {
                 p.errors.push(Problem {
                     line,
                     column: None,
-                    message: format!("action `{name}` is already declared at {at}"),
+                    message: format!("action `{name}` is already declared at {origin}:{at}"),
                 });
                 continue;
             }
-            let at = format!("{}:{}", d.source.origin, line.unwrap_or(0));
+            let at = (d.source.origin.to_owned(), line.unwrap_or(0));
             first.insert(name.as_str().to_owned(), at);
             actions.insert(name, spec);
         }
     }
-    actions
+    (actions, first)
 }
 
 /// Compiles each drop-in's resource kinds and adds them; a kind or a base directory already

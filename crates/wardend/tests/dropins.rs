@@ -74,6 +74,12 @@ fn valid_drop_ins_add_actions_seen_by_the_daemon_and_check_config() {
     dropin(dir.path(), "30-c.toml.dpkg-old", "garbage = [");
     dropin(dir.path(), ".30-d.toml", "garbage = [");
     dropin(dir.path(), "README", "garbage = [");
+    // A risk is reported at the declaration, in the drop-in.
+    let slow = dropin(
+        dir.path(),
+        "40-slow.toml",
+        "\n[[action]]\nname = \"slow\"\nargv = [\"/bin/true\"]\ntier = \"read_only\"\nmutating = false\n",
+    );
 
     let (code, out, err) = check_config(&cfg);
     assert_eq!(code, 0, "{out}{err}");
@@ -84,13 +90,21 @@ fn valid_drop_ins_add_actions_seen_by_the_daemon_and_check_config() {
             format!("{}: ok", cfg.display()),
             format!("{}: ok", a.display()),
             format!("{}: ok", b.display()),
+            format!("{}: ok", slow.display()),
         ]
+    );
+    assert!(
+        out.contains(&format!(
+            "{}:3: warning: action `slow` may run for 3600 s",
+            slow.display()
+        )),
+        "{out}"
     );
 
     let mut p = Proc::start(&cfg, dir.path(), &[]);
     let sock = dir.path().join("run/w.sock");
     p.wait_log("wardend ready", 1);
-    assert_eq!(actions(&sock), ["from-a", "from-b", "main-one"]);
+    assert_eq!(actions(&sock), ["from-a", "from-b", "main-one", "slow"]);
     assert!(
         p.log().contains("read drop-in configuration"),
         "{}",

@@ -95,13 +95,19 @@ impl Settings {
     ) -> Result<Settings, SettingsError> {
         let loaded = Policy::load_with_dropins(main, dropins, &SystemDirectory)?;
         let mut warnings = loaded.warnings;
-        warnings.extend(risks(&loaded.policy).into_iter().map(|message| Located {
-            origin: main.origin.to_owned(),
-            problem: Problem {
-                line: None,
-                column: None,
-                message,
-            },
+        // A risk of an action is reported at the action's declaration, in whichever file.
+        warnings.extend(risks(&loaded.policy).into_iter().map(|risk| {
+            let at = risk.action.and_then(|a| loaded.declared.get(a.as_str()));
+            Located {
+                origin: at
+                    .map_or(main.origin, |(origin, _)| origin.as_str())
+                    .to_owned(),
+                problem: Problem {
+                    line: at.map(|(_, line)| *line),
+                    column: None,
+                    message: risk.message,
+                },
+            }
         }));
         Ok(Settings {
             policy: loaded.policy,
@@ -276,9 +282,35 @@ const LOADER_VARIABLES: [&str; 10] = [
     "ENV",
 ];
 
+/// Something in a configuration that loads but is risky.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Risk {
+    /// The action it concerns, if one.
+    pub action: Option<warden_proto::ActionName>,
+    pub message: String,
+}
+
 /// Configurations that load but are risky: what `check-config` warns about.
-pub fn risks(policy: &Policy) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
+pub fn risks(policy: &Policy) -> Vec<Risk> {
+    let mut out = Vec::new();
+    for message in listener_risks(policy) {
+        out.push(Risk {
+            action: None,
+            message,
+        });
+    }
+    for a in policy.actions.values() {
+        for message in action_risks(a) {
+            out.push(Risk {
+                action: Some(a.name.clone()),
+                message,
+            });
+        }
+    }
+    out
+}
+
+fn listener_risks(policy: &Policy) -> Vec<String> {
     let mut out = Vec::new();
     // Whether anyone but root can get above read_only at all.
     let elevated = policy
@@ -302,50 +334,54 @@ pub fn risks(policy: &Policy) -> Vec<String> {
             ));
         }
     }
-    for a in policy.actions.values() {
-        if a.mutating && a.tier <= Tier::ReadOnly {
+    out
+}
+
+fn action_risks(a: &warden_policy::ActionSpec) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    if a.mutating && a.tier <= Tier::ReadOnly {
+        out.push(format!(
+            "action `{}` changes state and any read_only caller may start it; \
+             raise its tier or set mutating = false",
+            a.name
+        ));
+    }
+    if a.timeout >= std::time::Duration::from_secs(3600) {
+        out.push(format!(
+            "action `{}` may run for {} s (timeout_s unset or long); give it the timeout it needs",
+            a.name,
+            a.timeout.as_secs()
+        ));
+    }
+    let root = a.run_as.as_ref().is_none_or(|r| r.uid.0 == 0);
+    for name in &a.env_keep {
+        if root && LOADER_VARIABLES.contains(&name.as_str()) {
             out.push(format!(
-                "action `{}` changes state and any read_only caller may start it; \
-                 raise its tier or set mutating = false",
+                "action `{}` runs as root and keeps `{name}` from the daemon's environment, \
+                 which makes programs load other code",
                 a.name
             ));
         }
-        if a.timeout >= std::time::Duration::from_secs(3600) {
-            out.push(format!(
-                "action `{}` may run for {} s (timeout_s unset or long); give it the timeout it needs",
-                a.name,
-                a.timeout.as_secs()
-            ));
-        }
-        let root = a.run_as.as_ref().is_none_or(|r| r.uid.0 == 0);
-        for name in &a.env_keep {
-            if root && LOADER_VARIABLES.contains(&name.as_str()) {
-                out.push(format!(
-                    "action `{}` runs as root and keeps `{name}` from the daemon's environment, \
-                     which makes programs load other code",
-                    a.name
-                ));
-            }
-        }
-        for (pname, spec) in &a.params {
-            let warden_policy::actions::ParamRule::Path { under, .. } = &spec.rule else {
+    }
+    for (pname, spec) in &a.params {
+        let warden_policy::actions::ParamRule::Path { under, .. } = &spec.rule else {
+            continue;
+        };
+        for prefix in under {
+            let Ok(m) = std::fs::metadata(prefix) else {
                 continue;
             };
-            for prefix in under {
-                let Ok(m) = std::fs::metadata(prefix) else {
-                    continue;
-                };
-                if m.uid() != 0 || m.mode() & 0o022 != 0 {
-                    out.push(format!(
-                        "param `{pname}` of action `{}` takes paths under {}, which a non-root \
-                         user can write (owner uid {}, mode {:04o}): they could swap a component \
-                         between the check and the job's use",
-                        a.name,
-                        prefix.display(),
-                        m.uid(),
-                        m.mode() & 0o7777
-                    ));
-                }
+            if m.uid() != 0 || m.mode() & 0o022 != 0 {
+                out.push(format!(
+                    "param `{pname}` of action `{}` takes paths under {}, which a non-root \
+                     user can write (owner uid {}, mode {:04o}): they could swap a component \
+                     between the check and the job's use",
+                    a.name,
+                    prefix.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ));
             }
         }
     }
