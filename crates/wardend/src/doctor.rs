@@ -246,6 +246,7 @@ pub fn run(config: &Path, policy: &Policy) -> Vec<Finding> {
 fn unit_hardening(out: &mut Vec<Finding>) {
     let Some((path, text)) = [
         "/etc/systemd/system/wardend.service",
+        "/usr/lib/systemd/system/wardend.service",
         "/lib/systemd/system/wardend.service",
     ]
     .iter()
@@ -259,6 +260,10 @@ fn unit_hardening(out: &mut Vec<Finding>) {
             "set-user-ID programs gain nothing in a job",
         ),
         ("ProtectSystem=strict", "jobs cannot write the system"),
+        (
+            "SystemCallFilter=@system-service",
+            "jobs cannot mount, load modules or reboot by themselves",
+        ),
         ("Delegate=yes", "each job gets a cgroup of its own"),
         (
             "KillMode=control-group",

@@ -190,6 +190,7 @@ fn load(cli: &Cli) -> anyhow::Result<Settings> {
     }
     settings.activated =
         warden_sys::activation::take_listen_fds().context("adopting sockets passed by systemd")?;
+    settings.systemd_notify = true;
     Ok(settings)
 }
 

@@ -144,6 +144,7 @@ impl Daemon {
             activated,
             pidfd_source,
             config_path,
+            systemd_notify,
             ..
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
@@ -223,6 +224,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
             pidfd_source,
+            systemd_notify,
         });
         let sockets = bound.iter().map(|b| b.policy.path.clone()).collect();
         let mut created = Vec::new();

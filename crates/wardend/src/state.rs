@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     /// The number the next connection gets.
     pub(crate) next_connection: AtomicU64,
     pub pidfd_source: PidfdSource,
+    /// Whether reloads are announced to systemd (see `Settings::systemd_notify`).
+    pub systemd_notify: bool,
 }
 
 /// What a reload changed, and what it could not.
@@ -94,12 +96,16 @@ impl Shared {
     /// file (main or drop-in) that does not load changes nothing; the error names its problems
     /// with their files and lines.
     pub(crate) fn reload(&self) -> Result<Reloaded, String> {
-        crate::notify::reloading();
+        if self.systemd_notify {
+            crate::notify::reloading();
+        }
         let result = self.reload_files();
-        crate::notify::reloaded(match &result {
-            Ok(_) => "configuration reloaded",
-            Err(_) => "reload failed; the running policy stays",
-        });
+        if self.systemd_notify {
+            crate::notify::reloaded(match &result {
+                Ok(_) => "configuration reloaded",
+                Err(_) => "reload failed; the running policy stays",
+            });
+        }
         result
     }
 

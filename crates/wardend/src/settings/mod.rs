@@ -44,6 +44,9 @@ pub struct Settings {
     /// Listening sockets passed in by systemd, matched to listeners by path.
     pub activated: Vec<ActivatedListener>,
     pub(crate) pidfd_source: PidfdSource,
+    /// Whether reloads are announced to systemd (`RELOADING=1`, `READY=1`): the `wardend`
+    /// binary's choice; a daemon embedded in another process (tests) stays quiet.
+    pub systemd_notify: bool,
     /// The file the policy was read from, for reloading it; `None` for built-in ones.
     pub config_path: Option<PathBuf>,
 }
@@ -118,6 +121,7 @@ impl Settings {
             trusted_uid: warden_sys::users::effective_uid(),
             activated: Vec::new(),
             pidfd_source: PidfdSource::Socket,
+            systemd_notify: false,
             config_path: None,
         })
     }
