@@ -12,7 +12,10 @@ use warden_proto::{ActionName, Gid, Limits, Tier, Uid};
 
 use crate::actions::{self, ActionSpec};
 use crate::config::{self, ConfigError, ConfigFile, Problem, line_of};
-use crate::dropin::{self, ConfigErrors, Located, ParsedDropIn, Source};
+use crate::dropin::{
+    self, ConfigErrors, FileProblems, Located, ParsedDropIn, Source, add_dropin_actions,
+    add_dropin_resources,
+};
 use crate::fleet::{self, FleetPolicy};
 use crate::resources::{self, ResourceKind};
 
@@ -486,140 +489,6 @@ fn compile(
         warnings: located,
         declared,
     })
-}
-
-/// Errors and warnings found in one drop-in.
-#[derive(Debug, Default)]
-struct FileProblems {
-    errors: Vec<Problem>,
-    warnings: Vec<Problem>,
-}
-
-/// The line of each action's name in `sections`.
-fn action_lines<'a>(
-    sections: &'a [toml::Spanned<config::ActionSection>],
-    text: &str,
-) -> Vec<(&'a str, usize)> {
-    sections
-        .iter()
-        .map(|s| {
-            let n = &s.get_ref().name;
-            (n.get_ref().as_str(), line_of(text, &n.span()))
-        })
-        .collect()
-}
-
-/// Compiles each drop-in's actions and adds them to the main file's; a name already declared in
-/// an earlier file is an error in the later one, naming where it was first declared.
-fn add_dropin_actions(
-    mut actions: BTreeMap<ActionName, ActionSpec>,
-    main_sections: &[toml::Spanned<config::ActionSection>],
-    main: Source<'_>,
-    dropins: &[ParsedDropIn<'_>],
-    ops: &BTreeSet<String>,
-    dir: &dyn Directory,
-    found: &mut [(Source<'_>, FileProblems)],
-) -> (
-    BTreeMap<ActionName, ActionSpec>,
-    HashMap<String, (String, usize)>,
-) {
-    // name → file and line of its first declaration.
-    let mut first: HashMap<String, (String, usize)> = HashMap::new();
-    for (name, line) in action_lines(main_sections, main.text) {
-        first
-            .entry(name.to_owned())
-            .or_insert_with(|| (main.origin.to_owned(), line));
-    }
-    for (d, (_, p)) in dropins.iter().zip(found.iter_mut()) {
-        let compiled = actions::compile_actions(
-            &d.file.actions,
-            ops,
-            d.source.text,
-            dir,
-            &mut p.errors,
-            &mut p.warnings,
-        );
-        let here = action_lines(&d.file.actions, d.source.text);
-        for (name, spec) in compiled {
-            let line = here
-                .iter()
-                .find(|(n, _)| *n == name.as_str())
-                .map(|(_, l)| *l);
-            if let Some((origin, at)) = first.get(name.as_str()) {
-                p.errors.push(Problem {
-                    line,
-                    column: None,
-                    message: format!("action `{name}` is already declared at {origin}:{at}"),
-                });
-                continue;
-            }
-            let at = (d.source.origin.to_owned(), line.unwrap_or(0));
-            first.insert(name.as_str().to_owned(), at);
-            actions.insert(name, spec);
-        }
-    }
-    (actions, first)
-}
-
-/// Compiles each drop-in's resource kinds and adds them; a kind or a base directory already
-/// declared in an earlier file is an error in the later one, naming where.
-fn add_dropin_resources(
-    resources: &mut BTreeMap<String, ResourceKind>,
-    main_sections: &[toml::Spanned<config::ResourceSection>],
-    main: Source<'_>,
-    dropins: &[ParsedDropIn<'_>],
-    actions: &BTreeMap<ActionName, ActionSpec>,
-    found: &mut [(Source<'_>, FileProblems)],
-) {
-    // kind → (where declared, base_dir line there).
-    let mut first: HashMap<String, (String, String)> = HashMap::new();
-    let note = |sections: &[toml::Spanned<config::ResourceSection>],
-                source: Source<'_>,
-                first: &mut HashMap<String, (String, String)>| {
-        for s in sections {
-            let r = s.get_ref();
-            let at = |span| format!("{}:{}", source.origin, line_of(source.text, &span));
-            first
-                .entry(r.kind.get_ref().clone())
-                .or_insert((at(r.kind.span()), at(r.base_dir.span())));
-        }
-    };
-    note(main_sections, main, &mut first);
-    for (d, (_, p)) in dropins.iter().zip(found.iter_mut()) {
-        let compiled =
-            resources::compile_resources(&d.file.resources, actions, d.source.text, &mut p.errors);
-        for section in &d.file.resources {
-            let r = section.get_ref();
-            let kind = r.kind.get_ref();
-            let Some(new) = compiled.get(kind) else {
-                continue;
-            };
-            let line = |span| Some(line_of(d.source.text, &span));
-            if let Some((at, _)) = first.get(kind) {
-                p.errors.push(Problem {
-                    line: line(r.kind.span()),
-                    column: None,
-                    message: format!("resource kind `{kind}` is already declared at {at}"),
-                });
-                continue;
-            }
-            if let Some(other) = resources.values().find(|o| o.base_dir == new.base_dir) {
-                let at = first.get(&other.kind).map_or("", |(_, b)| b.as_str());
-                p.errors.push(Problem {
-                    line: line(r.base_dir.span()),
-                    column: None,
-                    message: format!(
-                        "base_dir {} is already used by resource kind `{}` at {at}",
-                        new.base_dir.display(),
-                        other.kind
-                    ),
-                });
-                continue;
-            }
-            resources.insert(kind.clone(), new.clone());
-        }
-        note(&d.file.resources, d.source, &mut first);
-    }
 }
 
 #[cfg(test)]

@@ -3,17 +3,23 @@
 //!
 //! A drop-in may declare nothing else: the daemon's sockets, tiers, limits, ops, guards and
 //! fleet settings are the main file's alone, so a package that ships actions can never widen who
-//! may call them or where. Reading the files (and checking their owners and modes) is the
-//! daemon's; this module only parses text it is given.
+//! may call them or where. Here drop-ins are parsed and their actions and resource kinds added to
+//! the main file's, with names and base directories unique across all files. Reading the files
+//! (and checking their owners and modes) is the daemon's; this module only gets their text.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde::Deserialize;
 use toml::Spanned;
+use warden_proto::ActionName;
 
+use crate::actions::{self, ActionSpec};
+use crate::compile::Directory;
 use crate::config::{
-    ActionSection, ConfigError, Problem, ResourceSection, column_of, line_of, parse_error,
+    self, ActionSection, ConfigError, Problem, ResourceSection, column_of, line_of, parse_error,
 };
+use crate::resources::{self, ResourceKind};
 
 /// One configuration file's text and the name its problems are reported under.
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +139,140 @@ impl fmt::Display for ConfigErrors {
 impl From<ConfigError> for ConfigErrors {
     fn from(e: ConfigError) -> Self {
         ConfigErrors { files: vec![e] }
+    }
+}
+
+/// Errors and warnings found in one drop-in.
+#[derive(Debug, Default)]
+pub(crate) struct FileProblems {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+/// The line of each action's name in `sections`.
+fn action_lines<'a>(
+    sections: &'a [toml::Spanned<config::ActionSection>],
+    text: &str,
+) -> Vec<(&'a str, usize)> {
+    sections
+        .iter()
+        .map(|s| {
+            let n = &s.get_ref().name;
+            (n.get_ref().as_str(), line_of(text, &n.span()))
+        })
+        .collect()
+}
+
+/// Compiles each drop-in's actions and adds them to the main file's; a name already declared in
+/// an earlier file is an error in the later one, naming where it was first declared.
+pub(crate) fn add_dropin_actions(
+    mut actions: BTreeMap<ActionName, ActionSpec>,
+    main_sections: &[toml::Spanned<config::ActionSection>],
+    main: Source<'_>,
+    dropins: &[ParsedDropIn<'_>],
+    ops: &BTreeSet<String>,
+    dir: &dyn Directory,
+    found: &mut [(Source<'_>, FileProblems)],
+) -> (
+    BTreeMap<ActionName, ActionSpec>,
+    HashMap<String, (String, usize)>,
+) {
+    // name → file and line of its first declaration.
+    let mut first: HashMap<String, (String, usize)> = HashMap::new();
+    for (name, line) in action_lines(main_sections, main.text) {
+        first
+            .entry(name.to_owned())
+            .or_insert_with(|| (main.origin.to_owned(), line));
+    }
+    for (d, (_, p)) in dropins.iter().zip(found.iter_mut()) {
+        let compiled = actions::compile_actions(
+            &d.file.actions,
+            ops,
+            d.source.text,
+            dir,
+            &mut p.errors,
+            &mut p.warnings,
+        );
+        let here = action_lines(&d.file.actions, d.source.text);
+        for (name, spec) in compiled {
+            let line = here
+                .iter()
+                .find(|(n, _)| *n == name.as_str())
+                .map(|(_, l)| *l);
+            if let Some((origin, at)) = first.get(name.as_str()) {
+                p.errors.push(Problem {
+                    line,
+                    column: None,
+                    message: format!("action `{name}` is already declared at {origin}:{at}"),
+                });
+                continue;
+            }
+            let at = (d.source.origin.to_owned(), line.unwrap_or(0));
+            first.insert(name.as_str().to_owned(), at);
+            actions.insert(name, spec);
+        }
+    }
+    (actions, first)
+}
+
+/// Compiles each drop-in's resource kinds and adds them; a kind or a base directory already
+/// declared in an earlier file is an error in the later one, naming where.
+pub(crate) fn add_dropin_resources(
+    resources: &mut BTreeMap<String, ResourceKind>,
+    main_sections: &[toml::Spanned<config::ResourceSection>],
+    main: Source<'_>,
+    dropins: &[ParsedDropIn<'_>],
+    actions: &BTreeMap<ActionName, ActionSpec>,
+    found: &mut [(Source<'_>, FileProblems)],
+) {
+    // kind → (where declared, base_dir line there).
+    let mut first: HashMap<String, (String, String)> = HashMap::new();
+    let note = |sections: &[toml::Spanned<config::ResourceSection>],
+                source: Source<'_>,
+                first: &mut HashMap<String, (String, String)>| {
+        for s in sections {
+            let r = s.get_ref();
+            let at = |span| format!("{}:{}", source.origin, line_of(source.text, &span));
+            first
+                .entry(r.kind.get_ref().clone())
+                .or_insert((at(r.kind.span()), at(r.base_dir.span())));
+        }
+    };
+    note(main_sections, main, &mut first);
+    for (d, (_, p)) in dropins.iter().zip(found.iter_mut()) {
+        let compiled =
+            resources::compile_resources(&d.file.resources, actions, d.source.text, &mut p.errors);
+        for section in &d.file.resources {
+            let r = section.get_ref();
+            let kind = r.kind.get_ref();
+            let Some(new) = compiled.get(kind) else {
+                continue;
+            };
+            let line = |span| Some(line_of(d.source.text, &span));
+            if let Some((at, _)) = first.get(kind) {
+                p.errors.push(Problem {
+                    line: line(r.kind.span()),
+                    column: None,
+                    message: format!("resource kind `{kind}` is already declared at {at}"),
+                });
+                continue;
+            }
+            if let Some(other) = resources.values().find(|o| o.base_dir == new.base_dir) {
+                let at = first.get(&other.kind).map_or("", |(_, b)| b.as_str());
+                p.errors.push(Problem {
+                    line: line(r.base_dir.span()),
+                    column: None,
+                    message: format!(
+                        "base_dir {} is already used by resource kind `{}` at {at}",
+                        new.base_dir.display(),
+                        other.kind
+                    ),
+                });
+                continue;
+            }
+            resources.insert(kind.clone(), new.clone());
+        }
+        note(&d.file.resources, d.source, &mut first);
     }
 }
 
