@@ -144,6 +144,7 @@ impl Daemon {
             activated,
             pidfd_source,
             config_path,
+            config_explicit,
             systemd_notify,
             ..
         } = settings;
@@ -214,6 +215,7 @@ impl Daemon {
             limits: policy.limits.clone(),
             policy: std::sync::RwLock::new(Arc::new(policy)),
             config_path,
+            config_explicit,
             mode,
             started: Instant::now(),
             stats: Stats::default(),

@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub limits: warden_proto::Limits,
     /// The file the policy came from; `None` for a built-in configuration.
     pub config_path: Option<PathBuf>,
+    /// Whether that file was named on the command line: then a reload needs it to exist; if
+    /// not, a reload without it applies the built-in default and the drop-ins, as the start did.
+    pub config_explicit: bool,
     /// Ops toggles and the lockdown in force.
     pub brakes: Brakes,
     pub mode: DaemonMode,
@@ -117,8 +120,8 @@ impl Shared {
         };
         // One problem per line in the file's report; one line here, where it becomes an error
         // message and a log line.
-        let settings =
-            Settings::system(path, true).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let settings = Settings::system(path, self.config_explicit)
+            .map_err(|e| e.to_string().replace('\n', "; "))?;
         let old = self.policy();
         let mut new = settings.policy;
         let mut needs_restart = Vec::new();

@@ -51,8 +51,12 @@ pub struct Settings {
     /// Whether reloads are announced to systemd (`RELOADING=1`, `READY=1`): the `wardend`
     /// binary's choice; a daemon embedded in another process (tests) stays quiet.
     pub systemd_notify: bool,
-    /// The file the policy was read from, for reloading it; `None` for built-in ones.
+    /// The file the policy was read from, for reloading it; `None` for built-in ones. A system
+    /// daemon keeps its default path here even when that file is absent (its drop-ins are read
+    /// beside it, and a reload reads both again).
     pub config_path: Option<PathBuf>,
+    /// Whether `config_path` was named on the command line (so must exist).
+    pub config_explicit: bool,
 }
 
 /// A configuration that could not be loaded.
@@ -127,6 +131,7 @@ impl Settings {
             pidfd_source: PidfdSource::Socket,
             systemd_notify: false,
             config_path: None,
+            config_explicit: false,
         })
     }
 
@@ -175,11 +180,13 @@ impl Settings {
                         ),
                     },
                 });
+                s.config_path = Some(path.to_owned());
                 s
             }
             Err(e) => return Err(e),
         };
         s.dropins = dropin_paths;
+        s.config_explicit = explicit;
         Ok(s)
     }
 
@@ -387,6 +394,34 @@ under = ["{}"]
         assert_eq!(s.warnings.len(), 1);
         assert!(matches!(
             Settings::system(missing, true),
+            Err(SettingsError::Read { .. })
+        ));
+    }
+
+    /// Pins: without its (default) main file, a daemon still reads the drop-ins beside where it
+    /// would be, and keeps that path so a reload reads them again.
+    #[test]
+    fn drop_ins_apply_beside_a_missing_default_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join(DROPIN_DIR);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = d.join("a.toml");
+        std::fs::write(
+            &f,
+            "[[action]]\nname = \"x\"\nargv = [\"/bin/true\"]\ntimeout_s = 5\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let main = dir.path().join("warden.toml");
+        let s = Settings::system(&main, false).unwrap();
+        assert!(s.policy.actions.keys().any(|a| a.as_str() == "x"));
+        assert_eq!(s.dropins, [f]);
+        assert_eq!(s.config_path.as_deref(), Some(main.as_path()));
+        assert!(!s.config_explicit);
+        assert!(matches!(
+            Settings::system(&main, true),
             Err(SettingsError::Read { .. })
         ));
     }
