@@ -178,7 +178,7 @@ fn duplicates_and_bad_drop_ins_are_named_by_file_and_line() {
 
 /// Pins: a drop-in (or the drop-in directory, or the main file) that a group or other users may
 /// write, or that another user owns, is refused, as is a symlink to such a file; a symlink to a
-/// sound file is read as the file itself.
+/// sound file is read as the file itself (and flagged by `doctor`, as a symlinked main file is).
 #[test]
 fn a_drop_in_others_could_change_is_refused() {
     if !warden_testkit::root_or_skip("a_drop_in_others_could_change_is_refused") {
@@ -227,6 +227,21 @@ fn a_drop_in_others_could_change_is_refused() {
     assert_eq!(code, 0, "{err}");
     let s = wardend::Settings::system(&cfg, true).unwrap();
     assert!(s.policy.actions.keys().any(|a| a.as_str() == "linked"));
+    // `wardend doctor` flags it as it flags a symlinked main file, and passes the others.
+    let out = Command::new(WARDEND)
+        .arg("doctor")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("error   drop-in {} is a symlink", link.display()))
+            && report.contains(&format!(
+                "ok      drop-in {} is root's, mode 0644",
+                p.display()
+            )),
+        "{report}"
+    );
     std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o666)).unwrap();
     refused(&link, "mode 0666 lets every user write it");
     std::fs::remove_file(&link).unwrap();
