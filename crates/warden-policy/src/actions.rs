@@ -472,6 +472,7 @@ impl Problems<'_> {
     fn at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         self.errors.push(Problem {
             line: Some(line_of(self.text, &span)),
+            column: None,
             message: message.into(),
         });
     }
@@ -480,6 +481,7 @@ impl Problems<'_> {
     fn warn(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
         self.warnings.push(Problem {
             line: Some(line_of(self.text, &span)),
+            column: None,
             message: message.into(),
         });
     }

@@ -12,6 +12,10 @@ use warden_proto::{ActionName, Gid, Limits, Tier, Uid};
 
 use crate::actions::{self, ActionSpec};
 use crate::config::{self, ConfigError, ConfigFile, Problem, line_of};
+use crate::dropin::{
+    self, ConfigErrors, FileProblems, Located, ParsedDropIn, Source, add_dropin_actions,
+    add_dropin_resources,
+};
 use crate::fleet::{self, FleetPolicy};
 use crate::resources::{self, ResourceKind};
 
@@ -147,11 +151,67 @@ pub struct Loaded {
     pub warnings: Vec<Problem>,
 }
 
+/// A policy read from a main file and its drop-ins, and the warnings found, by file.
+#[derive(Debug)]
+pub struct LoadedFiles {
+    pub policy: Policy,
+    pub warnings: Vec<Located>,
+    /// Where each action is declared: its file and the line of its name.
+    pub declared: HashMap<String, (String, usize)>,
+}
+
 impl Policy {
     /// Parses and compiles `text`. `origin` labels problems (usually the file path).
     pub fn load(text: &str, origin: &str, dir: &dyn Directory) -> Result<Loaded, ConfigError> {
         let file = config::parse(text, origin)?;
-        compile(file, text, origin, dir)
+        match compile(file, Source { origin, text }, &[], dir) {
+            Ok(loaded) => Ok(Loaded {
+                policy: loaded.policy,
+                warnings: loaded.warnings.into_iter().map(|w| w.problem).collect(),
+            }),
+            Err(mut e) => Err(e.files.pop().unwrap_or_else(|| ConfigError {
+                origin: origin.to_owned(),
+                problems: Vec::new(),
+            })),
+        }
+    }
+
+    /// Parses and compiles a main file and its drop-ins (in the order given): each drop-in adds
+    /// `[[action]]` and `[[resource]]` tables, which may use the main file's ops and each other's
+    /// actions. A name declared in two files is an error naming both. Every file's problems are
+    /// reported, each under its own origin.
+    pub fn load_with_dropins(
+        main: Source<'_>,
+        dropins: &[Source<'_>],
+        dir: &dyn Directory,
+    ) -> Result<LoadedFiles, ConfigErrors> {
+        let mut errors = Vec::new();
+        let file = config::parse(main.text, main.origin)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let parsed: Vec<ParsedDropIn<'_>> = dropins
+            .iter()
+            .filter_map(|s| dropin::parse(*s).map_err(|e| errors.push(e)).ok())
+            .collect();
+        // The drop-ins that parse are compiled even when others do not, so that one run
+        // reports every file's problems.
+        let compiled = file.map(|file| compile(file, main, &parsed, dir));
+        match compiled {
+            Some(Ok(loaded)) if errors.is_empty() => Ok(loaded),
+            compiled => {
+                if let Some(Err(e)) = compiled {
+                    errors.extend(e.files);
+                }
+                // Main file first, then the drop-ins in the order they were read.
+                let rank = |origin: &str| {
+                    std::iter::once(main.origin)
+                        .chain(dropins.iter().map(|d| d.origin))
+                        .position(|o| o == origin)
+                };
+                errors.sort_by_key(|e| rank(&e.origin));
+                Err(ConfigErrors { files: errors })
+            }
+        }
     }
 
     /// The listener whose path is `path`.
@@ -167,10 +227,11 @@ impl Policy {
 
 fn compile(
     file: ConfigFile,
-    text: &str,
-    origin: &str,
+    main: Source<'_>,
+    dropins: &[ParsedDropIn<'_>],
     dir: &dyn Directory,
-) -> Result<Loaded, ConfigError> {
+) -> Result<LoadedFiles, ConfigErrors> {
+    let Source { origin, text } = main;
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     let at = |span: std::ops::Range<usize>| Some(line_of(text, &span));
@@ -184,6 +245,7 @@ fn compile(
         if path.as_os_str().len() > MAX_SOCKET_PATH {
             errors.push(Problem {
                 line,
+                column: None,
                 message: format!(
                     "listener path {} is longer than {MAX_SOCKET_PATH} bytes",
                     path.display()
@@ -193,6 +255,7 @@ fn compile(
         if listeners.iter().any(|o: &ListenerPolicy| o.path == path) {
             errors.push(Problem {
                 line,
+                column: None,
                 message: format!("listener path {} is declared twice", path.display()),
             });
         }
@@ -203,6 +266,7 @@ fn compile(
                 Ok(None) => {
                     errors.push(Problem {
                         line: at(g.span()),
+                        column: None,
                         message: format!("listener group `{}` does not exist", g.get_ref()),
                     });
                     None
@@ -210,6 +274,7 @@ fn compile(
                 Err(e) => {
                     errors.push(Problem {
                         line: at(g.span()),
+                        column: None,
                         message: format!("cannot look up group `{}`: {e}", g.get_ref()),
                     });
                     None
@@ -247,6 +312,7 @@ fn compile(
                     if let Some((prev, _)) = tiers.groups.get(&gid) {
                         warnings.push(Problem {
                             line: at(name.span()),
+                            column: None,
                             message: format!(
                                 "group `{}` is mapped to both {prev} and {tier}; {tier} applies",
                                 name.get_ref()
@@ -257,6 +323,7 @@ fn compile(
                 }
                 Ok(None) => warnings.push(Problem {
                     line: at(name.span()),
+                    column: None,
                     message: format!(
                         "group `{}` does not exist; its {tier} mapping has no effect",
                         name.get_ref()
@@ -264,6 +331,7 @@ fn compile(
                 }),
                 Err(e) => errors.push(Problem {
                     line: at(name.span()),
+                    column: None,
                     message: format!("cannot look up group `{}`: {e}", name.get_ref()),
                 }),
             }
@@ -276,6 +344,7 @@ fn compile(
             }
             Ok(None) => warnings.push(Problem {
                 line: at(name.span()),
+                column: None,
                 message: format!(
                     "user `{}` does not exist; its {tier} mapping has no effect",
                     name.get_ref()
@@ -283,6 +352,7 @@ fn compile(
             }),
             Err(e) => errors.push(Problem {
                 line: at(name.span()),
+                column: None,
                 message: format!("cannot look up user `{}`: {e}", name.get_ref()),
             }),
         }
@@ -302,7 +372,28 @@ fn compile(
         &mut errors,
         &mut warnings,
     );
-    let resources = resources::compile_resources(&file.resources, &actions, text, &mut errors);
+    let mut extra = dropins
+        .iter()
+        .map(|d| (d.source, FileProblems::default()))
+        .collect::<Vec<_>>();
+    let (actions, declared) = add_dropin_actions(
+        actions,
+        &file.actions,
+        main,
+        dropins,
+        &declared_ops,
+        dir,
+        &mut extra,
+    );
+    let mut resources = resources::compile_resources(&file.resources, &actions, text, &mut errors);
+    add_dropin_resources(
+        &mut resources,
+        &file.resources,
+        main,
+        dropins,
+        &actions,
+        &mut extra,
+    );
     let mut actions = actions;
     for kind in resources.values() {
         for hook in [&kind.on_create, &kind.on_delete].into_iter().flatten() {
@@ -351,13 +442,36 @@ fn compile(
 
     let fleet = fleet::compile_fleet(file.fleet.as_ref(), text, dir, &mut errors, &mut warnings);
 
+    let mut failed = Vec::new();
     if !errors.is_empty() {
-        return Err(ConfigError {
+        failed.push(ConfigError {
             origin: origin.to_owned(),
             problems: errors,
         });
     }
-    Ok(Loaded {
+    let mut located: Vec<Located> = warnings
+        .into_iter()
+        .map(|problem| Located {
+            origin: origin.to_owned(),
+            problem,
+        })
+        .collect();
+    for (source, found) in extra {
+        if !found.errors.is_empty() {
+            failed.push(ConfigError {
+                origin: source.origin.to_owned(),
+                problems: found.errors,
+            });
+        }
+        located.extend(found.warnings.into_iter().map(|problem| Located {
+            origin: source.origin.to_owned(),
+            problem,
+        }));
+    }
+    if !failed.is_empty() {
+        return Err(ConfigErrors { files: failed });
+    }
+    Ok(LoadedFiles {
         policy: Policy {
             state_dir: file.daemon.state_dir.0,
             runtime_dir,
@@ -372,7 +486,8 @@ fn compile(
             resources,
             fleet,
         },
-        warnings,
+        warnings: located,
+        declared,
     })
 }
 

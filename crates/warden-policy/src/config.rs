@@ -15,6 +15,8 @@ use warden_proto::{Limits, Tier};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub line: Option<usize>,
+    /// The 1-based column, where the TOML parser names one (syntax and type errors).
+    pub column: Option<usize>,
     pub message: String,
 }
 
@@ -24,18 +26,6 @@ pub struct ConfigError {
     /// The file name (or other label) the text came from.
     pub origin: String,
     pub problems: Vec<Problem>,
-}
-
-impl ConfigError {
-    pub(crate) fn single(origin: &str, line: Option<usize>, message: impl Into<String>) -> Self {
-        ConfigError {
-            origin: origin.to_owned(),
-            problems: vec![Problem {
-                line,
-                message: message.into(),
-            }],
-        }
-    }
 }
 
 impl Problem {
@@ -55,9 +45,12 @@ struct Located<'a>(&'a Problem, &'a str, &'static str);
 impl fmt::Display for Located<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Located(p, origin, label) = self;
-        match p.line {
-            Some(line) => write!(f, "{origin}:{line}: {label}{}", p.message),
-            None => write!(f, "{origin}: {label}{}", p.message),
+        match (p.line, p.column) {
+            (Some(line), Some(column)) => {
+                write!(f, "{origin}:{line}:{column}: {label}{}", p.message)
+            }
+            (Some(line), None) => write!(f, "{origin}:{line}: {label}{}", p.message),
+            (None, _) => write!(f, "{origin}: {label}{}", p.message),
         }
     }
 }
@@ -72,6 +65,16 @@ impl fmt::Display for ConfigError {
         }
         Ok(())
     }
+}
+
+/// 1-based column (in characters) of a byte offset.
+pub(crate) fn column_of(text: &str, span: &Range<usize>) -> usize {
+    let end = span.start.min(text.len());
+    let start = text.as_bytes()[..end]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    text.get(start..end).map_or(1, |s| s.chars().count() + 1)
 }
 
 /// 1-based line of a byte offset.
@@ -613,10 +616,19 @@ fn parse_sha256(s: &str) -> Option<[u8; 32]> {
 
 /// Parses the text of a configuration file.
 pub fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
-    toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, &s));
-        ConfigError::single(origin, line, e.message().trim_end().to_owned())
-    })
+    toml::from_str(text).map_err(|e| parse_error(text, origin, &e))
+}
+
+/// A TOML parser's error at its line and column.
+pub(crate) fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    ConfigError {
+        origin: origin.to_owned(),
+        problems: vec![Problem {
+            line: e.span().map(|s| line_of(text, &s)),
+            column: e.span().map(|s| column_of(text, &s)),
+            message: e.message().trim_end().to_owned(),
+        }],
+    }
 }
 
 #[cfg(test)]
@@ -645,7 +657,7 @@ mod tests {
                 .contains("unknown field `max_conections`"),
             "{e}"
         );
-        assert!(e.to_string().starts_with("w.toml:5: "), "{e}");
+        assert!(e.to_string().starts_with("w.toml:5:1: "), "{e}");
 
         let e = err("[[listener]]\npath = \"/run/a.sock\"\nowner = \"x\"\n");
         assert_eq!(e.problems[0].line, Some(3));

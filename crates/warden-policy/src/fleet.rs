@@ -169,6 +169,7 @@ pub(crate) fn compile_fleet(
         match dir.user(&name) {
             Ok(Some((uid, _))) if uid.0 == 0 => errors.push(Problem {
                 line,
+                column: None,
                 message: format!(
                     "[fleet] agent_user `{name}` is root; warden-agent talks to the network and \
                      must run as an unprivileged user of its own"
@@ -178,6 +179,7 @@ pub(crate) fn compile_fleet(
             Ok(None) => {
                 let problem = Problem {
                     line,
+                    column: None,
                     message: format!(
                         "[fleet] agent_user `{name}` does not exist; create the user warden-agent \
                          runs as (`useradd --system --no-create-home --shell /usr/sbin/nologin \
@@ -197,6 +199,7 @@ pub(crate) fn compile_fleet(
             }
             Err(e) => errors.push(Problem {
                 line,
+                column: None,
                 message: format!("cannot look up [fleet] agent_user `{name}`: {e}"),
             }),
         }
@@ -204,6 +207,7 @@ pub(crate) fn compile_fleet(
     if f.enabled && f.max_tier == Tier::Admin {
         warnings.push(Problem {
             line: Some(line_of(text, &spanned.span())),
+            column: None,
             message: "[fleet] max_tier = \"admin\" lets fleet operators do everything root's \
                       admins can on this host; \"operator\" is the default"
                 .to_owned(),

@@ -9,6 +9,7 @@
 pub mod actions;
 pub mod compile;
 pub mod config;
+pub mod dropin;
 pub mod endpoints;
 pub mod fleet;
 pub mod gate;
@@ -16,8 +17,11 @@ pub mod resources;
 pub mod tiers;
 
 pub use actions::{ActionSpec, Checked, ParamError};
-pub use compile::{AuditSettings, Directory, JobSettings, ListenerPolicy, Loaded, Policy};
+pub use compile::{
+    AuditSettings, Directory, JobSettings, ListenerPolicy, Loaded, LoadedFiles, Policy,
+};
 pub use config::{ConfigError, Problem};
+pub use dropin::{ConfigErrors, Located, Source};
 pub use endpoints::EndpointSpec;
 pub use fleet::{DiskSerial, FleetPolicy, IdentitySources};
 pub use gate::{Decision, ExeDigest, Lockdown, MountNs, PeerIdentity, Runtime};

@@ -96,6 +96,7 @@ pub(crate) fn compile_resources(
         let mut error = |span: std::ops::Range<usize>, message: String| {
             errors.push(Problem {
                 line: Some(line_of(text, &span)),
+                column: None,
                 message,
             });
         };

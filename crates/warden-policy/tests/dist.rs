@@ -281,6 +281,56 @@ fn the_service_unit_gives_jobs_what_they_need_and_no_more() {
     }
     assert_eq!(last("ProtectSystem"), Some("strict"));
     assert_eq!(last("RestrictAddressFamilies"), Some("AF_UNIX"));
+    // The tighter sandbox: system calls of a system service (set*id for run_as among them,
+    // mount and the like not), no network namespace to reach anything but Unix sockets, and a
+    // refused call fails the call instead of killing the job.
+    assert_eq!(last("SystemCallFilter"), Some("@system-service"));
+    assert_eq!(last("SystemCallErrorNumber"), Some("EPERM"));
+    for hardening in ["PrivateMounts", "PrivateNetwork", "LockPersonality"] {
+        assert_eq!(last(hardening), Some("yes"), "{hardening}");
+    }
+    assert_eq!(last("ProtectProc"), Some("invisible"));
+}
+
+/// Pins: `systemctl reload wardend` sends SIGHUP to the main process of a Type=notify service
+/// (wardend answers with RELOADING=1 and READY=1), and the watchdog is on.
+#[test]
+fn the_service_unit_reloads_with_sighup_and_keeps_a_watchdog() {
+    let unit = assignments(&dist("wardend.service"));
+    let last = |key: &str| {
+        unit.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(last("Type"), Some("notify"));
+    assert_eq!(last("NotifyAccess"), Some("main"));
+    assert_eq!(last("ExecReload"), Some("/bin/kill -HUP $MAINPID"));
+    assert_eq!(last("WatchdogSec"), Some("30s"));
+}
+
+/// Pins: the example actions load as a drop-in (warden.d/examples.toml) beside the example
+/// configuration, exactly as when pasted into it.
+#[test]
+fn the_example_actions_load_as_a_drop_in() {
+    let main = dist("warden.toml");
+    let examples = dist("examples/actions.toml");
+    let loaded = Policy::load_with_dropins(
+        warden_policy::Source {
+            origin: "warden.toml",
+            text: &main,
+        },
+        &[warden_policy::Source {
+            origin: "warden.d/examples.toml",
+            text: &examples,
+        }],
+        &EveryName,
+    )
+    .unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let pasted: Vec<_> = with_examples().policy.actions.keys().cloned().collect();
+    let dropped: Vec<_> = loaded.policy.actions.keys().cloned().collect();
+    assert_eq!(dropped, pasted);
 }
 
 /// A directory removed when dropped.
@@ -315,7 +365,7 @@ fn the_server_unit_runs_without_privilege() {
     );
 }
 
-/// Pins: `systemd-analyze verify` accepts the four units without a complaint (unknown keys and
+/// Pins: `systemd-analyze verify` accepts the five units without a complaint (unknown keys and
 /// bad values included), where systemd-analyze is installed.
 #[test]
 fn the_units_pass_systemd_analyze_verify() {
@@ -331,12 +381,14 @@ fn the_units_pass_systemd_analyze_verify() {
         "wardend.socket",
         "wardend-ro.socket",
         "warden-server.service",
+        "warden-agent.service",
     ];
     for name in units {
-        // verify checks that ExecStart= names an executable; neither is installed here.
+        // verify checks that ExecStart= names an executable; none is installed here.
         let text = dist(name)
             .replace("ExecStart=/usr/bin/wardend ", "ExecStart=/bin/sh ")
-            .replace("ExecStart=/usr/bin/warden-server ", "ExecStart=/bin/sh ");
+            .replace("ExecStart=/usr/bin/warden-server ", "ExecStart=/bin/sh ")
+            .replace("ExecStart=/usr/bin/warden-agent ", "ExecStart=/bin/sh ");
         std::fs::write(dir.0.join(name), text).unwrap();
     }
     let out = Command::new("systemd-analyze")

@@ -98,6 +98,21 @@ fn owned_by_root(out: &mut Vec<Finding>, path: &Path, max_mode: u32, what: &str)
 pub fn run(config: &Path, policy: &Policy) -> Vec<Finding> {
     let mut out = Vec::new();
     owned_by_root(&mut out, config, 0o644, "configuration");
+    let dropins = crate::settings::dropin_dir(config);
+    if dropins.is_dir() {
+        owned_by_root(&mut out, &dropins, 0o755, "drop-in directory");
+        let mut files: Vec<_> = std::fs::read_dir(&dropins)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        files.sort();
+        for f in files {
+            owned_by_root(&mut out, &f, 0o644, "drop-in");
+        }
+    }
 
     let state = &policy.state_dir;
     if state.exists() {
@@ -231,6 +246,7 @@ pub fn run(config: &Path, policy: &Policy) -> Vec<Finding> {
 fn unit_hardening(out: &mut Vec<Finding>) {
     let Some((path, text)) = [
         "/etc/systemd/system/wardend.service",
+        "/usr/lib/systemd/system/wardend.service",
         "/lib/systemd/system/wardend.service",
     ]
     .iter()
@@ -244,6 +260,10 @@ fn unit_hardening(out: &mut Vec<Finding>) {
             "set-user-ID programs gain nothing in a job",
         ),
         ("ProtectSystem=strict", "jobs cannot write the system"),
+        (
+            "SystemCallFilter=@system-service",
+            "jobs cannot mount, load modules or reboot by themselves",
+        ),
         ("Delegate=yes", "each job gets a cgroup of its own"),
         (
             "KillMode=control-group",

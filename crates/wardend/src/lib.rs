@@ -30,7 +30,8 @@ pub mod server;
 pub mod settings;
 mod state;
 mod stats;
+pub mod watchdog;
 
 pub use jobs::JobsError;
 pub use server::{Daemon, DaemonThread, Reloaded, StartError};
-pub use settings::{DEFAULT_CONFIG, Settings, SettingsError, SystemDirectory};
+pub use settings::{DEFAULT_CONFIG, DROPIN_DIR, Settings, SettingsError, SystemDirectory};

@@ -58,21 +58,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &PathBuf) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{}: cannot read: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    let origin = file.display().to_string();
-    match Settings::from_toml(&text, &origin, DaemonMode::System) {
+fn check_config(file: &std::path::Path) -> ExitCode {
+    // As the daemon reads it: the file and the drop-ins beside it, owners and modes checked.
+    match Settings::system(file, true) {
         Ok(s) => {
             for w in &s.warnings {
-                println!("{}", w.display_warning(&origin));
+                println!("{}", w.display_warning());
             }
-            println!("{origin}: ok");
+            println!("{}: ok", s.origin);
+            for d in &s.dropins {
+                println!("{}: ok", d.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -145,10 +141,14 @@ fn load(cli: &Cli) -> anyhow::Result<Settings> {
         s
     };
     for w in &settings.warnings {
-        tracing::warn!("{}", w.display_warning(&settings.origin));
+        tracing::warn!("{}", w.display_warning());
+    }
+    if !settings.dropins.is_empty() {
+        tracing::info!(dropins = ?settings.dropins, "read drop-in configuration");
     }
     settings.activated =
         warden_sys::activation::take_listen_fds().context("adopting sockets passed by systemd")?;
+    settings.systemd_notify = true;
     Ok(settings)
 }
 
@@ -188,10 +188,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %origin, sockets = ?sockets, "wardend ready");
     notify::ready(&format!("serving {}", sockets.join(", ")));
+    let stopping = tokio_util::sync::CancellationToken::new();
     let stop_watchdog = tokio_util::sync::CancellationToken::new();
-    notify::spawn_watchdog(stop_watchdog.clone());
+    wardend::watchdog::spawn(
+        daemon.socket_paths().to_vec(),
+        stopping.clone(),
+        stop_watchdog.clone(),
+    );
 
     signals.wait(&daemon).await;
+    // From here the sockets close on purpose: the watchdog pings from its timer alone.
+    stopping.cancel();
     notify::stopping();
     tracing::info!("shutting down: no new connections; answering what was received");
     daemon.shutdown().await;

@@ -1,10 +1,7 @@
-//! Telling systemd how the daemon is doing (`sd_notify`): ready, stopping, and watchdog pings.
-//! Without `NOTIFY_SOCKET` every call does nothing.
-
-use std::time::Duration;
+//! Telling systemd how the daemon is doing (`sd_notify`): ready, reloading, stopping. (The
+//! watchdog's pings are [`crate::watchdog`]'s.) Without `NOTIFY_SOCKET` every call does nothing.
 
 use sd_notify::NotifyState;
-use tokio_util::sync::CancellationToken;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -22,19 +19,22 @@ pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
 }
 
-/// Pings the watchdog at half its interval until `stop` is cancelled, when systemd asked for one.
-pub fn spawn_watchdog(stop: CancellationToken) {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    let period = (interval / 2).max(Duration::from_millis(10));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => send(&[NotifyState::Watchdog]),
-            }
-        }
-    });
+/// `RELOADING=1` with the time it began (`MONOTONIC_USEC`, which systemd 253 and later require
+/// with it), before a reload.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading the configuration"),
+        ]),
+        // Without the time, systemd 253 and later would fail the reload: say nothing.
+        Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock for sd_notify"),
+    }
+}
+
+/// `READY=1` after a reload, whatever its outcome (a failed one keeps the running policy, and
+/// the daemon serves on), with `status` saying which.
+pub fn reloaded(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }

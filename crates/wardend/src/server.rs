@@ -144,6 +144,8 @@ impl Daemon {
             activated,
             pidfd_source,
             config_path,
+            config_explicit,
+            systemd_notify,
             ..
         } = settings;
         listener::prepare_dirs(&policy, mode, trusted_uid)?;
@@ -213,6 +215,7 @@ impl Daemon {
             limits: policy.limits.clone(),
             policy: std::sync::RwLock::new(Arc::new(policy)),
             config_path,
+            config_explicit,
             mode,
             started: Instant::now(),
             stats: Stats::default(),
@@ -223,6 +226,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
             pidfd_source,
+            systemd_notify,
         });
         let sockets = bound.iter().map(|b| b.policy.path.clone()).collect();
         let mut created = Vec::new();

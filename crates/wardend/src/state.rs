@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub limits: warden_proto::Limits,
     /// The file the policy came from; `None` for a built-in configuration.
     pub config_path: Option<PathBuf>,
+    /// Whether that file was named on the command line: then a reload needs it to exist; if
+    /// not, a reload without it applies the built-in default and the drop-ins, as the start did.
+    pub config_explicit: bool,
     /// Ops toggles and the lockdown in force.
     pub brakes: Brakes,
     pub mode: DaemonMode,
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     /// The number the next connection gets.
     pub(crate) next_connection: AtomicU64,
     pub pidfd_source: PidfdSource,
+    /// Whether reloads are announced to systemd (see `Settings::systemd_notify`).
+    pub systemd_notify: bool,
 }
 
 /// What a reload changed, and what it could not.
@@ -88,11 +93,26 @@ pub struct Reloaded {
 }
 
 impl Shared {
-    /// Reads the configuration file again and puts its policy in force at once: tiers, actions,
+    /// Reads the configuration file and its drop-ins again and puts their policy in force at once: tiers, actions,
     /// guards and new ops toggles. What only a restart can change (listeners, limits,
     /// directories, `[jobs]`, `[audit]`) keeps its running value and is named in the answer. A
-    /// file that does not load changes nothing; the error names its problems with their lines.
+    /// file (main or drop-in) that does not load changes nothing; the error names its problems
+    /// with their files and lines.
     pub(crate) fn reload(&self) -> Result<Reloaded, String> {
+        if self.systemd_notify {
+            crate::notify::reloading();
+        }
+        let result = self.reload_files();
+        if self.systemd_notify {
+            crate::notify::reloaded(match &result {
+                Ok(_) => "configuration reloaded",
+                Err(_) => "reload failed; the running policy stays",
+            });
+        }
+        result
+    }
+
+    fn reload_files(&self) -> Result<Reloaded, String> {
         let Some(path) = &self.config_path else {
             return Err(
                 "this daemon runs a built-in configuration: there is no file to reload".into(),
@@ -100,8 +120,8 @@ impl Shared {
         };
         // One problem per line in the file's report; one line here, where it becomes an error
         // message and a log line.
-        let settings =
-            Settings::system(path, true).map_err(|e| e.to_string().replace('\n', "; "))?;
+        let settings = Settings::system(path, self.config_explicit)
+            .map_err(|e| e.to_string().replace('\n', "; "))?;
         let old = self.policy();
         let mut new = settings.policy;
         let mut needs_restart = Vec::new();
@@ -133,13 +153,12 @@ impl Shared {
             .policy
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
-        let origin = path.display().to_string();
         Ok(Reloaded {
             needs_restart,
             warnings: settings
                 .warnings
                 .iter()
-                .map(|w| w.display_warning(&origin).to_string())
+                .map(|w| w.display_warning().to_string())
                 .collect(),
         })
     }

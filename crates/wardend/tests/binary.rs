@@ -142,7 +142,7 @@ fn check_config_names_the_file_key_and_line_of_errors() {
     assert_eq!(code, 1);
     assert!(
         err.starts_with(&format!(
-            "{}:5: unknown field `max_conections`",
+            "{}:5:1: unknown field `max_conections`",
             cfg.display()
         )),
         "{err}"
@@ -155,7 +155,7 @@ fn check_config_names_the_file_key_and_line_of_errors() {
     let (code, _, err) = check_config(&cfg);
     assert_eq!(code, 1);
     assert!(
-        err.contains(":6: mode `0999` must be an octal string"),
+        err.contains(":6:8: mode `0999` must be an octal string"),
         "{err}"
     );
 }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use tempfile::TempDir;
 use warden_proto::messages::DaemonMode;
 use wardend::{Daemon, DaemonThread, Settings};

@@ -1,17 +1,32 @@
 //! What a daemon runs with: a policy compiled from `/etc/warden/warden.toml` (or the file named
 //! by `--config`), the built-in default when the default file is absent, or the demo policy of
 //! `--dev`; plus the overrides given on the command line. Reading files and resolving names
-//! happens here so that `warden-policy` stays pure.
+//! happens here so that `warden-policy` stays pure: the main file and the drop-ins beside it
+//! (`warden.d/*.toml`) are opened here, and each must be root's (or the daemon user's) and
+//! writable by no one else before its text is read.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use warden_policy::{ConfigError, Directory, Policy, Problem};
+use warden_policy::{ConfigErrors, Directory, Located, Policy, Problem, Source};
 use warden_proto::messages::DaemonMode;
-use warden_proto::{Gid, Tier, Uid};
+use warden_proto::{Gid, Uid};
 use warden_sys::activation::ActivatedListener;
 
 use crate::identity::PidfdSource;
+
+mod dev;
+mod dropin;
+mod risks;
+
+use dev::dev_config;
+pub use dropin::DROPIN_DIR;
+pub use risks::{Risk, risks};
+
+/// The drop-in directory of the configuration file `config`.
+pub fn dropin_dir(config: &Path) -> PathBuf {
+    dropin::dir_of(config)
+}
 
 /// The configuration file read when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/warden/warden.toml";
@@ -23,15 +38,25 @@ pub struct Settings {
     pub mode: DaemonMode,
     /// Where the policy came from, for logs and `check-config`.
     pub origin: String,
-    /// Problems that do not stop the daemon (e.g. a tier mapped to a group that does not exist).
-    pub warnings: Vec<Problem>,
+    /// Problems that do not stop the daemon (e.g. a tier mapped to a group that does not exist),
+    /// each with the file it is in.
+    pub warnings: Vec<Located>,
+    /// The drop-in files read, in the order they were read.
+    pub dropins: Vec<PathBuf>,
     /// Besides root, the one uid allowed to own the directories above a socket: the daemon's own.
     pub trusted_uid: u32,
     /// Listening sockets passed in by systemd, matched to listeners by path.
     pub activated: Vec<ActivatedListener>,
     pub(crate) pidfd_source: PidfdSource,
-    /// The file the policy was read from, for reloading it; `None` for built-in ones.
+    /// Whether reloads are announced to systemd (`RELOADING=1`, `READY=1`): the `wardend`
+    /// binary's choice; a daemon embedded in another process (tests) stays quiet.
+    pub systemd_notify: bool,
+    /// The file the policy was read from, for reloading it; `None` for built-in ones. A system
+    /// daemon keeps its default path here even when that file is absent (its drop-ins are read
+    /// beside it, and a reload reads both again).
     pub config_path: Option<PathBuf>,
+    /// Whether `config_path` was named on the command line (so must exist).
+    pub config_explicit: bool,
 }
 
 /// A configuration that could not be loaded.
@@ -39,9 +64,12 @@ pub struct Settings {
 pub enum SettingsError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    /// A configuration file (or the drop-in directory) that someone besides root could change.
+    #[error("{path}: refused: {why}")]
+    Unsafe { path: PathBuf, why: String },
     // Transparent: with `{0}` and a source, `{:#}` would print every problem twice.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
     #[error("cannot find the current directory: {0}")]
     CurrentDir(io::Error),
 }
@@ -67,51 +95,99 @@ impl Settings {
         origin: &str,
         mode: DaemonMode,
     ) -> Result<Settings, SettingsError> {
-        let loaded = Policy::load(text, origin, &SystemDirectory)?;
+        Self::from_files(Source { origin, text }, &[], mode)
+    }
+
+    /// Settings from a main file's text and its drop-ins' (in the order they were read).
+    fn from_files(
+        main: Source<'_>,
+        dropins: &[Source<'_>],
+        mode: DaemonMode,
+    ) -> Result<Settings, SettingsError> {
+        let loaded = Policy::load_with_dropins(main, dropins, &SystemDirectory)?;
         let mut warnings = loaded.warnings;
-        warnings.extend(risks(&loaded.policy).into_iter().map(|message| Problem {
-            line: None,
-            message,
+        // A risk of an action is reported at the action's declaration, in whichever file.
+        warnings.extend(risks(&loaded.policy).into_iter().map(|risk| {
+            let at = risk.action.and_then(|a| loaded.declared.get(a.as_str()));
+            Located {
+                origin: at
+                    .map_or(main.origin, |(origin, _)| origin.as_str())
+                    .to_owned(),
+                problem: Problem {
+                    line: at.map(|(_, line)| *line),
+                    column: None,
+                    message: risk.message,
+                },
+            }
         }));
         Ok(Settings {
             policy: loaded.policy,
             mode,
-            origin: origin.to_owned(),
+            origin: main.origin.to_owned(),
             warnings,
+            dropins: Vec::new(),
             trusted_uid: warden_sys::users::effective_uid(),
             activated: Vec::new(),
             pidfd_source: PidfdSource::Socket,
+            systemd_notify: false,
             config_path: None,
+            config_explicit: false,
         })
     }
 
-    /// Settings of a system daemon from `path`. When `path` was not given explicitly and does not
-    /// exist, the built-in default applies (one socket anyone may open, only root is admin).
+    /// Settings of a system daemon from `path` and the drop-ins in `warden.d` beside it. When
+    /// `path` was not given explicitly and does not exist, the built-in default applies (one
+    /// socket anyone may open, only root is admin), with the drop-ins still read.
     pub fn system(path: &Path, explicit: bool) -> Result<Settings, SettingsError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let mut s =
-                    Self::from_toml(&text, &path.display().to_string(), DaemonMode::System)?;
-                s.config_path = Some(path.to_owned());
-                Ok(s)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
-                let mut s =
-                    Self::from_toml("", "built-in default configuration", DaemonMode::System)?;
-                s.warnings.push(Problem {
-                    line: None,
-                    message: format!(
-                        "{} does not exist; using the built-in default (only root is admin)",
-                        path.display()
-                    ),
-                });
-                Ok(s)
-            }
-            Err(source) => Err(SettingsError::Read {
-                path: path.to_owned(),
-                source,
-            }),
+        let trusted = warden_sys::users::effective_uid();
+        let dropin_paths = dropin::list(&dropin::dir_of(path), trusted)?;
+        let mut texts = Vec::with_capacity(dropin_paths.len());
+        for p in &dropin_paths {
+            texts.push((p.display().to_string(), dropin::read_checked(p, trusted)?));
         }
+        let dropins: Vec<Source<'_>> = texts
+            .iter()
+            .map(|(origin, text)| Source { origin, text })
+            .collect();
+        let origin = path.display().to_string();
+        let mut s = match dropin::read_checked(path, trusted) {
+            Ok(text) => {
+                let mut s = Self::from_files(
+                    Source {
+                        origin: &origin,
+                        text: &text,
+                    },
+                    &dropins,
+                    DaemonMode::System,
+                )?;
+                s.config_path = Some(path.to_owned());
+                s
+            }
+            Err(SettingsError::Read { source, .. })
+                if source.kind() == io::ErrorKind::NotFound && !explicit =>
+            {
+                let origin = "built-in default configuration";
+                let mut s =
+                    Self::from_files(Source { origin, text: "" }, &dropins, DaemonMode::System)?;
+                s.warnings.push(Located {
+                    origin: origin.to_owned(),
+                    problem: Problem {
+                        line: None,
+                        column: None,
+                        message: format!(
+                            "{} does not exist; using the built-in default (only root is admin)",
+                            path.display()
+                        ),
+                    },
+                });
+                s.config_path = Some(path.to_owned());
+                s
+            }
+            Err(e) => return Err(e),
+        };
+        s.dropins = dropin_paths;
+        s.config_explicit = explicit;
+        Ok(s)
     }
 
     /// Settings of `wardend --dev`: the demo policy, a private socket (mode 0600) under the
@@ -173,229 +249,6 @@ fn absolute(p: PathBuf) -> Result<PathBuf, SettingsError> {
             .map_err(SettingsError::CurrentDir)?
             .join(p))
     }
-}
-
-/// A TOML string literal for `p`.
-fn quoted(p: &Path) -> String {
-    toml::Value::String(p.display().to_string()).to_string()
-}
-
-/// A script of the demo action `demo-progress`: three phases, progress on the status pipe,
-/// output on stdout, and a result. (In argv, literal braces are written `{{` and `}}`.)
-const DEMO_PROGRESS: &str = r#"n=$1; i=0; total=$((3 * n))
-for phase in prepare work finish; do
-  echo "phase $phase" >&"$WARDEN_STATUS_FD"
-  j=0
-  while [ "$j" -lt "$n" ]; do
-    j=$((j + 1)); i=$((i + 1))
-    echo "progress $((i * 100 / total)) $phase step $j of $n" >&"$WARDEN_STATUS_FD"
-    echo "$phase: step $j of $n"
-    sleep 0.3
-  done
-done
-echo "result {{\"steps\": $total}}" >&"$WARDEN_STATUS_FD""#;
-
-/// A script of the demo action `demo-commit`: prepares, declares its commit point, makes a file,
-/// then lingers so there is time to try cancelling it (which runs the rollback).
-const DEMO_COMMIT: &str = r#"dir=$1; name=$2
-echo "progress 10 prepare checking $dir" >&"$WARDEN_STATUS_FD"
-mkdir -p "$dir"; sleep 1
-echo commit >&"$WARDEN_STATUS_FD"
-echo "made $dir/$name" > "$dir/$name"; echo "created $dir/$name"
-echo "progress 60 settle the change is in place" >&"$WARDEN_STATUS_FD"
-sleep 4
-echo "progress 100 done" >&"$WARDEN_STATUS_FD""#;
-
-/// Environment variables that make a program load code of the caller's choosing; kept from the
-/// daemon's environment into a root job, they would run it as root.
-const LOADER_VARIABLES: [&str; 10] = [
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "LD_AUDIT",
-    "PYTHONPATH",
-    "PYTHONSTARTUP",
-    "PERL5LIB",
-    "RUBYLIB",
-    "NODE_OPTIONS",
-    "BASH_ENV",
-    "ENV",
-];
-
-/// Configurations that load but are risky: what `check-config` warns about.
-pub fn risks(policy: &Policy) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    // Whether anyone but root can get above read_only at all.
-    let elevated = policy
-        .tiers
-        .groups
-        .values()
-        .any(|(t, _)| *t > Tier::ReadOnly)
-        || policy
-            .tiers
-            .users
-            .values()
-            .any(|(t, _)| *t > Tier::ReadOnly);
-    for l in &policy.listeners {
-        if elevated && l.mode & 0o002 != 0 && l.max_tier > Tier::ReadOnly {
-            out.push(format!(
-                "listener {} may be opened by every user (mode {:04o}) and reaches tier {}; \
-                 set max_tier = \"read_only\" or narrow its mode",
-                l.path.display(),
-                l.mode,
-                l.max_tier
-            ));
-        }
-    }
-    for a in policy.actions.values() {
-        if a.mutating && a.tier <= Tier::ReadOnly {
-            out.push(format!(
-                "action `{}` changes state and any read_only caller may start it; \
-                 raise its tier or set mutating = false",
-                a.name
-            ));
-        }
-        if a.timeout >= std::time::Duration::from_secs(3600) {
-            out.push(format!(
-                "action `{}` may run for {} s (timeout_s unset or long); give it the timeout it needs",
-                a.name,
-                a.timeout.as_secs()
-            ));
-        }
-        let root = a.run_as.as_ref().is_none_or(|r| r.uid.0 == 0);
-        for name in &a.env_keep {
-            if root && LOADER_VARIABLES.contains(&name.as_str()) {
-                out.push(format!(
-                    "action `{}` runs as root and keeps `{name}` from the daemon's environment, \
-                     which makes programs load other code",
-                    a.name
-                ));
-            }
-        }
-        for (pname, spec) in &a.params {
-            let warden_policy::actions::ParamRule::Path { under, .. } = &spec.rule else {
-                continue;
-            };
-            for prefix in under {
-                let Ok(m) = std::fs::metadata(prefix) else {
-                    continue;
-                };
-                if m.uid() != 0 || m.mode() & 0o022 != 0 {
-                    out.push(format!(
-                        "param `{pname}` of action `{}` takes paths under {}, which a non-root \
-                         user can write (owner uid {}, mode {:04o}): they could swap a component \
-                         between the check and the job's use",
-                        a.name,
-                        prefix.display(),
-                        m.uid(),
-                        m.mode() & 0o7777
-                    ));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A path as literal text of an argv template: its braces doubled, so a directory named with
-/// `{` or `}` is not read as a placeholder.
-fn literal_arg(p: &Path) -> String {
-    p.display()
-        .to_string()
-        .replace('{', "{{")
-        .replace('}', "}}")
-}
-
-/// A TOML string literal.
-fn quoted_str(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
-/// The demo policy of `--dev`, as configuration text so it goes through the same parser and
-/// checks as any file. Actions run as the user running the daemon; with `agent` (that user's
-/// name), the fleet is on with that user as its agent, and the demo actions are offered to it.
-fn dev_config(runtime: &Path, state: &Path, socket: &Path, agent: Option<&str>) -> String {
-    let demo_dir = state.join("demo");
-    let fleet = agent.map_or_else(String::new, |name| {
-        format!(
-            "\n# `warden-agent --dev` runs as you: it may run the remote actions for the fleet.\n\
-             [fleet]\nenabled = true\nagent_user = {}\n",
-            quoted_str(name)
-        )
-    });
-    format!(
-        r#"# Built-in configuration of `wardend --dev`. Not for production.
-[daemon]
-runtime_dir = {runtime}
-state_dir = {state}
-
-[[listener]]
-path = {socket}
-mode = "0600"
-
-[ops]
-network = true
-power = false
-storage = true
-system = true
-update = false
-
-[[action]]
-name = "demo-progress"
-description = "Counts through three phases, reporting progress and a result"
-argv = ["/bin/sh", "-c", {progress}, "demo-progress", "{{steps}}"]
-tier = "read_only"
-mutating = false
-remote = true
-timeout_s = 120
-[action.params.steps]
-type = "int"
-min = 1
-max = 50
-
-[[action]]
-name = "disk-usage"
-description = "Reports disk usage of the file system holding a path"
-argv = ["/bin/df", "-h", "{{path}}"]
-tier = "read_only"
-mutating = false
-timeout_s = 30
-[action.params.path]
-type = "path"
-under = ["/"]
-must_exist = true
-
-[[action]]
-name = "demo-commit"
-description = "Makes a file after a commit point; cancelling it then runs the rollback"
-argv = ["/bin/sh", "-c", {commit}, "demo-commit", {demo_dir}, "{{name}}"]
-rollback = ["/bin/rm", "-f", {demo_file}]
-tier = "operator"
-ops = ["storage"]
-remote = true
-timeout_s = 60
-concurrency_group = "demo"
-[action.params.name]
-type = "string"
-max_len = 32
-pattern = "[a-z0-9][a-z0-9-]*"
-
-[[resource]]
-kind = "workspace"
-base_dir = {workspaces}
-max_per_uid = 8
-tier = "read_only"
-{fleet}"#,
-        runtime = quoted(runtime),
-        state = quoted(state),
-        socket = quoted(socket),
-        progress = quoted_str(DEMO_PROGRESS),
-        commit = quoted_str(DEMO_COMMIT),
-        demo_dir = quoted_str(&literal_arg(&demo_dir)),
-        workspaces = quoted(&state.join("workspaces")),
-        demo_file = quoted_str(&format!("{}/{{name}}", literal_arg(&demo_dir))),
-        fleet = fleet,
-    )
 }
 
 #[cfg(test)]
@@ -462,7 +315,11 @@ under = ["{}"]
             open.display()
         );
         let s = Settings::from_toml(&risky, "t", DaemonMode::System).unwrap();
-        let all: Vec<&str> = s.warnings.iter().map(|w| w.message.as_str()).collect();
+        let all: Vec<&str> = s
+            .warnings
+            .iter()
+            .map(|w| w.problem.message.as_str())
+            .collect();
         let said = |what: &str| all.iter().any(|m| m.contains(what));
         assert!(said("may be opened by every user"), "{all:?}");
         assert!(said("changes state and any read_only caller"), "{all:?}");
@@ -537,6 +394,34 @@ under = ["{}"]
         assert_eq!(s.warnings.len(), 1);
         assert!(matches!(
             Settings::system(missing, true),
+            Err(SettingsError::Read { .. })
+        ));
+    }
+
+    /// Pins: without its (default) main file, a daemon still reads the drop-ins beside where it
+    /// would be, and keeps that path so a reload reads them again.
+    #[test]
+    fn drop_ins_apply_beside_a_missing_default_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join(DROPIN_DIR);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let f = d.join("a.toml");
+        std::fs::write(
+            &f,
+            "[[action]]\nname = \"x\"\nargv = [\"/bin/true\"]\ntimeout_s = 5\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let main = dir.path().join("warden.toml");
+        let s = Settings::system(&main, false).unwrap();
+        assert!(s.policy.actions.keys().any(|a| a.as_str() == "x"));
+        assert_eq!(s.dropins, [f]);
+        assert_eq!(s.config_path.as_deref(), Some(main.as_path()));
+        assert!(!s.config_explicit);
+        assert!(matches!(
+            Settings::system(&main, true),
             Err(SettingsError::Read { .. })
         ));
     }
