@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// The stable error kinds. Clients branch on these, never on messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     BadRequest,
@@ -97,6 +98,7 @@ impl fmt::Display for ErrorKind {
 
 /// The `data` member of every warden error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorData {
     pub kind: ErrorKind,
@@ -110,6 +112,7 @@ pub struct ErrorData {
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RpcError {
     pub code: i32,

@@ -10,6 +10,7 @@ use crate::tier::Tier;
 
 /// Where a job is in its life. Terminal states never change again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for its concurrency group.
@@ -71,6 +72,7 @@ impl std::fmt::Display for JobState {
 
 /// The type and rules of one action parameter, as `actions.describe` shows them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ParamKind {
     String {
@@ -94,6 +96,7 @@ pub enum ParamKind {
 
 /// One parameter of an action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ParamInfo {
     #[serde(flatten)]
     pub kind: ParamKind,
@@ -103,6 +106,7 @@ pub struct ParamInfo {
 
 /// An action as `actions.list` and `actions.describe` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ActionInfo {
     pub name: ActionName,
     pub description: String,
@@ -118,12 +122,14 @@ pub struct ActionInfo {
 
 /// Answer to `actions.list`: the actions the caller could run now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ActionList {
     pub actions: Vec<ActionInfo>,
 }
 
 /// Who asked for a job, as the daemon saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Requester {
     pub uid: Uid,
     pub gid: Gid,
@@ -137,6 +143,7 @@ pub struct Requester {
 
 /// A job, as `job.get`, `job.wait` and `job.watch` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobRecord {
     pub job_id: JobId,
     pub action: ActionName,
@@ -169,6 +176,7 @@ pub struct JobRecord {
 
 /// One line of `job.list`: metadata only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobSummary {
     pub job_id: JobId,
     pub action: ActionName,
@@ -185,12 +193,14 @@ pub struct JobSummary {
 
 /// Answer to `job.list`, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobList {
     pub jobs: Vec<JobSummary>,
 }
 
 /// Answer to `job.start`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobStarted {
     pub job_id: JobId,
     /// True when an earlier `job.start` with the same idempotency key made this job.
@@ -200,6 +210,7 @@ pub struct JobStarted {
 /// A piece of a job's output: the answer to `job.logs`, and the params of each `job.output`
 /// notification while following.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LogChunk {
     pub job_id: JobId,
     /// Byte offset of `data` in the job's log.

@@ -17,6 +17,8 @@ pub mod messages;
 pub mod method;
 pub mod paths;
 pub mod request;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod tier;
 
 pub use envelope::{Envelope, EnvelopeError, Id};

@@ -7,6 +7,7 @@ use crate::frame::DEFAULT_MAX_FRAME;
 
 /// Limits that keep one caller from harming the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest accepted frame body in bytes.

@@ -13,6 +13,7 @@ use crate::tier::Tier;
 
 /// The caller as the kernel reported it when it connected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PeerInfo {
     pub uid: Uid,
     pub gid: Gid,
@@ -25,6 +26,7 @@ pub struct PeerInfo {
 
 /// The socket a caller came in through and the tier it caps callers at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ListenerInfo {
     pub path: String,
     pub max_tier: Tier,
@@ -32,6 +34,7 @@ pub struct ListenerInfo {
 
 /// Answer to `hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HelloResult {
     pub protocol: u32,
     pub daemon_version: String,
@@ -50,6 +53,7 @@ pub struct HelloResult {
 
 /// Answer to `health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthResult {
     /// Always `"ok"` from a daemon that can answer at all.
     pub status: String,
@@ -57,6 +61,7 @@ pub struct HealthResult {
 
 /// Answer to `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VersionResult {
     pub daemon_version: String,
     pub protocol: u32,
@@ -65,6 +70,7 @@ pub struct VersionResult {
 /// Answer to `audit.verify`: whether the audit log's hash chain is whole, and if not, the
 /// first record where it breaks and how.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuditVerifyResult {
     pub intact: bool,
     /// Records checked (up to the first bad one).
@@ -85,6 +91,7 @@ pub struct AuditVerifyResult {
 /// Answer to `ops.get` and `ops.set`: every toggle in force, and for `ops.set` the running jobs
 /// asked to stop because an op they need was switched off.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OpsResult {
     pub ops: std::collections::BTreeMap<String, bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -93,6 +100,7 @@ pub struct OpsResult {
 
 /// An engaged lockdown, as `hello`, `status` and `lockdown.*` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LockdownInfo {
     pub reason: String,
     pub by_uid: u32,
@@ -102,6 +110,7 @@ pub struct LockdownInfo {
 
 /// Answer to `lockdown.engage` and `lockdown.release`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LockdownResult {
     /// `None` once released.
     pub lockdown: Option<LockdownInfo>,
@@ -112,6 +121,7 @@ pub struct LockdownResult {
 
 /// One finding of `doctor`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DoctorFinding {
     /// `ok`, `warning` or `error`.
     pub severity: String,
@@ -123,12 +133,14 @@ pub struct DoctorFinding {
 
 /// Answer to `doctor`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DoctorResult {
     pub findings: Vec<DoctorFinding>,
 }
 
 /// Answer to `policy.explain`: the gate's decision and every step that led to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExplainResult {
     /// `allow` or `deny`.
     pub decision: String,
@@ -147,6 +159,7 @@ pub struct ExplainResult {
 
 /// Answer to `policy.reload`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PolicyReloadResult {
     /// Parts of the file that changed but take effect only after a restart.
     pub needs_restart: Vec<String>,
@@ -156,6 +169,7 @@ pub struct PolicyReloadResult {
 
 /// Something an administrator should look at now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Alert {
     pub id: u64,
     /// RFC 3339.
@@ -169,12 +183,14 @@ pub struct Alert {
 
 /// Answer to `alerts.list`: the newest alerts, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AlertsResult {
     pub alerts: Vec<Alert>,
 }
 
 /// Answer to `audit.query`: the records that matched, oldest first, as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AuditQueryResult {
     pub records: Vec<serde_json::Value>,
     /// The last record the daemon wrote.
@@ -187,6 +203,7 @@ pub struct AuditQueryResult {
 
 /// Where a caller's tier came from, before any listener cap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "by", rename_all = "snake_case")]
 pub enum GrantSource {
     /// uid 0 is always admin.
@@ -203,6 +220,7 @@ pub enum GrantSource {
 
 /// The tier a caller was granted and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Grant {
     pub tier: Tier,
     #[serde(flatten)]
@@ -211,6 +229,7 @@ pub struct Grant {
 
 /// Answer to `whoami`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WhoamiResult {
     pub peer: PeerInfo,
     /// User name of the uid; `null` when the passwd database has no entry.
@@ -227,6 +246,7 @@ pub struct WhoamiResult {
 
 /// Whether the daemon runs as a system service or as an unprivileged `--dev` instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DaemonMode {
     System,
@@ -235,6 +255,7 @@ pub enum DaemonMode {
 
 /// Connection counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ConnectionCounts {
     /// Connections open now.
     pub open: u64,
@@ -244,6 +265,7 @@ pub struct ConnectionCounts {
 
 /// Protocol violations since start, by class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ViolationCounts {
     /// Frames announcing length 0.
     pub frame_empty: u64,
@@ -267,6 +289,7 @@ pub struct ViolationCounts {
 
 /// Requests and connections refused to protect other callers, since start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RefusalCounts {
     /// Connections refused at `max_connections`.
     pub busy_total: u64,
@@ -282,6 +305,7 @@ pub struct RefusalCounts {
 
 /// Jobs now, and how the daemon can stop them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobCounts {
     pub running: u64,
     pub queued: u64,
@@ -293,6 +317,7 @@ pub struct JobCounts {
 
 /// Answer to `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StatusResult {
     pub daemon_version: String,
     pub protocol: u32,
@@ -312,6 +337,7 @@ pub struct StatusResult {
 /// One owned resource: `resource.create`, `resource.get`, `resource.delete` (what was removed)
 /// and each entry of `resource.list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResourceInfo {
     pub kind: String,
     pub name: String,
@@ -332,12 +358,14 @@ pub struct ResourceInfo {
 
 /// `resource.list`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ResourceList {
     pub resources: Vec<ResourceInfo>,
 }
 
 /// Which hardware signal a host's machine id was derived from, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum IdentitySource {
     /// The DMI (SMBIOS) product UUID of the machine.
@@ -367,6 +395,7 @@ impl std::fmt::Display for IdentitySource {
 
 /// Answer to `host.identity`: the machine id a fleet knows this host by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostIdentityResult {
     /// `muid_` and 64 lowercase hex digits: SHA-256 over a fixed namespace and the source's
     /// values, so the same hardware gives the same id across reinstalls.

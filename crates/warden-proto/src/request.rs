@@ -63,6 +63,7 @@ pub const MAX_LIST: u32 = 1000;
 
 /// `{action}`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActionParams {
     pub action: ActionName,
@@ -70,6 +71,7 @@ pub struct ActionParams {
 
 /// `job.start {action, params, idempotency_key?, fleet?}`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobStartParams {
     pub action: ActionName,
@@ -91,6 +93,7 @@ pub const MAX_FLEET_NAME: usize = 64;
 
 /// The tier a fleet operator claims for a dispatch (capped by the host's `[fleet] max_tier`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FleetTier {
     Operator,
@@ -108,6 +111,7 @@ impl From<FleetTier> for crate::Tier {
 
 /// `job.start`'s `fleet`: who asked through the fleet, for which dispatch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FleetOrigin {
     /// The operator's name on the fleet server.
@@ -157,6 +161,7 @@ impl FleetOrigin {
 
 /// `actions.list {fleet?}`
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActionsListParams {
     /// The host's `remote = true` actions as the fleet principal may run them (the fleet
@@ -167,6 +172,7 @@ pub struct ActionsListParams {
 
 /// `{job_id}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobParams {
     pub job_id: JobId,
@@ -174,6 +180,7 @@ pub struct JobParams {
 
 /// Whose jobs `job.list` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// The caller's own jobs.
@@ -185,6 +192,7 @@ pub enum Scope {
 
 /// `job.list {scope, state, limit}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobListParams {
     #[serde(default)]
@@ -198,6 +206,7 @@ pub struct JobListParams {
 
 /// `ops.set {name, enabled, reason}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OpsSetParams {
     pub name: String,
@@ -208,6 +217,7 @@ pub struct OpsSetParams {
 
 /// `events.subscribe {topics}`: any of `job`, `ops`, `lockdown`, `alert`, `audit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeParams {
     pub topics: Vec<String>,
@@ -216,6 +226,7 @@ pub struct SubscribeParams {
 /// `policy.explain {uid | user, listener, method, action, params}`: how the gate would decide a
 /// request from that caller on that listener (the first configured when absent).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExplainParams {
     #[serde(default)]
@@ -239,6 +250,7 @@ pub struct ExplainParams {
 
 /// `alerts.list {limit}`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AlertsParams {
     /// 50 when absent.
@@ -248,6 +260,7 @@ pub struct AlertsParams {
 
 /// `lockdown.engage {reason}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LockdownParams {
     /// Why, shown to everyone refused meanwhile: 1 to 256 characters.
@@ -262,6 +275,7 @@ pub const MAX_AUDIT_RECORDS: u32 = 1000;
 /// answered (a page; the next one starts after the last `seq` answered); without, the newest
 /// `limit`. Oldest first either way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditQueryParams {
     /// RFC 3339 time; records at or after it.
@@ -297,6 +311,7 @@ pub const MAX_RESOURCE_NAME: usize = 255;
 /// Who a resource is made for: a user name or a uid. Only root may name one; from anyone else
 /// it is ignored (and the audit record says so).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum OwnerRef {
     Uid(u32),
@@ -314,6 +329,7 @@ impl std::fmt::Display for OwnerRef {
 
 /// `resource.create {kind, name, owner?}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourceCreateParams {
     pub kind: String,
@@ -324,6 +340,7 @@ pub struct ResourceCreateParams {
 
 /// `resource.delete` and `resource.get`: `{kind, name}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourceParams {
     pub kind: String,
@@ -332,6 +349,7 @@ pub struct ResourceParams {
 
 /// `resource.list {kind?}`: the caller's own resources (an admin's answer holds everyone's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourceListParams {
     #[serde(default)]
@@ -340,6 +358,7 @@ pub struct ResourceListParams {
 
 /// `job.wait {job_id, timeout_ms}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobWaitParams {
     pub job_id: JobId,
@@ -350,6 +369,7 @@ pub struct JobWaitParams {
 
 /// `job.logs {job_id, from, follow}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobLogsParams {
     pub job_id: JobId,
@@ -363,6 +383,7 @@ pub struct JobLogsParams {
 
 /// Params of `hello`, the mandatory first request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HelloParams {
     /// Protocol version the client speaks.

@@ -29,7 +29,9 @@ fn python() -> Option<String> {
 fn the_python_client_passes_its_tests_against_the_real_daemon() {
     let Some(python) = python() else {
         if std::env::var("WARDEN_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-            panic!("python3 (3.11 or later) is missing and WARDEN_REQUIRE_ROOT_TESTS=1 forbids skipping");
+            panic!(
+                "python3 (3.11 or later) is missing and WARDEN_REQUIRE_ROOT_TESTS=1 forbids skipping"
+            );
         }
         eprintln!("skipping the Python client's tests: no python3 3.11 or later on PATH");
         return;
@@ -39,7 +41,14 @@ fn the_python_client_passes_its_tests_against_the_real_daemon() {
     let out_path = dir.path().join("unittest.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new(&python)
-        .args(["-m", "unittest", "discover", "-v", "-s", "clients/python/tests"])
+        .args([
+            "-m",
+            "unittest",
+            "discover",
+            "-v",
+            "-s",
+            "clients/python/tests",
+        ])
         .current_dir(&root)
         .env("WARDEND_BIN", WARDEND)
         .env("WARDEN_PY_TEST_DIR", dir.path())
