@@ -256,6 +256,14 @@ class ClientTests(unittest.TestCase):
         finally:
             watcher.close()
 
+    def test_subscribing_to_an_unknown_topic_raises_bad_request(self) -> None:
+        """Pins: a subscription the daemon refuses raises its error from subscribe itself,
+        instead of a stream that never yields."""
+        with self.assertRaises(WardenError) as caught:
+            self.client.subscribe(["no-such-topic"], timeout=10)
+        self.assertEqual(caught.exception.kind, "bad_request")
+        self.assertIn("no-such-topic", caught.exception.message)
+
     def test_no_daemon_at_the_path_is_a_connection_error(self) -> None:
         """Pins: connecting where nothing listens raises FileNotFoundError, not a hang."""
         with self.assertRaises(FileNotFoundError):

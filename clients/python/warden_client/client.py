@@ -273,7 +273,12 @@ class Client:
             raise ValueError(f"request of {len(body)} bytes exceeds max_frame {self._max_frame}")
         sock = self._socket()
         sock.settimeout(self._timeout)
-        sock.sendall(_HEADER.pack(len(body)) + body)
+        try:
+            sock.sendall(_HEADER.pack(len(body)) + body)
+        except OSError:
+            # Part of the frame may have gone out: the stream has lost its place for good.
+            self.close()
+            raise
         return request_id
 
     def _read_frame(self, deadline: float | None) -> Any:
