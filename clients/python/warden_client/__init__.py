@@ -6,16 +6,9 @@ The daemon decides who the caller is from the kernel, so there is nothing here t
 identity with. Standard library only.
 """
 
-from .client import (
-    DEFAULT_TIMEOUT,
-    PROTOCOL_VERSION,
-    SYSTEM_SOCKET,
-    Client,
-    EventStream,
-    JobFollow,
-    default_socket,
-)
+from .client import PROTOCOL_VERSION, SYSTEM_SOCKET, Client, default_socket
 from .errors import KINDS, ProtocolError, WardenError
+from .streams import DEFAULT_TIMEOUT, EventStream, JobFollow
 from .types import (
     TERMINAL_STATES,
     Event,

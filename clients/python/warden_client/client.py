@@ -16,20 +16,12 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, cast
 
 from .errors import ProtocolError, WardenError
-from .types import (
-    TERMINAL_STATES,
-    Event,
-    HelloResult,
-    JobOutput,
-    JobRecord,
-    JobStarted,
-    JobUpdate,
-    LogChunk,
-)
+from .streams import DEFAULT_TIMEOUT, EventStream, JobFollow, deadline_after, topic
+from .types import HelloResult, JobRecord, JobStarted, LogChunk
 
 #: The protocol version this client speaks.
 PROTOCOL_VERSION: Final = 1
@@ -37,8 +29,6 @@ PROTOCOL_VERSION: Final = 1
 SYSTEM_SOCKET: Final = "/run/warden/warden.sock"
 #: The frame limit in force until ``hello`` reports the daemon's.
 DEFAULT_MAX_FRAME: Final = 1 << 20
-#: Seconds a request may take when the caller names no timeout.
-DEFAULT_TIMEOUT: Final = 30.0
 #: Extra seconds allowed on top of a wait the daemon itself bounds (``job.wait``).
 _MARGIN: Final = 5.0
 
@@ -68,10 +58,6 @@ class _UseDefault(enum.Enum):
 
 
 _DEFAULT: Final = _UseDefault.TOKEN
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
 
 
 class Client:
@@ -161,7 +147,7 @@ class Client:
         """Calls ``method`` with ``params`` and returns its ``result``; raises
         :class:`WardenError` when the daemon answers with an error and :class:`TimeoutError`
         when no answer comes within ``timeout`` seconds (the client's default when not given)."""
-        deadline = _deadline(self._timeout if isinstance(timeout, _UseDefault) else timeout)
+        deadline = deadline_after(self._timeout if isinstance(timeout, _UseDefault) else timeout)
         request_id = self._send(method, params)
         return self._await(request_id, deadline)
 
@@ -238,7 +224,7 @@ class Client:
         ``output``, :class:`JobOutput` (``job.logs`` following), ending with the final record
         (``final=True``, also kept as :attr:`JobFollow.record`). ``timeout`` bounds the whole
         stream (``None``: as long as the job runs; its action's own timeout bounds that)."""
-        return JobFollow(self, job_id, output, _deadline(timeout))
+        return JobFollow(self, job_id, output, deadline_after(timeout))
 
     def subscribe(
         self, topics: Iterable[str], *, timeout: float | None = DEFAULT_TIMEOUT
@@ -248,9 +234,9 @@ class Client:
         after this returns is missed. ``timeout`` bounds the wait for that confirmation. The
         stream lasts as long as the connection: subscribe on a client of its own."""
         stream = EventStream(self, list(topics))
-        deadline = _deadline(timeout)
+        deadline = deadline_after(timeout)
         while True:
-            note = self._take(lambda m, p: m == "event" and _topic(p) == "subscribed")
+            note = self._take(lambda m, p: m == "event" and topic(p) == "subscribed")
             if note is not None:
                 return stream
             self._check_answer(stream.request_id)
@@ -365,152 +351,3 @@ class Client:
                 del self._notes[i]
                 return method, params
         return None
-
-
-def _topic(params: Any) -> Any:
-    return params.get("topic") if isinstance(params, dict) else None
-
-
-class JobFollow(Iterator[JobUpdate | JobOutput]):
-    """The updates and output of one job, in the order the daemon sent them, then its final
-    record. Made by :meth:`Client.follow`."""
-
-    record: JobRecord | None
-    """The final record, once the iteration ended."""
-
-    def __init__(self, client: Client, job_id: str, output: bool, deadline: float | None) -> None:
-        self._client = client
-        self._job_id = job_id
-        self._deadline = deadline
-        self.record = None
-        client._dropped.discard(job_id)
-        self._watch: int | None = client._send("job.watch", {"job_id": job_id})
-        self._logs: int | None = (
-            client._send("job.logs", {"job_id": job_id, "from": 0, "follow": True})
-            if output
-            else None
-        )
-        self._final: JobRecord | None = None
-        self._offset = 0
-        self._done = False
-
-    def __iter__(self) -> JobFollow:
-        return self
-
-    def _ours(self, method: str, params: Any) -> bool:
-        return (
-            method in ("job.update", "job.output")
-            and isinstance(params, dict)
-            and params.get("job_id") == self._job_id
-        )
-
-    def _output(self, chunk: LogChunk) -> JobOutput | None:
-        """The chunk as output, unless it holds nothing new."""
-        if not chunk.get("data") or chunk["next"] <= self._offset:
-            return None
-        self._offset = chunk["next"]
-        return JobOutput(chunk)
-
-    def __next__(self) -> JobUpdate | JobOutput:
-        client = self._client
-        while not self._done:
-            note = client._take(self._ours)
-            if note is not None:
-                method, params = note
-                if method == "job.update":
-                    return JobUpdate(cast(JobRecord, params))
-                out = self._output(cast(LogChunk, params))
-                if out is not None:
-                    return out
-                continue
-            if self._logs is not None:
-                chunk = client._check_answer(self._logs)
-                if chunk is not ...:
-                    self._logs = None
-                    out = self._output(cast(LogChunk, chunk))
-                    if out is not None:
-                        return out
-                    continue
-            if self._watch is not None:
-                record = client._check_answer(self._watch)
-                if record is not ...:
-                    self._watch = None
-                    self._final = cast(JobRecord, record)
-                    continue
-            if self._final is not None and self._logs is None:
-                self._done = True
-                self.record = self._final
-                return JobUpdate(self._final, final=True)
-            try:
-                client._pump(self._deadline)
-            except TimeoutError:
-                for request_id in (self._watch, self._logs):
-                    if request_id is not None:
-                        client._abandoned.add(request_id)
-                self._done = True
-                raise
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stops following: later updates and output of this job are dropped, not kept. (The
-        daemon goes on sending them until the job ends; the connection stays usable.)"""
-        client = self._client
-        for request_id in (self._watch, self._logs):
-            if request_id is not None:
-                client._abandoned.add(request_id)
-        self._watch = self._logs = None
-        self._done = True
-        client._dropped.add(self._job_id)
-        client._notes = deque(n for n in client._notes if not self._ours(*n))
-
-    def wait(self) -> JobRecord:
-        """Drains the stream and returns the final record."""
-        for _ in self:
-            pass
-        assert self.record is not None  # set when the iteration ends without an error
-        return self.record
-
-
-class EventStream(Iterator[Event]):
-    """Events of the subscribed topics, as they come, until the connection closes. Made by
-    :meth:`Client.subscribe`; iterate it, or call :meth:`next` with a timeout."""
-
-    def __init__(self, client: Client, topics: list[str]) -> None:
-        self._client = client
-        self.topics = topics
-        self.request_id = client._send("events.subscribe", {"topics": topics})
-
-    def __iter__(self) -> EventStream:
-        return self
-
-    def __next__(self) -> Event:
-        return self.next(None)
-
-    def next(self, timeout: float | None = DEFAULT_TIMEOUT) -> Event:
-        """The next event, waiting at most ``timeout`` seconds (:class:`TimeoutError` after).
-        The stream ends (:class:`StopIteration` from iteration, or :class:`WardenError`
-        ``unavailable`` when the daemon stops) with the connection."""
-        client = self._client
-        deadline = _deadline(timeout)
-        while True:
-            note = client._take(lambda m, p: m in ("event", "events.lagged"))
-            if note is not None:
-                method, params = note
-                if method == "events.lagged":
-                    return Event("events.lagged", dict(params or {}))
-                return Event(str(params.get("topic")), dict(params.get("event") or {}))
-            if client._check_answer(self.request_id) is not ...:
-                raise StopIteration
-            client._pump(deadline)
-
-
-__all__ = [
-    "Client",
-    "DEFAULT_TIMEOUT",
-    "EventStream",
-    "JobFollow",
-    "PROTOCOL_VERSION",
-    "SYSTEM_SOCKET",
-    "TERMINAL_STATES",
-    "default_socket",
-]
