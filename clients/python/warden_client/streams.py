@@ -18,7 +18,7 @@ from .types import Event, JobOutput, JobRecord, JobUpdate, LogChunk
 if TYPE_CHECKING:
     from .client import Client
 
-#: Seconds a stream waits when the caller names no timeout.
+#: Seconds a request, or a wait for the next event, may take when the caller names no timeout.
 DEFAULT_TIMEOUT = 30.0
 
 
