@@ -202,6 +202,10 @@ pub struct ServeArgs {
     /// long (while the dispatch is open), e.g. `15m`.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub dispatch_offline_wait: std::time::Duration,
+    /// Serve `/metrics` (Prometheus text format, plain HTTP, no login) on this address; off
+    /// when not given. Bind it to loopback or a monitoring network only.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The name this server gives itself in a dispatch's fleet origin
     /// (`fleet:<operator>@<name>`); default: the host name.
     #[arg(long)]
