@@ -158,7 +158,12 @@ impl Running {
 
 /// Opens the database, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let file = config.data_dir.join(store::SQLITE_FILE);
+    let fresh = config.database_url.is_none() && !file.exists();
     let db = store::Db::open(&config.data_dir, config.database_url.as_deref()).await?;
+    if fresh {
+        tracing::info!(database = %file.display(), "no database here yet: created a new one");
+    }
     let signing = auth::SigningKey::load_or_create(&db).await?;
     let mut link_config = config.link.clone();
     link_config.max_links = serve::fitted_max_links(

@@ -30,6 +30,11 @@ pub struct Cli {
     /// Print JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Create a new, empty database in --data-dir if there is none there. Without it the admin
+    /// commands refuse to (a mistyped or missing --data-dir would otherwise leave a stray empty
+    /// database); `serve` always creates one.
+    #[arg(long, global = true)]
+    pub init: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -265,6 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir,
         database_url,
         json,
+        init,
         command,
     } = cli;
     let command = match command {
@@ -272,6 +278,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dispatch(args) => return dispatch::run(args, json).await,
         other => other,
     };
+    let file = data_dir.join(crate::store::SQLITE_FILE);
+    if database_url.is_none() && !init && !file.exists() {
+        anyhow::bail!(
+            "no database at {}: give the server's --data-dir, or --init to create a new one",
+            file.display()
+        );
+    }
     let db = Db::open(&data_dir, database_url.as_deref()).await?;
     match command {
         // Run above, without this handle on the database.
