@@ -264,6 +264,16 @@ impl LinkArgs {
     }
 }
 
+/// A time the server stored (milliseconds since the epoch) as the commands print every time:
+/// RFC 3339 in UTC, to the second (`2026-12-06T03:07:28Z`); `never` for none (0 or less).
+pub fn rfc3339(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".to_owned();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.unsigned_abs());
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
