@@ -434,7 +434,7 @@ fn served_fingerprint(addr: std::net::SocketAddr) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
     let begin = text.find("-----BEGIN CERTIFICATE-----").expect(&text);
     let end = text.find("-----END CERTIFICATE-----").expect(&text) + 25;
-    fingerprint(text[begin..end].as_bytes())
+    fingerprint(&text.as_bytes()[begin..end])
 }
 
 /// Pins: at SIGHUP the server reads `--tls-cert`/`--tls-key` again: a fresh connection is
@@ -518,7 +518,7 @@ fn sighup_reloads_the_tls_pair_and_a_broken_pair_keeps_the_old_one() {
     );
     let begin = text.find("-----BEGIN CERTIFICATE-----").unwrap();
     let end = text.find("-----END CERTIFICATE-----").unwrap() + 25;
-    assert_eq!(fingerprint(text[begin..end].as_bytes()), fp_a);
+    assert_eq!(fingerprint(&text.as_bytes()[begin..end]), fp_a);
 
     // A key that is not the certificate's: refused, the second pair stays.
     std::fs::copy(&cert_a, &cert).unwrap();
