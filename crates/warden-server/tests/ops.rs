@@ -577,3 +577,64 @@ fn admin_commands_refuse_to_create_a_database_unless_asked_and_serve_creates_one
         s.log()
     );
 }
+
+/// The text output of an admin command on `data` (no `--json`).
+fn admin_text(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("WARDEN_SERVER_DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Pins: an empty list says so in text (and is `[]` in JSON); times print as RFC 3339 UTC to
+/// the second; the machine commands answer `{machine_id, result}` with `--json`; no colour
+/// escape in the output.
+#[test]
+fn admin_output_says_empty_prints_rfc3339_and_answers_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert_eq!(admin_text(&data, &["--init", "site", "list"]), "no sites\n");
+    assert_eq!(admin_text(&data, &["machines", "list"]), "no machines\n");
+    assert_eq!(admin_text(&data, &["user", "list"]), "no operators\n");
+    assert_eq!(admin_text(&data, &["events"]), "no events\n");
+    assert_eq!(
+        admin(&data, &["machines", "list"], ""),
+        serde_json::json!([])
+    );
+    admin_text(&data, &["site", "add", "hq", "--name", "HQ"]);
+    let events = admin_text(&data, &["events"]);
+    let stamp = events.split_whitespace().next().unwrap();
+    let b = stamp.as_bytes();
+    assert!(
+        b.len() == 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && b[19] == b'Z'
+            && stamp.starts_with("20"),
+        "not RFC 3339 UTC: {events}"
+    );
+    assert!(!events.contains('\x1b'), "a colour escape: {events:?}");
+    let machine = format!("muid_{}", "cd".repeat(32));
+    let banned = admin(&data, &["machines", "ban", &machine], "");
+    assert_eq!(
+        banned,
+        serde_json::json!({"machine_id": machine, "result": "banned"})
+    );
+    let again = admin(&data, &["machines", "unban", &machine], "");
+    assert_eq!(again["result"], "unbanned");
+    let again = admin(&data, &["machines", "unban", &machine], "");
+    assert_eq!(again["result"], "unchanged");
+}
