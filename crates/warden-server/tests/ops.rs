@@ -68,7 +68,7 @@ impl Served {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .unwrap_or_else(|_| panic!("no listen line: {}", log.lock().unwrap()));
-            if let Some(m) = value(&line, "metrics_listen=") {
+            if let Some(m) = value(&line, "metrics_addr=") {
                 metrics = Some(m);
             }
             if let Some(a) = value(&line, " listen=") {
@@ -272,7 +272,7 @@ fn metrics_parse_move_after_an_enrollment_and_a_dispatch_and_hold_no_secret() {
         &format!("{password}\n"),
     );
     let s = Served::start(&data, &["--metrics-listen", "127.0.0.1:0"]);
-    let metrics_at = s.metrics.expect("a metrics_listen line");
+    let metrics_at = s.metrics.expect("a metrics_addr line");
     let scrape = || {
         let (status, text) = curl(&[&format!("http://{metrics_at}/metrics")]);
         assert_eq!(status, 200, "{text}");

@@ -93,7 +93,7 @@ pub async fn run(
     }
     let mut running = crate::start(&config).await?;
     if let Some(at) = running.metrics_addr {
-        tracing::info!(metrics_listen = %at, "serving /metrics");
+        tracing::info!(metrics_addr = %at, "serving /metrics");
     }
     tracing::info!(listen = %running.addr, tls = config.tls.is_some(), "warden-server serving");
     notify(&[sd_notify::NotifyState::Ready]);
