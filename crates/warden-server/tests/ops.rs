@@ -36,11 +36,11 @@ impl Served {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(data)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--json", "serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .env("WARDEN_SERVER_LOG", "debug")
             .env_remove("WARDEN_SERVER_DATABASE_URL")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -85,6 +85,15 @@ impl Served {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The first line the server printed on stdout.
+    fn stdout_line(&mut self) -> String {
+        let mut line = String::new();
+        BufReader::new(self.child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
     }
 
     fn hup(&self) {
@@ -271,8 +280,13 @@ fn metrics_parse_move_after_an_enrollment_and_a_dispatch_and_hold_no_secret() {
         ],
         &format!("{password}\n"),
     );
-    let s = Served::start(&data, &["--metrics-listen", "127.0.0.1:0"]);
+    let mut s = Served::start(&data, &["--metrics-listen", "127.0.0.1:0"]);
     let metrics_at = s.metrics.expect("a metrics_addr line");
+    // With --json, serve says where it listens in one JSON line on stdout.
+    let ready: Value = serde_json::from_str(&s.stdout_line()).unwrap();
+    assert_eq!(ready["listen"], s.addr.to_string());
+    assert_eq!(ready["metrics_listen"], metrics_at.to_string());
+    assert_eq!(ready["tls"], false);
     let scrape = || {
         let (status, text) = curl(&[&format!("http://{metrics_at}/metrics")]);
         assert_eq!(status, 200, "{text}");

@@ -284,7 +284,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         command,
     } = cli;
     let command = match command {
-        Command::Serve(args) => return serve::run(data_dir, database_url, args).await,
+        Command::Serve(args) => return serve::run(data_dir, database_url, args, json).await,
         Command::Dispatch(args) => return dispatch::run(args, json).await,
         other => other,
     };

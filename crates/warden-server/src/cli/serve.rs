@@ -44,11 +44,14 @@ async fn reload_tls(running: &crate::Running, config: &Config) {
     }
 }
 
-/// Serves until the server fails or a signal stops it.
+/// Serves until the server fails or a signal stops it. With `json`, once it listens it prints
+/// one line on stdout, `{"listen", "metrics_listen", "tls"}` (for scripts that start it on port
+/// 0); its log stays on stderr.
 pub async fn run(
     data_dir: PathBuf,
     database_url: Option<String>,
     args: ServeArgs,
+    json: bool,
 ) -> anyhow::Result<()> {
     let ServeArgs {
         listen,
@@ -96,6 +99,16 @@ pub async fn run(
         tracing::info!(metrics_addr = %at, "serving /metrics");
     }
     tracing::info!(listen = %running.addr, tls = config.tls.is_some(), "warden-server serving");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "listen": running.addr.to_string(),
+                "metrics_listen": running.metrics_addr.map(|a| a.to_string()),
+                "tls": config.tls.is_some(),
+            })
+        );
+    }
     notify(&[sd_notify::NotifyState::Ready]);
     let signal = loop {
         tokio::select! {
