@@ -21,6 +21,7 @@ pub mod http;
 pub mod keys;
 pub mod limiter;
 pub mod link;
+pub mod metrics;
 pub mod proxy;
 pub mod serve;
 pub mod state;
@@ -68,6 +69,8 @@ pub struct Config {
     pub link: link::LinkConfig,
     /// Remote dispatch's engine.
     pub dispatch: dispatch::DispatchConfig,
+    /// Where `/metrics` is served (plain HTTP, no login): off unless set.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             event_window: budget::WINDOW,
             link: link::LinkConfig::default(),
             dispatch: dispatch::DispatchConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -95,7 +99,16 @@ impl Config {
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The metrics listener's stop and task.
+    metrics: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
     pub state: Arc<AppState>,
+    /// The certificate and key served, when TLS is on.
+    tls: Option<serve::Tls>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     flusher: tokio::task::JoinHandle<()>,
@@ -113,6 +126,10 @@ impl Running {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        if let Some((tx, task)) = self.metrics.take() {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
         let served = (&mut self.task).await.unwrap_or(Ok(()));
         self.engine.abort();
         self.state.link.stop().await;
@@ -123,6 +140,16 @@ impl Running {
         served
     }
 
+    /// Reads the TLS certificate and key files again (SIGHUP): new connections get the new
+    /// pair; connections already open are unaffected. A pair that cannot be used is refused
+    /// and the one in use stays. Without TLS there is nothing to do.
+    pub async fn reload_tls(&self) -> std::io::Result<()> {
+        match &self.tls {
+            None => Ok(()),
+            Some(tls) => tls.reload().await,
+        }
+    }
+
     /// Resolves when the server stops on its own (it does not, unless it fails).
     pub async fn wait(&mut self) -> std::io::Result<()> {
         (&mut self.task).await.unwrap_or(Ok(()))
@@ -131,7 +158,12 @@ impl Running {
 
 /// Opens the database, binds `config.listen` and serves.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let file = config.data_dir.join(store::SQLITE_FILE);
+    let fresh = config.database_url.is_none() && !file.exists();
     let db = store::Db::open(&config.data_dir, config.database_url.as_deref()).await?;
+    if fresh {
+        tracing::info!(database = %file.display(), "no database here yet: created a new one");
+    }
     let signing = auth::SigningKey::load_or_create(&db).await?;
     let mut link_config = config.link.clone();
     link_config.max_links = serve::fitted_max_links(
@@ -160,29 +192,41 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         body_timeout: config.limits.body_timeout,
         link: hub,
         dispatch: engine,
+        metrics: metrics::Metrics::default(),
     });
     let mut limits = config.limits;
     limits.max_connections = serve::fitted_max_connections(&limits);
     let tls = match &config.tls {
         None => None,
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot use {} and {} for TLS: {e}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            Some(serve::tls_acceptor(&tls, &limits))
-        }
+        Some((cert, key)) => Some(serve::Tls::load(cert, key).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot use {} and {} for TLS: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?),
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let app = http::router(Arc::clone(&state));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve::serve(listener, tls, app, limits, rx));
+    let acceptor = tls.as_ref().map(|t| t.acceptor(&limits));
+    let task = tokio::spawn(serve::serve(listener, acceptor, app, limits, rx));
+    let (metrics_addr, metrics_stop, metrics_task) = match config.metrics_listen {
+        None => (None, None, None),
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await?;
+            let addr = listener.local_addr()?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let limits = serve::Limits {
+                max_connections: 16,
+                ..limits
+            };
+            let router = metrics::router(Arc::clone(&state));
+            let task = tokio::spawn(serve::serve(listener, None, router, limits, rx));
+            (Some(addr), Some(tx), Some(task))
+        }
+    };
     let flusher = tokio::spawn({
         let state = Arc::clone(&state);
         async move {
@@ -197,7 +241,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     });
     Ok(Running {
         addr,
+        metrics_addr,
+        metrics: metrics_stop.zip(metrics_task),
         state,
+        tls,
         stop: Some(tx),
         task,
         flusher,

@@ -192,13 +192,62 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// TLS that offers HTTP/1.1 only (the only protocol served), with the handshake bounded by the
-/// header deadline.
-pub fn tls_acceptor(config: &RustlsConfig, limits: &Limits) -> RustlsAcceptor {
-    let mut inner = (*config.get_inner()).clone();
+/// The server's certificate and key: read from their files at start, and again at each
+/// [`Tls::reload`] (SIGHUP). A reload swaps what new connections get; connections already
+/// open keep the certificate they began with.
+#[derive(Clone)]
+pub struct Tls {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    config: RustlsConfig,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a certificate chain and its key into a config that offers HTTP/1.1 only (the only
+/// protocol served). Fails when either file is unreadable, not PEM, or the key is not the
+/// certificate's.
+async fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> io::Result<Arc<rustls::ServerConfig>> {
+    let read = RustlsConfig::from_pem_file(cert, key).await?;
+    let mut inner = (*read.get_inner()).clone();
     inner.alpn_protocols = vec![b"http/1.1".to_vec()];
-    RustlsAcceptor::new(RustlsConfig::from_config(Arc::new(inner)))
-        .handshake_timeout(limits.header_timeout)
+    Ok(Arc::new(inner))
+}
+
+impl Tls {
+    /// Reads `cert` and `key`.
+    pub async fn load(cert: &std::path::Path, key: &std::path::Path) -> io::Result<Tls> {
+        let config = RustlsConfig::from_config(tls_config(cert, key).await?);
+        Ok(Tls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            config,
+        })
+    }
+
+    /// Reads the files again; on success new connections get the new pair. On failure the
+    /// pair in use stays, and the error says why.
+    pub async fn reload(&self) -> io::Result<()> {
+        let fresh = tls_config(&self.cert, &self.key).await?;
+        self.config.reload_from_config(fresh);
+        Ok(())
+    }
+
+    /// The acceptor, with the handshake bounded by the header deadline. It reads the current
+    /// pair at each handshake.
+    pub fn acceptor(&self, limits: &Limits) -> RustlsAcceptor {
+        RustlsAcceptor::new(self.config.clone()).handshake_timeout(limits.header_timeout)
+    }
 }
 
 /// Accepts and serves connections on `listener` until `stop` fires (or its sender is dropped),

@@ -45,4 +45,6 @@ pub struct AppState {
     pub link: std::sync::Arc<crate::link::Hub>,
     /// Remote dispatch's fan-out engine.
     pub dispatch: std::sync::Arc<crate::dispatch::Engine>,
+    /// The counters `/metrics` shows.
+    pub metrics: crate::metrics::Metrics,
 }

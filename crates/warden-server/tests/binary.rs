@@ -48,7 +48,10 @@ fn admin(data: &Path, args: &[&str]) -> Value {
 async fn the_admin_commands_and_serve_work_together_and_log_no_keys() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    admin(&data, &["site", "add", "hq", "--name", "Headquarters"]);
+    admin(
+        &data,
+        &["--init", "site", "add", "hq", "--name", "Headquarters"],
+    );
     let mut add = Command::new(BIN)
         .arg("--data-dir")
         .arg(&data)

@@ -146,7 +146,8 @@ impl Server {
             log: Arc::new(Mutex::new(String::new())),
             bin: warden_testkit::sibling_bin("warden-server"),
         };
-        s.admin(&["site", "add", "hq", "--name", "Headquarters"]);
+        // The first admin command on a new data directory asks for its database.
+        s.admin(&["--init", "site", "add", "hq", "--name", "Headquarters"]);
         let enrollment_key = s.admin(&["site", "rotate-key", "hq"])["key"]
             .as_str()
             .unwrap()

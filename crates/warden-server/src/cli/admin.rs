@@ -23,10 +23,27 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
     }
 }
 
-fn ms(t: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
+/// A list: JSON as it is, text one line per item, or `none` saying what there is none of.
+fn print_list<T: Serialize>(json: bool, items: &[T], none: &str, line: impl Fn(&T) -> String) {
+    print(json, &items, |items| {
+        if items.is_empty() {
+            format!("{none}\n")
+        } else {
+            items.iter().map(&line).collect()
+        }
+    });
 }
+
+/// What a command on one machine did: `{"machine_id", "result"}` in JSON, else a sentence.
+fn print_machine(json: bool, machine_id: &str, result: &str, text: &str) {
+    print(
+        json,
+        &serde_json::json!({"machine_id": machine_id, "result": result}),
+        |_| format!("{machine_id} {text}\n"),
+    );
+}
+
+use super::rfc3339 as ms;
 
 /// `warden-server user …`
 pub async fn user(db: &Db, json: bool, command: UserCommand) -> anyhow::Result<()> {
@@ -66,17 +83,13 @@ pub async fn user(db: &Db, json: bool, command: UserCommand) -> anyhow::Result<(
         }
         UserCommand::List => {
             let ops = db.operators().await.map_err(done)?;
-            print(json, &ops, |ops| {
-                ops.iter()
-                    .map(|o| {
-                        format!(
-                            "{:<24} {:<9} since {}\n",
-                            o.name,
-                            o.role.as_str(),
-                            ms(o.created_ms)
-                        )
-                    })
-                    .collect()
+            print_list(json, &ops, "no operators", |o| {
+                format!(
+                    "{:<24} {:<9} since {}\n",
+                    o.name,
+                    o.role.as_str(),
+                    ms(o.created_ms)
+                )
             });
         }
     }
@@ -99,16 +112,11 @@ pub async fn site(db: &Db, json: bool, command: SiteCommand) -> anyhow::Result<(
         }
         SiteCommand::List => {
             let sites = db.sites().await.map_err(done)?;
-            print(json, &sites, |sites| {
-                sites
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{:<20} {:<30} {:<20} key v{}\n",
-                            s.site_code, s.display_name, s.company, s.key_version
-                        )
-                    })
-                    .collect()
+            print_list(json, &sites, "no sites", |s| {
+                format!(
+                    "{:<20} {:<30} {:<20} key v{}\n",
+                    s.site_code, s.display_name, s.company, s.key_version
+                )
             });
         }
         SiteCommand::RotateKey { code } => {
@@ -173,76 +181,83 @@ pub async fn machines(db: &Db, json: bool, command: MachinesCommand) -> anyhow::
             if let Some(next) = next {
                 eprintln!("more machines: add --after {}", next.encode());
             }
-            print(json, &machines, |ms_| {
-                ms_.iter()
-                    .map(|m| {
-                        format!(
-                            "{}  {:<12} {:<24} {:<11}{} {:<12} key {:<4} agent {:<10} seen {}\n",
-                            m.machine_id,
-                            m.site_code,
-                            m.hostname,
-                            m.state,
-                            if m.banned { " banned" } else { "" },
-                            if m.connected {
-                                "connected"
-                            } else {
-                                "disconnected"
-                            },
-                            m.machine_key_version
-                                .map_or_else(|| "-".to_owned(), |v| format!("v{v}")),
-                            m.agent_version.as_deref().unwrap_or("-"),
-                            ms(m.last_seen_ms)
-                        )
-                    })
-                    .collect()
+            print_list(json, &machines, "no machines", |m| {
+                format!(
+                    "{}  {:<12} {:<24} {:<11}{} {:<12} key {:<4} agent {:<10} seen {}\n",
+                    m.machine_id,
+                    m.site_code,
+                    m.hostname,
+                    m.state,
+                    if m.banned { " banned" } else { "" },
+                    if m.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
+                    m.machine_key_version
+                        .map_or_else(|| "-".to_owned(), |v| format!("v{v}")),
+                    m.agent_version.as_deref().unwrap_or("-"),
+                    ms(m.last_seen_ms)
+                )
             });
         }
         MachinesCommand::Approve { machine_id } => {
             db.approve(&machine_id).await.map_err(done)?;
             event("machine.approve", machine_id.clone()).await?;
-            println!("{machine_id} approved: its next enrollment gets a key");
+            print_machine(
+                json,
+                &machine_id,
+                "approved",
+                "approved: its next enrollment gets a key",
+            );
         }
         MachinesCommand::Remove { machine_id } => {
             let removed = db.remove(&machine_id).await.map_err(done)?;
             event("machine.remove", machine_id.clone()).await?;
-            println!(
-                "{machine_id} {}",
-                if removed {
-                    "removed"
-                } else {
-                    "was already removed"
-                }
-            );
+            let (result, text) = if removed {
+                ("removed", "removed")
+            } else {
+                ("unchanged", "was already removed")
+            };
+            print_machine(json, &machine_id, result, text);
         }
         MachinesCommand::Ban { machine_id } => {
             db.ban(&machine_id).await.map_err(done)?;
             event("machine.ban", machine_id.clone()).await?;
-            println!("{machine_id} banned");
+            print_machine(json, &machine_id, "banned", "banned");
         }
         MachinesCommand::Quarantine { machine_id } => {
             let done = db.quarantine(&machine_id).await.map_err(done)?;
             event("machine.quarantine", machine_id.clone()).await?;
-            println!(
-                "{machine_id} {}",
-                if done {
-                    "quarantined: its link closes within seconds; `machines clear` lets it back"
-                } else {
-                    "was not active: unchanged"
-                }
-            );
+            let (result, text) = if done {
+                (
+                    "quarantined",
+                    "quarantined: its link closes within seconds; `machines clear` lets it back",
+                )
+            } else {
+                ("unchanged", "was not active: unchanged")
+            };
+            print_machine(json, &machine_id, result, text);
         }
         MachinesCommand::Clear { machine_id } => {
             db.clear_quarantine(&machine_id).await.map_err(done)?;
             event("machine.clear", machine_id.clone()).await?;
-            println!("{machine_id} cleared: it may link again with its current key");
+            print_machine(
+                json,
+                &machine_id,
+                "cleared",
+                "cleared: it may link again with its current key",
+            );
         }
         MachinesCommand::Unban { machine_id } => {
             let was = db.unban(&machine_id).await.map_err(done)?;
             event("machine.unban", machine_id.clone()).await?;
-            println!(
-                "{machine_id} {}",
-                if was { "unbanned" } else { "was not banned" }
-            );
+            let (result, text) = if was {
+                ("unbanned", "unbanned")
+            } else {
+                ("unchanged", "was not banned")
+            };
+            print_machine(json, &machine_id, result, text);
         }
     }
     Ok(())
@@ -254,20 +269,16 @@ pub async fn events(db: &Db, json: bool, kind: Option<String>, limit: i64) -> an
         .events(kind.as_deref(), None, limit)
         .await
         .map_err(done)?;
-    print(json, &events, |evs| {
-        evs.iter()
-            .map(|e| {
-                format!(
-                    "{} {:<22} {:<28} {:<40} {} {}\n",
-                    ms(e.ts_ms),
-                    e.kind,
-                    e.actor,
-                    e.target,
-                    e.source,
-                    e.detail
-                )
-            })
-            .collect()
+    print_list(json, &events, "no events", |e| {
+        format!(
+            "{} {:<22} {:<28} {:<40} {} {}\n",
+            ms(e.ts_ms),
+            e.kind,
+            e.actor,
+            e.target,
+            e.source,
+            e.detail
+        )
     });
     Ok(())
 }

@@ -245,7 +245,7 @@ fn summary_line(summary: &Value) -> String {
 fn show_text(v: &Value) {
     let d = &v["dispatch"];
     println!(
-        "{}  {}  by {}  {}{}",
+        "{}  {}  by {}  {}{}  created {}{}",
         d["dispatch_id"].as_str().unwrap_or(""),
         d["action"].as_str().unwrap_or(""),
         d["operator"].as_str().unwrap_or(""),
@@ -253,6 +253,11 @@ fn show_text(v: &Value) {
         d["stopped"]
             .as_str()
             .map(|s| format!(" (stopped: {s})"))
+            .unwrap_or_default(),
+        super::rfc3339(d["created_ms"].as_i64().unwrap_or(0)),
+        d["ended_ms"]
+            .as_i64()
+            .map(|t| format!("  ended {}", super::rfc3339(t)))
             .unwrap_or_default()
     );
     for h in v["hosts"].as_array().into_iter().flatten() {
@@ -458,10 +463,15 @@ pub async fn run(args: DispatchArgs, json_out: bool) -> anyhow::Result<()> {
             if json_out {
                 print_json(&v);
             } else {
-                for d in v["dispatches"].as_array().into_iter().flatten() {
+                let list = v["dispatches"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("no dispatches");
+                }
+                for d in &list {
                     println!(
-                        "{}  {:<10} {:<24} by {}",
+                        "{}  {}  {:<10} {:<24} by {}",
                         d["dispatch_id"].as_str().unwrap_or(""),
+                        super::rfc3339(d["created_ms"].as_i64().unwrap_or(0)),
                         d["state"].as_str().unwrap_or(""),
                         d["action"].as_str().unwrap_or(""),
                         d["operator"].as_str().unwrap_or("")

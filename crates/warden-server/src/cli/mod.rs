@@ -30,6 +30,11 @@ pub struct Cli {
     /// Print JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Create a new, empty database in --data-dir if there is none there. Without it the admin
+    /// commands refuse to (a mistyped or missing --data-dir would otherwise leave a stray empty
+    /// database); `serve` always creates one.
+    #[arg(long, global = true)]
+    pub init: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -202,6 +207,10 @@ pub struct ServeArgs {
     /// long (while the dispatch is open), e.g. `15m`.
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub dispatch_offline_wait: std::time::Duration,
+    /// Serve `/metrics` (Prometheus text format, plain HTTP, no login) on this address; off
+    /// when not given. Bind it to loopback or a monitoring network only.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The name this server gives itself in a dispatch's fleet origin
     /// (`fleet:<operator>@<name>`); default: the host name.
     #[arg(long)]
@@ -255,19 +264,37 @@ impl LinkArgs {
     }
 }
 
+/// A time the server stored (milliseconds since the epoch) as the commands print every time:
+/// RFC 3339 in UTC, to the second (`2026-12-06T03:07:28Z`); `never` for none (0 or less).
+pub fn rfc3339(ms: i64) -> String {
+    if ms <= 0 {
+        return "never".to_owned();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.unsigned_abs());
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// Runs the command `cli` names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
         data_dir,
         database_url,
         json,
+        init,
         command,
     } = cli;
     let command = match command {
-        Command::Serve(args) => return serve::run(data_dir, database_url, args).await,
+        Command::Serve(args) => return serve::run(data_dir, database_url, args, json).await,
         Command::Dispatch(args) => return dispatch::run(args, json).await,
         other => other,
     };
+    let file = data_dir.join(crate::store::SQLITE_FILE);
+    if database_url.is_none() && !init && !file.exists() {
+        anyhow::bail!(
+            "no database at {}: give the server's --data-dir, or --init to create a new one",
+            file.display()
+        );
+    }
     let db = Db::open(&data_dir, database_url.as_deref()).await?;
     match command {
         // Run above, without this handle on the database.

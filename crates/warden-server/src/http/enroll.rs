@@ -46,13 +46,19 @@ async fn enroll(
     headers: HeaderMap,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(r) = body.map_err(|e| match e {
-        // A malformed identifier is a field that fails to parse: a bad request like any other
-        // malformed field, not the 422 axum would answer.
-        JsonRejection::JsonDataError(e) => ApiError::bad_request(e.body_text()),
-        e => ApiError::Json(e),
-    })?;
-    r.labels.check().map_err(ApiError::BadRequest)?;
+    let metrics = &state.metrics;
+    let Json(r) = body
+        .map_err(|e| match e {
+            // A malformed identifier is a field that fails to parse: a bad request like any other
+            // malformed field, not the 422 axum would answer.
+            JsonRejection::JsonDataError(e) => ApiError::bad_request(e.body_text()),
+            e => ApiError::Json(e),
+        })
+        .inspect_err(|_| metrics.enrollment("bad_request"))?;
+    r.labels
+        .check()
+        .map_err(ApiError::BadRequest)
+        .inspect_err(|_| metrics.enrollment("bad_request"))?;
     let source = client_addr(peer.ip(), &headers, &state.trusted_proxies);
     let gate = Gate {
         db: &state.db,
@@ -61,7 +67,21 @@ async fn enroll(
         addr_limiter: &state.enroll_addr_limiter,
         budget: &state.budget,
     };
-    let outcome = gate.enroll(&r, source).await?;
+    let outcome = gate
+        .enroll(&r, source)
+        .await
+        .inspect_err(|_| metrics.enrollment("error"))?;
+    metrics.enrollment(match &outcome {
+        Outcome::New { .. } => "new",
+        Outcome::Reuse { .. } => "reuse",
+        Outcome::Pending => "pending",
+        Outcome::Rejected => "rejected",
+        Outcome::SiteConflict => "site_conflict",
+        Outcome::Banned => "banned",
+        Outcome::Quarantined => "quarantined",
+        Outcome::RateLimited(_) => "rate_limited",
+        Outcome::Busy => "busy",
+    });
     let answer = |status, machine_key, state, disposition| {
         let body = Enrolled {
             machine_id: r.machine_id.clone(),

@@ -74,7 +74,16 @@ pub async fn link(
             wait,
         ));
     }
-    let unauthorized = || ApiError::unauthorized("a live machine key is required");
+    let refused_key = || {
+        state
+            .metrics
+            .link_refused_key
+            .fetch_add(1, Ordering::Relaxed);
+    };
+    let unauthorized = || {
+        refused_key();
+        ApiError::unauthorized("a live machine key is required")
+    };
     let key: MachineKey = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -113,6 +122,7 @@ pub async fn link(
             return Err(unauthorized());
         }
         LinkAuth::Refused { why, .. } => {
+            refused_key();
             return Err(match why {
                 Refusal::Banned => ApiError::forbidden("this machine is banned"),
                 Refusal::Quarantined => ApiError::Quarantined,

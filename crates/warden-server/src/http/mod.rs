@@ -79,10 +79,15 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
             Arc::clone(&state),
             read_body,
         ))
-        // Outermost: the answers of the body limits and deadlines carry the headers too.
+        // The answers of the body limits and deadlines carry the headers too.
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             console::security_headers,
+        ))
+        // Outermost: a request's whole time, refusals included.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::metrics::time_requests,
         ))
         .with_state(state)
 }

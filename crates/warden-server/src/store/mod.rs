@@ -7,6 +7,7 @@
 //!
 //! Keys, passwords and tokens are stored only as hashes, and never logged from here.
 
+pub mod counts;
 pub mod db;
 pub mod dispatch;
 pub mod enroll;
