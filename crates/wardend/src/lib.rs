@@ -25,6 +25,7 @@ mod limits;
 pub mod listener;
 mod logs;
 pub mod notify;
+pub mod offline;
 pub mod resources;
 pub mod server;
 pub mod settings;
