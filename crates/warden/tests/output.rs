@@ -59,6 +59,11 @@ fn is_utc_seconds(s: &str) -> bool {
     s.len() == 20 && s.ends_with('Z') && humantime::parse_rfc3339(s).is_ok()
 }
 
+/// Whether `s` is a time as the daemon writes every time: `2026-12-06T05:25:15.123Z`.
+fn is_utc_millis(s: &str) -> bool {
+    s.len() == 24 && s.ends_with('Z') && humantime::parse_rfc3339(s).is_ok()
+}
+
 /// Starts `greet` and waits for it to end; returns its id.
 fn finished_job(sock: &str) -> String {
     let out = warden(sock, &["run", "greet", "--detach"]);
@@ -74,7 +79,8 @@ fn finished_job(sock: &str) -> String {
 }
 
 /// Pins: `warden jobs`, `warden job`, `warden lockdown`, `warden resource` and `warden audit
-/// tail` print every time as RFC 3339 UTC to the second, and the JSON carries RFC 3339 UTC.
+/// tail` print every time as RFC 3339 UTC to the second, and the JSON of jobs, resources and a
+/// lockdown carries RFC 3339 UTC with milliseconds alike.
 #[test]
 fn times_print_as_rfc3339_utc() {
     let dir = warden_testkit::safe_tempdir();
@@ -99,14 +105,15 @@ fn times_print_as_rfc3339_utc() {
     }
     let v: Value = serde_json::from_slice(&warden(&sock, &["--json", "job", &id]).stdout).unwrap();
     for key in ["created_at", "started_at", "ended_at"] {
-        let t = v[key].as_str().unwrap();
-        assert!(
-            t.ends_with('Z') && humantime::parse_rfc3339(t).is_ok(),
-            "{v}"
-        );
+        assert!(is_utc_millis(v[key].as_str().unwrap()), "{v}");
     }
 
     let out = text(&warden(&sock, &["resource", "create", "workspace", "w1"]).stdout);
+    let v: Value = serde_json::from_slice(
+        &warden(&sock, &["--json", "resource", "get", "workspace", "w1"]).stdout,
+    )
+    .unwrap();
+    assert!(is_utc_millis(v["created"].as_str().unwrap()), "{v}");
     let created = out.split("created ").nth(1).unwrap().trim();
     assert!(is_utc_seconds(created), "{out}");
 
@@ -119,6 +126,11 @@ fn times_print_as_rfc3339_utc() {
         .take(3)
         .collect::<Vec<_>>();
     assert!(is_utc_seconds(&since.join(":")), "{out}");
+    let v: Value = serde_json::from_slice(&warden(&sock, &["--json", "status"]).stdout).unwrap();
+    assert!(
+        is_utc_millis(v["lockdown"]["since"].as_str().unwrap()),
+        "{v}"
+    );
     let out = text(&warden(&sock, &["status"]).stdout);
     assert!(out.contains("LOCKDOWN     by uid 0 since 20"), "{out}");
     assert!(warden(&sock, &["lockdown", "release"]).status.success());

@@ -11,6 +11,7 @@ mod audit;
 mod brakes;
 mod call;
 pub mod cli;
+mod clock;
 mod connection;
 mod dispatch;
 pub mod doctor;
