@@ -12,7 +12,10 @@ use crate::config::DEFAULT_CONFIG;
 #[command(
     name = "warden-agent",
     version,
-    about = "warden's host agent: enrolls this host with warden-server and keeps its link."
+    about = "warden's host agent: enrolls this host with warden-server and keeps its link.",
+    after_help = "warden-agent has no subcommands: it runs until SIGTERM or SIGINT and prints \
+                  nothing to parse, so it has no --json (its state is on the server: \
+                  warden-server machines list). It logs plain lines to stderr, never coloured."
 )]
 pub struct Cli {
     /// The configuration file.

@@ -15,6 +15,7 @@ use warden_proto::jobs::{ActionInfo, JobRecord, JobState, LogChunk, ParamKind, n
 
 use crate::failure::{Failure, exit, fail, job_code};
 use crate::print_json;
+use crate::time::{self, timestamp};
 
 fn param_hint(kind: &ParamKind) -> String {
     match kind {
@@ -406,8 +407,7 @@ pub async fn list(
         } else {
             String::new()
         };
-        let created = j.created_at.replace('T', " ");
-        let created = created.split('.').next().unwrap_or(&created);
+        let created = timestamp(&j.created_at);
         println!(
             "{:<21} {:<18} {:<12} {pct:>4}  {uid}{created}",
             j.job_id, j.action, j.state
@@ -468,9 +468,9 @@ pub async fn show(client: &mut Client, id: &str, json: bool) -> Result<ExitCode,
         opt(&q.exe)
     );
     println!("origin     {}", r.origin);
-    println!("created    {}", r.created_at);
-    println!("started    {}", opt(&r.started_at));
-    println!("ended      {}", opt(&r.ended_at));
+    println!("created    {}", timestamp(&r.created_at));
+    println!("started    {}", time::optional(r.started_at.as_deref()));
+    println!("ended      {}", time::optional(r.ended_at.as_deref()));
     Ok(code)
 }
 

@@ -6,6 +6,7 @@
 mod failure;
 mod jobs;
 mod render;
+mod time;
 
 use std::process::ExitCode;
 
@@ -306,10 +307,19 @@ async fn audit_tail(
             Ok(g) => g,
             Err(e) => return fail(&e, json),
         };
-        for r in &got.records {
+        if !follow {
+            // One answer: a JSON array under --json (empty when there is nothing), else one
+            // line per record, or a line that says there is none.
             if json {
+                print_json(&got.records);
+            } else if got.records.is_empty() {
+                println!("no audit records");
+            }
+        }
+        for r in &got.records {
+            if json && follow {
                 println!("{r}");
-            } else {
+            } else if !json {
                 println!("{}", render::audit_record(r));
             }
         }

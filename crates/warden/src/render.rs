@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use crate::time::timestamp;
 use warden_proto::messages::{
     AlertsResult, AuditVerifyResult, DoctorResult, ExplainResult, GrantSource, LockdownResult,
     OpsResult, PolicyReloadResult, ResourceInfo, ResourceList, StatusResult, WhoamiResult,
@@ -96,7 +97,9 @@ pub fn status(s: &StatusResult) -> String {
         let _ = writeln!(
             out,
             "LOCKDOWN     by uid {} since {}: {} (warden lockdown release lifts it)",
-            l.by_uid, l.since, l.reason
+            l.by_uid,
+            timestamp(&l.since),
+            l.reason
         );
     }
     out
@@ -177,12 +180,21 @@ pub fn alerts(a: &AlertsResult) -> String {
     }
     let mut out = String::new();
     for alert in &a.alerts {
-        let _ = writeln!(out, "{} {:<20} {}", alert.ts, alert.kind, alert.message);
+        let _ = writeln!(
+            out,
+            "{} {:<20} {}",
+            timestamp(&alert.ts),
+            alert.kind,
+            alert.message
+        );
     }
     out
 }
 
 pub fn doctor(d: &DoctorResult) -> String {
+    if d.findings.is_empty() {
+        return "no findings\n".to_owned();
+    }
     let mut out = String::new();
     for f in &d.findings {
         let _ = writeln!(out, "{:<7} {}", f.severity, f.what);
@@ -231,6 +243,9 @@ pub fn reloaded(r: &PolicyReloadResult) -> String {
 
 pub fn ops(o: &OpsResult) -> String {
     let mut out = String::new();
+    if o.ops.is_empty() {
+        out.push_str("no ops toggles\n");
+    }
     for (name, on) in &o.ops {
         let _ = writeln!(out, "{name:<12} {}", if *on { "on" } else { "off" });
     }
@@ -244,7 +259,9 @@ pub fn lockdown(l: &LockdownResult) -> String {
     let mut out = match &l.lockdown {
         Some(d) => format!(
             "locked down by uid {} since {}: {}\n",
-            d.by_uid, d.since, d.reason
+            d.by_uid,
+            timestamp(&d.since),
+            d.reason
         ),
         None => "lockdown released\n".to_owned(),
     };
@@ -258,7 +275,7 @@ pub fn lockdown(l: &LockdownResult) -> String {
 pub fn audit_record(r: &serde_json::Value) -> String {
     let s = |k: &str| r[k].as_str().unwrap_or("");
     let seq = r["seq"].as_u64().unwrap_or(0);
-    let mut line = format!("{seq:>6} {} {:<15}", s("ts"), s("event"));
+    let mut line = format!("{seq:>6} {} {:<15}", timestamp(s("ts")), s("event"));
     if let Some(uid) = r["peer"]["uid"].as_u64() {
         let _ = write!(line, " uid {uid}");
     }
@@ -303,7 +320,13 @@ pub fn audit_verify(v: &AuditVerifyResult) -> String {
 pub fn resource(r: &ResourceInfo) -> String {
     let mut out = format!(
         "{}/{}  {}  owner {} ({})  mode {}  created {}\n",
-        r.kind, r.name, r.path, r.owner, r.owner_uid, r.mode, r.created
+        r.kind,
+        r.name,
+        r.path,
+        r.owner,
+        r.owner_uid,
+        r.mode,
+        timestamp(&r.created)
     );
     if let Some(job) = &r.hook_job {
         let _ = writeln!(out, "hook job {job}");

@@ -50,7 +50,7 @@ impl Alerts {
         st.next_id += 1;
         let alert = Alert {
             id: st.next_id,
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            ts: crate::clock::now_rfc3339(),
             kind: kind.to_owned(),
             message,
             uid,

@@ -12,7 +12,10 @@ use clap::{Parser, Subcommand};
     version,
     about = "warden's privilege broker daemon",
     long_about = "warden's privilege broker daemon. Serves the local control plane on Unix sockets, \
-                  identifies every caller from the kernel and judges every request in one gate."
+                  identifies every caller from the kernel and judges every request in one gate.",
+    after_help = "Running the daemon (no subcommand) prints nothing to parse: it logs to journald, \
+                  or to stderr without it, and has no --json; check-config and doctor take \
+                  --json. Log lines are coloured only on a terminal and never when NO_COLOR is set."
 )]
 pub struct Cli {
     /// Configuration file [default: /etc/warden/warden.toml; built-in default if it is absent]
@@ -38,6 +41,10 @@ pub enum Command {
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Print {"valid", "files", "problems": [{"file", "line", "column", "severity",
+        /// "message"}]} on stdout instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the installation's security posture: file owners and modes, sockets, the systemd
     /// unit, the audit chain, the ledger. Each finding says how to fix it.
@@ -46,5 +53,8 @@ pub enum Command {
         /// The configuration to check against.
         #[arg(default_value = crate::DEFAULT_CONFIG)]
         file: PathBuf,
+        /// Print {"findings": [{"severity", "what", "fix"}], "errors": N} on stdout instead.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -31,11 +31,14 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { file }) = &cli.command {
-        return check_config(file);
-    }
-    if let Some(Command::Doctor { file }) = &cli.command {
-        return doctor(file);
+    match &cli.command {
+        Some(Command::CheckConfig { file, json }) => {
+            return ExitCode::from(wardend::offline::check_config(file, *json));
+        }
+        Some(Command::Doctor { file, json }) => {
+            return ExitCode::from(wardend::offline::doctor(file, *json));
+        }
+        None => {}
     }
     let logs_to_stderr = init_logging(cli.dev);
     let dev = cli.dev;
@@ -58,50 +61,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
-    // As the daemon reads it: the file and the drop-ins beside it, owners and modes checked.
-    match Settings::system(file, true) {
-        Ok(s) => {
-            for w in &s.warnings {
-                println!("{}", w.display_warning());
-            }
-            println!("{}: ok", s.origin);
-            for d in &s.dropins {
-                println!("{}: ok", d.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn doctor(file: &std::path::Path) -> ExitCode {
-    let settings = match Settings::system(file, true) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let findings = wardend::doctor::run(file, &settings.policy);
-    for f in &findings {
-        println!("{f}");
-    }
-    let errors = findings
-        .iter()
-        .filter(|f| f.severity == wardend::doctor::Severity::Error)
-        .count();
-    if errors > 0 {
-        println!("{errors} error(s)");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
 /// Sends logs to journald when it is there, else to stderr. Returns whether logs go to stderr.
 fn init_logging(dev: bool) -> bool {
     let filter = EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -117,10 +76,19 @@ fn init_logging(dev: bool) -> bool {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_target(false)
         .init();
     true
+}
+
+/// Whether log lines may be coloured: only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (https://no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Settings> {
@@ -253,5 +221,20 @@ impl StopSignals {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+    use std::ffi::OsStr;
+
+    /// Pins: colour only on a terminal, and a non-empty NO_COLOR turns it off.
+    #[test]
+    fn no_color_turns_colour_off() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
     }
 }

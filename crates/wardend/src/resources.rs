@@ -288,7 +288,7 @@ impl Registry {
             owner: owner.name.clone(),
             base_dir: kind.base_dir.clone(),
             mode: kind.mode,
-            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            created: crate::clock::now_rfc3339(),
         };
         entries.insert(key.clone(), entry.clone());
         if let Err(e) = self.save(&entries) {

@@ -136,5 +136,5 @@ pub(super) fn body_of(event: &Event) -> Result<Vec<u8>, AuditError> {
 }
 
 pub(super) fn now_text() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    crate::clock::now_rfc3339()
 }

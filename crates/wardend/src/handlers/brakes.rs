@@ -103,7 +103,7 @@ pub(super) fn engage(
     let lockdown = Lockdown {
         reason: reason(&p.reason)?,
         by_uid: caller.peer.uid.0,
-        since: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        since: crate::clock::now_rfc3339(),
     };
     shared
         .brakes

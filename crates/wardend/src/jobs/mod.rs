@@ -49,7 +49,7 @@ fn now_ms() -> i64 {
 
 /// RFC 3339 time, now.
 fn now_text() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    crate::clock::now_rfc3339()
 }
 
 /// One live job.
