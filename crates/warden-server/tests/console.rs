@@ -690,29 +690,7 @@ fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
 #[test]
 fn over_tls_the_cookie_is_secure_hsts_is_sent_and_the_log_holds_no_token() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = common::certificate(dir.path(), "localhost");
     let data = dir.path().join("data");
     let bin = env!("CARGO_BIN_EXE_warden-server");
     let mut add = Command::new(bin)

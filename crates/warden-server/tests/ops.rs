@@ -5,8 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -393,37 +395,6 @@ fn metrics_parse_move_after_an_enrollment_and_a_dispatch_and_hold_no_secret() {
     assert_eq!(status, 404, "the metrics listener serves /metrics only");
 }
 
-/// Makes a self-signed certificate for 127.0.0.1 named `name` in `dir`: (cert, key).
-fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec"])
-        .args([
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", &format!("/CN={name}")])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    (cert, key)
-}
-
 /// The SHA-256 fingerprint of a PEM certificate (from openssl's x509 output).
 fn fingerprint(pem: &[u8]) -> String {
     let mut c = Command::new("openssl")
@@ -458,8 +429,8 @@ fn served_fingerprint(addr: std::net::SocketAddr) -> String {
 #[test]
 fn sighup_reloads_the_tls_pair_and_a_broken_pair_keeps_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert_a, key_a) = certificate(dir.path(), "first");
-    let (cert_b, key_b) = certificate(dir.path(), "second");
+    let (cert_a, key_a) = common::certificate(dir.path(), "first");
+    let (cert_b, key_b) = common::certificate(dir.path(), "second");
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::copy(&cert_a, &cert).unwrap();
     std::fs::copy(&key_a, &key).unwrap();
