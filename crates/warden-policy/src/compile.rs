@@ -39,6 +39,8 @@ pub struct ListenerPolicy {
     pub group: Option<(String, Gid)>,
     /// No caller on this socket has more than this tier.
     pub max_tier: Tier,
+    /// What the socket speaks.
+    pub protocol: crate::config::ListenerProtocol,
 }
 
 /// An executable a mutating request may come from.
@@ -286,6 +288,20 @@ fn compile(
             mode: l.mode.0,
             group,
             max_tier: l.max_tier,
+            protocol: l.protocol,
+        });
+    }
+    if !listeners.is_empty()
+        && listeners
+            .iter()
+            .all(|l| l.protocol == crate::config::ListenerProtocol::Varlink)
+    {
+        errors.push(Problem {
+            line: None,
+            column: None,
+            message: "every [[listener]] speaks varlink; at least one must speak the warden \
+                      protocol (the CLI and the watchdog use it)"
+                .to_owned(),
         });
     }
     if listeners.is_empty() {
@@ -296,6 +312,7 @@ fn compile(
             mode: 0o666,
             group: None,
             max_tier: Tier::Admin,
+            protocol: crate::config::ListenerProtocol::Warden,
         });
     }
 
