@@ -350,6 +350,13 @@ mod tests {
         ));
     }
 
+    /// Pins: docs/PROTOCOL.md shows the io.warden IDL exactly as GetInterfaceDescription returns it.
+    #[test]
+    fn the_protocol_doc_shows_the_idl() {
+        let doc = include_str!("../../../../docs/PROTOCOL.md");
+        assert!(doc.contains(IDL), "docs/PROTOCOL.md is missing the current io.warden IDL");
+    }
+
     /// Pins: unknown methods and interfaces get the standard org.varlink.service errors.
     #[test]
     fn unknown_methods_and_interfaces_are_named() {
