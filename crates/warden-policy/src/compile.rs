@@ -539,6 +539,30 @@ pub(crate) mod tests {
         Policy::load(text, "w.toml", &FakeDirectory)
     }
 
+    /// Pins: `protocol` defaults to warden, accepts varlink, and a configuration whose every
+    /// listener speaks varlink is refused (the CLI and the watchdog need a warden socket).
+    #[test]
+    fn listener_protocols_parse_and_one_must_speak_warden() {
+        let both = "[[listener]]\npath = \"/run/w/a.sock\"\n\
+                    [[listener]]\npath = \"/run/w/b.varlink\"\nprotocol = \"varlink\"\n";
+        let p = Policy::load(both, "t", &FakeDirectory).unwrap().policy;
+        assert_eq!(
+            p.listeners[0].protocol,
+            crate::config::ListenerProtocol::Warden
+        );
+        assert_eq!(
+            p.listeners[1].protocol,
+            crate::config::ListenerProtocol::Varlink
+        );
+        let only = "[[listener]]\npath = \"/run/w/b.varlink\"\nprotocol = \"varlink\"\n";
+        let err = Policy::load(only, "t", &FakeDirectory)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least one must speak the warden"), "{err}");
+        let bad = "[[listener]]\npath = \"/run/w/a.sock\"\nprotocol = \"grpc\"\n";
+        assert!(Policy::load(bad, "t", &FakeDirectory).is_err());
+    }
+
     #[test]
     fn no_listener_means_the_default_socket_in_the_runtime_dir() {
         let p = load("[daemon]\nruntime_dir = \"/run/w\"\n").unwrap().policy;

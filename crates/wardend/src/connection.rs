@@ -163,7 +163,12 @@ impl Connection {
                     tracing::warn!(parent: &span, correlation_id = %err.data.correlation_id, error = %e, suppressed,
                         "refused a connection: identity not confirmed");
                 }
-                if let Some(frame) = framed_error(None, &err) {
+                let varlink = listener.protocol == warden_policy::config::ListenerProtocol::Varlink;
+                let frame = framed_error(None, &err).and_then(|f| match varlink {
+                    false => Some(f),
+                    true => crate::varlink::Codec::new(shared.limits.max_frame).encode(&f),
+                });
+                if let Some(frame) = frame {
                     let _ = stream.try_write(&frame);
                 }
                 return None;
@@ -258,6 +263,14 @@ impl Connection {
                     }
                 }
                 Next::Reply(reply, close) => {
+                    if close {
+                        // Not a varlink call at all: a violation, counted as a frame that is
+                        // not JSON-RPC is on the warden socket, and the connection ends.
+                        let stats = &self.shared.stats;
+                        stats.invalid_jsonrpc.inc();
+                        stats.closed_for_violations.inc();
+                        self.shared.alerts.violation(self.session.peer.uid.0);
+                    }
                     if !reply.is_empty() && !self.write_raw(&reply).await || close {
                         break;
                     }

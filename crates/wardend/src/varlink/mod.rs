@@ -354,7 +354,10 @@ mod tests {
     #[test]
     fn the_protocol_doc_shows_the_idl() {
         let doc = include_str!("../../../../docs/PROTOCOL.md");
-        assert!(doc.contains(IDL), "docs/PROTOCOL.md is missing the current io.warden IDL");
+        assert!(
+            doc.contains(IDL),
+            "docs/PROTOCOL.md is missing the current io.warden IDL"
+        );
     }
 
     /// Pins: unknown methods and interfaces get the standard org.varlink.service errors.
