@@ -271,6 +271,14 @@ impl Connection {
                         stats.closed_for_violations.inc();
                         self.shared.alerts.violation(self.session.peer.uid.0);
                     }
+                    // Introspection and unknown methods are answered here, but cost the peer a
+                    // request token all the same, as on the warden socket.
+                    let reply = match self.charge() {
+                        Err(wait) if !close && !reply.is_empty() => {
+                            crate::varlink::rate_limited(crate::limits::retry_ms(wait))
+                        }
+                        _ => reply,
+                    };
                     if !reply.is_empty() && !self.write_raw(&reply).await || close {
                         break;
                     }
@@ -291,6 +299,20 @@ impl Connection {
         }
         self.end_tasks(peer_gone).await;
         tracing::debug!(parent: &self.session.span, "closed");
+    }
+
+    /// Takes a request token from this connection's bucket and its uid's, as
+    /// [`dispatch::handle`] does for every request; the time to wait if either is empty.
+    fn charge(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let stats = &self.shared.stats;
+        self.session.bucket.try_take(now).inspect_err(|_| {
+            stats.rate_limited_connection.inc();
+        })?;
+        self.shared
+            .admission
+            .take_uid_token(self.session.peer.uid, now)
+            .inspect_err(|_| stats.rate_limited_uid.inc())
     }
 
     /// Runs a request that waits beside the others of this connection; returns a refusal to

@@ -183,6 +183,33 @@ fn watch_job_with_more_streams_progress() {
     );
 }
 
+/// Pins: calls the varlink layer answers itself (introspection, unknown methods) still take
+/// request tokens: past the burst they are refused io.warden.RateLimited with a retry hint.
+#[test]
+fn introspection_counts_against_the_rate_limit() {
+    let d = TestDaemon::start(
+        "[limits]\nrequests_per_second = 0.01\nburst = 3\n\
+         [[listener]]\npath = \"{dir}/warden.sock\"\nmode = \"0666\"\n\
+         [[listener]]\npath = \"{dir}/warden.varlink\"\nmode = \"0666\"\nprotocol = \"varlink\"\n",
+    );
+    let mut c = Raw::connect(&varlink_path(&d));
+    // The implicit hello took the first token.
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(c.call(json!({"method": "org.varlink.service.GetInfo"})));
+    }
+    assert_eq!(
+        answers[0]["parameters"]["product"], "wardend",
+        "{answers:?}"
+    );
+    let last = &answers[3];
+    assert_eq!(last["error"], "io.warden.RateLimited", "{answers:?}");
+    assert!(
+        last["parameters"]["retry_after_ms"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+}
+
 /// Pins: unknown methods and bad parameters get the standard varlink errors and the connection
 /// stays usable; a message that is not JSON is answered and the connection closed.
 #[test]

@@ -241,6 +241,15 @@ impl Codec {
     }
 }
 
+/// The refusal of a call answered here when the peer's request tokens ran out.
+pub(crate) fn rate_limited(retry_after_ms: u64) -> Vec<u8> {
+    error_reply(
+        "io.warden.RateLimited",
+        json!({"message": "too many requests", "correlation_id": crate::call::correlation_id(),
+            "retry_after_ms": retry_after_ms}),
+    )
+}
+
 /// Varlink parameters are always an object: the answer under its field, or its own fields.
 fn wrap(field: Option<&str>, v: Value) -> Value {
     match (field, v) {
