@@ -434,7 +434,15 @@ impl Connection {
                     },
                 };
             }
+            // A varlink peer gets its replies in the order of its calls: while one of its calls
+            // waits (a job, the ledger), the next is left unread, without a deadline.
+            let blocked = self.varlink.as_ref().is_some_and(|c| c.busy())
+                && self
+                    .tasks
+                    .as_ref()
+                    .is_some_and(|t| !t.running.is_empty() || !t.held.is_empty());
             let decoded = match self.varlink.as_mut() {
+                Some(_) if blocked => Ok(None),
                 None => self
                     .decoder
                     .decode(&mut self.buf)
@@ -463,7 +471,7 @@ impl Connection {
                 if self.buf.capacity() > 0 {
                     self.buf = BytesMut::new();
                 }
-            } else if frame_deadline.is_none() {
+            } else if frame_deadline.is_none() && !blocked {
                 frame_deadline = Some(Instant::now() + frame_timeout);
             }
             if self.draining {
@@ -519,7 +527,7 @@ impl Connection {
                         continue;
                     }
                 }
-                ready = self.stream.readable() => {
+                ready = self.stream.readable(), if !blocked => {
                     if let Err(e) = ready {
                         return Next::Io(e);
                     }

@@ -210,6 +210,30 @@ fn introspection_counts_against_the_rate_limit() {
     );
 }
 
+/// Pins: replies come in the order of the calls, even when an earlier call waits for a job and
+/// a later one could be answered at once.
+#[test]
+fn pipelined_calls_are_answered_in_order() {
+    let d = daemon();
+    let mut c = Raw::connect(&varlink_path(&d));
+    let started = c.call(json!({"method": "io.warden.StartJob",
+        "parameters": {"action": "slow", "params": {}}}));
+    let id = started["parameters"]["job"]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned();
+    let mut both = json!({"method": "io.warden.WaitJob", "parameters": {"job_id": id}})
+        .to_string()
+        .into_bytes();
+    both.push(0);
+    both.extend_from_slice(b"{\"method\":\"io.warden.Whoami\"}\0");
+    c.send(&both);
+    let first = c.reply().unwrap();
+    assert_eq!(first["parameters"]["job"]["state"], "succeeded", "{first}");
+    let second = c.reply().unwrap();
+    assert_eq!(second["parameters"]["whoami"]["tier"], "admin", "{second}");
+}
+
 /// Pins: unknown methods and bad parameters get the standard varlink errors and the connection
 /// stays usable; a message that is not JSON is answered and the connection closed.
 #[test]

@@ -69,6 +69,11 @@ impl Codec {
         }
     }
 
+    /// Whether a call still waits for its reply.
+    pub(crate) fn busy(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The implicit `hello` that opens every varlink connection (varlink has no handshake).
     pub(crate) fn hello() -> Vec<u8> {
         json!({"jsonrpc": "2.0", "id": 0, "method": "hello",
