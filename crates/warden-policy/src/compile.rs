@@ -39,6 +39,8 @@ pub struct ListenerPolicy {
     pub group: Option<(String, Gid)>,
     /// No caller on this socket has more than this tier.
     pub max_tier: Tier,
+    /// What the socket speaks.
+    pub protocol: crate::config::ListenerProtocol,
 }
 
 /// An executable a mutating request may come from.
@@ -286,6 +288,20 @@ fn compile(
             mode: l.mode.0,
             group,
             max_tier: l.max_tier,
+            protocol: l.protocol,
+        });
+    }
+    if !listeners.is_empty()
+        && listeners
+            .iter()
+            .all(|l| l.protocol == crate::config::ListenerProtocol::Varlink)
+    {
+        errors.push(Problem {
+            line: None,
+            column: None,
+            message: "every [[listener]] speaks varlink; at least one must speak the warden \
+                      protocol (the CLI and the watchdog use it)"
+                .to_owned(),
         });
     }
     if listeners.is_empty() {
@@ -296,6 +312,7 @@ fn compile(
             mode: 0o666,
             group: None,
             max_tier: Tier::Admin,
+            protocol: crate::config::ListenerProtocol::Warden,
         });
     }
 
@@ -520,6 +537,30 @@ pub(crate) mod tests {
 
     pub(crate) fn load(text: &str) -> Result<Loaded, ConfigError> {
         Policy::load(text, "w.toml", &FakeDirectory)
+    }
+
+    /// Pins: `protocol` defaults to warden, accepts varlink, and a configuration whose every
+    /// listener speaks varlink is refused (the CLI and the watchdog need a warden socket).
+    #[test]
+    fn listener_protocols_parse_and_one_must_speak_warden() {
+        let both = "[[listener]]\npath = \"/run/w/a.sock\"\n\
+                    [[listener]]\npath = \"/run/w/b.varlink\"\nprotocol = \"varlink\"\n";
+        let p = Policy::load(both, "t", &FakeDirectory).unwrap().policy;
+        assert_eq!(
+            p.listeners[0].protocol,
+            crate::config::ListenerProtocol::Warden
+        );
+        assert_eq!(
+            p.listeners[1].protocol,
+            crate::config::ListenerProtocol::Varlink
+        );
+        let only = "[[listener]]\npath = \"/run/w/b.varlink\"\nprotocol = \"varlink\"\n";
+        let err = Policy::load(only, "t", &FakeDirectory)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least one must speak the warden"), "{err}");
+        let bad = "[[listener]]\npath = \"/run/w/a.sock\"\nprotocol = \"grpc\"\n";
+        assert!(Policy::load(bad, "t", &FakeDirectory).is_err());
     }
 
     #[test]

@@ -453,6 +453,20 @@ pub struct ListenerSection {
     pub group: Option<Spanned<String>>,
     #[serde(default = "default_max_tier")]
     pub max_tier: Tier,
+    /// What the socket speaks: `"warden"` (length-prefixed JSON-RPC) or `"varlink"`.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+}
+
+/// The wire protocol of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// Length-prefixed JSON-RPC 2.0 frames (docs/PROTOCOL.md).
+    #[default]
+    Warden,
+    /// NUL-terminated varlink messages, interface `io.warden`.
+    Varlink,
 }
 
 fn default_listener_mode() -> Mode {

@@ -107,6 +107,8 @@ pub(crate) struct Connection {
     shutdown: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// Requests that wait, once there has been one.
     tasks: Option<Tasks>,
+    /// Set on a `protocol = "varlink"` listener: translates its messages to and from frames.
+    varlink: Option<crate::varlink::Codec>,
     /// Holds this connection's place under the connection caps.
     _slot: Slot,
 }
@@ -114,6 +116,8 @@ pub(crate) struct Connection {
 /// What reading produced.
 enum Next {
     Frame(Bytes),
+    /// A varlink answer the translation gave itself; close after it if set.
+    Reply(Vec<u8>, bool),
     /// An answer or notification from a request that waited.
     Outbound(Vec<u8>),
     /// The peer closed between frames, or shutdown found nothing left to answer.
@@ -159,7 +163,12 @@ impl Connection {
                     tracing::warn!(parent: &span, correlation_id = %err.data.correlation_id, error = %e, suppressed,
                         "refused a connection: identity not confirmed");
                 }
-                if let Some(frame) = framed_error(None, &err) {
+                let varlink = listener.protocol == warden_policy::config::ListenerProtocol::Varlink;
+                let frame = framed_error(None, &err).and_then(|f| match varlink {
+                    false => Some(f),
+                    true => crate::varlink::Codec::new(shared.limits.max_frame).encode(&f),
+                });
+                if let Some(frame) = frame {
                     let _ = stream.try_write(&frame);
                 }
                 return None;
@@ -180,7 +189,14 @@ impl Connection {
             invalid_frames: 0,
         };
         let shutdown = Box::pin(shared.shutdown.child_token().cancelled_owned());
+        let varlink = match session.listener.protocol {
+            warden_policy::config::ListenerProtocol::Warden => None,
+            warden_policy::config::ListenerProtocol::Varlink => {
+                Some(crate::varlink::Codec::new(limits.max_frame))
+            }
+        };
         Some(Connection {
+            varlink,
             shutdown,
             tasks: None,
             decoder: FrameDecoder::new(limits.max_frame),
@@ -200,6 +216,21 @@ impl Connection {
     /// Serves requests until the peer leaves, breaks the protocol, or the daemon shuts down.
     pub(crate) async fn serve(mut self) {
         let mut peer_gone = false;
+        if self.varlink.is_some() {
+            // Varlink has no handshake: the daemon greets itself for the peer, through the same
+            // path, so the session is set up (and limited) as on the warden socket.
+            let hello = crate::varlink::Codec::hello();
+            if let Outcome::Now { frame, close } =
+                dispatch::handle(&self.shared, &mut self.session, &hello)
+                && (close || self.session.client.is_none())
+            {
+                let _ = self.send(frame).await;
+                return;
+            }
+            self.hello_deadline = None;
+            let idle = Duration::from_millis(self.shared.limits.idle_timeout_ms);
+            self.idle = Some(Box::pin(tokio::time::sleep(idle)));
+        }
         loop {
             match self.next_frame().await {
                 Next::Frame(frame) => {
@@ -231,6 +262,27 @@ impl Connection {
                         break;
                     }
                 }
+                Next::Reply(reply, close) => {
+                    if close {
+                        // Not a varlink call at all: a violation, counted as a frame that is
+                        // not JSON-RPC is on the warden socket, and the connection ends.
+                        let stats = &self.shared.stats;
+                        stats.invalid_jsonrpc.inc();
+                        stats.closed_for_violations.inc();
+                        self.shared.alerts.violation(self.session.peer.uid.0);
+                    }
+                    // Introspection and unknown methods are answered here, but cost the peer a
+                    // request token all the same, as on the warden socket.
+                    let reply = match self.charge() {
+                        Err(wait) if !close && !reply.is_empty() => {
+                            crate::varlink::rate_limited(crate::limits::retry_ms(wait))
+                        }
+                        _ => reply,
+                    };
+                    if !reply.is_empty() && !self.write_raw(&reply).await || close {
+                        break;
+                    }
+                }
                 Next::Done => {
                     peer_gone = !self.draining;
                     break;
@@ -247,6 +299,20 @@ impl Connection {
         }
         self.end_tasks(peer_gone).await;
         tracing::debug!(parent: &self.session.span, "closed");
+    }
+
+    /// Takes a request token from this connection's bucket and its uid's, as
+    /// [`dispatch::handle`] does for every request; the time to wait if either is empty.
+    fn charge(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let stats = &self.shared.stats;
+        self.session.bucket.try_take(now).inspect_err(|_| {
+            stats.rate_limited_connection.inc();
+        })?;
+        self.shared
+            .admission
+            .take_uid_token(self.session.peer.uid, now)
+            .inspect_err(|_| stats.rate_limited_uid.inc())
     }
 
     /// Runs a request that waits beside the others of this connection; returns a refusal to
@@ -332,6 +398,9 @@ impl Connection {
         drop(finish);
         let deadline = Instant::now() + Duration::from_millis(200);
         for frame in frames {
+            let Some(frame) = self.wire(frame) else {
+                continue;
+            };
             let write = tokio::time::timeout_at(deadline, self.stream.write_all(&frame));
             if !matches!(write.await, Ok(Ok(()))) {
                 break;
@@ -365,12 +434,34 @@ impl Connection {
                     },
                 };
             }
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(frame)) => {
+            // A varlink peer gets its replies in the order of its calls: while one of its calls
+            // waits (a job, the ledger), the next is left unread, without a deadline.
+            let blocked = self.varlink.as_ref().is_some_and(|c| c.busy())
+                && self
+                    .tasks
+                    .as_ref()
+                    .is_some_and(|t| !t.running.is_empty() || !t.held.is_empty());
+            let decoded = match self.varlink.as_mut() {
+                Some(_) if blocked => Ok(None),
+                None => self
+                    .decoder
+                    .decode(&mut self.buf)
+                    .map(|f| f.map(Next::Frame)),
+                Some(codec) => codec.decode(&mut self.buf).map(|m| {
+                    m.map(|m| match m {
+                        crate::varlink::Inbound::Request(frame) => Next::Frame(frame),
+                        crate::varlink::Inbound::Reply { bytes, close } => {
+                            Next::Reply(bytes, close)
+                        }
+                    })
+                }),
+            };
+            match decoded {
+                Ok(Some(next)) => {
                     if self.idle.is_some() {
                         self.last_heard = Instant::now();
                     }
-                    return Next::Frame(frame);
+                    return next;
                 }
                 Ok(None) => {}
                 Err(e) => return Next::Broken(Violation::Length(e)),
@@ -380,7 +471,7 @@ impl Connection {
                 if self.buf.capacity() > 0 {
                     self.buf = BytesMut::new();
                 }
-            } else if frame_deadline.is_none() {
+            } else if frame_deadline.is_none() && !blocked {
                 frame_deadline = Some(Instant::now() + frame_timeout);
             }
             if self.draining {
@@ -436,7 +527,7 @@ impl Connection {
                         continue;
                     }
                 }
-                ready = self.stream.readable() => {
+                ready = self.stream.readable(), if !blocked => {
                     if let Err(e) = ready {
                         return Next::Io(e);
                     }
@@ -523,8 +614,25 @@ impl Connection {
         let Some(frame) = frame else {
             return false;
         };
+        let Some(frame) = self.wire(frame) else {
+            // A varlink call that asked for no reply.
+            return true;
+        };
+        self.write_raw(&frame).await
+    }
+
+    /// What goes on the wire for a frame: itself, or its varlink reply (`None`: none is due).
+    fn wire(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
+        match self.varlink.as_mut() {
+            None => Some(frame),
+            Some(codec) => codec.encode(&frame),
+        }
+    }
+
+    /// Writes bytes already in the peer's protocol; `false` if the connection is finished.
+    async fn write_raw(&mut self, frame: &[u8]) -> bool {
         let limit = Duration::from_millis(self.shared.limits.frame_timeout_ms);
-        match tokio::time::timeout(limit, self.stream.write_all(&frame)).await {
+        match tokio::time::timeout(limit, self.stream.write_all(frame)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::debug!(parent: &self.session.span, error = %e, "write failed");
@@ -552,7 +660,7 @@ impl Connection {
                 ),
                 correlation_id(),
             );
-            if let Some(frame) = framed_error(None, &err) {
+            if let Some(frame) = framed_error(None, &err).and_then(|f| self.wire(f)) {
                 let _ = self.stream.try_write(&frame);
             }
             return;
@@ -597,7 +705,7 @@ impl Connection {
             correlation_id(),
         );
         dispatch::log_refusal(&self.shared, &self.session, None, &err);
-        if let Some(frame) = framed_error(None, &err) {
+        if let Some(frame) = framed_error(None, &err).and_then(|f| self.wire(f)) {
             let _ = self.stream.try_write(&frame);
         }
     }

@@ -32,6 +32,7 @@ pub mod server;
 pub mod settings;
 mod state;
 mod stats;
+mod varlink;
 pub mod watchdog;
 
 pub use jobs::JobsError;

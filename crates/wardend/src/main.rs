@@ -152,7 +152,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .map(|p| p.display().to_string())
         .collect();
     if mode == DaemonMode::Dev {
-        announce_dev(&sockets, admin);
+        announce_dev(&sockets, daemon.varlink_paths(), admin);
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %origin, sockets = ?sockets, "wardend ready");
     notify::ready(&format!("serving {}", sockets.join(", ")));
@@ -175,11 +175,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn announce_dev(sockets: &[String], admin: u32) {
+fn announce_dev(sockets: &[String], varlink: &[std::path::PathBuf], admin: u32) {
     let socket = sockets.first().map_or("", String::as_str);
+    let varlink = varlink
+        .first()
+        .map_or_else(String::new, |p| p.display().to_string());
     eprintln!(
         "\n  wardend DEV MODE: unprivileged, demo configuration, not for production\n\
          \n    socket  {socket} (mode 0600: only you can connect)\
+         \n    varlink {varlink} (varlinkctl introspect unix:{varlink})\
          \n    admin   uid {admin} (you)\
          \n    try     cargo run --bin warden -- status\
          \n            WARDEN_SOCKET={socket} warden whoami\n"

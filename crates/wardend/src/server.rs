@@ -43,7 +43,10 @@ pub use crate::state::Reloaded;
 #[derive(Debug)]
 pub struct Daemon {
     shared: Arc<Shared>,
+    /// The warden-protocol sockets (the watchdog probes these).
     sockets: Vec<PathBuf>,
+    /// The varlink sockets (`protocol = "varlink"`).
+    varlink_sockets: Vec<PathBuf>,
     created: Vec<(PathBuf, u64, u64)>,
     accept_loops: Vec<JoinHandle<()>>,
 }
@@ -228,7 +231,12 @@ impl Daemon {
             pidfd_source,
             systemd_notify,
         });
-        let sockets = bound.iter().map(|b| b.policy.path.clone()).collect();
+        let (varlink, warden): (Vec<_>, Vec<_>) = bound
+            .iter()
+            .map(|b| (b.policy.path.clone(), b.policy.protocol))
+            .partition(|(_, p)| *p == warden_policy::config::ListenerProtocol::Varlink);
+        let sockets = warden.into_iter().map(|(p, _)| p).collect();
+        let varlink_sockets = varlink.into_iter().map(|(p, _)| p).collect();
         let mut created = Vec::new();
         let mut accept_loops = Vec::new();
         for b in bound {
@@ -238,6 +246,7 @@ impl Daemon {
                 mode = format!("{:04o}", b.policy.mode),
                 group = b.policy.group.as_ref().map(|(n, _)| n.as_str()),
                 max_tier = %b.policy.max_tier,
+                protocol = ?b.policy.protocol,
                 activated = b.created.is_none(),
                 "listening"
             );
@@ -263,14 +272,20 @@ impl Daemon {
         Ok(Daemon {
             shared,
             sockets,
+            varlink_sockets,
             created,
             accept_loops,
         })
     }
 
-    /// The paths of the sockets being served.
+    /// The paths of the warden-protocol sockets being served.
     pub fn socket_paths(&self) -> &[PathBuf] {
         &self.sockets
+    }
+
+    /// The paths of the varlink sockets being served.
+    pub fn varlink_paths(&self) -> &[PathBuf] {
+        &self.varlink_sockets
     }
 
     /// Starts a daemon on a runtime of its own in a new thread and returns once it listens.

@@ -415,6 +415,8 @@ secret = true
     assert!(!log.contains(secret), "{log}");
 }
 
+/// Pins: `--dev` announces itself and serves a 0600 socket in a 0700 directory, with a 0600
+/// varlink socket beside it that answers io.warden calls.
 #[test]
 fn dev_mode_says_so_loudly_and_serves_a_private_socket() {
     let dir = warden_testkit::safe_tempdir();
@@ -433,6 +435,24 @@ fn dev_mode_says_so_loudly_and_serves_a_private_socket() {
     );
     let o = warden_sys::fs::owner_of(&sock).unwrap();
     assert_eq!(o.mode, 0o600);
+    // A varlink socket beside it, as private, announced too.
+    let varlink = dir.path().join("dev/warden.varlink");
+    assert_eq!(warden_sys::fs::owner_of(&varlink).unwrap().mode, 0o600);
+    assert!(log.contains(varlink.to_str().unwrap()), "{log}");
+    {
+        use std::io::{Read, Write};
+        let mut v = std::os::unix::net::UnixStream::connect(&varlink).unwrap();
+        v.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        v.write_all(b"{\"method\":\"io.warden.Status\"}\0").unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while v.read(&mut byte).unwrap() == 1 && byte[0] != 0 {
+            reply.push(byte[0]);
+        }
+        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(reply["parameters"]["status"]["mode"], "dev", "{reply}");
+    }
     assert_eq!(
         warden_sys::fs::owner_of(&dir.path().join("dev"))
             .unwrap()

@@ -76,6 +76,12 @@ state_dir = {state}
 path = {socket}
 mode = "0600"
 
+# The same calls for varlink clients (`varlinkctl introspect unix:PATH`).
+[[listener]]
+path = {varlink}
+mode = "0600"
+protocol = "varlink"
+
 [ops]
 network = true
 power = false
@@ -132,6 +138,7 @@ tier = "read_only"
         runtime = quoted(runtime),
         state = quoted(state),
         socket = quoted(socket),
+        varlink = quoted(&socket.with_extension("varlink")),
         progress = quoted_str(DEMO_PROGRESS),
         commit = quoted_str(DEMO_COMMIT),
         demo_dir = quoted_str(&literal_arg(&demo_dir)),
