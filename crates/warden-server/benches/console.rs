@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::ServerProcess;
-use warden_server::auth::{Operator, Role};
+use warden_server::auth::Role;
 use warden_server::store::{Db, now_ms};
 
 const MACHINES: usize = 100_000;
@@ -70,31 +70,9 @@ async fn fill(data: &Path) -> String {
     }
     tx.commit().await.unwrap();
     sqlx::query("ANALYZE").execute(&db.pool).await.unwrap();
-    let info = db
-        .add_operator("bench", Role::Viewer, "a long enough password")
-        .await
-        .unwrap();
-    let op = Operator {
-        id: info.id,
-        name: info.name,
-        role: Role::Viewer,
-        session: None,
-        expires_ms: None,
-        by_cookie: false,
-        source: String::new(),
-    };
-    let token = db
-        .create_token(&op, "bench", Role::Viewer, 3_600_000)
-        .await
-        .unwrap()
-        .0;
+    let token = common::api_token(&db, "bench", Role::Viewer).await;
     db.pool.close().await;
     token
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// `ROUNDS` GETs of `path`: p50 and p99 in ms, and how many machines the last answer held.
@@ -109,7 +87,11 @@ async fn measure(addr: SocketAddr, token: &str, path: &str) -> (f64, f64, usize)
         assert_eq!(r.status, 200, "{path}: {}", r.raw);
         n = r.json["machines"].as_array().map_or(0, Vec::len);
     }
-    (percentile(&mut ms, 0.5), percentile(&mut ms, 0.99), n)
+    (
+        common::percentile(&mut ms, 0.5),
+        common::percentile(&mut ms, 0.99),
+        n,
+    )
 }
 
 /// The cursor after about `skip` machines of `query`, by following `next` 1,000 at a time.

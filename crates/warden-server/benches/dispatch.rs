@@ -38,7 +38,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use warden_server::auth::{Operator, Role};
+use warden_server::auth::Role;
 use warden_server::store::{Db, now_ms};
 
 const HOSTS: usize = 1_000;
@@ -84,31 +84,9 @@ async fn fill(data: &Path) -> String {
         .unwrap();
     }
     tx.commit().await.unwrap();
-    let info = db
-        .add_operator("bench", Role::Operator, "a long enough password")
-        .await
-        .unwrap();
-    let op = Operator {
-        id: info.id,
-        name: info.name,
-        role: Role::Operator,
-        session: None,
-        expires_ms: None,
-        by_cookie: false,
-        source: String::new(),
-    };
-    let token = db
-        .create_token(&op, "bench", Role::Operator, 3_600_000)
-        .await
-        .unwrap()
-        .0;
+    let token = common::api_token(&db, "bench", Role::Operator).await;
     db.pool.close().await;
     token
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// One stand-in host: links, then answers each Dispatch with Accepted at once, noting when the
@@ -245,8 +223,8 @@ fn main() {
         eprintln!(
             "raw WebSocket round trip ({} links): p50 {:.2} ms, p99 {:.2} ms",
             rtt.len(),
-            percentile(&mut rtt, 0.5),
-            percentile(&mut rtt, 0.99)
+            common::percentile(&mut rtt, 0.5),
+            common::percentile(&mut rtt, 0.99)
         );
         // 2. The dispatch.
         // The whole site: a list of 1,000 machine ids would be over the 64 KiB body cap.
@@ -279,8 +257,8 @@ fn main() {
         eprintln!(
             "dispatch to {HOSTS} hosts: answered 201 after {:.0} ms; accepted by each host p50 {:.0} ms, p99 {:.0} ms; every host stored running after {:.0} ms",
             answered.as_secs_f64() * 1000.0,
-            percentile(&mut at, 0.5),
-            percentile(&mut at, 0.99),
+            common::percentile(&mut at, 0.5),
+            common::percentile(&mut at, 0.99),
             stored.as_secs_f64() * 1000.0
         );
         // 3. A real host's first output byte.
@@ -295,8 +273,8 @@ fn main() {
         }
         eprintln!(
             "real host ({REAL_RUNS} runs of demo-progress): job's first line to the operator's live stream p50 {:.0} ms, p99 {:.0} ms",
-            percentile(&mut firsts, 0.5),
-            percentile(&mut firsts, 0.99)
+            common::percentile(&mut firsts, 0.5),
+            common::percentile(&mut firsts, 0.99)
         );
         drop(host);
     });

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warden_server::auth::{Operator, Role};
 use warden_server::{Config, Running};
 
 /// The databases every test runs against.
@@ -295,4 +296,29 @@ pub fn certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, st
         String::from_utf8_lossy(&made.stderr)
     );
     (cert, key)
+}
+
+/// A new operator `name` of `role` (password `a long enough password`) and an API token of
+/// that role for it, straight into `db`: how benchmarks and tests get a bearer token.
+pub async fn api_token(db: &warden_server::store::Db, name: &str, role: Role) -> String {
+    let info = db
+        .add_operator(name, role, "a long enough password")
+        .await
+        .unwrap();
+    let op = Operator {
+        id: info.id,
+        name: info.name,
+        role,
+        session: None,
+        expires_ms: None,
+        by_cookie: false,
+        source: String::new(),
+    };
+    db.create_token(&op, name, role, 3_600_000).await.unwrap().0
+}
+
+/// The `p` quantile (0 to 1) of `v`, which it sorts.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
