@@ -102,3 +102,20 @@ pub async fn next_news(ws: &mut Ws, within: Duration) -> Option<Value> {
         }
     }
 }
+
+/// Opens a link again right after this test dropped the machine's previous one: the server
+/// frees the key once it has seen that link close, so `duplicate_link` is retried for a while.
+pub async fn reconnect(s: &TestServer, key: &str) -> Ws {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match connect(s, key).await {
+            Ok(ws) => return ws,
+            Err((409, kind, _))
+                if kind == "duplicate_link" && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("reconnect: {e:?}"),
+        }
+    }
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::agent::{connect, next_news, say, until};
+use common::agent::{connect, next_news, reconnect, say, until};
 use common::{TestServer, backends, machine_id};
 use futures_util::StreamExt;
 use harness::*;
@@ -143,7 +143,7 @@ async fn a_reconnect_resends_the_dispatch_and_output_is_stored_exactly_once() {
         // Dropped before answering: the next link gets it again.
         ws.close(None).await.unwrap();
         drop(ws);
-        let mut ws = connect(&s, &mk).await.unwrap();
+        let mut ws = reconnect(&s, &mk).await;
         let d = until(&mut ws, "dispatch", WAIT).await.unwrap();
         assert_eq!(d["dispatch_id"], id.as_str());
         say(
