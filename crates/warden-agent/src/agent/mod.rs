@@ -222,21 +222,23 @@ pub async fn run(cfg: AgentConfig, stop: Stop) -> Result<Exit, AgentError> {
     );
 
     // A key held from before means a restart (perhaps a crash): spread the first link.
+    // The wait is uniform from zero, so it is logged even when the draw made it zero.
     let mut delay = match load_key(&store).await? {
-        Some(_) => backoff::reconnect(
-            cfg.timings.reconnect_first,
-            cfg.timings.reconnect_cap,
-            0,
-            draw(),
-        ),
+        Some(_) => {
+            let delay = backoff::reconnect(
+                cfg.timings.reconnect_first,
+                cfg.timings.reconnect_cap,
+                0,
+                draw(),
+            );
+            tracing::info!(
+                wait_ms = ms(delay),
+                "link: holding a key from before (a restart): first attempt spread out"
+            );
+            delay
+        }
         None => Duration::ZERO,
     };
-    if !delay.is_zero() {
-        tracing::info!(
-            wait_ms = ms(delay),
-            "link: holding a key from before (a restart): first attempt spread out"
-        );
-    }
     let mut retry = Retry::default();
     let mut rotation_asked = false;
     loop {

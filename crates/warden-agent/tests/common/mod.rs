@@ -104,14 +104,18 @@ impl Host {
         let logs = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&logs);
         let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut l = sink.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        Agent { child, logs }
+        Agent {
+            child,
+            logs,
+            reader: Some(reader),
+        }
     }
 
     pub fn key_file(&self) -> PathBuf {
@@ -130,6 +134,8 @@ impl Host {
 pub struct Agent {
     pub child: Child,
     logs: Arc<Mutex<String>>,
+    /// Copies stderr into `logs` until the pipe closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -173,12 +179,24 @@ impl Agent {
         let end = Instant::now() + within;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                self.drain_log(end).await;
                 return Some(s);
             }
             if Instant::now() > end {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// After the exit, waits (until `end` at most) for the reader to copy the last of stderr,
+    /// so a test that reads the log right after the exit sees all of it.
+    async fn drain_log(&mut self, end: Instant) {
+        while self.reader.as_ref().is_some_and(|r| !r.is_finished()) && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
+            let _ = self.reader.take().map(|r| r.join());
         }
     }
 
