@@ -22,9 +22,14 @@ impl Daemon {
     /// Starts `wardend` on `config` (`{dir}` replaced by `dir`), which must declare one
     /// listener at `{dir}/run/w.sock`.
     pub fn start(dir: &Path, config: &str) -> Daemon {
+        Daemon::start_bin(Path::new(env!("CARGO_BIN_EXE_wardend")), dir, config)
+    }
+
+    /// As [`Daemon::start`], with the `wardend` binary at `bin` (see [`builds`]).
+    pub fn start_bin(bin: &Path, dir: &Path, config: &str) -> Daemon {
         let path = dir.join("bench.toml");
         std::fs::write(&path, warden_testkit::config(config, dir)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wardend"))
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&path)
             .env("WARDEN_LOG", "warn")
@@ -59,6 +64,25 @@ impl Drop for Daemon {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// The binaries to compare, in the order rounds alternate them: this build's `name`, then the
+/// same binary of an older build when `WARDEN_BENCH_BEFORE` names its directory (for example
+/// `target/release` of a checkout of the commit before a change, built with
+/// `cargo build --profile bench`). Labels are "after" and "before" when both are there, else "".
+pub fn builds(name: &str, this_build: &Path) -> Vec<(&'static str, PathBuf)> {
+    match std::env::var_os("WARDEN_BENCH_BEFORE") {
+        Some(dir) => {
+            let before = Path::new(&dir).join(name);
+            assert!(
+                before.is_file(),
+                "WARDEN_BENCH_BEFORE: {} is not a file",
+                before.display()
+            );
+            vec![("after", this_build.to_owned()), ("before", before)]
+        }
+        None => vec![("", this_build.to_owned())],
     }
 }
 
