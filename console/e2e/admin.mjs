@@ -188,8 +188,11 @@ async function machinePage(page, hostname, machineId) {
   for (const s of ['Labels', 'Keys', 'Actions', 'Recent dispatches']) {
     await section(page, s).waitFor();
   }
-  const actions = await section(page, 'Actions').innerText();
-  for (const a of ['say', 'linger', 'shout']) check(actions.includes(a), `Actions lists ${a}`);
+  // The sections fill in as their requests answer ("Loading…" until then).
+  await until('the Actions section lists say, linger and shout', async () => {
+    const actions = await section(page, 'Actions').innerText();
+    return ['say', 'linger', 'shout'].every((a) => actions.includes(a));
+  });
   for (const b of ['Ban', 'Quarantine', 'Remove']) {
     await page.getByRole('button', { name: b, exact: true }).waitFor();
   }
