@@ -1,15 +1,19 @@
 //! Control-plane benchmark: wardend answering `status` against a raw Unix-socket echo of a
 //! length-prefixed JSON frame, measured in the same run on the same machine, with the ratio.
 //!
-//! Run: `cargo bench -p wardend --bench control_plane`
+//! Run: `cargo bench -p wardend --bench control_plane`. With
+//! `WARDEN_BENCH_BEFORE=DIR` (a directory holding a `wardend` of an older build, built with
+//! `cargo build --profile bench`), that build is measured too, in the same rounds, and the
+//! report gives its figures and ratios beside this build's.
 //!
-//! To profile one server under the 16-client load, run the bench binary with
-//! `WARDEN_BENCH_LOAD=SOCKET` (add `WARDEN_BENCH_HELLO=1` for wardend): it only drives that socket.
+//! To profile one server under load, run the bench binary with `WARDEN_BENCH_LOAD=SOCKET` (add
+//! `WARDEN_BENCH_HELLO=1` for wardend, `WARDEN_BENCH_CLIENTS=1` for one client instead of 16):
+//! it only drives that socket.
 //!
-//! Both servers run as separate processes on a multi-threaded tokio runtime; the same blocking
-//! client code drives both. Measured: round trips with 1 client and with 16 concurrent clients
-//! (p50, p99, requests per second), connect + `hello` against connect + one echo, and server
-//! memory per idle connection with 10,000 connections open.
+//! All servers run as separate processes on a multi-threaded tokio runtime; the same blocking
+//! client code drives them. Measured: round trips with 1 client and with 16 concurrent clients,
+//! each pinned to CPU 0 and unpinned (p50, p99, requests per second), connect + `hello` against
+//! connect + one echo, and server memory per idle connection with 10,000 connections open.
 
 #![allow(clippy::unwrap_used)]
 
@@ -27,11 +31,14 @@ const REQUEST: &[u8] = br#"{"jsonrpc":"2.0","id":7,"method":"status","params":{}
 const HELLO: &[u8] =
     br#"{"jsonrpc":"2.0","id":1,"method":"hello","params":{"protocol":1,"client":"bench"}}"#;
 
-const SEQUENTIAL: usize = 25_000;
-const PER_CLIENT: usize = 5_000;
+/// Round trips per round and server: one client, 16 clients (each), connects.
+const SEQUENTIAL: usize = 5_000;
+const PER_CLIENT: usize = 1_000;
 const CLIENTS: usize = 16;
-const CONNECTS: usize = 2_000;
+const CONNECTS: usize = 400;
 const IDLE: usize = 10_000;
+/// Rounds of each phase; every round measures each server once, in an order that rotates.
+const ROUNDS: usize = 7;
 
 fn main() {
     if std::env::var_os("WARDEN_BENCH_ECHO").is_some() {
@@ -45,11 +52,16 @@ fn main() {
             socket.into(),
             std::env::var_os("WARDEN_BENCH_HELLO").is_some(),
         );
+        let clients: usize = std::env::var("WARDEN_BENCH_CLIENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(CLIENTS);
         for _ in 0..10 {
-            report(
-                "16 clients against the given socket",
-                &concurrent(&s, PER_CLIENT),
-            );
+            let f = match clients {
+                1 => sequential(&s, SEQUENTIAL * 4),
+                n => concurrent(&s, n, PER_CLIENT * 4),
+            };
+            report(&format!("{clients} client(s) against the given socket"), &f);
         }
         return;
     }
@@ -59,68 +71,125 @@ fn main() {
         "open-file limit {limit} is too low for {IDLE} connections"
     );
     let dir = warden_testkit::safe_tempdir();
-    let echo = Server::echo(dir.path());
-    let wardend = Server::wardend(dir.path());
+    // The echo first, then this build's wardend, then the older build's when
+    // WARDEN_BENCH_BEFORE names one.
+    let mut servers = vec![Server::echo(dir.path())];
+    for (label, bin) in support::builds("wardend", Path::new(env!("CARGO_BIN_EXE_wardend"))) {
+        let home = dir
+            .path()
+            .join(if label.is_empty() { "wardend" } else { label });
+        std::fs::create_dir(&home).unwrap();
+        servers.push(Server::wardend(&bin, &home, label));
+    }
+    let all: Vec<&Server> = servers.iter().collect();
 
     println!(
         "warden control-plane benchmark: raw echo vs wardend `status`, same machine, same run"
     );
     println!(
-        "(medians of {ROUNDS} rounds that alternate the two servers; ratios are medians of per-round ratios)"
+        "(medians of {ROUNDS} rounds; each round measures every server once, in an order that \
+         rotates; ratios are medians of per-round ratios)"
     );
     println!(
-        "{:<36} {:>9} {:>9} {:>10} {:>13}",
+        "{:<56} {:>9} {:>9} {:>10} {:>13}",
         "", "p50 µs", "p99 µs", "req/s", "server µs/req"
     );
     // One client waits for each answer, so where the scheduler puts client and server decides
-    // the figure (a cross-core wake-up of an idle virtual CPU costs tens of µs). Pin both to
-    // CPU 0 for the one-client phases so both servers are measured with the same placement.
+    // much of the figure (a cross-core wake-up of an idle virtual CPU costs tens of µs). The
+    // pinned phases put client and servers on CPU 0, so every server is measured with the same
+    // placement; the unpinned phases measure what a user sees, placement and all.
     let all_cpus = format!(
         "0-{}",
         std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
     );
-    pin(&[&echo, &wardend], "0");
-    let one = Pair::measure(&echo, &wardend, |s| sequential(s, SEQUENTIAL / ROUNDS));
-    let conn = Pair::measure(&echo, &wardend, |s| connects(s, CONNECTS / ROUNDS));
-    pin(&[&echo, &wardend], &all_cpus);
-    let many = Pair::measure(&echo, &wardend, |s| concurrent(s, PER_CLIENT / ROUNDS));
-    one.report(
-        "raw echo, 1 client (CPU 0)",
-        "wardend status, 1 client (CPU 0)",
-    );
-    many.report("raw echo, 16 clients", "wardend status, 16 clients");
-    conn.report(
-        "raw connect + 1 round trip (CPU 0)",
-        "wardend connect + hello (CPU 0)",
-    );
-    let raw_mem = idle_memory(&echo);
-    let wd_mem = idle_memory(&wardend);
-    println!();
-    println!(
-        "p50 ratio, 1 client (wardend/raw):        {:.2}  (target <= 1.25)",
-        one.ratio(|f| f.p50)
-    );
-    println!(
-        "p50 ratio, 16 clients (wardend/raw):      {:.2}",
-        many.ratio(|f| f.p50)
-    );
-    println!(
-        "throughput ratio, 16 clients:             {:.2}  (target >= 0.80)",
-        many.ratio(|f| f.rate)
-    );
-    println!(
-        "connect+hello / connect+round trip, p50:  {:.2}",
-        conn.ratio(|f| f.p50)
-    );
-    println!(
-        "memory per idle connection ({IDLE} open): raw echo {:.1} KiB, wardend {:.1} KiB, ratio {:.2}  (target <= 8 KiB)",
-        raw_mem / 1024.0,
-        wd_mem / 1024.0,
-        wd_mem / raw_mem
-    );
-}
+    pin(&all, "0");
+    let one = Phase::measure(&all, |s| sequential(s, SEQUENTIAL));
+    let conn = Phase::measure(&all, |s| connects(s, CONNECTS));
+    let many_pinned = Phase::measure(&all, |s| concurrent(s, CLIENTS, PER_CLIENT));
+    pin(&all, &all_cpus);
+    let one_free = Phase::measure(&all, |s| sequential(s, SEQUENTIAL));
+    let many = Phase::measure(&all, |s| concurrent(s, CLIENTS, PER_CLIENT));
+    one.report(&all, "1 client (CPU 0)");
+    one_free.report(&all, "1 client (unpinned)");
+    many_pinned.report(&all, "16 clients (CPU 0)");
+    many.report(&all, "16 clients (unpinned)");
+    conn.report(&all, "connect + first request (CPU 0)");
+    let memory: Vec<f64> = all.iter().map(|s| idle_memory(s)).collect();
 
-const ROUNDS: usize = 5;
+    println!();
+    let wardends = &all[1..];
+    let mut head = format!("{:<56}", "ratios, wardend / raw echo (medians of rounds)");
+    for w in wardends {
+        head.push_str(&format!(
+            " {:>7}",
+            if w.label.is_empty() {
+                "wardend"
+            } else {
+                w.label
+            }
+        ));
+    }
+    if wardends.len() == 2 {
+        head.push_str(&format!(" {:>13}", "after/before"));
+    }
+    println!("{head}");
+    let line = |name: &str, phase: &Phase, figure: fn(&Figures) -> f64, target: &str| {
+        let mut out = format!("{name:<56}");
+        for w in 1..all.len() {
+            out.push_str(&format!(" {:>7.2}", phase.ratio(w, 0, figure)));
+        }
+        if all.len() == 3 {
+            out.push_str(&format!(" {:>13.2}", phase.ratio(1, 2, figure)));
+        }
+        println!("{out}  {target}");
+    };
+    line(
+        "p50 ratio, 1 client (CPU 0):",
+        &one,
+        |f| f.p50,
+        "(target <= 1.25)",
+    );
+    line(
+        "p50 ratio, 1 client (unpinned):",
+        &one_free,
+        |f| f.p50,
+        "(target <= 1.25)",
+    );
+    line(
+        "p50 ratio, 16 clients (CPU 0):",
+        &many_pinned,
+        |f| f.p50,
+        "",
+    );
+    line("p50 ratio, 16 clients (unpinned):", &many, |f| f.p50, "");
+    line(
+        "throughput ratio, 16 clients (CPU 0):",
+        &many_pinned,
+        |f| f.rate,
+        "",
+    );
+    line(
+        "throughput ratio, 16 clients (unpinned):",
+        &many,
+        |f| f.rate,
+        "(target >= 0.90)",
+    );
+    line(
+        "connect+hello / connect+round trip, p50:",
+        &conn,
+        |f| f.p50,
+        "",
+    );
+    for (s, m) in all.iter().zip(&memory).skip(1) {
+        println!(
+            "memory per idle connection ({IDLE} open): raw echo {:.1} KiB, {} {:.1} KiB, ratio {:.2}  (target <= 8 KiB)",
+            memory[0] / 1024.0,
+            s.name(),
+            m / 1024.0,
+            m / memory[0]
+        );
+    }
+}
 
 /// Restricts the servers' threads and this thread to `cpus` (a `taskset` list such as `0`).
 fn pin(servers: &[&Server], cpus: &str) {
@@ -140,45 +209,45 @@ fn pin(servers: &[&Server], cpus: &str) {
     taskset(&["-p", "-c", cpus, &tid]);
 }
 
-/// The same measurement of both servers, round after round.
-struct Pair {
-    raw: Vec<Figures>,
-    wardend: Vec<Figures>,
+/// One measurement of every server, round after round: `rounds[server][round]`.
+struct Phase {
+    rounds: Vec<Vec<Figures>>,
 }
 
-impl Pair {
-    fn measure(echo: &Server, wardend: &Server, run: impl Fn(&Server) -> Figures) -> Pair {
-        let mut p = Pair {
-            raw: Vec::new(),
-            wardend: Vec::new(),
-        };
-        for _ in 0..ROUNDS {
-            p.raw.push(run(echo));
-            p.wardend.push(run(wardend));
+impl Phase {
+    /// Each round measures every server once; the order rotates from round to round, so no
+    /// server always runs right after the same other one (or first, on a cold cache).
+    fn measure(servers: &[&Server], run: impl Fn(&Server) -> Figures) -> Phase {
+        let mut rounds: Vec<Vec<Figures>> = servers.iter().map(|_| Vec::new()).collect();
+        for round in 0..ROUNDS {
+            for i in 0..servers.len() {
+                let s = (i + round) % servers.len();
+                rounds[s].push(run(servers[s]));
+            }
         }
-        p
+        Phase { rounds }
     }
 
-    fn report(&self, raw: &str, wardend: &str) {
-        report(raw, &median_figures(&self.raw));
-        report(wardend, &median_figures(&self.wardend));
+    fn report(&self, servers: &[&Server], what: &str) {
+        for (s, rounds) in servers.iter().zip(&self.rounds) {
+            report(&format!("{}, {what}", s.name()), &median_figures(rounds));
+        }
     }
 
-    /// Median over rounds of wardend's figure divided by the raw figure of the same round.
-    fn ratio(&self, figure: impl Fn(&Figures) -> f64) -> f64 {
+    /// Median over rounds of server `a`'s figure divided by server `b`'s of the same round.
+    fn ratio(&self, a: usize, b: usize, figure: impl Fn(&Figures) -> f64) -> f64 {
         median(
-            self.wardend
+            self.rounds[a]
                 .iter()
-                .zip(&self.raw)
-                .map(|(w, r)| figure(w) / figure(r))
+                .zip(&self.rounds[b])
+                .map(|(x, y)| figure(x) / figure(y))
                 .collect(),
         )
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+fn median(v: Vec<f64>) -> f64 {
+    support::median(v)
 }
 
 fn median_figures(rounds: &[Figures]) -> Figures {
@@ -199,6 +268,8 @@ struct Server {
     socket: PathBuf,
     /// wardend wants a hello first; the echo server does not.
     hello: bool,
+    /// Which wardend build: "after", "before", or "" when only one is measured.
+    label: &'static str,
 }
 
 impl Server {
@@ -209,10 +280,11 @@ impl Server {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Server::ready(child, socket, false)
+        Server::ready(child, socket, false, "")
     }
 
-    fn wardend(dir: &Path) -> Server {
+    /// `bin` serving `dir` (its own directory: each build gets one).
+    fn wardend(bin: &Path, dir: &Path, label: &'static str) -> Server {
         let config = dir.join("bench.toml");
         let text = warden_testkit::config(
             "[daemon]\nruntime_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n\
@@ -224,14 +296,14 @@ impl Server {
             dir,
         );
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wardend"))
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
             .env("WARDEN_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        Server::ready(child, dir.join("run/wardend.sock"), true)
+        Server::ready(child, dir.join("run/wardend.sock"), true, label)
     }
 
     fn external(socket: PathBuf, hello: bool) -> Server {
@@ -239,6 +311,16 @@ impl Server {
             child: None,
             socket,
             hello,
+            label: "",
+        }
+    }
+
+    /// How the report names it.
+    fn name(&self) -> String {
+        match (self.hello, self.label) {
+            (false, _) => "raw echo".into(),
+            (true, "") => "wardend status".into(),
+            (true, label) => format!("wardend status [{label}]"),
         }
     }
 
@@ -246,7 +328,7 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    fn ready(child: Child, socket: PathBuf, hello: bool) -> Server {
+    fn ready(child: Child, socket: PathBuf, hello: bool, label: &'static str) -> Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         while UnixStream::connect(&socket).is_err() {
             assert!(
@@ -260,6 +342,7 @@ impl Server {
             child: Some(child),
             socket,
             hello,
+            label,
         }
     }
 
@@ -346,7 +429,7 @@ fn figures(mut samples: Vec<Duration>, wall: Duration, cpu_seconds: f64) -> Figu
 
 fn report(name: &str, f: &Figures) {
     println!(
-        "{name:<36} {:>9.1} {:>9.1} {:>10.0} {:>13.1}",
+        "{name:<56} {:>9.1} {:>9.1} {:>10.0} {:>13.1}",
         f.p50, f.p99, f.rate, f.cpu
     );
 }
@@ -369,9 +452,9 @@ fn sequential(s: &Server, n: usize) -> Figures {
     figures(samples, start.elapsed(), s.cpu_seconds() - cpu)
 }
 
-fn concurrent(s: &Server, per_client: usize) -> Figures {
-    let barrier = Arc::new(Barrier::new(CLIENTS + 1));
-    let threads: Vec<_> = (0..CLIENTS)
+fn concurrent(s: &Server, clients: usize, per_client: usize) -> Figures {
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let threads: Vec<_> = (0..clients)
         .map(|_| {
             let mut c = s.connect();
             let barrier = Arc::clone(&barrier);

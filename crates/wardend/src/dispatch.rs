@@ -173,7 +173,7 @@ pub(crate) fn handle(shared: &Shared, s: &mut Session, frame: &[u8]) -> Outcome 
     }
     match run_inline(shared, s, request) {
         Ok(reply) => Outcome::Now {
-            frame: encoded(envelope::result_frame(&env.id, &reply)),
+            frame: encoded(reply.frame(&env.id)),
             close: false,
         },
         Err(f) => failed(shared, s, Some(&env.id), method, f, before_hello),

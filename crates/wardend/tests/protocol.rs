@@ -115,6 +115,50 @@ fn a_slow_drip_does_not_extend_the_frame_deadline() {
     assert!(closed_at < Duration::from_secs(2), "{closed_at:?}");
 }
 
+/// Pins: a peer that sends requests but stops reading their answers is closed once an answer
+/// has waited `frame_timeout_ms` for room in the socket, and counted as a write timeout.
+#[test]
+fn a_peer_that_stops_reading_its_answers_is_closed_after_frame_timeout() {
+    let d = TestDaemon::start(
+        "[limits]\nframe_timeout_ms = 300\nrequests_per_second = 1000000\nburst = 100000\n\
+         uid_requests_per_second = 1000000\nuid_burst = 100000\n",
+    );
+    let mut c = RawClient::hello(d.socket());
+    // Far more answers (each near 1 KiB) than the socket holds; the writer blocks once the
+    // daemon stops reading, and fails once it closes.
+    let mut writer = c.stream.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let body = br#"{"jsonrpc":"2.0","id":2,"method":"status","params":{}}"#;
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        for _ in 0..20_000 {
+            if std::io::Write::write_all(&mut writer, &frame).is_err() {
+                return;
+            }
+        }
+    });
+    // Nothing is read until the daemon has had every chance to give up on the blocked answer.
+    std::thread::sleep(Duration::from_millis(1_000));
+    let mut answers = 0;
+    while let Some(frame) = c.recv_frame() {
+        let r: Value = serde_json::from_slice(&frame).unwrap();
+        assert!(r["result"]["daemon_version"].is_string(), "{r}");
+        answers += 1;
+    }
+    flood.join().unwrap();
+    assert!(answers > 0, "no answer was sent before the close");
+    assert!(
+        answers < 20_000,
+        "the daemon waited for every answer to be read"
+    );
+    let mut other = RawClient::hello(d.socket());
+    let status = other.call(3, "status", json!({}));
+    assert_eq!(
+        status["result"]["violations"]["write_timeout"], 1,
+        "{status}"
+    );
+}
+
 #[test]
 fn no_hello_within_hello_timeout_closes_the_connection() {
     let d = TestDaemon::start(SMALL_FRAMES);

@@ -55,6 +55,16 @@ pub(crate) enum Reply<'a> {
     HostIdentity(HostIdentityResult),
 }
 
+impl Reply<'_> {
+    /// This reply as the framed answer to request `id`.
+    pub(crate) fn frame(&self, id: &warden_proto::Id<'_>) -> serde_json::Result<Vec<u8>> {
+        match self {
+            Reply::Status(status) => status.frame(id),
+            other => warden_proto::envelope::result_frame(id, other),
+        }
+    }
+}
+
 /// Whether a request runs on a task of its own (see `dispatch::later`): everything about jobs,
 /// which may need the ledger before the gate and may take long, reading the audit log, and
 /// resources (their owner is looked up before the gate; their changes touch the disk).
