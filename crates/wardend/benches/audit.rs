@@ -160,9 +160,9 @@ fn last_seq(state: &Path) -> u64 {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
-    // `audit.log` sorts before `audit.000000000123.log`: the live file last.
+    // `audit.log` sorts after `audit.000000000123.log`: the live file last, then the newest
+    // closed segment.
     files.sort();
-    files.rotate_left(1);
     for path in files.iter().rev() {
         let mut f = std::fs::File::open(path).unwrap();
         let len = f.metadata().unwrap().len();
