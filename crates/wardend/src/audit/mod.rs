@@ -47,7 +47,9 @@ pub(crate) use seals::{SEAL_EVERY, Seals};
 pub(crate) use segments::{FILE, closed_segments, segment_last_seq};
 pub(crate) use verify::{Verdict, verify_from};
 
-use record::{body_of, encode, now_text};
+use record::{body_into, encode_into};
+#[cfg(test)]
+use record::{body_of, encode};
 use segments::{append, last_line, recover, remove_segment, rotate, segments, sync_dir};
 
 /// Why a record could not be made durable.
@@ -72,6 +74,9 @@ struct Pending {
     acks: Vec<(Ack, Head)>,
     /// Heads to seal once they are on disk.
     seals: Vec<Head>,
+    /// The time the last record was stamped with, in ms since the epoch, and its text: records
+    /// come many to a millisecond, and each formatting of the time showed in profiles.
+    stamp: (u128, String),
     /// The flusher waits for work: the next record must wake it.
     idle: bool,
     /// No more records are taken; the flusher writes what is left and stops.
@@ -168,6 +173,7 @@ impl AuditLog {
                 lines: Vec::new(),
                 acks: Vec::new(),
                 seals: Vec::new(),
+                stamp: (0, String::new()),
                 idle: false,
                 closed: false,
             }),
@@ -265,18 +271,34 @@ impl AuditLog {
         }
     }
 
+    /// Encodes `event` and chains it (see [`AuditLog::chain`]), through this thread's body
+    /// buffer: a record allocates no buffer of its own.
+    fn chain_event(&self, event: &Event, ack: Option<Ack>) -> Result<(), AuditError> {
+        thread_local! {
+            static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BODY.with_borrow_mut(|body| {
+            body_into(body, event)?;
+            let chained = self.chain(body, ack);
+            // An unusually large record does not keep its memory on this thread.
+            if body.capacity() > 64 * 1024 {
+                *body = Vec::new();
+            }
+            chained
+        })
+    }
+
     /// Appends `event`; it reaches the disk with the next flush.
     pub(crate) fn record(&self, event: Event) {
-        if let Err(e) = body_of(&event).and_then(|body| self.chain(&body, None)) {
+        if let Err(e) = self.chain_event(&event, None) {
             tracing::error!(error = %e, "an audit record was lost");
         }
     }
 
     /// Appends `event` and returns once it is on disk, with its place in the chain.
     pub(crate) async fn record_durable(&self, event: &Event) -> Result<Head, AuditError> {
-        let body = body_of(event)?;
         let (ack, done) = oneshot::channel();
-        self.chain(&body, Some(ack))?;
+        self.chain_event(event, Some(ack))?;
         done.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -314,18 +336,30 @@ impl AuditLog {
 }
 
 /// Chains `body` (an event as JSON) after the head in `p`; `ack` is answered once it is on disk.
+/// The line is encoded straight into the buffer of lines to write, and hashed there.
 fn push(p: &mut Pending, body: &[u8], ack: Option<Ack>) -> Result<(), AuditError> {
-    let line = encode(p.head.seq + 1, &now_text(), &p.head.hash, body)
+    let start = p.lines.len();
+    let seq = p.head.seq + 1;
+    let now = std::time::SystemTime::now();
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    if ms != p.stamp.0 || p.stamp.1.is_empty() {
+        p.stamp = (ms, crate::clock::rfc3339(now));
+    }
+    let Pending {
+        lines, head, stamp, ..
+    } = p;
+    encode_into(lines, seq, &stamp.1, &head.hash, body)
         .map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))?;
     p.head = Head {
-        seq: p.head.seq + 1,
-        hash: hash(&line),
+        seq,
+        hash: hash(&p.lines[start..]),
     };
     if p.head.seq.is_multiple_of(SEAL_EVERY) {
         let head = p.head.clone();
         p.seals.push(head);
     }
-    p.lines.extend_from_slice(&line);
     p.lines.push(b'\n');
     if let Some(ack) = ack {
         let head = p.head.clone();
@@ -380,8 +414,9 @@ impl Flusher {
         if let Ok(_alone) = files.try_write() {
             self.retain(chain);
         }
-        // Reused round to round: the buffer keeps its capacity.
+        // Reused round to round: the buffers keep their capacity.
         let mut spare = Vec::new();
+        let mut spare_acks = Vec::new();
         loop {
             let round = {
                 let mut p = chain.lock();
@@ -393,14 +428,14 @@ impl Flusher {
                 spare.clear();
                 Round {
                     lines: std::mem::replace(&mut p.lines, std::mem::take(&mut spare)),
-                    acks: std::mem::take(&mut p.acks),
+                    acks: std::mem::replace(&mut p.acks, std::mem::take(&mut spare_acks)),
                     seals: std::mem::take(&mut p.seals),
                     head: p.head.clone(),
                     closing: p.closed,
                 }
             };
             let closing = round.closing;
-            spare = self.round(chain, round);
+            (spare, spare_acks) = self.round(chain, round);
             if closing {
                 break;
             }
@@ -412,11 +447,11 @@ impl Flusher {
         }
     }
 
-    /// Writes and flushes one round; returns its buffer for the next.
-    fn round(&mut self, chain: &Chain, round: Round) -> Vec<u8> {
+    /// Writes and flushes one round; returns its buffers, emptied, for the next.
+    fn round(&mut self, chain: &Chain, round: Round) -> (Vec<u8>, Vec<(Ack, Head)>) {
         let Round {
             mut lines,
-            acks,
+            mut acks,
             seals,
             head,
             ..
@@ -432,11 +467,11 @@ impl Flusher {
                 p.head = self.written.clone();
                 drop(p);
                 tracing::error!(error = %e, "cannot write the audit log; the records not yet written are lost");
-                for (ack, _) in acks.into_iter().chain(later) {
+                for (ack, _) in acks.drain(..).chain(later) {
                     let _ = ack.send(Err(AuditError::Io(e.to_string())));
                 }
                 lines.clear();
-                return lines;
+                return (lines, acks);
             }
             self.written = head;
             if self.bus.listened() {
@@ -453,17 +488,20 @@ impl Flusher {
             let flushed = self.file.sync_data();
             if let Err(e) = &flushed {
                 tracing::error!(error = %e, "cannot flush the audit log; the requests waiting on it are refused");
-            } else {
-                seals.iter().for_each(|h| self.seal(h));
             }
             // A failed flush is answered as an error: the records stay in the file, but
             // nothing that waited on them is acknowledged, so no request they name goes ahead.
-            for (ack, at) in acks {
+            for (ack, at) in acks.drain(..) {
                 let answer = match &flushed {
                     Ok(()) => Ok(at),
                     Err(e) => Err(AuditError::Io(e.to_string())),
                 };
                 let _ = ack.send(answer);
+            }
+            // Sealed after the answers: a seal is a write to the ledger database, flushed on
+            // its own, that no waiter's record needs (it is on disk already).
+            if flushed.is_ok() {
+                seals.iter().for_each(|h| self.seal(h));
             }
         }
         if self.len >= self.rotate_at {
@@ -475,7 +513,7 @@ impl Flusher {
                 self.retain(chain);
             }
         }
-        lines
+        (lines, acks)
     }
 
     fn append(&mut self, lines: &[u8]) -> io::Result<()> {
@@ -532,8 +570,9 @@ impl Flusher {
             })),
             ..Event::new(Kind::AuditRetention)
         };
+        let mut body = Vec::new();
         let mut p = chain.lock();
-        match body_of(&event).and_then(|body| push(&mut p, &body, None)) {
+        match body_into(&mut body, &event).and_then(|()| push(&mut p, &body, None)) {
             Ok(()) => {
                 let head = p.head.clone();
                 p.seals.push(head);

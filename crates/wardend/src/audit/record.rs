@@ -99,16 +99,42 @@ impl Event {
 /// A record as written: its place in the chain (`seq`, `ts`, `prev`), then the fields of the
 /// event `body` (the event as JSON). Spliced by hand: `#[serde(flatten)]` goes through a map
 /// serializer, which showed in profiles of the write path.
+#[cfg(test)]
 pub(super) fn encode(seq: u64, ts: &str, prev: &str, body: &[u8]) -> serde_json::Result<Vec<u8>> {
     let mut line = Vec::with_capacity(body.len() + 128);
-    line.extend_from_slice(format!("{{\"seq\":{seq},\"ts\":").as_bytes());
-    serde_json::to_writer(&mut line, ts)?;
-    line.extend_from_slice(b",\"prev\":");
-    serde_json::to_writer(&mut line, prev)?;
-    // `body` is an object with at least `event`: splice its fields in after ours.
-    line.push(b',');
-    line.extend_from_slice(&body[1..]);
+    encode_into(&mut line, seq, ts, prev, body)?;
     Ok(line)
+}
+
+/// [`encode`] appended to `out`, the buffer of lines to write, so a record costs no buffer of
+/// its own. `ts` is the clock's text (digits and `-:.TZ`, nothing JSON escapes); `prev` is a
+/// hash in hex and written as it is, unless it holds anything else (a seal database changed
+/// by hand), which is escaped. On an error `out` is left as it was.
+pub(super) fn encode_into(
+    out: &mut Vec<u8>,
+    seq: u64,
+    ts: &str,
+    prev: &str,
+    body: &[u8],
+) -> serde_json::Result<()> {
+    use std::io::Write as _;
+    let start = out.len();
+    // Writing to a Vec does not fail.
+    let _ = write!(out, "{{\"seq\":{seq},\"ts\":\"");
+    out.extend_from_slice(ts.as_bytes());
+    out.extend_from_slice(b"\",\"prev\":");
+    if prev.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        out.push(b'"');
+        out.extend_from_slice(prev.as_bytes());
+        out.push(b'"');
+    } else if let Err(e) = serde_json::to_writer(&mut *out, prev) {
+        out.truncate(start);
+        return Err(e);
+    }
+    // `body` is an object with at least `event`: splice its fields in after ours.
+    out.push(b',');
+    out.extend_from_slice(&body[1..]);
+    Ok(())
 }
 
 /// The last record written: where the chain continues.
@@ -131,8 +157,18 @@ pub(crate) fn hash(line: &[u8]) -> String {
 }
 
 /// `event` as JSON, for [`encode`]: an object with at least `event`.
+#[cfg(test)]
 pub(super) fn body_of(event: &Event) -> Result<Vec<u8>, AuditError> {
-    serde_json::to_vec(event).map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))
+    let mut body = Vec::new();
+    body_into(&mut body, event)?;
+    Ok(body)
+}
+
+/// [`body_of`] into `body` (cleared first), whose capacity is reused record to record.
+pub(super) fn body_into(body: &mut Vec<u8>, event: &Event) -> Result<(), AuditError> {
+    body.clear();
+    serde_json::to_writer(&mut *body, event)
+        .map_err(|e| AuditError::Io(format!("cannot encode a record: {e}")))
 }
 
 pub(super) fn now_text() -> String {
