@@ -572,7 +572,13 @@ async fn cancel_goes_to_wardend_and_the_end_arrives() {
     let mut running = false;
     let mut output = false;
     let end = loop {
-        match next(&mut ws, LONG).await.expect("the link closed") {
+        let Some(m) = next(&mut ws, LONG).await else {
+            panic!(
+                "nothing within {LONG:?}, or the link closed; the agent's log:\n{}",
+                agent.logs()
+            );
+        };
+        match m {
             AgentMessage::Progress { state, .. } if state == "running" => running = true,
             AgentMessage::Output { .. } if !output => {
                 output = true;
@@ -603,7 +609,13 @@ async fn cancel_goes_to_wardend_and_the_end_arrives() {
     )
     .await;
     let end = loop {
-        match next(&mut ws, LONG).await.expect("the link closed") {
+        let Some(m) = next(&mut ws, LONG).await else {
+            panic!(
+                "nothing within {LONG:?}, or the link closed; the agent's log:\n{}",
+                agent.logs()
+            );
+        };
+        match m {
             AgentMessage::Ended {
                 dispatch_id, state, ..
             } if dispatch_id == id => break state,

@@ -71,6 +71,19 @@ impl Proc {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
     }
+
+    /// Waits until `line` is in the log `count` times; the log then.
+    fn wait_log(&self, line: &str, count: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.matches(line).count() >= count {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no `{line}` in the log: {log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -264,17 +277,6 @@ fn sighup_reloads_the_configuration_and_a_broken_file_changes_nothing() {
             .collect()
     };
     assert!(actions(&mut RawClient::hello(&sock)).is_empty());
-    let wait_log = |p: &Proc, line: &str, count: usize| {
-        let deadline = Instant::now() + PATIENCE;
-        while p.log().matches(line).count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "no `{line}` in the log: {}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     write_config(
         dir.path(),
         &format!(
@@ -283,12 +285,12 @@ fn sighup_reloads_the_configuration_and_a_broken_file_changes_nothing() {
         ),
     );
     p.signal("HUP");
-    wait_log(&p, "configuration reloaded", 1);
+    p.wait_log("configuration reloaded", 1);
     assert_eq!(actions(&mut RawClient::hello(&sock)), ["look"]);
     // A broken file: logged, and the running policy stays.
     write_config(dir.path(), &format!("{listener}[[action]]\nname = 7\n"));
     p.signal("HUP");
-    wait_log(&p, "reload failed", 1);
+    p.wait_log("reload failed", 1);
     assert!(
         p.log().contains("warden.toml:"),
         "names the file and line: {}",
@@ -314,7 +316,7 @@ fn a_socket_passed_by_systemd_is_adopted_given_its_mode_and_left_in_place() {
     let hello = c.call(1, "hello", json!({"protocol": 1, "client": "t"}));
     assert_eq!(hello["result"]["listener"]["path"], sock.to_str().unwrap());
     assert_eq!(warden_sys::fs::owner_of(&sock).unwrap().mode, 0o640);
-    assert!(p.log().contains("activated=true"), "{}", p.log());
+    p.wait_log("activated=true", 1);
     p.signal("TERM");
     assert_eq!(p.wait(), Some(0));
     assert!(sock.exists(), "a socket systemd owns is not removed");
@@ -428,7 +430,8 @@ fn dev_mode_says_so_loudly_and_serves_a_private_socket() {
     let mut c = RawClient::hello(&sock);
     let status = c.call(2, "status", json!({}));
     assert_eq!(status["result"]["mode"], "dev");
-    let log = p.log();
+    // The announcement follows the sockets' opening, so a client may be served before it.
+    let log = p.wait_log("DEV MODE", 1);
     assert!(
         log.contains("DEV MODE") && log.contains(sock.to_str().unwrap()),
         "{log}"
