@@ -32,7 +32,7 @@ use support::{Daemon, median};
 use warden_client::Client;
 use warden_proto::jobs::JobState;
 
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 11;
 const PER_ROUND: usize = 200;
 const CLI_PER_ROUND: usize = 40;
 
