@@ -2,17 +2,22 @@
 //! without warden, measured in the same run.
 //!
 //! Run: `cargo bench -p wardend --bench jobs`
+//! (with `WARDEN_BENCH_BEFORE=DIR`, a directory holding `wardend` and `warden` of an older build,
+//! every contender runs for both builds, alternating in each round).
 //!
 //! 1. `job.start` + `job.wait` of an action running `/bin/true`, through the daemon (ledger,
 //!    cgroup, supervision, status pipe included), against a bare spawn-and-wait of `/bin/true`
 //!    from this program.
-//! 2. The whole CLI path, `warden run true`, against `sudo -n true` (when sudo is installed and
+//! 2. Starting the CLI: `warden --version` (no daemon) and `warden status` (connect, `hello`,
+//!    `status`, print), against the same bare spawn.
+//! 3. The whole CLI path, `warden run true`, against `sudo -n true` (when sudo is installed and
 //!    lets this user run without a password).
 //!
-//! The daemon is the real `wardend` binary in a process of its own. The CLI is the release build
-//! of `warden`, built by this benchmark if it is missing. Rounds alternate the contenders;
-//! figures are medians of the rounds, and ratios medians of per-round ratios (how long a process
-//! takes to start drifts on a virtual machine; a round and the one beside it see the same).
+//! The daemon is the real `wardend` binary in a process of its own. The CLI is `warden` built
+//! the way the packages build it (statically linked, see [`warden_cli`]). Rounds alternate the
+//! contenders; figures are medians of the rounds, and ratios medians of per-round ratios (how
+//! long a process takes to start drifts on a virtual machine; a round and the one beside it see
+//! the same), with the lowest and highest round beside them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,9 +29,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Map;
 use support::{Daemon, median};
+use warden_client::Client;
 use warden_proto::jobs::JobState;
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 11;
 const PER_ROUND: usize = 200;
 const CLI_PER_ROUND: usize = 40;
 
@@ -47,16 +53,32 @@ fn measure(n: usize, mut op: impl FnMut()) -> (f64, f64) {
     (quantile(&mut samples, 0.5), quantile(&mut samples, 0.99))
 }
 
-/// The median over rounds of `a`'s p50 divided by `b`'s.
-fn ratio(a: &[(f64, f64)], b: &[(f64, f64)]) -> f64 {
-    median(a.iter().zip(b).map(|(a, b)| a.0 / b.0).collect())
+/// The median, lowest and highest over rounds of `a`'s p50 divided by `b`'s.
+fn ratio(a: &[(f64, f64)], b: &[(f64, f64)]) -> (f64, f64, f64) {
+    let per_round: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.0 / b.0).collect();
+    let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = per_round.iter().copied().fold(0.0, f64::max);
+    (median(per_round), low, high)
 }
 
-fn report(name: &str, rounds: &[(f64, f64)]) -> f64 {
+fn report(name: &str, rounds: &[(f64, f64)]) {
     let p50 = median(rounds.iter().map(|r| r.0).collect());
     let p99 = median(rounds.iter().map(|r| r.1).collect());
-    println!("{name:<44} {p50:>10.0} {p99:>10.0}");
-    p50
+    println!("{name:<56} {p50:>8.0} {p99:>8.0}");
+}
+
+fn print_ratio(name: &str, label: &str, (mid, low, high): (f64, f64, f64), target: &str) {
+    let name = format!("{name}{}", tag(label));
+    println!("{name:<56} {mid:>5.2}  (rounds {low:.2} to {high:.2}){target}");
+}
+
+/// " [after]" or " [before]" when two builds are compared, else nothing.
+fn tag(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!(" [{label}]")
+    }
 }
 
 fn sudo_works() -> bool {
@@ -68,30 +90,41 @@ fn sudo_works() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The release `warden` CLI beside `wardend`, built if missing.
+/// This tree's `warden` CLI as the packages ship it: `dist/deb/build` links it statically
+/// (`-C target-feature=+crt-static` on the binary alone, which halves its start on this kind of
+/// machine: no dynamic loader, no shared libraries to map and relocate). Built here the same
+/// way (`--release`: `cargo rustc --profile bench` would build the test harness); cargo says
+/// where it put it.
 fn warden_cli() -> PathBuf {
-    let daemon = Path::new(env!("CARGO_BIN_EXE_wardend"));
-    let cli = daemon.with_file_name("warden");
-    if !cli.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "--release", "-p", "warden", "--bin", "warden"])
-            .status()
-            .unwrap();
-        assert!(built.success(), "cannot build the warden CLI");
-    }
-    cli
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "rustc",
+            "--release",
+            "-p",
+            "warden",
+            "--bin",
+            "warden",
+            "--message-format",
+            "json",
+            "--",
+            "-C",
+            "target-feature=+crt-static",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cannot build the warden CLI");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "warden")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo named no warden executable")
 }
 
-fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    let warden = warden_cli();
-    let dir = warden_testkit::safe_tempdir();
-    let daemon = Daemon::start(
-        dir.path(),
-        r#"[daemon]
+const CONFIG: &str = r#"[daemon]
 runtime_dir = "{dir}/run"
 state_dir = "{dir}/state"
 [limits]
@@ -113,15 +146,61 @@ description = "Runs /bin/true"
 argv = ["/bin/true"]
 tier = "read_only"
 mutating = false
-"#,
-    );
-    let socket = daemon.socket.clone();
+"#;
+
+/// One build under test: its daemon (in a directory of its own), its CLI and a client.
+struct Build {
+    label: &'static str,
+    cli: PathBuf,
+    socket: PathBuf,
+    client: Client,
+    // Dropped after the client: stops the daemon, then removes its directory.
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+fn run_cli(cli: &Path, args: &[&str], socket: Option<&Path>) {
+    let mut c = Command::new(cli);
+    if let Some(socket) = socket {
+        c.arg("--socket").arg(socket);
+    }
+    let s = c
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(s.success(), "{} {args:?} failed", cli.display());
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let daemons = support::builds("wardend", Path::new(env!("CARGO_BIN_EXE_wardend")));
+    let clis = support::builds("warden", &warden_cli());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut client = rt.block_on(daemon.connect());
-    let mut through_warden = || {
+    let mut builds: Vec<Build> = daemons
+        .into_iter()
+        .zip(clis)
+        .map(|((label, daemon), (_, cli))| {
+            let dir = warden_testkit::safe_tempdir();
+            let daemon = Daemon::start_bin(&daemon, dir.path(), CONFIG);
+            let client = rt.block_on(daemon.connect());
+            Build {
+                label,
+                cli,
+                socket: daemon.socket.clone(),
+                client,
+                _daemon: daemon,
+                _dir: dir,
+            }
+        })
+        .collect();
+    let job = |client: &mut Client| {
         rt.block_on(async {
             let id = client
                 .start("true", &Map::new(), None)
@@ -136,72 +215,119 @@ mutating = false
         let s = Command::new("/bin/true").status().unwrap();
         assert!(s.success());
     };
-    // Warm up both paths (page cache, ledger, cgroup tree).
-    measure(50, &mut through_warden);
+    // Warm up every path (page cache, ledger, cgroup tree).
+    for b in &mut builds {
+        measure(50, || job(&mut b.client));
+        measure(10, || run_cli(&b.cli, &["status"], Some(&b.socket)));
+        measure(10, || run_cli(&b.cli, &["run", "true"], Some(&b.socket)));
+    }
     measure(50, bare);
 
     println!(
         "warden job benchmark (same machine, same run; medians of {ROUNDS} alternating rounds)"
     );
-    println!("{:<44} {:>10} {:>10}", "", "p50 µs", "p99 µs");
-    let (mut spawn_rounds, mut job_rounds) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+    println!("{:<56} {:>8} {:>8}", "", "p50 µs", "p99 µs");
+    let n = builds.len();
+    let mut spawn_rounds = Vec::new();
+    let mut job_rounds = vec![Vec::new(); n];
+    for round in 0..ROUNDS {
         spawn_rounds.push(measure(PER_ROUND, bare));
-        job_rounds.push(measure(PER_ROUND, &mut through_warden));
+        // Every other round starts with the other build.
+        for i in (0..n).map(|i| (i + round) % n) {
+            job_rounds[i].push(measure(PER_ROUND, || job(&mut builds[i].client)));
+        }
     }
     report("spawn + wait of /bin/true (no warden)", &spawn_rounds);
-    report("job.start + job.wait of /bin/true via wardend", &job_rounds);
+    for (b, rounds) in builds.iter().zip(&job_rounds) {
+        let name = format!("job.start + job.wait of /bin/true{}", tag(b.label));
+        report(&name, rounds);
+    }
 
-    let cli = || {
-        let s = Command::new(&warden)
-            .arg("--socket")
-            .arg(&socket)
-            .args(["run", "true"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(s.success());
-    };
     let sudo = sudo_works().then_some(|| {
         let s = Command::new("sudo").args(["-n", "true"]).status().unwrap();
         assert!(s.success());
     });
-    // The floor under the CLI path: starting the CLI process, without talking to anyone.
-    let cli_start = || {
-        let s = Command::new(&warden)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(s.success());
-    };
-    measure(10, cli);
-    let (mut cli_rounds, mut sudo_rounds, mut start_rounds) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        start_rounds.push(measure(CLI_PER_ROUND, cli_start));
-        cli_rounds.push(measure(CLI_PER_ROUND, cli));
+    let mut bare_cli_rounds = Vec::new();
+    let (mut start_rounds, mut status_rounds, mut run_rounds) = (
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+        vec![Vec::new(); n],
+    );
+    let mut sudo_rounds = Vec::new();
+    for round in 0..ROUNDS {
+        bare_cli_rounds.push(measure(CLI_PER_ROUND, bare));
+        for i in (0..n).map(|i| (i + round) % n) {
+            let b = &builds[i];
+            start_rounds[i].push(measure(CLI_PER_ROUND, || {
+                run_cli(&b.cli, &["--version"], None);
+            }));
+            status_rounds[i].push(measure(CLI_PER_ROUND, || {
+                run_cli(&b.cli, &["status"], Some(&b.socket));
+            }));
+            run_rounds[i].push(measure(CLI_PER_ROUND, || {
+                run_cli(&b.cli, &["run", "true"], Some(&b.socket));
+            }));
+        }
         if let Some(sudo) = &sudo {
             sudo_rounds.push(measure(CLI_PER_ROUND, sudo));
         }
     }
-    report("`warden --version` (CLI start, no daemon)", &start_rounds);
-    report("`warden run true` (whole CLI path)", &cli_rounds);
+    report(
+        "spawn + wait of /bin/true (beside the CLI rounds)",
+        &bare_cli_rounds,
+    );
+    for (i, b) in builds.iter().enumerate() {
+        let t = tag(b.label);
+        report(
+            &format!("`warden --version` (no daemon){t}"),
+            &start_rounds[i],
+        );
+        report(&format!("`warden status`{t}"), &status_rounds[i]);
+        report(
+            &format!("`warden run true` (whole CLI path){t}"),
+            &run_rounds[i],
+        );
+    }
     if sudo.is_some() {
         report("`sudo -n true`", &sudo_rounds);
     }
+
     println!();
-    println!(
-        "job ratio (job.start + job.wait / spawn + wait), p50:  {:.2}  (target <= 1.5)",
-        ratio(&job_rounds, &spawn_rounds)
-    );
-    if sudo.is_some() {
-        println!(
-            "CLI ratio (warden run / sudo -n true), p50:            {:.2}  (target <= 0.5)",
-            ratio(&cli_rounds, &sudo_rounds)
+    println!("ratios of p50s, median over rounds:");
+    for (i, b) in builds.iter().enumerate() {
+        print_ratio(
+            "job.start + job.wait / spawn + wait",
+            b.label,
+            ratio(&job_rounds[i], &spawn_rounds),
+            "  target <= 1.25",
         );
-    } else {
-        println!("CLI ratio: sudo is not installed or asks for a password here; not measured");
     }
-    drop(client);
+    for (i, b) in builds.iter().enumerate() {
+        print_ratio(
+            "warden --version / spawn + wait",
+            b.label,
+            ratio(&start_rounds[i], &bare_cli_rounds),
+            "  target <= 1.2",
+        );
+    }
+    for (i, b) in builds.iter().enumerate() {
+        print_ratio(
+            "warden status / spawn + wait",
+            b.label,
+            ratio(&status_rounds[i], &bare_cli_rounds),
+            "  target <= 2",
+        );
+    }
+    if sudo.is_some() {
+        for (i, b) in builds.iter().enumerate() {
+            print_ratio(
+                "warden run true / sudo -n true",
+                b.label,
+                ratio(&run_rounds[i], &sudo_rounds),
+                "",
+            );
+        }
+    } else {
+        println!("warden run / sudo: sudo is not installed or asks for a password here");
+    }
 }

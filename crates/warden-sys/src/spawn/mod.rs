@@ -123,8 +123,9 @@ struct Pending {
     pid: i32,
     pidfd: OwnedFd,
     /// Read end of the report pipe: end-of-file when the child executed its program, or
-    /// [`REPORT_LEN`] bytes naming the step that failed.
-    report: OwnedFd,
+    /// [`REPORT_LEN`] bytes naming the step that failed. `None` when the spawner thread already
+    /// found it at end-of-file with nothing written (see [`executed_already`]).
+    report: Option<OwnedFd>,
 }
 
 /// Starts a job's process and waits, asynchronously and until `within` has passed at most,
@@ -203,11 +204,30 @@ fn clone_job(spec: &Spec, stack: &ChildStack, pidfd: &AtomicI32) -> Result<Pendi
     // Only the child holds the write end now: its exec or exit ends the report.
     drop(report_w);
     let (pid, pidfd) = cloned?;
-    Ok(Pending {
-        pid,
-        pidfd,
-        report: report_r,
-    })
+    let report = (!executed_already(&report_r)).then_some(report_r);
+    Ok(Pending { pid, pidfd, report })
+}
+
+/// Whether the report pipe is at end-of-file with nothing in it, right now: the child executed
+/// its program (or died without a word), as [`read_report`] would conclude. On the shared-memory
+/// path the clone returns once the child has executed its program or exited, and its copy of the
+/// write end (close-on-exec) is closed within the same `execve` call, so this is nearly always
+/// settled here, on the spawner thread: no trip through the runtime's reactor to learn it.
+/// `false` (not settled yet, a report written, or a forked child still on its way) leaves the
+/// asynchronous read to decide, with its deadline, as before.
+fn executed_already(report: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        report,
+        rustix::event::PollFlags::IN,
+    )];
+    // A zero timeout: never waits. Only the hang-up alone means "nothing written, writer gone";
+    // IN says a report is there, and nothing set says the writer still holds it.
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(1))
+        && fds[0].revents() == rustix::event::PollFlags::HUP
 }
 
 /// What the child's report said.
@@ -224,6 +244,9 @@ impl Pending {
     /// a failed or killed child is reaped.
     async fn exec(self, deadline: Instant, within: Duration) -> Result<Spawned, SpawnError> {
         let Pending { pid, pidfd, report } = self;
+        let Some(report) = report else {
+            return Ok(Spawned { pid, pidfd });
+        };
         let outcome = match tokio::time::timeout_at(deadline, read_report(report)).await {
             Ok(Ok(Report::Executed)) => return Ok(Spawned { pid, pidfd }),
             Ok(Ok(Report::Failed(e))) | Ok(Err(e)) => e,

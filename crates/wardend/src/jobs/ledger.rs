@@ -178,9 +178,22 @@ impl Ledger {
             .map_err(|e| LedgerError::Transaction(e.to_string()))?
     }
 
-    /// Records a job as it now stands.
+    /// Runs `f`, one statement, on the connection outside an explicit transaction: SQLite runs
+    /// it in a transaction of its own, committed when it completes, or rolled back if it fails
+    /// (as atomic and as durable as [`Ledger::with`], without preparing and running `BEGIN` and
+    /// `COMMIT` around it).
+    fn one<T>(
+        conn: &Mutex<Option<Connection>>,
+        f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let guard: MutexGuard<'_, Option<Connection>> =
+            conn.lock().unwrap_or_else(PoisonError::into_inner);
+        f(guard.as_ref().ok_or(LedgerError::Stopped)?)
+    }
+
+    /// Records a job as it now stands: one statement, committed before this returns.
     pub(crate) async fn put(&self, row: &Row) -> Result<(), LedgerError> {
-        Ledger::with(&self.conn, |tx| put(tx, row))
+        Ledger::one(&self.conn, |conn| put(conn, row))
     }
 
     /// Replaces the stored record of a job that has ended (a lost job's message).

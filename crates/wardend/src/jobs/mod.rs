@@ -121,6 +121,10 @@ struct Table {
     /// (requester, idempotency key) → the job it made.
     keys: HashMap<(Uid, String), (JobId, Instant)>,
     groups: HashMap<String, Group>,
+    /// How many jobs of each requester are in the table without a final state (queued or
+    /// running): what `max_active_per_uid` counts, kept here so that a start need not look at
+    /// every job in memory (up to `keep_finished` of them).
+    active: HashMap<Uid, usize>,
     /// Set when the daemon stops its jobs: from then on none is started, so none escapes the
     /// stop (a request already past the gate may still ask).
     closed: bool,
@@ -156,6 +160,17 @@ pub(crate) enum StartError {
     Stopping,
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+}
+
+/// One job of `uid` has left the active count (it ended, or was forgotten before it was
+/// recorded).
+fn not_active(t: &mut Table, uid: Uid) {
+    if let Some(n) = t.active.get_mut(&uid) {
+        *n -= 1;
+        if *n == 0 {
+            t.active.remove(&uid);
+        }
+    }
 }
 
 /// What [`Jobs::admit`] decided.
@@ -486,11 +501,7 @@ impl Jobs {
             return Ok(Admitted::Existing(existing));
         }
         // Each active job is at least one process: one caller may not fill the host.
-        let active = t
-            .jobs
-            .values()
-            .filter(|j| j.owner == uid && !j.lock().state.is_terminal())
-            .count();
+        let active = t.active.get(&uid).copied().unwrap_or(0);
         if active >= self.settings.max_active_per_uid {
             return Err(StartError::TooMany(active));
         }
@@ -515,6 +526,7 @@ impl Jobs {
                 .insert((uid, key.clone()), (id.clone(), Instant::now()));
         }
         t.jobs.insert(id.clone(), Arc::clone(job));
+        *t.active.entry(uid).or_default() += 1;
         Ok(Admitted::Run(turn))
     }
 
@@ -526,6 +538,7 @@ impl Jobs {
     fn forget(&self, job: &Job) {
         let mut t = self.table();
         t.jobs.remove(&job.id);
+        not_active(&mut t, job.owner);
         if let Some(key) = &job.idempotency_key {
             t.keys.remove(&(job.owner, key.clone()));
         }
@@ -552,6 +565,12 @@ impl Jobs {
         if g.holder.is_none() && g.waiting.is_empty() {
             t.groups.remove(group);
         }
+    }
+
+    /// `job` has just taken its final state: it no longer counts against its requester's
+    /// `max_active_per_uid` (from this moment, as when the count looked at each job's state).
+    fn ended(&self, job: &Job) {
+        not_active(&mut self.table(), job.owner);
     }
 
     /// Bookkeeping once `job` is final: its group moves on, and old finished jobs leave memory

@@ -549,7 +549,9 @@ impl Jobs {
         };
         drop(values);
         self.finish(&job, state, message, ended.exit_code()).await;
-        // After the answer: the cgroup is empty, removing it is housekeeping.
+        // The final state is recorded and published: the cgroup is empty, removing it is
+        // housekeeping. (A `job.wait` woken on this same worker thread answers after this
+        // `rmdir`; yielding to it first measured no better in the jobs bench.)
         if let Some(cg) = &cgroup {
             cg.remove();
         }
@@ -611,6 +613,7 @@ impl Jobs {
             }
             r.exit_code = exit_code;
         });
+        self.ended(job);
         if let Err(e) = self.persist(job).await {
             tracing::error!(job = %job.id, error = %e, "cannot record a job's final state");
         }
