@@ -319,7 +319,8 @@ async fn a_job_past_its_timeout_is_timed_out() {
     assert!(!warden_sys::process::pidfd_is_alive(gc.as_fd()).unwrap());
 }
 
-/// Pins: a cancelled queued job never runs, and a job's exit status decides success.
+/// Pins: a cancelled queued job never runs, and a job's exit status decides success; `status`
+/// counts the jobs running and queued, and not those that ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_groups_queue_or_refuse() {
     let d = TestDaemon::start(&format!(
@@ -344,6 +345,8 @@ async fn concurrency_groups_queue_or_refuse() {
     let second = start(&mut c, "hold", json!({"secs": 0})).await.unwrap();
     let third = start(&mut c, "hold", json!({"secs": 0})).await.unwrap();
     assert_eq!(c.job(&second).await.unwrap().state, JobState::Queued);
+    let counts = |s: warden_proto::messages::StatusResult| (s.jobs.running, s.jobs.queued);
+    assert_eq!(counts(c.status().await.unwrap()), (1, 2));
     let err = start(&mut c, "busy", json!({})).await.unwrap_err();
     assert_eq!(kind(&err), Some(ErrorKind::Conflict));
     assert!(
@@ -353,8 +356,10 @@ async fn concurrency_groups_queue_or_refuse() {
     // Cancelling a queued job: it never runs. Cancelling the holder lets the next one run.
     assert_eq!(c.cancel(&second).await.unwrap().state, JobState::Cancelled);
     assert_eq!(c.job(&second).await.unwrap().started_at, None);
+    assert_eq!(counts(c.status().await.unwrap()), (1, 1));
     assert_eq!(c.cancel(&first).await.unwrap().state, JobState::Cancelled);
     assert_eq!(wait(&mut c, &third).await.state, JobState::Succeeded);
+    assert_eq!(counts(c.status().await.unwrap()), (0, 0));
     let failed = start(&mut c, "fail", json!({})).await.unwrap();
     let r = wait(&mut c, &failed).await;
     assert_eq!((r.state, r.exit_code), (JobState::Failed, Some(3)));

@@ -12,7 +12,7 @@ mod spawn;
 mod status;
 mod supervise;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -125,6 +125,9 @@ struct Table {
     /// running): what `max_active_per_uid` counts, kept here so that a start need not look at
     /// every job in memory (up to `keep_finished` of them).
     active: HashMap<Uid, usize>,
+    /// The jobs in the table without a final state: what `status` counts, so that it need not
+    /// look at every finished job kept in memory (up to `keep_finished` of them).
+    live: HashSet<JobId>,
     /// Set when the daemon stops its jobs: from then on none is started, so none escapes the
     /// stop (a request already past the gate may still ask).
     closed: bool,
@@ -162,9 +165,13 @@ pub(crate) enum StartError {
     Ledger(#[from] LedgerError),
 }
 
-/// One job of `uid` has left the active count (it ended, or was forgotten before it was
-/// recorded).
-fn not_active(t: &mut Table, uid: Uid) {
+/// `job` has left the active count (it ended, or was forgotten before it was recorded). A
+/// second call for the same job changes nothing.
+fn not_active(t: &mut Table, job: &Job) {
+    let uid = job.owner;
+    if !t.live.remove(&job.id) {
+        return;
+    }
     if let Some(n) = t.active.get_mut(&uid) {
         *n -= 1;
         if *n == 0 {
@@ -315,7 +322,7 @@ impl Jobs {
             running: 0,
             queued: 0,
         };
-        for job in t.jobs.values() {
+        for job in t.live.iter().filter_map(|id| t.jobs.get(id)) {
             match job.lock().state {
                 JobState::Running => c.running += 1,
                 JobState::Queued => c.queued += 1,
@@ -527,6 +534,7 @@ impl Jobs {
         }
         t.jobs.insert(id.clone(), Arc::clone(job));
         *t.active.entry(uid).or_default() += 1;
+        t.live.insert(id.clone());
         Ok(Admitted::Run(turn))
     }
 
@@ -538,7 +546,7 @@ impl Jobs {
     fn forget(&self, job: &Job) {
         let mut t = self.table();
         t.jobs.remove(&job.id);
-        not_active(&mut t, job.owner);
+        not_active(&mut t, job);
         if let Some(key) = &job.idempotency_key {
             t.keys.remove(&(job.owner, key.clone()));
         }
@@ -570,7 +578,7 @@ impl Jobs {
     /// `job` has just taken its final state: it no longer counts against its requester's
     /// `max_active_per_uid` (from this moment, as when the count looked at each job's state).
     fn ended(&self, job: &Job) {
-        not_active(&mut self.table(), job.owner);
+        not_active(&mut self.table(), job);
     }
 
     /// Bookkeeping once `job` is final: its group moves on, and old finished jobs leave memory
