@@ -4,94 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::process::{Proc, WARDEND, write_config};
 use serde_json::json;
 use warden_testkit::raw::{PATIENCE, RawClient};
-
-const WARDEND: &str = env!("CARGO_BIN_EXE_wardend");
-
-fn write_config(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("warden.toml");
-    let text = format!(
-        "[daemon]\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n{body}",
-        d = dir.display()
-    );
-    std::fs::write(&path, warden_testkit::config(&text, dir)).unwrap();
-    path
-}
-
-/// A wardend process whose stderr goes to a file, killed if a test fails before stopping it.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(cmd: Command, dir: &Path) -> Proc {
-        Proc::spawn_logging(cmd, dir, "info")
-    }
-
-    /// With `WARDEN_LOG=level`.
-    fn spawn_logging(mut cmd: Command, dir: &Path, level: &str) -> Proc {
-        let log = dir.join(format!("wardend-{}.log", warden_testkit::random_hex(3)));
-        cmd.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .env("WARDEN_LOG", level);
-        Proc {
-            child: cmd.spawn().unwrap(),
-            log,
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "wardend did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap()
-    }
-
-    /// Waits until `line` is in the log `count` times; the log then.
-    fn wait_log(&self, line: &str, count: usize) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let log = self.log();
-            if log.matches(line).count() >= count {
-                return log;
-            }
-            assert!(Instant::now() < deadline, "no `{line}` in the log: {log}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + PATIENCE;

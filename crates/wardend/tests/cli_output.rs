@@ -4,23 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use clap::CommandFactory;
+use common::process::{WARDEND, write_config};
 use serde_json::{Value, json};
-
-const WARDEND: &str = env!("CARGO_BIN_EXE_wardend");
-
-fn write_config(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("warden.toml");
-    let text = format!(
-        "[daemon]\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n{body}",
-        d = dir.display()
-    );
-    std::fs::write(&path, warden_testkit::config(&text, dir)).unwrap();
-    path
-}
 
 fn wardend(args: &[&str], file: &Path) -> (Option<i32>, Value) {
     let out: Output = Command::new(WARDEND).args(args).arg(file).output().unwrap();

@@ -30,16 +30,25 @@ pub struct Proc {
 impl Proc {
     /// Starts `wardend --config CONFIG` with `env` set, logging at info to a file in `dir`.
     pub fn start(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Proc {
-        let log = dir.join(format!("wardend-{}.log", warden_testkit::random_hex(3)));
         let mut cmd = Command::new(WARDEND);
-        cmd.arg("--config")
-            .arg(config)
-            .env("WARDEN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+        cmd.arg("--config").arg(config);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Proc::spawn(cmd, dir)
+    }
+
+    /// Runs `cmd` (wardend, or something that starts it) logging at info to a file in `dir`.
+    pub fn spawn(cmd: Command, dir: &Path) -> Proc {
+        Proc::spawn_logging(cmd, dir, "info")
+    }
+
+    /// As [`Proc::spawn`], with `WARDEN_LOG=level`.
+    pub fn spawn_logging(mut cmd: Command, dir: &Path, level: &str) -> Proc {
+        let log = dir.join(format!("wardend-{}.log", warden_testkit::random_hex(3)));
+        cmd.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env("WARDEN_LOG", level);
         Proc {
             child: cmd.spawn().unwrap(),
             log,
@@ -75,15 +84,15 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap()
     }
 
-    /// Waits until `line` is in the log `count` times.
-    pub fn wait_log(&self, line: &str, count: usize) {
+    /// Waits until `line` is in the log `count` times; the log then.
+    pub fn wait_log(&self, line: &str, count: usize) -> String {
         let deadline = Instant::now() + PATIENCE;
-        while self.log().matches(line).count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "no `{line}` in the log: {}",
-                self.log()
-            );
+        loop {
+            let log = self.log();
+            if log.matches(line).count() >= count {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no `{line}` in the log: {log}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
