@@ -240,20 +240,7 @@ impl Served {
         }
         let mut child = Killed(cmd.spawn().unwrap());
         let stderr = child.0.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line.clone());
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
+        let (log, rx) = common::tee_lines(stderr);
         let addr = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))

@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -723,20 +722,7 @@ fn over_tls_the_cookie_is_secure_hsts_is_sent_and_the_log_holds_no_token() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn({
-        let log = log.clone();
-        move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line.clone());
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        }
-    });
+    let (log, rx) = common::tee_lines(stderr);
     let mut served = Served {
         child,
         addr: "127.0.0.1:1".parse().unwrap(),

@@ -47,20 +47,7 @@ impl Served {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn({
-            let log = log.clone();
-            move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line.clone());
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
+        let (log, rx) = common::tee_lines(stderr);
         let value = |line: &str, key: &str| -> Option<std::net::SocketAddr> {
             let rest = line.split(key).nth(1)?;
             rest.split_whitespace().next()?.parse().ok()

@@ -317,6 +317,31 @@ pub async fn api_token(db: &warden_server::store::Db, name: &str, role: Role) ->
     db.create_token(&op, name, role, 3_600_000).await.unwrap().0
 }
 
+/// Copies a child's stderr line by line, on a thread, into the log it returns and into the
+/// channel (for a test waiting on one line, such as the address the server listens on).
+pub fn tee_lines(
+    stderr: std::process::ChildStderr,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn({
+        let log = log.clone();
+        move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line.clone());
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    (log, rx)
+}
+
 /// The `p` quantile (0 to 1) of `v`, which it sorts.
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);

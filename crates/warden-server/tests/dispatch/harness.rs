@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use warden_server::Config;
-use warden_server::auth::{Operator, Role};
+use warden_server::auth::Role;
 use warden_server::dispatch::DispatchConfig;
 use warden_server::link::LinkConfig;
 
@@ -54,25 +54,7 @@ pub async fn enrolled(s: &TestServer, key: &str, host: &str) -> (String, String)
 
 /// An API token of a new operator with `role`.
 pub async fn token(s: &TestServer, name: &str, role: Role) -> String {
-    let info = s
-        .db()
-        .add_operator(name, role, "a long enough password 1")
-        .await
-        .unwrap();
-    let op = Operator {
-        id: info.id,
-        name: info.name,
-        role,
-        session: None,
-        expires_ms: None,
-        by_cookie: false,
-        source: String::new(),
-    };
-    s.db()
-        .create_token(&op, "t", role, 3_600_000)
-        .await
-        .unwrap()
-        .0
+    crate::common::api_token(s.db(), name, role).await
 }
 
 pub async fn call(
