@@ -157,18 +157,23 @@ fn status_whoami_and_a_job_over_varlink() {
     assert_eq!(after["parameters"]["product"], "wardend", "{after}");
 }
 
+/// Starts the `slow` action over varlink; its job id.
+fn start_slow(c: &mut Raw) -> String {
+    let started = c.call(json!({"method": "io.warden.StartJob",
+        "parameters": {"action": "slow", "params": {}}}));
+    started["parameters"]["job"]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{started}"))
+        .to_owned()
+}
+
 /// Pins: `more: true` on WatchJob streams the job's updates as replies with `continues: true`,
 /// then the final record without it.
 #[test]
 fn watch_job_with_more_streams_progress() {
     let d = daemon();
     let mut c = Raw::connect(&varlink_path(&d));
-    let started = c.call(json!({"method": "io.warden.StartJob",
-        "parameters": {"action": "slow", "params": {}}}));
-    let id = started["parameters"]["job"]["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{started}"))
-        .to_owned();
+    let id = start_slow(&mut c);
     let mut r = c.call(json!({"method": "io.warden.WatchJob", "more": true,
         "parameters": {"job_id": id}}));
     let mut updates = Vec::new();
@@ -216,12 +221,7 @@ fn introspection_counts_against_the_rate_limit() {
 fn pipelined_calls_are_answered_in_order() {
     let d = daemon();
     let mut c = Raw::connect(&varlink_path(&d));
-    let started = c.call(json!({"method": "io.warden.StartJob",
-        "parameters": {"action": "slow", "params": {}}}));
-    let id = started["parameters"]["job"]["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{started}"))
-        .to_owned();
+    let id = start_slow(&mut c);
     let mut both = json!({"method": "io.warden.WaitJob", "parameters": {"job_id": id}})
         .to_string()
         .into_bytes();
