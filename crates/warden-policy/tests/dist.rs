@@ -237,18 +237,21 @@ fn assignments(unit: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value a unit's last assignment of `key` gives it (a later line overrides an earlier).
+fn last_value<'a>(unit: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    unit.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
 /// Pins: the service unit delegates a writable cgroup subtree to wardend (per-job cgroups),
 /// keeps the whole job tree in its kill scope, and bounds capabilities to exactly what wardend
 /// and the example actions need (no CAP_SYS_ADMIN: systemd mounts for mount-image).
 #[test]
 fn the_service_unit_gives_jobs_what_they_need_and_no_more() {
     let unit = assignments(&dist("wardend.service"));
-    let last = |key: &str| {
-        unit.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let last = |key: &str| last_value(&unit, key);
     assert_eq!(last("Delegate"), Some("yes"));
     assert_eq!(
         last("ProtectControlGroups"),
@@ -297,12 +300,7 @@ fn the_service_unit_gives_jobs_what_they_need_and_no_more() {
 #[test]
 fn the_service_unit_reloads_with_sighup_and_keeps_a_watchdog() {
     let unit = assignments(&dist("wardend.service"));
-    let last = |key: &str| {
-        unit.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let last = |key: &str| last_value(&unit, key);
     assert_eq!(last("Type"), Some("notify"));
     assert_eq!(last("NotifyAccess"), Some("main"));
     assert_eq!(last("ExecReload"), Some("/bin/kill -HUP $MAINPID"));
@@ -347,12 +345,7 @@ impl Drop for TempDir {
 #[test]
 fn the_server_unit_runs_without_privilege() {
     let unit = assignments(&dist("warden-server.service"));
-    let last = |key: &str| {
-        unit.iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let last = |key: &str| last_value(&unit, key);
     assert_eq!(last("User"), Some("warden-server"));
     assert_eq!(last("CapabilityBoundingSet"), Some(""));
     assert_eq!(last("StateDirectoryMode"), Some("0700"));
