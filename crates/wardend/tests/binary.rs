@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{Proc, WARDEND, write_config};
+use common::process::{Proc, WARDEND, check_config, write_config};
 use serde_json::json;
 use warden_testkit::raw::{PATIENCE, RawClient};
 
@@ -35,19 +35,6 @@ fn socket_activated(sock: &Path, config: &Path) -> Command {
         .args(["-E", "WARDEN_LOG", WARDEND, "--config"])
         .arg(config);
     cmd
-}
-
-fn check_config(path: &Path) -> (i32, String, String) {
-    let out = Command::new(WARDEND)
-        .arg("check-config")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }
 
 #[test]

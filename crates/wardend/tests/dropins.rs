@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{Notify, Proc, WARDEND, write_config};
+use common::process::{Notify, Proc, WARDEND, check_config, write_config};
 use serde_json::json;
 use warden_testkit::raw::RawClient;
 
@@ -30,19 +30,6 @@ fn dropin(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     p
-}
-
-fn check_config(path: &Path) -> (i32, String, String) {
-    let out = Command::new(WARDEND)
-        .arg("check-config")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }
 
 fn actions(sock: &Path) -> Vec<String> {

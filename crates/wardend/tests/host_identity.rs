@@ -11,9 +11,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::TestDaemon;
+use common::process::check_config;
 use serde_json::{Value, json};
 use warden_testkit::raw::{RawClient, error_kind};
 use warden_testkit::users::TestUser;
@@ -256,19 +256,6 @@ fn a_reload_reads_the_identity_files_again() {
     assert!(is_machine_id(&after["result"]["machine_id"]), "{after}");
     assert_ne!(after["result"]["machine_id"], before);
     d.stop();
-}
-
-fn check_config(path: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wardend"))
-        .arg("check-config")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

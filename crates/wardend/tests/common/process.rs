@@ -21,6 +21,20 @@ pub fn write_config(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// `wardend check-config PATH`: its exit status, stdout and stderr.
+pub fn check_config(path: &Path) -> (i32, String, String) {
+    let out = Command::new(WARDEND)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 /// A running wardend.
 pub struct Proc {
     pub child: Child,
