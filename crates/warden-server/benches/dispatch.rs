@@ -165,22 +165,7 @@ fn main() {
     let token = rt.block_on(fill(&data));
     // The real host enrolls at a site of its own, so the 1,000 stand-ins' site stays theirs.
     let bins = real_host::built_binaries();
-    let admin = |args: &[&str]| -> Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden-server"))
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--json")
-            .args(args)
-            .env_remove("WARDEN_SERVER_DATABASE_URL")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let admin = |args: &[&str]| common::admin(&data, args);
     admin(&["site", "add", "lab", "--name", "Lab"]);
     let lab_key = admin(&["site", "rotate-key", "lab"])["key"]
         .as_str()

@@ -317,6 +317,25 @@ pub async fn api_token(db: &warden_server::store::Db, name: &str, role: Role) ->
     db.create_token(&op, name, role, 3_600_000).await.unwrap().0
 }
 
+/// `warden-server --data-dir DATA --json ARGS`, which must succeed: its output, parsed (`null`
+/// when it printed nothing).
+pub fn admin(data: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden-server"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--json")
+        .args(args)
+        .env_remove("WARDEN_SERVER_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
 /// Copies a child's stderr line by line, on a thread, into the log it returns and into the
 /// channel (for a test waiting on one line, such as the address the server listens on).
 pub fn tee_lines(
