@@ -93,11 +93,11 @@ pub struct Reloaded {
 }
 
 impl Shared {
-    /// Reads the configuration file and its drop-ins again and puts their policy in force at once: tiers, actions,
-    /// guards and new ops toggles. What only a restart can change (listeners, limits,
-    /// directories, `[jobs]`, `[audit]`) keeps its running value and is named in the answer. A
-    /// file (main or drop-in) that does not load changes nothing; the error names its problems
-    /// with their files and lines.
+    /// Reads the configuration file and its drop-ins again and puts their policy in force at
+    /// once: tiers, actions, guards and new ops toggles. What only a restart can change
+    /// (listeners, limits, directories, `[jobs]`, `[audit]`) keeps its running value and is
+    /// named in the answer. A file (main or drop-in) that does not load changes nothing; the
+    /// error names its problems with their files and lines.
     pub(crate) fn reload(&self) -> Result<Reloaded, String> {
         if self.systemd_notify {
             crate::notify::reloading();

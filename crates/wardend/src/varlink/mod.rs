@@ -364,7 +364,8 @@ mod tests {
         ));
     }
 
-    /// Pins: docs/PROTOCOL.md shows the io.warden IDL exactly as GetInterfaceDescription returns it.
+    /// Pins: docs/PROTOCOL.md shows the io.warden IDL exactly as GetInterfaceDescription
+    /// returns it.
     #[test]
     fn the_protocol_doc_shows_the_idl() {
         let doc = include_str!("../../../../docs/PROTOCOL.md");
